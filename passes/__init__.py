@@ -1,0 +1,11 @@
+"""Relax module passes of tvm-weightvirt, one per file."""
+
+from .lift_weight_constants import LiftWeightConstants
+from .merge_tasks import MergeTasks
+from .virtualize_weights import VirtualizeWeights
+
+__all__ = [
+    "LiftWeightConstants",
+    "MergeTasks",
+    "VirtualizeWeights",
+]

@@ -1,0 +1,167 @@
+"""The page plan: shared pool, per-task page tables and exclusive pages (virtual weight memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .layout import PageLayout, check_page_size
+
+PAGE_TABLE_DTYPE = np.int32
+
+
+class HasWeights(Protocol):
+    name: str
+    weights: Mapping[str, np.ndarray]
+
+
+@dataclass
+class TaskPages:
+    """One task's view of the virtual weight memory.
+
+    `page_table[i]` names where the task's logical page `i` lives: a value `v < S` (the pool's
+    page count) is pool page `v`; `v >= S` is the task's exclusive page `v - S` (level-2 storage).
+    """
+
+    layout: PageLayout
+    page_table: np.ndarray
+    exclusive_pages: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.page_table = np.ascontiguousarray(self.page_table, dtype=PAGE_TABLE_DTYPE)
+        if self.exclusive_pages is None:
+            self.exclusive_pages = np.zeros((0, self.layout.page_size), np.float32)
+        self.exclusive_pages = np.ascontiguousarray(self.exclusive_pages, dtype=np.float32)
+
+    @property
+    def n_exclusive_pages(self) -> int:
+        return int(self.exclusive_pages.shape[0])
+
+
+@dataclass
+class PagePlan:
+    """Page size `P`, a shared pool `[S, P]` of float32 and, per task, its layout and page table.
+
+    Every algorithm writes this structure, the artifact stores it, the passes lower it, the
+    runtimes make it resident. The constructor checks every invariant (see `problems`).
+    """
+
+    page_size: int
+    pool: np.ndarray
+    tasks: dict[str, TaskPages] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_page_size(self.page_size)
+        self.pool = np.ascontiguousarray(self.pool, dtype=np.float32)
+        problems = self.problems()
+        if problems:
+            raise ValueError("invalid page plan:\n  " + "\n  ".join(problems))
+
+    # **** construction ****
+
+    @staticmethod
+    def lossless(tasks: Iterable[HasWeights], page_size: int = 100) -> PagePlan:
+        """Identity page tables, no sharing: task after task, each on pages of its own."""
+        check_page_size(page_size)
+        tasks = list(tasks)
+        check_unique_names([t.name for t in tasks])
+        pages, task_pages, next_page = [], {}, 0
+        for t in tasks:
+            layout = layout_of(t, page_size)
+            pages.append(layout.to_pages(t.weights))
+            table = np.arange(next_page, next_page + layout.n_pages)
+            task_pages[t.name] = TaskPages(layout, table)
+            next_page += layout.n_pages
+        pool = np.concatenate(pages) if pages else np.zeros((0, page_size), np.float32)
+        return PagePlan(page_size, pool, task_pages)
+
+    # **** queries ****
+
+    @property
+    def n_pool_pages(self) -> int:
+        return int(self.pool.shape[0])
+
+    @property
+    def pool_bytes(self) -> int:
+        return self.pool.nbytes
+
+    @property
+    def page_table_bytes(self) -> int:
+        return sum(t.page_table.nbytes for t in self.tasks.values())
+
+    @property
+    def exclusive_bytes(self) -> int:
+        return sum(t.exclusive_pages.nbytes for t in self.tasks.values())
+
+    def task(self, name: str) -> TaskPages:
+        if name not in self.tasks:
+            raise KeyError(f"no task '{name}' in the page plan (has {sorted(self.tasks)})")
+        return self.tasks[name]
+
+    def read(self, name: str) -> dict[str, np.ndarray]:
+        """A task's weights as its page table says: `w[j] = V[table[j // P], j % P]` (NWV A.2)."""
+        t = self.task(name)
+        memory = np.concatenate([self.pool, t.exclusive_pages])
+        return t.layout.unflatten(memory[t.page_table].reshape(-1))
+
+    def problems(self) -> list[str]:
+        """Every broken invariant, one line each: page ids in range, unique within a task, shapes."""
+        out = []
+        if self.pool.ndim != 2 or self.pool.shape[1] != self.page_size:
+            out.append(f"pool has shape {self.pool.shape}, expected [S, {self.page_size}]")
+            return out
+        for name, t in self.tasks.items():
+            where = f"task '{name}'"
+            if t.layout.page_size != self.page_size:
+                out.append(f"{where}: layout page size {t.layout.page_size} != {self.page_size}")
+            if t.page_table.shape != (t.layout.n_pages,):
+                out.append(
+                    f"{where}: page table has shape {t.page_table.shape}, "
+                    f"layout needs ({t.layout.n_pages},)"
+                )
+            if t.exclusive_pages.ndim != 2 or t.exclusive_pages.shape[1] != self.page_size:
+                out.append(f"{where}: exclusive pages have shape {t.exclusive_pages.shape}")
+                continue
+            limit = self.n_pool_pages + t.n_exclusive_pages
+            bad = t.page_table[(t.page_table < 0) | (t.page_table >= limit)]
+            if bad.size:
+                out.append(
+                    f"{where}: page ids {bad[:5].tolist()} out of range [0, {limit}) "
+                    f"({self.n_pool_pages} pool + {t.n_exclusive_pages} exclusive pages)"
+                )
+            ids, counts = np.unique(t.page_table, return_counts=True)
+            if (counts > 1).any():
+                out.append(f"{where}: page ids {ids[counts > 1][:5].tolist()} used twice")
+        return out
+
+    def summary(self) -> str:
+        n_weights = sum(t.layout.n_weights for t in self.tasks.values())
+        lines = [
+            f"page size {self.page_size}, pool {self.n_pool_pages} pages "
+            f"({self.pool_bytes} B), {len(self.tasks)} tasks, {n_weights} weights, "
+            f"packing {n_weights / max(1, self.pool.size):.2f}x by count"
+        ]
+        for name, t in self.tasks.items():
+            lines.append(
+                f"  {name}: {t.layout.n_weights} weights in {len(t.layout.spans)} tensors, "
+                f"{t.layout.n_pages} pages ({t.n_exclusive_pages} exclusive)"
+            )
+        return "\n".join(lines)
+
+
+def layout_of(task: HasWeights, page_size: int) -> PageLayout:
+    weights = {n: (tuple(w.shape), str(w.dtype)) for n, w in task.weights.items()}
+    return PageLayout.from_weights(weights, page_size, task.name)
+
+
+def check_unique_names(names: list[str]) -> None:
+    seen, dupes = set(), []
+    for n in names:
+        if n in seen:
+            dupes.append(n)
+        seen.add(n)
+    if dupes:
+        raise ValueError(f"duplicate task names: {sorted(set(dupes))}")

@@ -1,0 +1,167 @@
+"""Intake: ONNX files, torch modules and Relax modules become Tasks (IR + detached weights)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .passes import LiftWeightConstants
+
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class IntakeError(ValueError):
+    """A model could not be taken in: missing or malformed file, unsupported op, bad name."""
+
+
+@dataclass
+class Task:
+    """One model: a Relax module whose `main(inputs..., weights...)` takes its weights as
+    parameters, and the weights themselves, in parameter order (this order is the layout order).
+
+    `mod["main"]` has the attribute `num_input`: the leading parameters that are real inputs.
+    """
+
+    name: str
+    mod: tvm.IRModule
+    weights: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        check_task_name(self.name)
+        func = self.mod["main"]
+        weight_params = func.params[self.num_inputs :]
+        if len(weight_params) != len(self.weights):
+            raise IntakeError(
+                f"task '{self.name}': main has {len(weight_params)} weight parameters "
+                f"but {len(self.weights)} weights were given"
+            )
+        for param, (wname, w) in zip(weight_params, self.weights.items()):
+            shape, dtype = _tensor_type(param)
+            if shape != tuple(w.shape) or dtype != str(w.dtype):
+                raise IntakeError(
+                    f"task '{self.name}': weight '{wname}' is {tuple(w.shape)} {w.dtype}, "
+                    f"parameter '{param.name}' expects {shape} {dtype}"
+                )
+
+    @property
+    def num_inputs(self) -> int:
+        return int(self.mod["main"].attrs["num_input"])
+
+    @property
+    def input_types(self) -> list[tuple[tuple[int, ...], str]]:
+        """(shape, dtype) of each real input."""
+        return [_tensor_type(p) for p in self.mod["main"].params[: self.num_inputs]]
+
+    @property
+    def n_weights(self) -> int:
+        return sum(w.size for w in self.weights.values())
+
+    # **** intake ****
+
+    @staticmethod
+    def from_relax(mod: tvm.IRModule, name: str) -> Task:
+        """From a Relax module whose `main` has `num_input` and may carry bound weight constants
+        and a `"params"` attribute (as the frontends produce)."""
+        check_task_name(name)
+        if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+            raise IntakeError(f"task '{name}': the Relax module has no function 'main'")
+        mod = tvm.transform.Sequential(
+            [relax.transform.FoldConstant(), LiftWeightConstants()]
+        )(mod)
+        mod, params = relax.frontend.detach_params(mod)
+        func = mod["main"]
+        if func.attrs is None or "num_input" not in func.attrs:
+            func = func.with_attr("num_input", len(func.params) - len(params.get("main", [])))
+            mod["main"] = func
+        n_in = int(func.attrs["num_input"])
+        values = params.get("main", [])
+        names = [p.name for p in func.params[n_in:]]
+        weights = {n: v.numpy() for n, v in zip(names, values)}
+        return Task(name, mod, weights)
+
+    @staticmethod
+    def from_torch(model, example_inputs: tuple, name: str) -> Task:
+        """From a `torch.nn.Module` via `torch.export` (eval mode; shapes of `example_inputs`).
+
+        Weights are named as in `model.state_dict()` (`conv1.weight`); batch-norm running
+        statistics, which the exporter binds as constants, are named after their op.
+        """
+        import torch
+        from tvm.relax.frontend.torch import from_exported_program
+
+        check_task_name(name)
+        try:
+            program = torch.export.export(model.eval(), tuple(example_inputs))
+            mod = from_exported_program(program, keep_params_as_input=True)
+        except Exception as err:
+            raise IntakeError(f"task '{name}': cannot import the torch model: {err}") from err
+        task = Task.from_relax(mod, name)
+        targets = {s.arg.name: s.target for s in program.graph_signature.input_specs if s.target}
+        task.weights = {targets.get(n, n): w for n, w in task.weights.items()}
+        return task
+
+    @staticmethod
+    def from_onnx(
+        model: str | os.PathLike,
+        name: str,
+        shape_dict: dict[str, list[int]] | None = None,
+    ) -> Task:
+        """From an ONNX file (or a loaded `onnx.ModelProto`); weights that match an initializer
+        take its name, weights computed in the graph are named after their op."""
+        import onnx
+        from tvm.relax.frontend.onnx import from_onnx
+
+        check_task_name(name)
+        if isinstance(model, (str, os.PathLike)):
+            path = os.fspath(model)
+            if not os.path.isfile(path):
+                raise IntakeError(f"task '{name}': ONNX file '{path}' does not exist")
+            try:
+                model = onnx.load(path)
+                onnx.checker.check_model(model)
+            except Exception as err:
+                raise IntakeError(f"task '{name}': '{path}' is not a valid ONNX model: {err}") from err
+        try:
+            mod = from_onnx(model, shape_dict=shape_dict)
+        except Exception as err:
+            raise IntakeError(f"task '{name}': cannot import the ONNX model: {err}") from err
+        task = Task.from_relax(mod, name)
+        initializer_names: dict[tuple, list[str]] = {}
+        for init in model.graph.initializer:
+            array = onnx.numpy_helper.to_array(init)
+            initializer_names.setdefault(_value_key(array), []).append(init.name)
+        renamed = {}
+        for n, w in task.weights.items():
+            candidates = initializer_names.get(_value_key(w), [])
+            renamed[candidates.pop(0) if candidates else n] = w
+        if len(renamed) == len(task.weights):
+            task.weights = renamed
+        return task
+
+
+def check_task_name(name: str) -> None:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise IntakeError(
+            f"task name {name!r} must be an identifier (letters, digits, '_'): "
+            "it names the task's function in the IR"
+        )
+
+
+def _tensor_type(var: relax.Var) -> tuple[tuple[int, ...], str]:
+    ty = var.ty
+    dims = ty.shape.values
+    if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        raise IntakeError(
+            f"'{var.name}' has a symbolic shape {list(dims)}: give static input shapes "
+            "(e.g. shape_dict for ONNX)"
+        )
+    return tuple(int(d) for d in dims), str(ty.dtype)
+
+
+def _value_key(array: np.ndarray) -> tuple:
+    return array.shape, str(array.dtype), array.tobytes()
