@@ -78,7 +78,7 @@ class LiftWeightConstants:
 class _WeightConstantLifter(relax.PyExprMutator):
     def __init__(self, mod: tvm.IRModule) -> None:
         super().__init__(mod)
-        self.lifted: list[tuple[relax.Var, tvm.ir.Constant]] = []
+        self.lifted: list[tuple[relax.Var, tvm.ir.GenericConst]] = []
         self.op_counts: dict[str, int] = {}
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
@@ -96,14 +96,14 @@ class _WeightConstantLifter(relax.PyExprMutator):
         return relax.Call(call.op, args, call.attrs, call.ty_args)
 
     def _is_weight(self, expr: relax.Expr, op_name: str) -> bool:
-        if not isinstance(expr, tvm.ir.Constant):
+        if not isinstance(expr, tvm.ir.GenericConst):
             return False
         value = expr.value
         if not np.issubdtype(np.dtype(value.dtype), np.floating) or len(value.shape) == 0:
             return False
         return op_name not in ELEMENTWISE or int(np.prod(value.shape)) > 1
 
-    def _param_for(self, const: tvm.ir.Constant, name: str) -> relax.Var:
+    def _param_for(self, const: tvm.ir.GenericConst, name: str) -> relax.Var:
         for var, seen in self.lifted:
             if seen.same_as(const):
                 return var

@@ -6,11 +6,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import re
+
 import numpy as np
 
 from .layout import PageLayout, check_page_size
 
 PAGE_TABLE_DTYPE = np.int32
+TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
 class HasWeights(Protocol):
@@ -115,6 +118,8 @@ class PagePlan:
             return out
         for name, t in self.tasks.items():
             where = f"task '{name}'"
+            if not TASK_NAME.match(name):
+                out.append(f"{where}: name is not an identifier (it names an IR function)")
             if t.layout.page_size != self.page_size:
                 out.append(f"{where}: layout page size {t.layout.page_size} != {self.page_size}")
             if t.page_table.shape != (t.layout.n_pages,):

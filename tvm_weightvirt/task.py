@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,8 +10,7 @@ import tvm
 from tvm import relax
 
 from .passes import LiftWeightConstants
-
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+from .plan import TASK_NAME
 
 
 class IntakeError(ValueError):
@@ -33,6 +31,10 @@ class Task:
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
+        try:
+            self.input_types
+        except IntakeError as err:
+            raise IntakeError(f"task '{self.name}': {err}") from None
         func = self.mod["main"]
         weight_params = func.params[self.num_inputs :]
         if len(weight_params) != len(self.weights):
@@ -145,7 +147,7 @@ class Task:
 
 
 def check_task_name(name: str) -> None:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not TASK_NAME.match(name):
         raise IntakeError(
             f"task name {name!r} must be an identifier (letters, digits, '_'): "
             "it names the task's function in the IR"
@@ -164,4 +166,4 @@ def _tensor_type(var: relax.Var) -> tuple[tuple[int, ...], str]:
 
 
 def _value_key(array: np.ndarray) -> tuple:
-    return array.shape, str(array.dtype), array.tobytes()
+    return str(array.dtype), array.tobytes()  # shape-free: FoldConstant may reshape a bias

@@ -1,0 +1,128 @@
+"""Lossless page plans reproduce every task's outputs, in both execution modes."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+import models
+import tvm_weightvirt as wv
+from tvm_weightvirt.passes.lift_weight_constants import WEIGHT_OPERANDS
+from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
+
+
+def _suite():
+    tasks, inputs, torch_models = [], {}, {}
+    for seed, kind in enumerate(models.TORCH_MODELS):
+        model, x = models.torch_model(kind, seed)
+        tasks.append(wv.Task.from_torch(model, (x,), name=kind))
+        inputs[kind], torch_models[kind] = x.numpy(), model
+    for name, make in [("resnet", models.onnx_resnet_block), ("inception", models.onnx_inception_block)]:
+        onnx_model, x = make()
+        tasks.append(wv.Task.from_onnx(onnx_model, name=name))
+        inputs[name] = x
+    return tasks, inputs, torch_models
+
+
+@pytest.fixture(scope="module")
+def suite():
+    tasks, inputs, torch_models = _suite()
+    standalone = {t.name: StandaloneModel(t).run(inputs[t.name]) for t in tasks}
+    return tasks, inputs, torch_models, standalone
+
+
+@pytest.mark.parametrize("mode", ["materialize", "fused"])
+def test_lossless_outputs_equal_standalone(suite, mode):
+    """Identity page tables copy the same floats: outputs are bit-identical to each model
+    compiled alone, over a switch sequence that revisits tasks."""
+    tasks, inputs, _, standalone = suite
+    plan = wv.PagePlan.lossless(tasks, page_size=100)
+    mod = wv.lower(tasks, plan, mode=mode)
+    relax.analysis.well_formed(mod)
+    runtime = MultitaskRuntime(plan, wv.build(mod, target="llvm"))
+    names = [t.name for t in tasks]
+    for name in names + names[::-1]:
+        out = runtime.run(name, inputs[name])
+        assert len(out) == len(standalone[name])
+        for got, expected in zip(out, standalone[name]):
+            np.testing.assert_array_equal(got, expected, err_msg=f"task {name}, mode {mode}")
+
+
+def test_tvm_import_matches_torch(suite):
+    """The reference itself is right: TVM's build of each torch model matches torch."""
+    tasks, inputs, torch_models, standalone = suite
+    for name, model in torch_models.items():
+        with torch.no_grad():
+            expected = model(torch.from_numpy(inputs[name])).numpy()
+        np.testing.assert_allclose(standalone[name][0], expected, atol=1e-5, rtol=0)
+
+
+def test_every_weight_is_paged(suite):
+    """Fused mode: one take per weight, no constant left as a weight operand of any task function,
+    and the pool is a parameter of every task."""
+    tasks, *_ = suite
+    plan = wv.PagePlan.lossless(tasks, page_size=64)
+    mod = wv.lower(tasks, plan, mode="fused")
+    for task in tasks:
+        func = mod[f"task_{task.name}"]
+        assert [p.name for p in func.params[-2:]] == ["pool", "page_table"]
+        ops = _op_counts(func)
+        assert ops.get("relax.take", 0) == len(task.weights), task.name
+        assert _weight_constants(func) == [], task.name
+    # conv/BN/matmul/bias weights of the ONNX ResNet block, including the in-graph
+    # ConstantOfShape weight (named after its op) and the folded Gemm transpose.
+    resnet = next(t for t in tasks if t.name == "resnet")
+    assert set(resnet.weights) == {
+        "conv1.weight", "conv1.bias", "bn1.scale", "bn1.bias", "bn1.mean", "bn1.var",
+        "conv2d_1_weight", "bn2.scale", "bn2.bias", "bn2.mean", "bn2.var", "shortcut.weight",
+        "matmul_0_weight", "fc.bias",
+    }
+    np.testing.assert_array_equal(
+        resnet.weights["conv2d_1_weight"], 0.5 * _onnx_init(models.onnx_resnet_block()[0], "w2.scale")
+    )
+
+
+def test_layout_sizes(suite):
+    tasks, *_ = suite
+    plan = wv.PagePlan.lossless(tasks, page_size=100)
+    mlp = plan.task("mlp").layout
+    assert mlp.n_weights == 30 * 64 + 64 + 64 * 2 + 2  # fc1 weight+bias, fc2 weight+bias
+    assert mlp.n_pages == 22  # ceil(2114 / 100)
+    assert plan.n_pool_pages == sum(t.layout.n_pages for t in plan.tasks.values())
+    assert plan.pool_bytes == plan.n_pool_pages * 100 * 4  # pages x weights/page x fp32
+    # the zero-padded tail of the last page
+    last = plan.pool[plan.task("mlp").page_table[-1]]
+    np.testing.assert_array_equal(last[2114 - 2100 :], 0)
+
+
+def _op_counts(func: relax.Function) -> dict[str, int]:
+    counts = {}
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            counts[expr.op.name] = counts.get(expr.op.name, 0) + 1
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return counts
+
+
+def _weight_constants(func: relax.Function) -> list:
+    """Float constants still feeding a conv / matmul / norm / bias operand."""
+    found = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            for i in WEIGHT_OPERANDS.get(expr.op.name, {}):
+                arg = expr.args[i] if i < len(expr.args) else None
+                if isinstance(arg, tvm.ir.GenericConst) and arg.value.numpy().size > 1:
+                    found.append((expr.op.name, arg.value.shape))
+
+    relax.analysis.post_order_visit(func.body, visit)
+    return found
+
+
+def _onnx_init(model, name):
+    from onnx import numpy_helper
+
+    return next(numpy_helper.to_array(i) for i in model.graph.initializer if i.name == name)

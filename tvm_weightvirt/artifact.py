@@ -1,0 +1,181 @@
+"""The .wvpack artifact: safetensors tensors (pool, page tables, exclusive pages, task graphs)
+plus a JSON manifest, validated on load. No pickle anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import safetensors.numpy
+from safetensors import safe_open
+
+from .layout import PageLayout
+from .plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
+
+FORMAT = "wvpack"
+FORMAT_VERSION = 1
+
+
+class ArtifactError(ValueError):
+    """A .wvpack file that is missing, corrupt, or inconsistent with itself."""
+
+
+@dataclass
+class WvPack:
+    """What a .wvpack holds: the page plan and, when saved with them, the task graphs."""
+
+    plan: PagePlan
+    tasks: list  # list[Task]; empty when the pack was saved without graphs
+
+
+def save_wvpack(path: str | os.PathLike, plan: PagePlan, tasks: Sequence = ()) -> int:
+    """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt) to `path`
+    atomically; returns the file size in bytes."""
+    import tvm  # the graphs are Relax IR; the plan alone needs no TVM
+
+    tensors: dict[str, np.ndarray] = {"pool": plan.pool}
+    manifest_tasks = []
+    graph_of = {t.name: t for t in tasks}
+    unknown = sorted(set(graph_of) - set(plan.tasks))
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not in the page plan")
+    for name, task_pages in plan.tasks.items():
+        tensors[f"page_table.{name}"] = task_pages.page_table
+        if task_pages.n_exclusive_pages:
+            tensors[f"exclusive.{name}"] = task_pages.exclusive_pages
+        entry = {
+            "name": name,
+            "layout": task_pages.layout.to_json(),
+            "n_pages": task_pages.layout.n_pages,
+            "n_exclusive_pages": task_pages.n_exclusive_pages,
+        }
+        if name in graph_of:
+            graph_json = tvm.ir.save_json(graph_of[name].mod).encode()
+            tensors[f"graph.{name}"] = np.frombuffer(graph_json, np.uint8)
+        manifest_tasks.append(entry)
+    manifest = {
+        "format": FORMAT,
+        "version": FORMAT_VERSION,
+        "page_size": plan.page_size,
+        "n_pool_pages": plan.n_pool_pages,
+        "tasks": manifest_tasks,
+        "tensors": {
+            key: {"shape": list(t.shape), "dtype": str(t.dtype), "sha256": _sha256(t)}
+            for key, t in tensors.items()
+        },
+    }
+    manifest_json = json.dumps(manifest, sort_keys=True)
+    metadata = {"wvpack": manifest_json, "wvpack_sha256": _sha256_text(manifest_json)}
+    blob = safetensors.numpy.save({k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata)
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return len(blob)
+
+
+def load_wvpack(path: str | os.PathLike) -> WvPack:
+    """Read and validate a .wvpack: format and version, manifest checksum, every tensor's
+    shape, dtype and sha256, page ids in range, and each graph against its layout."""
+    path = os.fspath(path)
+    where = f"'{path}'"
+    if not os.path.isfile(path):
+        raise ArtifactError(f"{where}: no such file")
+    # Step 1. The container and the manifest.
+    try:
+        with safe_open(path, framework="np") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except Exception as err:
+        raise ArtifactError(f"{where}: not a readable safetensors file ({err})") from err
+    if "wvpack" not in metadata:
+        raise ArtifactError(f"{where}: no wvpack manifest in the file's metadata")
+    manifest_json = metadata["wvpack"]
+    if _sha256_text(manifest_json) != metadata.get("wvpack_sha256"):
+        raise ArtifactError(f"{where}: manifest checksum mismatch (the header is corrupt)")
+    manifest = json.loads(manifest_json)
+    if manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{where}: format {manifest.get('format')!r} is not {FORMAT!r}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{where}: format version {manifest.get('version')!r} is not supported "
+            f"(this tvm-weightvirt reads version {FORMAT_VERSION})"
+        )
+    # Step 2. Every tensor as the manifest declares it.
+    declared = manifest["tensors"]
+    if set(declared) != set(tensors):
+        raise ArtifactError(
+            f"{where}: tensors {sorted(tensors)} do not match the manifest's {sorted(declared)}"
+        )
+    for key, spec in declared.items():
+        t = tensors[key]
+        if list(t.shape) != spec["shape"] or str(t.dtype) != spec["dtype"]:
+            raise ArtifactError(
+                f"{where}: tensor '{key}' is {list(t.shape)} {t.dtype}, "
+                f"the manifest says {spec['shape']} {spec['dtype']}"
+            )
+        if _sha256(t) != spec["sha256"]:
+            raise ArtifactError(f"{where}: tensor '{key}' fails its sha256 check (corrupt data)")
+    # Step 3. The plan, which checks page ids and table lengths against the layouts.
+    page_size = manifest["page_size"]
+    task_pages = {}
+    for entry in manifest["tasks"]:
+        name = entry["name"]
+        try:
+            layout = PageLayout.from_json(entry["layout"], page_size)
+        except Exception as err:
+            raise ArtifactError(f"{where}: task '{name}': bad layout ({err})") from err
+        if layout.n_pages != entry["n_pages"]:
+            raise ArtifactError(
+                f"{where}: task '{name}': layout needs {layout.n_pages} pages, "
+                f"the manifest says {entry['n_pages']}"
+            )
+        exclusive = tensors.get(f"exclusive.{name}")
+        task_pages[name] = TaskPages(
+            layout, tensors[f"page_table.{name}"].astype(PAGE_TABLE_DTYPE), exclusive
+        )
+    if tensors["pool"].shape[0] != manifest["n_pool_pages"]:
+        raise ArtifactError(f"{where}: pool has {tensors['pool'].shape[0]} pages, "
+                            f"the manifest says {manifest['n_pool_pages']}")
+    try:
+        plan = PagePlan(page_size, tensors["pool"], task_pages)
+    except ValueError as err:
+        raise ArtifactError(f"{where}: {err}") from err
+    # Step 4. The task graphs, whose weights are read back through the plan.
+    tasks = []
+    for name in plan.tasks:
+        if f"graph.{name}" in tensors:
+            tasks.append(_task_from_graph(where, name, tensors[f"graph.{name}"], plan))
+    return WvPack(plan, tasks)
+
+
+def _task_from_graph(where: str, name: str, graph: np.ndarray, plan: PagePlan):
+    import tvm
+
+    from .task import Task
+
+    try:
+        mod = tvm.ir.load_json(graph.tobytes().decode())
+        return Task(name, mod, plan.read(name))
+    except Exception as err:
+        raise ArtifactError(f"{where}: task '{name}': graph does not match its layout ({err})") from err
+
+
+def _sha256(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
