@@ -41,43 +41,42 @@ class MergeTasks:
         self.modules = modules
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+        # BlockBuilder.add_func gives each new GlobalVar its function's type.
+        bb = relax.BlockBuilder(tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs))
         for name, task_mod in self.modules.items():
             renamed: dict[str, tvm.ir.GlobalVar] = {}
             # Step 1. PrimFuncs: reuse a structurally equal one, else add under a new name.
             for gv, func in task_mod.functions_items():
                 if isinstance(func, tirx.PrimFunc):
-                    renamed[gv.name_hint] = _add_prim_func(out, f"{name}_{gv.name_hint}", func)
+                    renamed[gv.name_hint] = _add_prim_func(bb, f"{name}_{gv.name_hint}", func)
             # Step 2. Relax functions: declare the new names first (they may call each other).
             relax_funcs = [(gv, f) for gv, f in task_mod.functions_items()
                            if isinstance(f, relax.Function)]
             for gv, func in relax_funcs:
                 new_name = f"task_{name}" if gv.name_hint == "main" else f"{name}_{gv.name_hint}"
-                if new_name in out:
+                if new_name in bb.get():
                     raise ValueError(f"task '{name}': function '{new_name}' already in the module")
-                out[new_name] = func
-                renamed[gv.name_hint] = out.get_global_var(new_name)
+                renamed[gv.name_hint] = bb.add_func(func, new_name)
             # Step 3. Point every call at the renamed functions.
             for gv, func in relax_funcs:
                 new_gv = renamed[gv.name_hint]
                 func = _GlobalVarRenamer(renamed).visit_expr(func)
                 if func.attrs is not None and "global_symbol" in func.attrs:
                     func = func.with_attr("global_symbol", new_gv.name_hint)
-                out[new_gv] = func
-        return out
+                bb.update_func(new_gv, func)
+        return bb.get()
 
 
-def _add_prim_func(mod: tvm.IRModule, name: str, func: tirx.PrimFunc) -> tvm.ir.GlobalVar:
+def _add_prim_func(bb: relax.BlockBuilder, name: str, func: tirx.PrimFunc) -> tvm.ir.GlobalVar:
     key = _without_symbol(func)
-    for gv, existing in mod.functions_items():
+    for gv, existing in bb.get().functions_items():
         if isinstance(existing, tirx.PrimFunc) and tvm_ffi.structural_equal(
             _without_symbol(existing), key
         ):
             return gv
     if func.attrs is not None and "global_symbol" in func.attrs:
         func = func.with_attr("global_symbol", name)
-    mod[name] = func
-    return mod.get_global_var(name)
+    return bb.add_func(func, name)
 
 
 def _without_symbol(func: tirx.PrimFunc) -> tirx.PrimFunc:

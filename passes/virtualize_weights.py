@@ -44,6 +44,12 @@ class VirtualizeWeights:
     """
 
     def __init__(self, plan: PagePlan) -> None:
+        with_exclusive = [n for n, t in plan.tasks.items() if t.n_exclusive_pages]
+        if with_exclusive:
+            raise NotImplementedError(
+                f"tasks {with_exclusive} have exclusive pages: lowering them needs the "
+                "ExclusivePageLoader pass, which does not exist yet"
+            )
         self.plan = plan
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -52,12 +58,6 @@ class VirtualizeWeights:
         missing = [n for n in self.plan.tasks if f"task_{n}" not in names]
         if missing:
             raise ValueError(f"tasks {missing} of the page plan have no function in the module")
-        with_exclusive = [n for n, t in self.plan.tasks.items() if t.n_exclusive_pages]
-        if with_exclusive:
-            raise NotImplementedError(
-                f"tasks {with_exclusive} have exclusive pages: lowering them needs the "
-                "ExclusivePageLoader pass, which does not exist yet"
-            )
         pool_ty = relax.TensorType((self.plan.n_pool_pages, self.plan.page_size), "float32")
         for name, task_pages in self.plan.tasks.items():
             func = mod[f"task_{name}"]
