@@ -1,0 +1,185 @@
+"""The .wvpack artifact round-trips bit for bit and rejects every kind of damage clearly."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import safetensors.numpy
+import tvm
+from safetensors import safe_open
+
+import models
+import tvm_weightvirt as wv
+from tvm_weightvirt.artifact import _sha256, _sha256_text
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    out = []
+    for seed, kind in enumerate(["cnn2d", "mlp"]):
+        model, x = models.torch_model(kind, seed)
+        out.append(wv.Task.from_torch(model, (x,), name=kind))
+    return out
+
+
+@pytest.fixture
+def pack(tmp_path, tasks):
+    path = tmp_path / "suite.wvpack"
+    plan = wv.PagePlan.lossless(tasks, page_size=100)
+    size = wv.save_wvpack(path, plan, tasks)
+    assert size == os.path.getsize(path)
+    return path, plan
+
+
+def test_round_trip_is_bit_exact(pack, tasks):
+    path, plan = pack
+    loaded = wv.load_wvpack(path)
+    assert loaded.plan.page_size == 100
+    assert loaded.plan.pool.tobytes() == plan.pool.tobytes()
+    for name, task_pages in plan.tasks.items():
+        got = loaded.plan.task(name)
+        assert got.layout == task_pages.layout
+        np.testing.assert_array_equal(got.page_table, task_pages.page_table)
+    for original, task in zip(tasks, loaded.tasks):
+        assert task.name == original.name
+        tvm.ir.assert_structural_equal(task.mod, original.mod)
+        for key, w in original.weights.items():
+            assert task.weights[key].tobytes() == w.tobytes()
+
+
+def test_plan_only_pack_has_no_graphs(tmp_path, tasks):
+    path = tmp_path / "plan.wvpack"
+    wv.save_wvpack(path, wv.PagePlan.lossless(tasks, page_size=64))
+    loaded = wv.load_wvpack(path)
+    assert loaded.tasks == [] and sorted(loaded.plan.tasks) == ["cnn2d", "mlp"]
+
+
+def test_failed_write_leaves_the_old_file(pack, tasks, monkeypatch):
+    path, plan = pack
+    before = path.read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", broken)
+    with pytest.raises(OSError, match="disk full"):
+        wv.save_wvpack(path, wv.PagePlan.lossless(tasks, page_size=50), tasks)
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(wv.ArtifactError, match="no such file"):
+        wv.load_wvpack(tmp_path / "nope.wvpack")
+
+
+def test_truncated_file(pack):
+    path, _ = pack
+    blob = path.read_bytes()
+    path.write_bytes(blob[: len(blob) - 17])
+    with pytest.raises(wv.ArtifactError, match="not a readable safetensors file"):
+        wv.load_wvpack(path)
+
+
+def test_flipped_byte_in_pool_data(pack):
+    path, plan = pack
+    blob = bytearray(path.read_bytes())
+    blob[-200] ^= 0x01  # inside the tensor data (the pool or a graph)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(wv.ArtifactError, match="fails its sha256 check"):
+        wv.load_wvpack(path)
+
+
+def test_flipped_byte_in_manifest(pack):
+    path, _ = pack
+    blob = bytearray(path.read_bytes())
+    at = blob.index(b'\\"page_size\\": 100')  # JSON inside the JSON header
+    blob[at + len(b'\\"page_size\\": 1')] = ord("2")  # 100 -> 120
+    path.write_bytes(bytes(blob))
+    with pytest.raises(wv.ArtifactError, match="manifest checksum mismatch"):
+        wv.load_wvpack(path)
+
+
+def _rewrite(path, edit_manifest=None, edit_tensors=None):
+    """Re-save the pack after an edit, with checksums recomputed: damage that checksums cannot
+    see, which only the structural checks can catch."""
+    with safe_open(str(path), framework="np") as f:
+        manifest = json.loads(f.metadata()["wvpack"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    if edit_tensors:
+        edit_tensors(tensors)
+    for key, t in tensors.items():
+        manifest["tensors"][key] = {"shape": list(t.shape), "dtype": str(t.dtype), "sha256": _sha256(t)}
+    if edit_manifest:
+        edit_manifest(manifest)
+    text = json.dumps(manifest)
+    path.write_bytes(safetensors.numpy.save(tensors, {"wvpack": text, "wvpack_sha256": _sha256_text(text)}))
+
+
+def test_page_id_out_of_range(pack):
+    path, plan = pack
+
+    def bad_table(tensors):
+        tensors["page_table.mlp"] = tensors["page_table.mlp"].copy()
+        tensors["page_table.mlp"][3] = 9999
+
+    _rewrite(path, edit_tensors=bad_table)
+    with pytest.raises(wv.ArtifactError, match=r"task .mlp.: page ids \[9999\] out of range \[0, 29\) \(29 pool \+ 0 exclusive"):
+        wv.load_wvpack(path)
+
+
+def test_page_id_used_twice(pack):
+    path, _ = pack
+
+    def dup(tensors):
+        tensors["page_table.mlp"] = tensors["page_table.mlp"].copy()
+        tensors["page_table.mlp"][1] = tensors["page_table.mlp"][0]
+
+    _rewrite(path, edit_tensors=dup)
+    with pytest.raises(wv.ArtifactError, match="task 'mlp': page ids .* used twice"):
+        wv.load_wvpack(path)
+
+
+def test_wrong_format_version(pack):
+    path, _ = pack
+    _rewrite(path, edit_manifest=lambda m: m.update(version=99))
+    with pytest.raises(wv.ArtifactError, match="format version 99 is not supported .*reads version 1"):
+        wv.load_wvpack(path)
+
+
+def test_layout_shape_mismatch_with_page_table(pack):
+    path, _ = pack
+
+    def grow(m):
+        entry = next(t for t in m["tasks"] if t["name"] == "mlp")
+        entry["layout"][0]["shape"] = [64, 300]  # fc1.weight 64x30 -> 64x300: 2114 + 17280 weights
+        for e in entry["layout"][1:]:
+            e["offset"] += 64 * 270
+
+    _rewrite(path, edit_manifest=grow)
+    with pytest.raises(wv.ArtifactError, match="task 'mlp': layout needs 194 pages, the manifest says 22"):
+        wv.load_wvpack(path)
+
+
+def test_layout_shape_mismatch_with_graph(pack):
+    path, _ = pack
+
+    def transpose(m):
+        entry = next(t for t in m["tasks"] if t["name"] == "mlp")
+        entry["layout"][0]["shape"] = [30, 64]  # same size, other shape than the graph's
+
+    _rewrite(path, edit_manifest=transpose)
+    with pytest.raises(wv.ArtifactError, match="task 'mlp': graph does not match its layout"):
+        wv.load_wvpack(path)
+
+
+def test_tensor_shape_differs_from_manifest(pack):
+    path, _ = pack
+
+    def lie(m):
+        m["tensors"]["pool"]["shape"] = [28, 100]
+
+    _rewrite(path, edit_manifest=lie)
+    with pytest.raises(wv.ArtifactError, match=r"tensor 'pool' is \[29, 100\] float32, the manifest says \[28, 100\]"):
+        wv.load_wvpack(path)
