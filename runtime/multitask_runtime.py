@@ -6,7 +6,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from tvm_weightvirt.build import Library
+from tvm_weightvirt.compiler import Library
 from tvm_weightvirt.plan import PagePlan
 
 

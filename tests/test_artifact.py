@@ -9,7 +9,7 @@ import safetensors.numpy
 import tvm
 from safetensors import safe_open
 
-import models
+from tvm_weightvirt import examples
 import tvm_weightvirt as wv
 from tvm_weightvirt.artifact import _sha256, _sha256_text
 
@@ -18,7 +18,7 @@ from tvm_weightvirt.artifact import _sha256, _sha256_text
 def tasks():
     out = []
     for seed, kind in enumerate(["cnn2d", "mlp"]):
-        model, x = models.torch_model(kind, seed)
+        model, x = examples.torch_model(kind, seed)
         out.append(wv.Task.from_torch(model, (x,), name=kind))
     return out
 

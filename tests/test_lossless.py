@@ -6,7 +6,7 @@ import torch
 import tvm
 from tvm import relax
 
-import models
+from tvm_weightvirt import examples
 import tvm_weightvirt as wv
 from tvm_weightvirt.passes.lift_weight_constants import WEIGHT_OPERANDS
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
@@ -14,11 +14,11 @@ from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 def _suite():
     tasks, inputs, torch_models = [], {}, {}
-    for seed, kind in enumerate(models.TORCH_MODELS):
-        model, x = models.torch_model(kind, seed)
+    for seed, kind in enumerate(examples.TORCH_MODELS):
+        model, x = examples.torch_model(kind, seed)
         tasks.append(wv.Task.from_torch(model, (x,), name=kind))
         inputs[kind], torch_models[kind] = x.numpy(), model
-    for name, make in [("resnet", models.onnx_resnet_block), ("inception", models.onnx_inception_block)]:
+    for name, make in [("resnet", examples.onnx_resnet_block), ("inception", examples.onnx_inception_block)]:
         onnx_model, x = make()
         tasks.append(wv.Task.from_onnx(onnx_model, name=name))
         inputs[name] = x
@@ -79,7 +79,7 @@ def test_every_weight_is_paged(suite):
         "matmul_0_weight", "fc.bias",
     }
     np.testing.assert_array_equal(
-        resnet.weights["conv2d_1_weight"], 0.5 * _onnx_init(models.onnx_resnet_block()[0], "w2.scale")
+        resnet.weights["conv2d_1_weight"], 0.5 * _onnx_init(examples.onnx_resnet_block()[0], "w2.scale")
     )
 
 

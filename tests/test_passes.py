@@ -8,7 +8,7 @@ from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
 
-import models
+from tvm_weightvirt import examples
 import tvm_weightvirt as wv
 from tvm_weightvirt.passes import LiftWeightConstants, MergeTasks, VirtualizeWeights
 
@@ -78,7 +78,7 @@ def test_virtualize_weights_rejects_exclusive_pages_until_they_can_be_lowered():
 
 
 def _legalized(kind: str, seed: int) -> tvm.IRModule:
-    model, x = models.torch_model(kind, seed)
+    model, x = examples.torch_model(kind, seed)
     return relax.transform.LegalizeOps()(wv.Task.from_torch(model, (x,), name=kind).mod)
 
 

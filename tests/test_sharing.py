@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-import models
+from tvm_weightvirt import examples
 import tvm_weightvirt as wv
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
@@ -13,8 +13,8 @@ from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 def test_shared_pages_match_torch_with_the_same_weights(mode):
     """Task b's logical pages 0..4 are mapped onto task a's pages 3..7: a is unchanged, b
     computes with a's weights on those pages, exactly as torch does with the same weights."""
-    a_model, a_x = models.torch_model("cnn2d", seed=1)
-    b_model, b_x = models.torch_model("mlp", seed=2)
+    a_model, a_x = examples.torch_model("cnn2d", seed=1)
+    b_model, b_x = examples.torch_model("mlp", seed=2)
     a = wv.Task.from_torch(a_model, (a_x,), name="a")
     b = wv.Task.from_torch(b_model, (b_x,), name="b")
     lossless = wv.PagePlan.lossless([a, b], page_size=50)

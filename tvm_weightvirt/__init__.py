@@ -1,10 +1,26 @@
-"""tvm-weightvirt: several DNNs in one memory budget through shared weight pages, built by TVM."""
+"""tvm-weightvirt: several DNNs in one memory budget through shared weight pages, built by TVM.
 
-from .artifact import ArtifactError, WvPack, load_wvpack, save_wvpack
-from .build import Library, build, lower
+The page plan and layout (and the algorithms on them) import without TVM; the names that need
+TVM are loaded on first use.
+"""
+
+import importlib
+
 from .layout import PageLayout, WeightSpan
 from .plan import PagePlan, TaskPages
-from .task import IntakeError, Task
+
+# Public names that need TVM (or torch): name -> module, imported on first access.
+_LAZY = {
+    "ArtifactError": "artifact",
+    "WvPack": "artifact",
+    "load_wvpack": "artifact",
+    "save_wvpack": "artifact",
+    "Library": "compiler",
+    "build": "compiler",
+    "lower": "compiler",
+    "IntakeError": "task",
+    "Task": "task",
+}
 
 __all__ = [
     "ArtifactError",
@@ -21,3 +37,9 @@ __all__ = [
     "lower",
     "save_wvpack",
 ]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'tvm_weightvirt' has no attribute '{name}'")

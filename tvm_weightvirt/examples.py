@@ -1,5 +1,5 @@
-"""Small test models: torch 2-D CNN, 1-D CNN, MLP; ONNX graphs with residual adds, channel
-concatenation and weights computed in the graph."""
+"""Small example models (seeded random weights) for the demo, tutorials and tests: torch 2-D CNN,
+1-D CNN and MLP; ONNX graphs with residual adds, channel concatenation and in-graph weights."""
 
 from __future__ import annotations
 

@@ -1,0 +1,60 @@
+"""The tutorials run, and the `wvirt` commands do what they say."""
+
+import os
+import runpy
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+
+import tvm_weightvirt as wv
+from tvm_weightvirt import examples
+from tvm_weightvirt.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_tutorial_01_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["01_merge_two_models.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "01_merge_two_models.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "max |merged - alone| = 0.0" in printed
+    assert (tmp_path / "suite.wvpack").exists()
+
+
+@pytest.fixture
+def onnx_files(tmp_path):
+    paths = []
+    for name, make in [("res", examples.onnx_resnet_block), ("inc", examples.onnx_inception_block)]:
+        path = tmp_path / f"{name}.onnx"
+        onnx.save(make()[0], path)
+        paths.append(str(path))
+    return paths
+
+
+def test_pack_inspect_run(tmp_path, onnx_files, capsys):
+    out = tmp_path / "suite.wvpack"
+    assert main(["pack", onnx_files[0], f"incep={onnx_files[1]}", "-o", str(out), "--page-size", "64"]) == 0
+    plan = wv.load_wvpack(out).plan
+    assert sorted(plan.tasks) == ["incep", "res"]
+    assert plan.page_size == 64
+    # 978 and 275 weights: ceil(978/64) + ceil(275/64) = 16 + 5 pages
+    assert plan.n_pool_pages == 21
+    assert main(["inspect", str(out)]) == 0
+    assert "pool 21 pages (5376 B)" in capsys.readouterr().out  # 21 x 64 x 4 B
+    assert main(["run", str(out), "--tasks", "res,incep,res", "--mode", "fused"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("res: outputs [(2, 10)]") == 2 and "incep: outputs [(1, 5)]" in printed
+
+
+def test_cli_errors_name_the_culprit(tmp_path, onnx_files, capsys):
+    out = tmp_path / "suite.wvpack"
+    assert main(["pack", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 2
+    assert "ONNX file" in capsys.readouterr().err and not out.exists()
+    main(["pack", onnx_files[0], "-o", str(out)])
+    assert main(["run", str(out), "--tasks", "res,nope"]) == 2
+    assert "tasks ['nope'] are not in" in capsys.readouterr().err
+    out.write_bytes(out.read_bytes()[:100])
+    assert main(["inspect", str(out)]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err

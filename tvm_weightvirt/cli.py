@@ -1,0 +1,105 @@
+"""`wvirt`: pack models into a .wvpack, inspect it, run tasks from it, run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="wvirt", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    pack = sub.add_parser("pack", help="pack ONNX models into a .wvpack (lossless: no sharing yet)")
+    pack.add_argument("models", nargs="+", help="model.onnx or name=model.onnx")
+    pack.add_argument("-o", "--output", required=True)
+    pack.add_argument("--page-size", type=int, default=100)
+
+    inspect = sub.add_parser("inspect", help="pages, tasks and bytes of a .wvpack")
+    inspect.add_argument("pack")
+
+    run = sub.add_parser("run", help="build a .wvpack for llvm and run a task sequence")
+    run.add_argument("pack")
+    run.add_argument("--tasks", required=True, help="comma-separated, e.g. har,digits,har")
+    run.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+
+    demo = sub.add_parser("demo", help="end-to-end demo on the bundled example models")
+    demo.add_argument("--out", default=None, help="folder for the ONNX files and the .wvpack")
+
+    args = parser.parse_args(argv)
+    try:
+        return {"pack": _pack, "inspect": _inspect, "run": _run, "demo": _demo}[args.command](args)
+    except ValueError as err:  # the user's input: say what is wrong, no traceback
+        print(f"wvirt {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _pack(args) -> int:
+    from .artifact import save_wvpack
+    from .plan import PagePlan
+    from .task import Task
+
+    tasks = []
+    for spec in args.models:
+        name, _, path = spec.rpartition("=")
+        name = name or os.path.splitext(os.path.basename(path))[0]
+        tasks.append(Task.from_onnx(path, name=name))
+        print(f"intake {name}: {tasks[-1].n_weights} weights")
+    plan = PagePlan.lossless(tasks, page_size=args.page_size)
+    size = save_wvpack(args.output, plan, tasks)
+    print(plan.summary())
+    print(f"wrote {args.output} ({size} B)")
+    return 0
+
+
+def _inspect(args) -> int:
+    from .artifact import load_wvpack
+
+    pack = load_wvpack(args.pack)
+    print(pack.plan.summary())
+    print(f"  graphs: {[t.name for t in pack.tasks] or 'none (plan only)'}")
+    print(f"  file {os.path.getsize(args.pack)} B: pool {pack.plan.pool_bytes} B, page tables "
+          f"{pack.plan.page_table_bytes} B, exclusive {pack.plan.exclusive_bytes} B")
+    return 0
+
+
+def _run(args) -> int:
+    from .artifact import load_wvpack
+    from .compiler import build, lower
+    from tvm_weightvirt.runtime import MultitaskRuntime
+
+    pack = load_wvpack(args.pack)
+    if not pack.tasks:
+        raise ValueError(f"'{args.pack}' holds no task graphs: save it with its tasks to run it")
+    by_name = {t.name: t for t in pack.tasks}
+    sequence = [n for n in args.tasks.split(",") if n]
+    unknown = sorted(set(sequence) - set(by_name))
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not in '{args.pack}' (has {sorted(by_name)})")
+    library = build(lower(pack.tasks, pack.plan, mode=args.mode), target="llvm")
+    print(f"built {len(pack.tasks)} tasks ({args.mode}) in {library.compile_seconds:.1f} s")
+    runtime = MultitaskRuntime(pack.plan, library)
+    rng = np.random.default_rng(args.seed)
+    for name in sequence:
+        inputs = [rng.normal(size=shape).astype(dtype) for shape, dtype in by_name[name].input_types]
+        start = time.perf_counter()
+        out = runtime.run(name, *inputs)
+        ms = 1e3 * (time.perf_counter() - start)
+        print(f"{name}: outputs {[o.shape for o in out]}, {ms:.2f} ms (including any switch)")
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    run_demo(out_dir=args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
