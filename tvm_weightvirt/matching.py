@@ -1,0 +1,187 @@
+"""Weight-page matching: which pool page holds each page of a new task (NWV seeds A.4).
+
+Pure numpy/scipy (no TVM). Tasks are added one at a time against a `PoolState`: the pool's
+contents, the summed original Fisher of the tasks already on each position, and each page's
+occupancy. Complexity per task of n pages, P weights/page: greedy O(n^2 P) (NWV's argmin
+scan), optimal O(n^3) per level, or O(n B^2) with blocks of B pages, random O(n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+METHODS = ("greedy", "optimal", "random")
+INITS = ("random", "weights", "fisher_mean")
+
+
+@dataclass
+class PoolState:
+    """The pool while tasks are matched onto it.
+
+    `init` says what the pool holds when matching compares a task's page with a pool page:
+    "random" — N(0, 0.01^2) as NWV's scripts leave it (nothing is written while matching);
+    "weights" / "fisher_mean" — each free page takes the first task's weights that land on it
+    (shared pages keep them); "fisher_mean" then averages every position over the tasks on it,
+    weighted by their Fisher (`finalize`).
+    """
+
+    values: np.ndarray  # [S, P] float32
+    fisher: np.ndarray  # [S, P] float64, summed original Fisher of the tasks on each position
+    occupancy: np.ndarray  # [S] (task, logical page) entries on each page
+    init: str
+
+    @staticmethod
+    def empty(n_pages: int, page_size: int, init: str = "fisher_mean", seed: int = 0) -> PoolState:
+        if init not in INITS:
+            raise ValueError(f"pool init must be one of {INITS}, got {init!r}")
+        if n_pages <= 0:
+            raise ValueError(f"the pool needs at least one page, got {n_pages}")
+        values = np.random.default_rng(seed).normal(0, 0.01, (n_pages, page_size)).astype(np.float32)
+        return PoolState(values, np.zeros((n_pages, page_size)), np.zeros(n_pages, np.int64), init)
+
+    @property
+    def n_pages(self) -> int:
+        return int(self.values.shape[0])
+
+    def add(self, table: np.ndarray, pages: np.ndarray, fisher: np.ndarray) -> None:
+        """Record a matched task: its pages `[n, P]` with Fisher `[n, P]` on pool pages `table`."""
+        if self.init != "random":
+            free = self.occupancy[table] == 0
+            self.values[table[free]] = pages[free]
+        np.add.at(self.occupancy, table, 1)
+        np.add.at(self.fisher, table, fisher)
+
+
+def finalize_pool(state: PoolState, tables: list[np.ndarray], pages: list[np.ndarray],
+                  fishers: list[np.ndarray]) -> np.ndarray:
+    """The pool's initial contents after all tasks are matched (see `PoolState.init`)."""
+    if state.init != "fisher_mean":
+        return state.values.copy()
+    weighted = np.zeros(state.values.shape)
+    total = np.zeros(state.values.shape)
+    plain = np.zeros(state.values.shape)
+    for table, task_pages, fisher in zip(tables, pages, fishers):
+        np.add.at(weighted, table, fisher * task_pages)
+        np.add.at(total, table, fisher)
+        np.add.at(plain, table, task_pages)
+    count = np.maximum(1, state.occupancy)[:, None]
+    mean = np.where(total > 0, weighted / np.where(total > 0, total, 1), plain / count)
+    used = state.occupancy > 0
+    out = state.values.copy()
+    out[used] = mean[used]
+    return out.astype(np.float32)
+
+
+@dataclass
+class Match:
+    page_table: np.ndarray  # [n] pool page of each logical page
+    cost: float  # total sharing cost of the chosen pairs (NWV's cost, at matching time)
+
+
+def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: str = "greedy",
+               block: int = 1024, seed: int = 0) -> Match:
+    """Place one task's pages `[n, P]` (Fisher `[n, P]`) on the pool, level by level.
+
+    NWV's occupation-level loop: pool pages used by exactly k tasks are filled first for
+    k = 0, 1, 2, ... At each level both lists are sorted by Fisher-sum, descending; surplus task
+    pages (the lowest) wait for the next level, surplus pool pages (the highest) are left alone.
+    Then `method` pairs them: "greedy" (NWV: anchor = the larger remaining Fisher-sum, partner =
+    minimum sharing cost), "optimal" (minimum total cost, `linear_sum_assignment`, in blocks of
+    `block` pages by Fisher rank), or "random". A task's pages land on distinct pool pages while
+    the pool has room; a pool smaller than the task also shares pages within the task.
+    """
+    if method not in METHODS:
+        raise ValueError(f"matching method must be one of {METHODS}, got {method!r}")
+    n = pages.shape[0]
+    rng = np.random.default_rng(seed)
+    table = np.full(n, -1, np.int64)
+    occupancy = state.occupancy.copy()
+    used_by_task = np.zeros(state.n_pages, bool)
+    waiting = np.arange(n)
+    page_fisher = fisher.sum(1)
+    total_cost = 0.0
+    while waiting.size:
+        if used_by_task.all():  # pool smaller than the task: its own pages are shared too
+            used_by_task[:] = False
+        open_pages = np.flatnonzero(~used_by_task)
+        level = occupancy[open_pages].min()
+        candidates = open_pages[occupancy[open_pages] == level]
+        # Step 1. Both lists by Fisher-sum, descending; trim the surplus as NWV does.
+        q = waiting[np.argsort(-page_fisher[waiting], kind="stable")]
+        v = candidates[np.argsort(-state.fisher[candidates].sum(1), kind="stable")]
+        if len(q) > len(v):
+            q = q[: len(v)]  # the lowest-Fisher task pages wait for the next level
+        elif len(v) > len(q):
+            v = v[len(v) - len(q) :]  # the highest-Fisher pool pages are left untouched
+        # Step 2. Pair them.
+        if method == "greedy":
+            pairs = _pair_greedy(q, v, pages, fisher, state)
+        elif method == "optimal":
+            pairs = _pair_optimal(q, v, pages, fisher, state, block)
+        else:
+            pairs = list(zip(q, rng.permutation(v)))
+        qs = np.array([a for a, _ in pairs])
+        vs = np.array([b for _, b in pairs])
+        total_cost += float(_cost_pairs(pages[qs], fisher[qs], state.values[vs], state.fisher[vs]).sum())
+        table[qs] = vs
+        occupancy[vs] += 1
+        used_by_task[vs] = True
+        waiting = np.setdiff1d(waiting, qs)
+    return Match(table, total_cost)
+
+
+def _cost_rows(w: np.ndarray, f: np.ndarray, other_w: np.ndarray, other_f: np.ndarray) -> np.ndarray:
+    """NWV's sharing cost of one page (w, f: [P]) against many ([m, P]):
+    sum over positions where both Fishers are > 0 of (f + f') (w - w')^2."""
+    both = (f > 0) & (other_f > 0)
+    return np.where(both, (f + other_f) * (w - other_w) ** 2, 0.0).sum(1)
+
+
+def _cost_pairs(w, f, v, fv) -> np.ndarray:
+    both = (f > 0) & (fv > 0)
+    return np.where(both, (f + fv) * (w - v) ** 2, 0.0).sum(1)
+
+
+def _pair_greedy(q, v, pages, fisher, state) -> list[tuple[int, int]]:
+    """NWV's PageAlloc: repeatedly anchor the larger Fisher-sum head, exact argmin partner."""
+    q_sum = fisher[q].sum(1)
+    v_sum = state.fisher[v].sum(1)
+    q_left, v_left = np.ones(len(q), bool), np.ones(len(v), bool)
+    pairs = []
+    for _ in range(len(q)):
+        qi, vi = int(np.argmax(q_left)), int(np.argmax(v_left))  # heads: lists are sorted
+        if q_sum[qi] >= v_sum[vi]:
+            open_v = np.flatnonzero(v_left)
+            costs = _cost_rows(pages[q[qi]], fisher[q[qi]], state.values[v[open_v]], state.fisher[v[open_v]])
+            vi = int(open_v[np.argmin(costs)])
+        else:
+            open_q = np.flatnonzero(q_left)
+            costs = _cost_rows(state.values[v[vi]], state.fisher[v[vi]], pages[q[open_q]], fisher[q[open_q]])
+            qi = int(open_q[np.argmin(costs)])
+        pairs.append((int(q[qi]), int(v[vi])))
+        q_left[qi] = v_left[vi] = False
+    return pairs
+
+
+def _pair_optimal(q, v, pages, fisher, state, block: int) -> list[tuple[int, int]]:
+    """Minimum total sharing cost, solved per block of `block` pages of equal Fisher rank."""
+    pairs = []
+    for start in range(0, len(q), block):
+        qb, vb = q[start : start + block], v[start : start + block]
+        cost = _cost_matrix(pages[qb], fisher[qb], state.values[vb], state.fisher[vb])
+        rows, cols = linear_sum_assignment(cost)
+        pairs.extend((int(qb[r]), int(vb[c])) for r, c in zip(rows, cols))
+    return pairs
+
+
+def _cost_matrix(w, f, v, fv) -> np.ndarray:
+    """All pairs' costs [n_q, n_v] by expanding (f + f')(w - v)^2 into matrix products."""
+    w, f, v, fv = (a.astype(np.float64) for a in (w, f, v, fv))
+    mq, mv = (f > 0).astype(np.float64), (fv > 0).astype(np.float64)
+    a, b = mq * f, mv * fv
+    cost = (a * w * w) @ mv.T - 2 * (a * w) @ (mv * v).T + a @ (mv * v * v).T
+    cost += (mq * w * w) @ b.T - 2 * (mq * w) @ (b * v).T + mq @ (b * v * v).T
+    return np.maximum(cost, 0.0)

