@@ -31,11 +31,13 @@ class WvPack:
 
     plan: PagePlan
     tasks: list  # list[Task]; empty when the pack was saved without graphs
+    report: dict | None = None  # what packing measured (accuracies, bytes), when it was saved
 
 
-def save_wvpack(path: str | os.PathLike, plan: PagePlan, tasks: Sequence = ()) -> int:
-    """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt) to `path`
-    atomically; returns the file size in bytes."""
+def save_wvpack(path: str | os.PathLike, plan: PagePlan, tasks: Sequence = (),
+                report: dict | None = None) -> int:
+    """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt, and the
+    packing `report`) to `path` atomically; returns the file size in bytes."""
     import tvm  # the graphs are Relax IR; the plan alone needs no TVM
 
     tensors: dict[str, np.ndarray] = {"pool": plan.pool}
@@ -64,12 +66,13 @@ def save_wvpack(path: str | os.PathLike, plan: PagePlan, tasks: Sequence = ()) -
         "page_size": plan.page_size,
         "n_pool_pages": plan.n_pool_pages,
         "tasks": manifest_tasks,
+        "report": report,
         "tensors": {
             key: {"shape": list(t.shape), "dtype": str(t.dtype), "sha256": _sha256(t)}
             for key, t in tensors.items()
         },
     }
-    manifest_json = json.dumps(manifest, sort_keys=True)
+    manifest_json = json.dumps(manifest)
     metadata = {"wvpack": manifest_json, "wvpack_sha256": _sha256_text(manifest_json)}
     blob = safetensors.numpy.save({k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata)
     path = os.fspath(path)
@@ -158,7 +161,7 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
     for name in plan.tasks:
         if f"graph.{name}" in tensors:
             tasks.append(_task_from_graph(where, name, tensors[f"graph.{name}"], plan))
-    return WvPack(plan, tasks)
+    return WvPack(plan, tasks, manifest.get("report"))
 
 
 def _task_from_graph(where: str, name: str, graph: np.ndarray, plan: PagePlan):

@@ -14,13 +14,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wvirt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    pack = sub.add_parser("pack", help="pack ONNX models into a .wvpack (lossless: no sharing yet)")
-    pack.add_argument("models", nargs="+", help="model.onnx or name=model.onnx")
+    pack = sub.add_parser("pack", help="pack the suite (Fisher, matching, retraining) or ONNX "
+                          "models (lossless: no data to retrain with) into a .wvpack")
+    pack.add_argument("models", nargs="*", help="model.onnx or name=model.onnx")
+    pack.add_argument("--suite", help="comma-separated suite tasks, e.g. mnist,digits (or 'five')")
     pack.add_argument("-o", "--output", required=True)
     pack.add_argument("--page-size", type=int, default=100)
+    pack.add_argument("--pool-pages", type=int, default=None,
+                      help="pool size in pages (default: pages of the largest task, as NWV)")
+    pack.add_argument("--share-within-task", action="store_true",
+                      help="allow a pool smaller than the largest task")
+    pack.add_argument("--match", choices=["greedy", "optimal", "random"], default="greedy")
+    pack.add_argument("--init", choices=["random", "weights", "fisher_mean"], default="fisher_mean")
+    pack.add_argument("--rounds", type=int, default=4, help="retraining rounds (0: none)")
+    pack.add_argument("--iterations", type=int, default=300, help="per task per round")
+    pack.add_argument("--lam", type=float, default=10.0, help="weight of the sharing loss")
+    pack.add_argument("--resume", help="continue retraining from this .wvpack's plan")
 
-    inspect = sub.add_parser("inspect", help="pages, tasks and bytes of a .wvpack")
+    inspect = sub.add_parser("inspect", help="pages, tasks, bytes and accuracy of a .wvpack")
     inspect.add_argument("pack")
+    inspect.add_argument("--png", help="write the report figure to this PNG file")
 
     run = sub.add_parser("run", help="build a .wvpack for llvm and run a task sequence")
     run.add_argument("pack")
@@ -40,19 +53,38 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pack(args) -> int:
-    from .artifact import save_wvpack
+    from .artifact import load_wvpack, save_wvpack
     from .plan import PagePlan
     from .task import Task
 
-    tasks = []
-    for spec in args.models:
-        name, _, path = spec.rpartition("=")
-        name = name or os.path.splitext(os.path.basename(path))[0]
-        tasks.append(Task.from_onnx(path, name=name))
-        print(f"intake {name}: {tasks[-1].n_weights} weights")
-    plan = PagePlan.lossless(tasks, page_size=args.page_size)
-    size = save_wvpack(args.output, plan, tasks)
-    print(plan.summary())
+    if bool(args.models) == bool(args.suite):
+        raise ValueError("give either ONNX models or --suite")
+    if args.suite:
+        from . import suite
+        from .optimize import OptimizeConfig
+        from .pack import PackConfig, format_report, pack_tasks
+
+        names = suite.FIVE_TASKS if args.suite == "five" else args.suite.split(",")
+        tasks = suite.load_suite(names)
+        config = PackConfig(
+            page_size=args.page_size, pool_pages=args.pool_pages, match=args.match,
+            init=args.init, share_within_task=args.share_within_task,
+            optimize=OptimizeConfig(rounds=args.rounds, iterations=args.iterations, lam=args.lam))
+        resume = load_wvpack(args.resume).plan if args.resume else None
+        result = pack_tasks(tasks, config, resume=resume)
+        graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+        size = save_wvpack(args.output, result.plan, graphs, result.report)
+        print(format_report(result.report))
+    else:
+        tasks = []
+        for spec in args.models:
+            name, _, path = spec.rpartition("=")
+            name = name or os.path.splitext(os.path.basename(path))[0]
+            tasks.append(Task.from_onnx(path, name=name))
+            print(f"intake {name}: {tasks[-1].n_weights} weights")
+        plan = PagePlan.lossless(tasks, page_size=args.page_size)
+        size = save_wvpack(args.output, plan, tasks)
+        print(plan.summary())
     print(f"wrote {args.output} ({size} B)")
     return 0
 
@@ -65,6 +97,15 @@ def _inspect(args) -> int:
     print(f"  graphs: {[t.name for t in pack.tasks] or 'none (plan only)'}")
     print(f"  file {os.path.getsize(args.pack)} B: pool {pack.plan.pool_bytes} B, page tables "
           f"{pack.plan.page_table_bytes} B, exclusive {pack.plan.exclusive_bytes} B")
+    if pack.report:
+        from .pack import format_report
+
+        print(format_report(pack.report))
+    if args.png:
+        from .figures import plot_pack
+
+        plot_pack(pack.plan, pack.report, args.png)
+        print(f"wrote {args.png}")
     return 0
 
 

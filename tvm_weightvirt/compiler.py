@@ -29,6 +29,11 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     names = [t.name for t in tasks]
     if sorted(names) != sorted(plan.tasks):
         raise ValueError(f"tasks {sorted(names)} do not match the page plan's {sorted(plan.tasks)}")
+    for t in tasks:
+        if list(t.weights) != plan.task(t.name).layout.names:
+            raise ValueError(
+                f"task '{t.name}': weights {list(t.weights)} are not the plan's layout "
+                f"{plan.task(t.name).layout.names} (same names, same order)")
     pipeline = [
         # Step 1. One Relax function per task, identical kernels once.
         MergeTasks({t.name: t.mod for t in tasks}),

@@ -82,7 +82,8 @@ class Match:
 
 
 def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: str = "greedy",
-               block: int = 1024, seed: int = 0) -> Match:
+               block: int = 1024, seed: int = 0, share_within_task: bool = False,
+               task: str = "?") -> Match:
     """Place one task's pages `[n, P]` (Fisher `[n, P]`) on the pool, level by level.
 
     NWV's occupation-level loop: pool pages used by exactly k tasks are filled first for
@@ -91,11 +92,16 @@ def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: 
     Then `method` pairs them: "greedy" (NWV: anchor = the larger remaining Fisher-sum, partner =
     minimum sharing cost), "optimal" (minimum total cost, `linear_sum_assignment`, in blocks of
     `block` pages by Fisher rank), or "random". A task's pages land on distinct pool pages while
-    the pool has room; a pool smaller than the task also shares pages within the task.
+    the pool has room. A pool smaller than the task is an error unless `share_within_task`:
+    then, once every pool page holds one of the task's pages, its remaining pages share too.
     """
     if method not in METHODS:
         raise ValueError(f"matching method must be one of {METHODS}, got {method!r}")
     n = pages.shape[0]
+    if n > state.n_pages and not share_within_task:
+        raise ValueError(
+            f"task '{task}' has {n} pages but the pool has {state.n_pages}: the minimum pool "
+            f"without sharing pages within a task is {n} pages (or share pages within the task)")
     rng = np.random.default_rng(seed)
     table = np.full(n, -1, np.int64)
     occupancy = state.occupancy.copy()

@@ -22,6 +22,7 @@ from .plan import PagePlan, TaskPages, check_unique_names
 class PackConfig:
     page_size: int = 100
     pool_pages: int | None = None  # None: pages of the largest task (NWV's setting)
+    share_within_task: bool = False  # needed for pools smaller than the largest task
     match: str = "greedy"
     init: str = "fisher_mean"
     fisher_samples: int = 100
@@ -35,8 +36,14 @@ class PackResult:
     report: dict  # JSON-ready: per-task params/pages/accuracies, bytes, ratios, matching cost
 
 
-def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = True) -> PackResult:
-    """Pack suite-like tasks (`.name`, `.model`, `.splits` with train/val/test `Split`s)."""
+def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = True,
+               resume: PagePlan | None = None) -> PackResult:
+    """Pack suite-like tasks (`.name`, `.model`, `.splits` with train/val/test `Split`s and
+    `.accuracy(split)` in percent, as `suite.SuiteTask`).
+
+    With `resume`, a plan saved earlier: its page tables and pool are kept (no matching) and
+    retraining continues from them, each task's latest weights (read from the pool) as anchor.
+    """
     check_page_size(config.page_size)
     if not tasks:
         raise ValueError("no tasks to pack")
@@ -53,24 +60,22 @@ def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = 
         layouts.append(layout)
         pages.append(layout.to_pages(weights))
         fishers.append(layout.to_pages(fisher))
-    largest = max(layout.n_pages for layout in layouts)
-    n_pool = config.pool_pages or largest
-    if n_pool <= 0:
-        raise ValueError(f"pool pages must be > 0, got {n_pool}")
-    # Step 2. Matching, one task at a time (NWV -mode=a).
-    state = PoolState.empty(n_pool, config.page_size, config.init, config.seed)
-    tables, costs = [], {}
-    for t, task_pages, fisher in zip(tasks, pages, fishers):
-        match = match_task(state, task_pages, fisher, config.match, seed=config.seed)
-        state.add(match.page_table, task_pages, fisher)
-        tables.append(match.page_table)
-        costs[t.name] = match.cost
-    pool = finalize_pool(state, tables, pages, fishers)
+    # Step 2. Matching (or the resumed plan's tables and pool).
+    if resume is not None:
+        if sorted(resume.tasks) != sorted(t.name for t in tasks) or any(
+                resume.task(t.name).layout != layout for t, layout in zip(tasks, layouts)):
+            raise ValueError("the plan to resume does not have these tasks and layouts")
+        tables = [resume.task(t.name).page_table for t in tasks]
+        pool, costs = resume.pool.copy(), {t.name: float("nan") for t in tasks}
+        anchors = [resume.task(t.name).layout.to_pages(resume.read(t.name)) for t in tasks]
+    else:
+        tables, pool, costs = _match(tasks, layouts, pages, fishers, config)
+        anchors = pages
     # Step 3. Joint retraining with write-back.
     pool_tasks = [
-        PoolTask(t.name, t.model, layout, table, fisher, task_pages,
+        PoolTask(t.name, t.model, layout, table, fisher, anchor,
                  (t.splits["train"].x, t.splits["train"].y), (t.splits["val"].x, t.splits["val"].y))
-        for t, layout, table, fisher, task_pages in zip(tasks, layouts, tables, fishers, pages)
+        for t, layout, table, fisher, anchor in zip(tasks, layouts, tables, fishers, anchors)
     ]
     before = {pt.name: pool_accuracy(pool, pt, t.splits["test"].x, t.splits["test"].y)
               for pt, t in zip(pool_tasks, tasks)}
@@ -83,13 +88,30 @@ def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = 
     return PackResult(plan, _report(tasks, pool_tasks, plan, before, costs, log, config))
 
 
+def _match(tasks, layouts, pages, fishers, config):
+    """NWV's matching, one task at a time (-mode=a); returns tables, initial pool, costs."""
+    largest = max(layout.n_pages for layout in layouts)
+    n_pool = largest if config.pool_pages is None else config.pool_pages
+    if n_pool <= 0 or (n_pool < largest and not config.share_within_task):
+        big = max(zip(layouts, tasks), key=lambda lt: lt[0].n_pages)[1].name
+        raise ValueError(
+            f"a pool of {n_pool} pages cannot hold task '{big}' ({largest} pages): the minimum "
+            f"is {largest} pages, or allow sharing pages within a task")
+    state = PoolState.empty(n_pool, config.page_size, config.init, config.seed)
+    tables, costs = [], {}
+    for t, task_pages, fisher in zip(tasks, pages, fishers):
+        match = match_task(state, task_pages, fisher, config.match, seed=config.seed,
+                           share_within_task=config.share_within_task, task=t.name)
+        state.add(match.page_table, task_pages, fisher)
+        tables.append(match.page_table)
+        costs[t.name] = match.cost
+    return tables, finalize_pool(state, tables, pages, fishers), costs
+
+
 def _report(tasks, pool_tasks, plan, before, costs, log, config) -> dict:
     per_task = {}
     for t, pt in zip(tasks, pool_tasks):
-        separate = pool_accuracy(pt.layout.to_pages(
-            {k: v.detach().numpy() for k, v in t.model.state_dict().items()}),
-            PoolTask(pt.name, pt.model, pt.layout, np.arange(pt.layout.n_pages), pt.fisher,
-                     pt.anchor, pt.train, pt.val), t.splits["test"].x, t.splits["test"].y)
+        separate = t.accuracy("test")
         packed = pool_accuracy(plan.pool, pt, t.splits["test"].x, t.splits["test"].y)
         per_task[t.name] = {
             "params": pt.layout.n_weights,
@@ -106,6 +128,7 @@ def _report(tasks, pool_tasks, plan, before, costs, log, config) -> dict:
     deltas = [v["delta_pp"] for v in per_task.values()]
     return {
         "page_size": plan.page_size,
+        "share_within_task": config.share_within_task,
         "pool_pages": plan.n_pool_pages,
         "match": config.match,
         "init": config.init,

@@ -156,6 +156,10 @@ class SuiteTask:
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def example_input(self, batch_size: int = 1) -> torch.Tensor:
+        """Test samples shaped as the model's input (for export)."""
+        return torch.from_numpy(self.splits["test"].x[:batch_size])
+
     def accuracy(self, split: str = "test", model: torch.nn.Module | None = None) -> float:
         """Accuracy in percent of `model` (default: the baseline) on a split."""
         return accuracy(model or self.model, self.splits[split])
