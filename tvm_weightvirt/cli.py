@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
 
-    demo = sub.add_parser("demo", help="end-to-end demo on the bundled example models")
-    demo.add_argument("--out", default=None, help="folder for the ONNX files and the .wvpack")
+    demo = sub.add_parser("demo", help="pack the 5-task suite, build it, switch between tasks")
+    demo.add_argument("--out", default="out/demo", help="folder for the .wvpack")
 
     args = parser.parse_args(argv)
     try:

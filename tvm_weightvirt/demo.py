@@ -1,72 +1,75 @@
-"""End-to-end demo: five models (torch and ONNX) merged into one TVM program over a page pool."""
+"""End-to-end demo: pack the 5-task suite into one pool, build it with TVM, switch between
+tasks in memory, and check the compiled accuracy against torch."""
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 
 import numpy as np
-import onnx
+import torch
 
-from . import examples
+from . import suite
 from .artifact import load_wvpack, save_wvpack
-from .compiler import MODES, build, lower
-from .plan import PagePlan
+from .compiler import build, lower
+from .optimize import OptimizeConfig, task_weights
+from .pack import PackConfig, format_report, pack_tasks
 from .task import Task
 
+MNIST_TEST = os.path.join("..", "shared", "data", "mnist-test")
 
-def run_demo(page_size: int = 100, out_dir: str | None = None) -> dict:
-    """Take in the example models, pack them losslessly, save and reload the artifact, build
-    both execution modes for llvm and check every task against the model compiled alone.
-    Returns the numbers it prints."""
-    from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
-    out_dir = out_dir or tempfile.mkdtemp(prefix="wvirt-demo-")
+def run_demo(out_dir: str = "out/demo", rounds: int = 3, iterations: int = 200,
+             requests: int = 30, seed: int = 0) -> dict:
+    from tvm_weightvirt.runtime import MultitaskRuntime
+
     os.makedirs(out_dir, exist_ok=True)
-    # Step 1. Intake: torch modules through torch.export, ONNX graphs from files.
-    tasks, inputs = [], {}
-    for seed, kind in enumerate(examples.TORCH_MODELS):
-        model, x = examples.torch_model(kind, seed)
-        tasks.append(Task.from_torch(model, (x,), name=kind))
-        inputs[kind] = x.numpy()
-    for name, make in [("resnet", examples.onnx_resnet_block),
-                       ("inception", examples.onnx_inception_block)]:
-        model, x = make()
-        path = os.path.join(out_dir, f"{name}.onnx")
-        onnx.save(model, path)
-        tasks.append(Task.from_onnx(path, name=name))
-        inputs[name] = x
-    for t in tasks:
-        print(f"  intake {t.name:10s} {len(t.weights):3d} weight tensors, {t.n_weights:6d} weights")
-    # Step 2. Plan and artifact.
-    plan = PagePlan.lossless(tasks, page_size=page_size)
-    pack_path = os.path.join(out_dir, "suite.wvpack")
-    pack_bytes = save_wvpack(pack_path, plan, tasks)
-    pack = load_wvpack(pack_path)
-    print(plan.summary())
-    print(f"  artifact {pack_path}: {pack_bytes} B (pool {plan.pool_bytes} B)")
-    # Step 3. Reference: each model compiled alone by TVM.
-    reference = {t.name: StandaloneModel(t).run(inputs[t.name]) for t in tasks}
-    report = {"artifact_bytes": pack_bytes, "pool_bytes": plan.pool_bytes, "modes": {}}
-    # Step 4. Lower, build and run the merged program from the reloaded artifact.
-    for mode in MODES:
-        library = build(lower(pack.tasks, pack.plan, mode=mode), target="llvm")
-        runtime = MultitaskRuntime(pack.plan, library)
-        errors, seconds = {}, []
-        names = [t.name for t in tasks]
-        for name in names + names[::-1]:
-            start = time.perf_counter()
-            out = runtime.run(name, inputs[name])
-            seconds.append(time.perf_counter() - start)
-            err = max(float(np.abs(g - e).max()) for g, e in zip(out, reference[name]))
-            errors[name] = max(err, errors.get(name, 0.0))
-        report["modes"][mode] = {
-            "compile_seconds": library.compile_seconds,
-            "max_abs_err": errors,
-            "median_request_ms": 1e3 * float(np.median(seconds)),
+    # Step 1. The suite: real data, baselines trained once and cached.
+    tasks = suite.load_suite(suite.FIVE_TASKS)
+    # Step 2. Fisher -> matching -> retraining, at NWV's pool size (pages of the largest task).
+    result = pack_tasks(tasks, PackConfig(optimize=OptimizeConfig(rounds=rounds, iterations=iterations)))
+    print(format_report(result.report))
+    mnist = next(t for t in tasks if t.name == "mnist")
+    real = suite.load_mnist_idx(MNIST_TEST)
+    if real is not None:
+        packed_model = suite.SPECS["mnist"].make_model()
+        layout = result.plan.task("mnist").layout
+        table = torch.from_numpy(result.plan.task("mnist").page_table.astype(np.int64))
+        packed_model.load_state_dict(task_weights(torch.from_numpy(result.plan.pool), layout, table))
+        result.report["mnist_real_test"] = {
+            "acc_separate": suite.accuracy(mnist.model, real),
+            "acc_packed": suite.accuracy(packed_model, real),
         }
-        print(f"  {mode:11s} compiled in {library.compile_seconds:.1f} s; max |out - alone| "
-              + ", ".join(f"{n} {e:.1e}" for n, e in errors.items())
-              + f"; median request (with switch) {1e3 * np.median(seconds):.2f} ms")
-    return report
+        print("real MNIST test set (10,000 images): separate {acc_separate:.2f}%, packed "
+              "{acc_packed:.2f}%".format(**result.report["mnist_real_test"]))
+    # Step 3. The artifact, with each task's graph.
+    graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    path = os.path.join(out_dir, "suite.wvpack")
+    size = save_wvpack(path, result.plan, graphs, result.report)
+    pack = load_wvpack(path)
+    print(f"wrote {path} ({size} B)")
+    # Step 4. Build once for llvm; every task's compiled test accuracy equals torch's.
+    library = build(lower(pack.tasks, pack.plan, mode="materialize"), target="llvm")
+    print(f"built {len(pack.tasks)} tasks in one module in {library.compile_seconds:.1f} s")
+    runtime = MultitaskRuntime(pack.plan, library)
+    for t in tasks:
+        test = t.splits["test"]
+        predicted = [int(runtime.run(t.name, test.x[i : i + 1])[0].argmax()) for i in range(len(test.y))]
+        compiled = 100.0 * int((np.array(predicted) == test.y).sum()) / len(test.y)
+        expected = result.report["tasks"][t.name]["acc_packed"]
+        print(f"  {t.name:14s} compiled {compiled:6.2f}%  torch {expected:6.2f}%")
+        assert compiled == expected, f"task '{t.name}': compiled {compiled} != torch {expected}"
+    # Step 5. A random request sequence, switching in memory.
+    rng = np.random.default_rng(seed)
+    switch_ms, run_ms = [], []
+    for name in rng.choice([t.name for t in tasks], requests):
+        x = next(t for t in tasks if t.name == name).example_input().numpy()
+        start = time.perf_counter()
+        runtime.switch(name)
+        switched = time.perf_counter()
+        runtime.run(name, x)
+        switch_ms.append(1e3 * (switched - start))
+        run_ms.append(1e3 * (time.perf_counter() - switched))
+    print(f"{requests} requests: median switch {np.median(switch_ms):.3f} ms, median inference "
+          f"{np.median(run_ms):.3f} ms")
+    return result.report

@@ -86,7 +86,8 @@ def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: 
                task: str = "?") -> Match:
     """Place one task's pages `[n, P]` (Fisher `[n, P]`) on the pool, level by level.
 
-    NWV's occupation-level loop: pool pages used by exactly k tasks are filled first for
+    The first task on an empty pool takes pages 0..n-1 (NWV). Then NWV's occupation-level
+    loop: pool pages used by exactly k tasks are filled first for
     k = 0, 1, 2, ... At each level both lists are sorted by Fisher-sum, descending; surplus task
     pages (the lowest) wait for the next level, surplus pool pages (the highest) are left alone.
     Then `method` pairs them: "greedy" (NWV: anchor = the larger remaining Fisher-sum, partner =
@@ -102,6 +103,8 @@ def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: 
         raise ValueError(
             f"task '{task}' has {n} pages but the pool has {state.n_pages}: the minimum pool "
             f"without sharing pages within a task is {n} pages (or share pages within the task)")
+    if not state.occupancy.any() and n <= state.n_pages:
+        return Match(np.arange(n), 0.0)  # NWV: the first task maps onto pages 0..n-1
     rng = np.random.default_rng(seed)
     table = np.full(n, -1, np.int64)
     occupancy = state.occupancy.copy()

@@ -85,7 +85,8 @@ def sharing_loss_terms(tasks: list[PoolTask], t: int, pool_shape: tuple[int, int
 def optimize_pool(pool: np.ndarray, tasks: list[PoolTask], config: OptimizeConfig = OptimizeConfig(),
                   progress: bool = True) -> tuple[np.ndarray, list[dict]]:
     """Joint retraining in `config.rounds` rounds of one turn per task. Returns the new pool and
-    a log of each turn (task, round, validation accuracy before/after, whether it was kept)."""
+    a log of each turn: task, round, validation accuracy before/after, whether it was kept, and
+    the turn's objective (CE over the whole training split + lambda * sharing loss) before/after."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     pool_t = torch.from_numpy(np.array(pool, np.float32))
@@ -98,14 +99,22 @@ def optimize_pool(pool: np.ndarray, tasks: list[PoolTask], config: OptimizeConfi
         table = torch.from_numpy(task.page_table.astype(np.int64))
         optimizer = torch.optim.Adam([v], lr=config.lr)
         x, y = torch.from_numpy(task.train[0]), torch.from_numpy(task.train[1])
+
+        def objective(pool: torch.Tensor, idx: torch.Tensor | slice = slice(None)):
+            """CE on the batch + lambda * NWV's sharing loss (seeds A.5)."""
+            logits = torch.func.functional_call(
+                task.model, task_weights(pool, task.layout, table), (x[idx],))
+            penalty = (mask * (a * pool * pool - 2 * b * pool + c) / count).sum()
+            return torch.nn.functional.cross_entropy(logits, y[idx]) + config.lam * penalty
+
+        with torch.no_grad():
+            start_objective = float(objective(pool_t))
         start_val = best_val = pool_accuracy(v.detach(), task, *task.val)
         best = None
         for it in range(1, config.iterations + 1):
             task.model.train()
             idx = torch.from_numpy(rng.choice(len(y), min(config.batch_size, len(y)), replace=False))
-            logits = torch.func.functional_call(task.model, task_weights(v, task.layout, table), (x[idx],))
-            penalty = (mask * (a * v * v - 2 * b * v + c) / count).sum()
-            loss = torch.nn.functional.cross_entropy(logits, y[idx]) + config.lam * penalty
+            loss = objective(v, idx)
             optimizer.zero_grad()
             loss.backward()
             v.grad *= mask  # only this task's pages move in its turn
@@ -118,6 +127,9 @@ def optimize_pool(pool: np.ndarray, tasks: list[PoolTask], config: OptimizeConfi
         if best is not None:
             pool_t = best
         task.anchor = pool_t[table].numpy().copy()
+        with torch.no_grad():
+            end_objective = float(objective(pool_t))
         log.append({"task": task.name, "round": r, "val_before": start_val, "val_after": best_val,
-                    "kept": best is not None})
+                    "kept": best is not None, "objective_before": start_objective,
+                    "objective_after": end_objective})
     return pool_t.numpy(), log

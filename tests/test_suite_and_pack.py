@@ -1,0 +1,108 @@
+"""The suite's splits; packing two real tasks end to end; `wvirt pack` on a mini configuration;
+compiled accuracy equals torch accuracy of the same weights; bad input."""
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+import tvm_weightvirt as wv
+from tvm_weightvirt import suite
+from tvm_weightvirt.cli import main
+from tvm_weightvirt.optimize import OptimizeConfig
+from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.runtime import MultitaskRuntime
+
+MINI = ["wine", "iris"]  # trains in seconds
+
+
+@pytest.mark.parametrize("name", suite.FIVE_TASKS)
+def test_splits_are_disjoint_and_deterministic(name):
+    first, second = suite.load_splits(name), suite.load_splits(name)
+    rows = {}
+    for split in ["train", "val", "test"]:
+        np.testing.assert_array_equal(first[split].x, second[split].x)
+        np.testing.assert_array_equal(first[split].y, second[split].y)
+        rows[split] = {hashlib.sha1(r.tobytes()).hexdigest() for r in first[split].x}
+        assert len(first[split].y) > 0
+    assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"]
+    assert not rows["val"] & rows["test"]
+
+
+def test_suite_models_have_the_intended_sizes():
+    sizes = {n: sum(p.numel() for p in suite.SPECS[n].make_model().parameters()) for n in suite.TEN_TASKS}
+    assert sizes["mnist"] == 45_706  # NWV's MNIST net: conv 1-8-16-32, FC 32-128-256-10
+    assert all(20_000 <= s <= 75_000 for s in sizes.values()), sizes
+
+
+@pytest.fixture(scope="module")
+def mini_tasks():
+    return suite.load_suite(MINI)
+
+
+@pytest.fixture(scope="module")
+def packed(mini_tasks):
+    config = PackConfig(optimize=OptimizeConfig(rounds=2, iterations=100, eval_every=25))
+    return pack_tasks(mini_tasks, config, progress=False)
+
+
+def test_packing_two_tasks_shares_pages_and_keeps_accuracy(mini_tasks, packed):
+    plan, report = packed.plan, packed.report
+    assert plan.n_pool_pages == 268  # NWV's setting: pages of the largest task (wine, 26,755)
+    assert report["ratio_count"] == pytest.approx((26_755 + 25_603) / (268 * 100))
+    assert report["bytes_packed"] == 268 * 100 * 4 + (268 + 257) * 4  # pool + int32 tables
+    for name, r in report["tasks"].items():
+        assert r["acc_packed"] >= r["acc_separate"] - 5.0, (name, r)
+        assert r["acc_packed"] >= r["acc_matched"], (name, r)
+    # retraining lowers the objective (CE + lambda * sharing loss) of every kept turn
+    kept = [t for t in report["optimize_log"] if t["kept"]]
+    assert kept and all(t["objective_after"] < t["objective_before"] for t in kept)
+
+
+def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks, packed):
+    plan = packed.plan
+    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in mini_tasks]
+    runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan, mode="fused")))
+    for t in mini_tasks:
+        model = suite.SPECS[t.name].make_model()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in plan.read(t.name).items()})
+        test = t.splits["test"]
+        with torch.no_grad():
+            torch_logits = model(torch.from_numpy(test.x)).numpy()
+        tvm_logits = np.concatenate([runtime.run(t.name, test.x[i : i + 1])[0] for i in range(len(test.y))])
+        np.testing.assert_allclose(tvm_logits, torch_logits, atol=1e-4, rtol=1e-4)
+        correct = int((tvm_logits.argmax(1) == test.y).sum())
+        assert 100.0 * correct / len(test.y) == packed.report["tasks"][t.name]["acc_packed"]
+
+
+def test_wvirt_pack_mini_configuration(tmp_path, capsys):
+    out = tmp_path / "mini.wvpack"
+    assert main(["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50",
+                 "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "wine" in printed and "1.92x bytes" in printed  # (26755 + 25603) x 4 / 109300 B
+    pack = wv.load_wvpack(out)
+    assert [t.name for t in pack.tasks] == MINI and pack.report["pool_pages"] == 268
+    assert main(["inspect", str(out), "--png", str(tmp_path / "report.png")]) == 0
+    assert (tmp_path / "report.png").stat().st_size > 10_000
+    # resume: one more round from the saved plan, same tables
+    again = tmp_path / "again.wvpack"
+    assert main(["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50",
+                 "--resume", str(out), "-o", str(again)]) == 0
+    resumed = wv.load_wvpack(again).plan
+    for name in MINI:
+        np.testing.assert_array_equal(resumed.task(name).page_table, pack.plan.task(name).page_table)
+
+
+def test_bad_input(mini_tasks):
+    with pytest.raises(ValueError, match="no tasks to pack"):
+        pack_tasks([])
+    with pytest.raises(ValueError, match=r"a pool of 100 pages cannot hold task 'wine' \(268 pages\): the minimum is 268"):
+        pack_tasks(mini_tasks, PackConfig(pool_pages=100))
+    wrong = suite.SuiteTask("wine", mini_tasks[0].model, {
+        k: suite.Split(np.zeros((len(s.y), 7), np.float32), s.y) for k, s in mini_tasks[0].splits.items()})
+    with pytest.raises(ValueError, match=r"task 'wine': training data of shape \(7,\) per sample does not fit the model"):
+        pack_tasks([wrong])
+    with pytest.raises(ValueError, match="no suite task 'nope'"):
+        suite.load_task("nope")
