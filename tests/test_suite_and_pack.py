@@ -65,8 +65,7 @@ def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks,
     graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in mini_tasks]
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan, mode="fused")))
     for t in mini_tasks:
-        model = suite.SPECS[t.name].make_model()
-        model.load_state_dict({k: torch.from_numpy(v) for k, v in plan.read(t.name).items()})
+        model = t.model_from_plan(plan)
         test = t.splits["test"]
         with torch.no_grad():
             torch_logits = model(torch.from_numpy(test.x)).numpy()

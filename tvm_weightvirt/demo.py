@@ -7,16 +7,13 @@ import os
 import time
 
 import numpy as np
-import torch
 
 from . import suite
 from .artifact import load_wvpack, save_wvpack
 from .compiler import build, lower
-from .optimize import OptimizeConfig, task_weights
+from .optimize import OptimizeConfig
 from .pack import PackConfig, format_report, pack_tasks
 from .task import Task
-
-MNIST_TEST = os.path.join("..", "shared", "data", "mnist-test")
 
 
 def run_demo(out_dir: str = "out/demo", rounds: int = 3, iterations: int = 200,
@@ -29,19 +26,11 @@ def run_demo(out_dir: str = "out/demo", rounds: int = 3, iterations: int = 200,
     # Step 2. Fisher -> matching -> retraining, at NWV's pool size (pages of the largest task).
     result = pack_tasks(tasks, PackConfig(optimize=OptimizeConfig(rounds=rounds, iterations=iterations)))
     print(format_report(result.report))
-    mnist = next(t for t in tasks if t.name == "mnist")
-    real = suite.load_mnist_idx(MNIST_TEST)
+    real = suite.mnist_real_test(next(t for t in tasks if t.name == "mnist"), result.plan)
     if real is not None:
-        packed_model = suite.SPECS["mnist"].make_model()
-        layout = result.plan.task("mnist").layout
-        table = torch.from_numpy(result.plan.task("mnist").page_table.astype(np.int64))
-        packed_model.load_state_dict(task_weights(torch.from_numpy(result.plan.pool), layout, table))
-        result.report["mnist_real_test"] = {
-            "acc_separate": suite.accuracy(mnist.model, real),
-            "acc_packed": suite.accuracy(packed_model, real),
-        }
+        result.report["mnist_real_test"] = real
         print("real MNIST test set (10,000 images): separate {acc_separate:.2f}%, packed "
-              "{acc_packed:.2f}%".format(**result.report["mnist_real_test"]))
+              "{acc_packed:.2f}%".format(**real))
     # Step 3. The artifact, with each task's graph.
     graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
     path = os.path.join(out_dir, "suite.wvpack")

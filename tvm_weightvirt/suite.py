@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 SPLIT_SEED = 0
+MNIST_TEST = os.path.join("..", "shared", "data", "mnist-test")  # from the project root
 FIVE_TASKS = ["mnist", "digits", "basicmotions", "gunpoint", "breast_cancer"]
 TEN_TASKS = FIVE_TASKS + ["trace", "coffee", "pigcvp", "wine", "iris"]
 CACHE_VERSION = 1
@@ -160,6 +161,12 @@ class SuiteTask:
         """Test samples shaped as the model's input (for export)."""
         return torch.from_numpy(self.splits["test"].x[:batch_size])
 
+    def model_from_plan(self, plan) -> torch.nn.Module:
+        """The task's architecture with its weights read from a page plan."""
+        model = _spec(self.name).make_model()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in plan.read(self.name).items()})
+        return model.eval()
+
     def accuracy(self, split: str = "test", model: torch.nn.Module | None = None) -> float:
         """Accuracy in percent of `model` (default: the baseline) on a split."""
         return accuracy(model or self.model, self.splits[split])
@@ -280,6 +287,16 @@ def _spec(name: str) -> SuiteSpec:
     if name not in SPECS:
         raise ValueError(f"no suite task '{name}' (has {sorted(SPECS)})")
     return SPECS[name]
+
+
+def mnist_real_test(mnist: SuiteTask, plan, folder: str = MNIST_TEST) -> dict | None:
+    """Accuracy (percent) of the separate and the packed `mnist` task on the real 10,000-image
+    MNIST test set, when `folder` holds it."""
+    real = load_mnist_idx(folder)
+    if real is None:
+        return None
+    return {"acc_separate": accuracy(mnist.model, real),
+            "acc_packed": accuracy(mnist.model_from_plan(plan), real)}
 
 
 def load_mnist_idx(folder: str) -> Split | None:

@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m benchmarks.<name> [--quick] --json PATH` (ratios measured in one run)."""

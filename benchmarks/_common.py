@@ -1,0 +1,26 @@
+"""What every benchmark shares: its command line and its JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="CI-sized run (minutes)")
+    parser.add_argument("--json", help="write the numbers to this JSON file")
+    return parser.parse_args()
+
+
+def write_json(path: str | None, numbers: dict, started: float) -> None:
+    numbers["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform()}
+    numbers["wall_seconds"] = time.time() - started
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(numbers, f, indent=2)
+        print(f"wrote {path}")
