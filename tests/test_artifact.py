@@ -125,7 +125,8 @@ def test_page_id_out_of_range(pack):
         tensors["page_table.mlp"][3] = 9999
 
     _rewrite(path, edit_tensors=bad_table)
-    with pytest.raises(wv.ArtifactError, match=r"task .mlp.: page ids \[9999\] out of range \[0, 29\) \(29 pool \+ 0 exclusive"):
+    # cnn2d: 682 weights on 752 aligned slots = 8 pages; mlp: 2114 = 22 pages
+    with pytest.raises(wv.ArtifactError, match=r"task .mlp.: page ids \[9999\] out of range \[0, 30\) \(30 pool \+ 0 exclusive"):
         wv.load_wvpack(path)
 
 
@@ -181,5 +182,5 @@ def test_tensor_shape_differs_from_manifest(pack):
         m["tensors"]["pool"]["shape"] = [28, 100]
 
     _rewrite(path, edit_manifest=lie)
-    with pytest.raises(wv.ArtifactError, match=r"tensor 'pool' is \[29, 100\] float32, the manifest says \[28, 100\]"):
+    with pytest.raises(wv.ArtifactError, match=r"tensor 'pool' is \[30, 100\] float32, the manifest says \[28, 100\]"):
         wv.load_wvpack(path)

@@ -39,10 +39,10 @@ def test_pack_inspect_run(tmp_path, onnx_files, capsys):
     plan = wv.load_wvpack(out).plan
     assert sorted(plan.tasks) == ["incep", "res"]
     assert plan.page_size == 64
-    # 978 and 275 weights: ceil(978/64) + ceil(275/64) = 16 + 5 pages
-    assert plan.n_pool_pages == 21
+    # 978 and 275 weights on 1,066 and 341 16-aligned slots: ceil(1066/64) + ceil(341/64) pages
+    assert plan.n_pool_pages == 17 + 6
     assert main(["inspect", str(out)]) == 0
-    assert "pool 21 pages (5376 B)" in capsys.readouterr().out  # 21 x 64 x 4 B
+    assert "pool 23 pages (5888 B)" in capsys.readouterr().out  # 23 x 64 x 4 B
     assert main(["run", str(out), "--tasks", "res,incep,res", "--mode", "fused"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("res: outputs [(2, 10)]") == 2 and "incep: outputs [(1, 5)]" in printed

@@ -53,6 +53,7 @@ def save_wvpack(path: str | os.PathLike, plan: PagePlan, tasks: Sequence = (),
         entry = {
             "name": name,
             "layout": task_pages.layout.to_json(),
+            "align_elems": task_pages.layout.align_elems,
             "n_pages": task_pages.layout.n_pages,
             "n_exclusive_pages": task_pages.n_exclusive_pages,
         }
@@ -137,7 +138,7 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
     for entry in manifest["tasks"]:
         name = entry["name"]
         try:
-            layout = PageLayout.from_json(entry["layout"], page_size)
+            layout = PageLayout.from_json(entry["layout"], page_size, entry["align_elems"])
         except Exception as err:
             raise ArtifactError(f"{where}: task '{name}': bad layout ({err})") from err
         if layout.n_pages != entry["n_pages"]:

@@ -8,6 +8,9 @@ from dataclasses import dataclass
 import numpy as np
 
 SUPPORTED_DTYPES = ("float32",)
+# Each weight starts on a 64-byte boundary (16 float32): a materialized weight buffer can then
+# hand out every weight as a zero-copy view, which TVM accepts only 64-byte aligned.
+ALIGN_ELEMS = 16
 
 
 @dataclass(frozen=True)
@@ -32,19 +35,22 @@ class WeightSpan:
 class PageLayout:
     """Where each weight of one task lives in its flat vector, cut into pages of `page_size`.
 
-    Order: the weights are laid out back to back in the order of the task function's weight
-    parameters. For torch models that is `named_parameters()` order (each weight followed by its
-    bias, as in NWV), then the buffers the graph reads (e.g. batch-norm running statistics); for
-    ONNX models it is the order in which the graph first uses each weight. The last page is
-    zero-padded.
+    Order: the weights are laid out in the order of the task function's weight parameters. For
+    torch models that is `named_parameters()` order (each weight followed by its bias, as in
+    NWV), then the buffers the graph reads (e.g. batch-norm running statistics); for ONNX models
+    it is the order in which the graph first uses each weight. Each weight starts at a multiple
+    of `align_elems` (zeros in between; NWV packs them back to back, `align_elems=1`). The last
+    page is zero-padded.
     """
 
     spans: tuple[WeightSpan, ...]
     page_size: int
+    align_elems: int = ALIGN_ELEMS
 
     @staticmethod
     def from_weights(
-        weights: dict[str, tuple[tuple[int, ...], str]], page_size: int, task: str = "?"
+        weights: dict[str, tuple[tuple[int, ...], str]], page_size: int, task: str = "?",
+        align_elems: int = ALIGN_ELEMS,
     ) -> PageLayout:
         """Lay out `{name: (shape, dtype)}` in dict order."""
         check_page_size(page_size)
@@ -54,21 +60,29 @@ class PageLayout:
                 f"task '{task}': weights {', '.join(bad)} are not float32; "
                 f"pages hold only {SUPPORTED_DTYPES}"
             )
+        if align_elems <= 0:
+            raise ValueError(f"alignment must be > 0 weights, got {align_elems}")
         spans, offset = [], 0
         for name, (shape, dtype) in weights.items():
+            offset = -(-offset // align_elems) * align_elems
             span = WeightSpan(name, tuple(int(d) for d in shape), dtype, offset)
             spans.append(span)
             offset = span.end_elems
-        return PageLayout(tuple(spans), page_size)
+        return PageLayout(tuple(spans), page_size, align_elems)
 
     @property
     def n_weights(self) -> int:
-        """Total weights (elements) of the task, without padding."""
+        """The task's weights (elements), without any padding."""
+        return sum(s.numel for s in self.spans)
+
+    @property
+    def n_elems(self) -> int:
+        """Length of the flat vector up to the last weight (alignment gaps included)."""
         return self.spans[-1].end_elems if self.spans else 0
 
     @property
     def n_pages(self) -> int:
-        return -(-self.n_weights // self.page_size)
+        return -(-self.n_elems // self.page_size)
 
     @property
     def names(self) -> list[str]:
@@ -108,16 +122,16 @@ class PageLayout:
         ]
 
     @staticmethod
-    def from_json(entries: list[dict], page_size: int) -> PageLayout:
+    def from_json(entries: list[dict], page_size: int, align_elems: int) -> PageLayout:
         spans = tuple(
             WeightSpan(e["name"], tuple(e["shape"]), e["dtype"], e["offset"]) for e in entries
         )
-        layout = PageLayout(spans, page_size)
+        layout = PageLayout(spans, page_size, align_elems)
         expected = PageLayout.from_weights(
-            {s.name: (s.shape, s.dtype) for s in spans}, page_size
+            {s.name: (s.shape, s.dtype) for s in spans}, page_size, align_elems=align_elems
         )
         if layout != expected:
-            raise ValueError("layout offsets are not contiguous in declaration order")
+            raise ValueError(f"offsets are not those of the weights in order, aligned to {align_elems}")
         return layout
 
 
