@@ -1,10 +1,12 @@
 """Relax module passes of tvm-weightvirt, one per file."""
 
+from .add_page_gather import AddPageGather
 from .lift_weight_constants import LiftWeightConstants
 from .merge_tasks import MergeTasks
 from .virtualize_weights import VirtualizeWeights
 
 __all__ = [
+    "AddPageGather",
     "LiftWeightConstants",
     "MergeTasks",
     "VirtualizeWeights",

@@ -8,7 +8,7 @@ from tvm import relax
 
 from tvm_weightvirt.task import Task
 
-from .multitask_runtime import _to_numpy
+from .multitask_runtime import outputs_to_numpy
 
 
 class StandaloneModel:
@@ -23,4 +23,4 @@ class StandaloneModel:
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
-        return _to_numpy(self.vm["main"](*args, *self.weights))
+        return outputs_to_numpy(self.vm["main"](*args, *self.weights))

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import tvm
 from tvm import relax
 
-from .passes import MergeTasks, VirtualizeWeights
+from .passes import AddPageGather, MergeTasks, VirtualizeWeights
+from .passes.add_page_gather import GATHER_FUNC
 from .plan import PagePlan
 from .task import Task
 
@@ -17,12 +18,12 @@ MODES = ("materialize", "fused")
 
 
 def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> tvm.IRModule:
-    """One module with `task_<name>` per task, every weight read from the pool through pages.
+    """One module with `task_<name>` per task whose weights come from the page pool.
 
-    mode "materialize": the gather is lifted into `task_<name>_transform_params(pool,
-    page_table)`, run once per context switch; `task_<name>(inputs..., weights...)` then runs
-    at plain TVM speed. mode "fused": `task_<name>(inputs..., pool, page_table)` gathers on
-    every call and a switch costs nothing.
+    mode "materialize" (NWV's design): `task_<name>(inputs..., weights...)` is the plain model
+    and `wv_gather_pages(pool, page_table, weight_pages)` gathers a task's pages into one
+    contiguous buffer at a context switch; the weights are views of that buffer. mode "fused":
+    `task_<name>(inputs..., pool, page_table)` gathers inside every call; a switch is free.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -37,13 +38,20 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     pipeline = [
         # Step 1. One Relax function per task, identical kernels once.
         MergeTasks({t.name: t.mod for t in tasks}),
-        # Step 2. Weights become gathers from the shared pool through page tables.
-        VirtualizeWeights(plan),
+        # Step 2. The pool reaches the weights: one gather per switch, or per call.
+        AddPageGather(plan.page_size) if mode == "materialize" else VirtualizeWeights(plan),
     ]
-    if mode == "materialize":
-        # Step 3. The gather (and weight-only work) moves to task_<name>_transform_params.
-        pipeline.append(relax.transform.LiftTransformParams())
     return tvm.transform.Sequential(pipeline, name="wv.lower")(tvm.IRModule())
+
+
+@dataclass(frozen=True)
+class TaskSignature:
+    """What a compiled task function takes: its inputs and, per mode, its weights or pages."""
+
+    inputs: tuple[tuple[tuple[int, ...], str], ...]
+    weights: tuple[tuple[tuple[int, ...], str], ...]  # materialize mode
+    n_pages: int | None  # fused mode: page table length
+    pool_shape: tuple[int, int] | None  # fused mode: the pool the module was lowered for
 
 
 @dataclass
@@ -52,22 +60,34 @@ class Library:
 
     executable: relax.VMExecutable
     target: tvm.target.Target
-    num_inputs: dict[str, int]
-    materialize: bool
+    mode: str
+    tasks: dict[str, TaskSignature]
     compile_seconds: float
 
 
 def build(mod: tvm.IRModule, target: str | dict = "llvm") -> Library:
     """Compile a lowered module (fused kernels: TVM's default pipeline for the target)."""
     target = tvm.target.Target(target)
+    mode = "materialize" if GATHER_FUNC in _names(mod) else "fused"
     tasks = {
-        gv.name_hint[len("task_") :]: int(func.attrs["num_input"])
+        gv.name_hint[len("task_") :]: _signature(func, mode)
         for gv, func in mod.functions_items()
-        if isinstance(func, relax.Function)
-        and gv.name_hint.startswith("task_")
-        and not gv.name_hint.endswith("_transform_params")
+        if isinstance(func, relax.Function) and gv.name_hint.startswith("task_")
     }
-    materialize = any(gv.name_hint.endswith("_transform_params") for gv in mod.get_global_vars())
     start = time.perf_counter()
-    executable = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
-    return Library(executable, target, tasks, materialize, time.perf_counter() - start)
+    with target:
+        executable = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
+    return Library(executable, target, mode, tasks, time.perf_counter() - start)
+
+
+def _names(mod: tvm.IRModule) -> list[str]:
+    return [gv.name_hint for gv in mod.get_global_vars()]
+
+
+def _signature(func: relax.Function, mode: str) -> TaskSignature:
+    n_in = int(func.attrs["num_input"])
+    types = [(tuple(int(d) for d in p.ty.shape.values), str(p.ty.dtype)) for p in func.params]
+    if mode == "materialize":
+        return TaskSignature(tuple(types[:n_in]), tuple(types[n_in:]), None, None)
+    pool_shape, (table_shape, _) = types[n_in][0], types[n_in + 1]
+    return TaskSignature(tuple(types[:n_in]), (), table_shape[0], pool_shape)
