@@ -1,9 +1,13 @@
 """Host runtimes: the multitask runtime over a resident page pool, and plain-TVM references."""
 
-from .multitask_runtime import MultitaskRuntime
+from .multitask_runtime import Counters, MultitaskRuntime
+from .scheduler import POLICIES, schedule
 from .standalone import StandaloneModel
 
 __all__ = [
+    "POLICIES",
+    "Counters",
     "MultitaskRuntime",
     "StandaloneModel",
+    "schedule",
 ]
