@@ -2,12 +2,14 @@
 
 from .multitask_runtime import Counters, MultitaskRuntime
 from .scheduler import POLICIES, schedule
-from .standalone import StandaloneModel
+from .standalone import ReloadModels, ResidentModels, StandaloneModel
 
 __all__ = [
     "POLICIES",
     "Counters",
     "MultitaskRuntime",
+    "ReloadModels",
+    "ResidentModels",
     "StandaloneModel",
     "schedule",
 ]

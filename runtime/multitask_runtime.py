@@ -72,9 +72,10 @@ class MultitaskRuntime:
         start = (-raw.ctypes.data % ALIGN_BYTES) // 4
         self.weight_buffer = raw[start : start + max_pages * page_size]
         self.weight_buffer_bytes = self.weight_buffer.nbytes
-        self._targets, self._weights = {}, {}
+        self._targets, self._weights, self._target_bytes = {}, {}, {}
         for name, t in plan.tasks.items():
             pages = self.weight_buffer[: t.layout.n_pages * page_size]
+            self._target_bytes[name] = pages.nbytes
             self._targets[name] = tvm.runtime.from_dlpack(pages.reshape(t.layout.n_pages, page_size))
             self._weights[name] = [
                 tvm.runtime.from_dlpack(self.weight_buffer[s.offset_elems : s.end_elems].reshape(s.shape))
@@ -94,9 +95,8 @@ class MultitaskRuntime:
             self._check_task(task)
             start = time.perf_counter()
             if self.library.mode == "materialize":
-                target = self._targets[task]
-                self._gather(self.pool, self.page_tables[task], target)
-                self.counters.bytes_gathered += int(np.prod(target.shape)) * 4
+                self._gather(self.pool, self.page_tables[task], self._targets[task])
+                self.counters.bytes_gathered += self._target_bytes[task]
             self.current = task
             self.counters.switches += 1
             self.counters.switch_seconds += time.perf_counter() - start

@@ -46,6 +46,7 @@ def test_pack_inspect_run(tmp_path, onnx_files, capsys):
     assert main(["run", str(out), "--tasks", "res,incep,res", "--mode", "fused"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("res: outputs [(2, 10)]") == 2 and "incep: outputs [(1, 5)]" in printed
+    assert "3 requests, 3 switches, 0 B gathered" in printed  # fused: a switch moves nothing
 
 
 def test_cli_errors_name_the_culprit(tmp_path, onnx_files, capsys):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 import numpy as np
 
@@ -40,13 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--tasks", required=True, help="comma-separated, e.g. har,digits,har")
     run.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
+    run.add_argument("--policy", choices=["fifo", "group"], default="fifo",
+                     help="serve the sequence in order, or grouped by task (bounded wait)")
+    run.add_argument("--max-wait", type=int, default=8,
+                     help="group: most later requests that may overtake a request")
+
+    bench = sub.add_parser("bench", help="switch benchmark: packed vs. reload vs. resident")
+    bench.add_argument("--quick", action="store_true")
+    bench.add_argument("--json", help="write the numbers to this JSON file")
 
     demo = sub.add_parser("demo", help="pack the 5-task suite, build it, switch between tasks")
     demo.add_argument("--out", default="out/demo", help="folder for the .wvpack")
 
     args = parser.parse_args(argv)
     try:
-        return {"pack": _pack, "inspect": _inspect, "run": _run, "demo": _demo}[args.command](args)
+        return {"pack": _pack, "inspect": _inspect, "run": _run, "bench": _bench,
+                "demo": _demo}[args.command](args)
     except ValueError as err:  # the user's input: say what is wrong, no traceback
         print(f"wvirt {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -126,12 +134,27 @@ def _run(args) -> int:
     print(f"built {len(pack.tasks)} tasks ({args.mode}) in {library.compile_seconds:.1f} s")
     runtime = MultitaskRuntime(pack.plan, library)
     rng = np.random.default_rng(args.seed)
-    for name in sequence:
-        inputs = [rng.normal(size=shape).astype(dtype) for shape, dtype in by_name[name].input_types]
-        start = time.perf_counter()
-        out = runtime.run(name, *inputs)
-        ms = 1e3 * (time.perf_counter() - start)
-        print(f"{name}: outputs {[o.shape for o in out]}, {ms:.2f} ms (including any switch)")
+    requests = [(name, [rng.normal(size=shape).astype(dtype)
+                        for shape, dtype in by_name[name].input_types]) for name in sequence]
+    outputs = runtime.run_many(requests, policy=args.policy, max_wait=args.max_wait)
+    for (name, _), out in zip(requests, outputs):
+        print(f"{name}: outputs {[o.shape for o in out]}")
+    c = runtime.counters
+    print(f"{c.requests} requests, {c.switches} switches, {c.bytes_gathered} B gathered, "
+          f"{1e3 * c.switch_seconds:.3f} ms switching, {1e3 * c.inference_seconds:.3f} ms inference")
+    return 0
+
+
+def _bench(args) -> int:
+    import json
+
+    from .bench import format_switch_table, switch_benchmark
+
+    numbers = switch_benchmark(quick=args.quick)
+    print(format_switch_table(numbers))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(numbers, f, indent=2)
     return 0
 
 

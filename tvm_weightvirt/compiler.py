@@ -75,9 +75,20 @@ def build(mod: tvm.IRModule, target: str | dict = "llvm") -> Library:
         if isinstance(func, relax.Function) and gv.name_hint.startswith("task_")
     }
     start = time.perf_counter()
+    if mode == "materialize" and target.kind.name == "llvm":
+        mod = _vectorize_gather(mod)
     with target:
         executable = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
     return Library(executable, target, mode, tasks, time.perf_counter() - start)
+
+
+def _vectorize_gather(mod: tvm.IRModule) -> tvm.IRModule:
+    """On CPUs, copy each page with vector instructions (GPU targets get dlight's schedule)."""
+    sch = tvm.s_tir.Schedule(mod)
+    sch.work_on(GATHER_FUNC)
+    _, along_page = sch.get_loops(sch.get_sblock("weight_pages"))
+    sch.vectorize(along_page)
+    return sch.mod
 
 
 def _names(mod: tvm.IRModule) -> list[str]:
