@@ -34,8 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     inspect.add_argument("pack")
     inspect.add_argument("--png", help="write the report figure to this PNG file")
 
-    run = sub.add_parser("run", help="build a .wvpack for llvm and run a task sequence")
+    build = sub.add_parser("build", help="compile a .wvpack's tasks into one library folder")
+    build.add_argument("pack")
+    build.add_argument("--target", choices=["llvm", "cuda"], default="llvm")
+    build.add_argument("--arch", default="sm_87", help="cuda: GPU architecture (sm_87: Jetson Orin)")
+    build.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
+    build.add_argument("-o", "--output", required=True, help="folder for library.so/.json")
+
+    run = sub.add_parser("run", help="run a task sequence from a .wvpack (built for llvm, or "
+                         "with --library from `wvirt build`)")
     run.add_argument("pack")
+    run.add_argument("--library", help="a `wvirt build` folder to run instead of building")
     run.add_argument("--tasks", required=True, help="comma-separated, e.g. har,digits,har")
     run.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
@@ -53,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"pack": _pack, "inspect": _inspect, "run": _run, "bench": _bench,
-                "demo": _demo}[args.command](args)
+        return {"pack": _pack, "inspect": _inspect, "build": _build, "run": _run,
+                "bench": _bench, "demo": _demo}[args.command](args)
     except ValueError as err:  # the user's input: say what is wrong, no traceback
         print(f"wvirt {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -117,6 +126,28 @@ def _inspect(args) -> int:
     return 0
 
 
+def _build(args) -> int:
+    from .artifact import load_wvpack
+    from .compiler import build, lower
+
+    pack = load_wvpack(args.pack)
+    if not pack.tasks:
+        raise ValueError(f"'{args.pack}' holds no task graphs: save it with its tasks to build it")
+    target = {"kind": "llvm"} if args.target == "llvm" else {"kind": "cuda", "arch": args.arch}
+    library = build(lower(pack.tasks, pack.plan, mode=args.mode), target=target)
+    library.export(args.output)
+    print(f"built {len(pack.tasks)} tasks ({args.mode}, {args.target}) in "
+          f"{library.compile_seconds:.1f} s -> {args.output}/library.so")
+    if args.target == "cuda":
+        from .cuda import compile_fatbin, cuda_source
+
+        with open(os.path.join(args.output, "kernels.cu"), "w") as f:
+            f.write(cuda_source(library))
+        fatbin = os.path.join(args.output, f"kernels_{args.arch}.fatbin")
+        print(f"kernels compiled ahead of time: {fatbin} ({compile_fatbin(library, args.arch, fatbin)} B)")
+    return 0
+
+
 def _run(args) -> int:
     from .artifact import load_wvpack
     from .compiler import build, lower
@@ -130,8 +161,13 @@ def _run(args) -> int:
     unknown = sorted(set(sequence) - set(by_name))
     if unknown:
         raise ValueError(f"tasks {unknown} are not in '{args.pack}' (has {sorted(by_name)})")
-    library = build(lower(pack.tasks, pack.plan, mode=args.mode), target="llvm")
-    print(f"built {len(pack.tasks)} tasks ({args.mode}) in {library.compile_seconds:.1f} s")
+    if args.library:
+        from .compiler import Library
+
+        library = Library.load(args.library)
+    else:
+        library = build(lower(pack.tasks, pack.plan, mode=args.mode), target="llvm")
+        print(f"built {len(pack.tasks)} tasks ({args.mode}) in {library.compile_seconds:.1f} s")
     runtime = MultitaskRuntime(pack.plan, library)
     rng = np.random.default_rng(args.seed)
     requests = [(name, [rng.normal(size=shape).astype(dtype)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import tvm
 from tvm import relax
@@ -63,6 +66,45 @@ class Library:
     mode: str
     tasks: dict[str, TaskSignature]
     compile_seconds: float
+
+    def kernels(self) -> dict[str, list[str]]:
+        """The compiled kernels each `task_<name>` function calls, in call order."""
+        calls, task = {}, None
+        for line in self.executable.as_text().splitlines():
+            header = re.match(r"@task_(\w+):", line)
+            if header:
+                task = header.group(1) if header.group(1) in self.tasks else None
+                continue
+            call = re.match(r"\s+call\s+(\S+)\s+in:", line)
+            if task and call and not call.group(1).startswith("vm.builtin."):
+                calls.setdefault(task, []).append(call.group(1))
+        return calls
+
+    def export(self, directory: str) -> None:
+        """`library.so` (TVM's export) and `library.json` (mode, target, task signatures)."""
+        os.makedirs(directory, exist_ok=True)
+        self.executable.export_library(os.path.join(directory, "library.so"))
+        meta = {"mode": self.mode, "target": str(self.target),
+                "tasks": {n: asdict(s) for n, s in self.tasks.items()},
+                "compile_seconds": self.compile_seconds}
+        with open(os.path.join(directory, "library.json"), "w") as f:
+            json.dump(meta, f, indent=1)
+
+    @staticmethod
+    def load(directory: str) -> Library:
+        path = os.path.join(directory, "library.json")
+        if not os.path.isfile(path):
+            raise ValueError(f"'{directory}' holds no library.json: not a `wvirt build` folder")
+        with open(path) as f:
+            meta = json.load(f)
+        tasks = {n: TaskSignature(
+            tuple((tuple(shape), dtype) for shape, dtype in s["inputs"]),
+            tuple((tuple(shape), dtype) for shape, dtype in s["weights"]),
+            s["n_pages"], tuple(s["pool_shape"]) if s["pool_shape"] else None)
+            for n, s in meta["tasks"].items()}
+        executable = tvm.runtime.load_module(os.path.join(directory, "library.so"))
+        return Library(executable, tvm.target.Target(meta["target"]), meta["mode"], tasks,
+                       meta["compile_seconds"])
 
 
 def build(mod: tvm.IRModule, target: str | dict = "llvm") -> Library:
