@@ -19,10 +19,9 @@ class VirtualizeWeights:
     `[n_pages]` int32 table. A weight spanning pages `p0..p1` at offset `o` is
     `take(pool, page_table[p0:p1]) -> reshape [-1] -> slice [o - p0*P, +numel] -> reshape`.
     Both stay inputs (never bound constants), so `FoldConstant` cannot undo the sharing and a
-    new page table needs no recompile. `num_input` is unchanged: pool and page table are
-    parameters, so `relax.transform.LiftTransformParams` lifts the whole gather into
-    `task_<name>_transform_params(pool, page_table)` (materialize mode); without it the gather
-    runs inside every call (fused mode).
+    new page table needs no recompile. This is the fused mode: the gather runs inside every
+    call. (`relax.transform.LiftTransformParams` could lift it into a per-switch function, but
+    that runs one small op per weight; materialize mode uses `AddPageGather` instead.)
 
     Note: run `MergeTasks` first. Functions of tasks not in the plan are left unchanged.
 

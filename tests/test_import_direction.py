@@ -5,7 +5,17 @@ import sys
 
 import pytest
 
-TVM_FREE = ["tvm_weightvirt", "tvm_weightvirt.layout", "tvm_weightvirt.plan", "tvm_weightvirt.artifact"]
+TVM_FREE = [
+    "tvm_weightvirt",
+    "tvm_weightvirt.layout",
+    "tvm_weightvirt.plan",
+    "tvm_weightvirt.artifact",
+    "tvm_weightvirt.importance",
+    "tvm_weightvirt.matching",
+    "tvm_weightvirt.optimize",
+    "tvm_weightvirt.pack",
+    "tvm_weightvirt.suite",
+]
 
 
 @pytest.mark.parametrize("module", TVM_FREE)

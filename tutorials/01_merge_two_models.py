@@ -32,7 +32,7 @@ print(f"digits: {b.n_weights} weights in {len(b.weights)} tensors: {list(b.weigh
 plan = wv.PagePlan.lossless([a, b], page_size=100)
 print(plan.summary())
 
-# 3. Lower (MergeTasks -> VirtualizeWeights -> LiftTransformParams) and build for the CPU.
+# 3. Lower (MergeTasks -> AddPageGather: one gather kernel per switch) and build for the CPU.
 mod = wv.lower([a, b], plan, mode="materialize")
 print("functions:", sorted(gv.name_hint for gv in mod.get_global_vars() if "task_" in gv.name_hint))
 library = wv.build(mod, target="llvm")
