@@ -1,12 +1,14 @@
 """Relax module passes of tvm-weightvirt, one per file."""
 
 from .add_page_gather import AddPageGather
+from .exclusive_page_loader import ExclusivePageLoader
 from .lift_weight_constants import LiftWeightConstants
 from .merge_tasks import MergeTasks
 from .virtualize_weights import VirtualizeWeights
 
 __all__ = [
     "AddPageGather",
+    "ExclusivePageLoader",
     "LiftWeightConstants",
     "MergeTasks",
     "VirtualizeWeights",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -12,8 +13,10 @@ from tvm import relax
 
 from tvm_weightvirt.compiler import Library
 from tvm_weightvirt.passes.add_page_gather import GATHER_FUNC
+from tvm_weightvirt.passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
 from tvm_weightvirt.plan import PagePlan
 
+from .page_store import PageStore
 from .scheduler import schedule
 
 ALIGN_BYTES = 64  # what TVM accepts for a zero-copy tensor
@@ -24,6 +27,8 @@ class Counters:
     requests: int = 0
     switches: int = 0
     bytes_gathered: int = 0
+    bytes_read_l2: int = 0  # exclusive pages read from level-2 storage
+    prefetch_hits: int = 0  # switches whose exclusive pages were already prefetched
     switch_seconds: float = 0.0
     inference_seconds: float = 0.0
 
@@ -37,12 +42,18 @@ class MultitaskRuntime:
     (materialize mode), or does nothing (fused mode); `run(task, *inputs)` switches if needed
     and runs.
 
+    Exclusive pages (weight separation) stay in level-2 storage (`level2`: the .wvpack file, or
+    the plan's arrays) until a switch loads them into a level-1 scratch; `run_many` prefetches
+    the next task's exclusive pages on a background thread while the current task runs.
+
     Thread safety: one lock. Concurrent `run` calls are served one at a time, each with the
     weights of its own task (a switch and the run that needs it never interleave with another
-    thread's).
+    thread's). The prefetch thread writes only the prefetch scratch, which a switch reads only
+    after the prefetch has finished.
     """
 
-    def __init__(self, plan: PagePlan, library: Library, device: tvm.runtime.Device | None = None):
+    def __init__(self, plan: PagePlan, library: Library, device: tvm.runtime.Device | None = None,
+                 level2: str | None = None):
         self.device = device or tvm.cpu()
         self.library = library
         _check_belongs(plan, library)
@@ -62,15 +73,36 @@ class MultitaskRuntime:
                     "are not implemented yet: use fused mode there")
             self._gather = self.vm.module.get_function(GATHER_FUNC, True)
             self._setup_weight_buffer(plan)
+        self._setup_exclusive(plan, level2)
+
+    def _setup_exclusive(self, plan: PagePlan, level2: str | None) -> None:
+        """Two level-1 scratches for exclusive pages, each sized for the largest task's: one
+        for loads at a switch, one for prefetches."""
+        self._exclusive_counts = {n: t.n_exclusive_pages for n, t in plan.tasks.items()}
+        most = max(self._exclusive_counts.values())
+        self.scratch_bytes = 0
+        if most == 0:
+            return
+        self._gather_exclusive = self.vm.module.get_function(EXCLUSIVE_GATHER_FUNC, True)
+        if self._gather_exclusive is None:
+            raise ValueError("the plan has exclusive pages but the library was lowered without "
+                             "ExclusivePageLoader")
+        self.store = PageStore(plan, level2)
+        self._scratch = [_aligned((most, plan.page_size)) for _ in range(2)]
+        self.scratch_bytes = 2 * self._scratch[0].nbytes
+        self._scratch_views = [
+            {n: tvm.runtime.from_dlpack(buf[:e]) for n, e in self._exclusive_counts.items() if e}
+            for buf in self._scratch
+        ]
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wv-prefetch")
+        self._prefetched: tuple[str, Future] | None = None
 
     def _setup_weight_buffer(self, plan: PagePlan) -> None:
         """One 64-byte aligned host buffer for the largest task; per task, the views of it that
         are its page-shaped gather target and its weights (zero-copy, created once)."""
         page_size = plan.page_size
         max_pages = max(t.layout.n_pages for t in plan.tasks.values())
-        raw = np.zeros(max_pages * page_size + ALIGN_BYTES // 4, np.float32)
-        start = (-raw.ctypes.data % ALIGN_BYTES) // 4
-        self.weight_buffer = raw[start : start + max_pages * page_size]
+        self.weight_buffer = _aligned((max_pages * page_size,))
         self.weight_buffer_bytes = self.weight_buffer.nbytes
         self._targets, self._weights, self._target_bytes = {}, {}, {}
         for name, t in plan.tasks.items():
@@ -84,22 +116,53 @@ class MultitaskRuntime:
 
     @property
     def resident_bytes(self) -> int:
-        """Weight memory held: pool + page tables (+ the materialized weight buffer)."""
+        """Level-1 weight memory held: pool + page tables (+ the materialized weight buffer and
+        the exclusive-page scratches)."""
         tables = sum(t.numpy().nbytes for t in self.page_tables.values())
         buffer = self.weight_buffer_bytes if self.library.mode == "materialize" else 0
-        return self.pool.numpy().nbytes + tables + buffer
+        return self.pool.numpy().nbytes + tables + buffer + self.scratch_bytes
 
     def switch(self, task: str) -> None:
         """Make `task` current: in materialize mode, one gather kernel moves its pages."""
         with self._lock:
             self._check_task(task)
             start = time.perf_counter()
-            if self.library.mode == "materialize":
+            if self._exclusive_counts[task]:
+                exclusive = self._exclusive_scratch(task)
+                self._gather_exclusive(self.pool, exclusive, self.page_tables[task], self._targets[task])
+                self.counters.bytes_gathered += self._target_bytes[task]
+            elif self.library.mode == "materialize":
                 self._gather(self.pool, self.page_tables[task], self._targets[task])
                 self.counters.bytes_gathered += self._target_bytes[task]
             self.current = task
             self.counters.switches += 1
             self.counters.switch_seconds += time.perf_counter() - start
+
+    def _exclusive_scratch(self, task: str) -> tvm.runtime.Tensor:
+        """The task's exclusive pages in a level-1 scratch: the finished prefetch if it was for
+        this task, else read now from level 2 into the switch scratch."""
+        if self._prefetched is not None and self._prefetched[0] == task:
+            _, future = self._prefetched
+            self._prefetched = None
+            self.counters.bytes_read_l2 += future.result()  # re-raises a failed read
+            self.counters.prefetch_hits += 1
+            return self._scratch_views[1][task]
+        self.counters.bytes_read_l2 += self.store.load(task, self._scratch[0])
+        return self._scratch_views[0][task]
+
+    def prefetch(self, task: str) -> None:
+        """Start reading `task`'s exclusive pages into the prefetch scratch in the background
+        (a no-op for tasks without exclusive pages)."""
+        with self._lock:
+            self._check_task(task)
+            if not self._exclusive_counts[task]:
+                return
+            if self._prefetched is not None:
+                if self._prefetched[0] == task:
+                    return
+                self._prefetched[1].exception()  # wait: the scratch is about to be reused
+            future = self._prefetcher.submit(self.store.load, task, self._scratch[1])
+            self._prefetched = (task, future)
 
     def run(self, task: str, *inputs: np.ndarray) -> list[np.ndarray]:
         """Outputs of `task` on `inputs` (numpy arrays in the model's input order)."""
@@ -123,10 +186,15 @@ class MultitaskRuntime:
         """Serve a queue of `(task, inputs)` in the order `policy` chooses (see `schedule`);
         outputs come back in request order."""
         order = schedule([task for task, _ in requests], policy, max_wait, self.current)
+        tasks = [requests[i][0] for i in order]
         outputs: list = [None] * len(requests)
-        for i in order:
-            task, inputs = requests[i]
-            outputs[i] = self.run(task, *inputs)
+        for k, i in enumerate(order):
+            if tasks[k] != self.current:
+                self.switch(tasks[k])  # consumes a prefetch made for this task
+            upcoming = next((t for t in tasks[k + 1 :] if t != tasks[k]), None)
+            if upcoming is not None and self._exclusive_counts[upcoming]:
+                self.prefetch(upcoming)  # read level 2 while tasks[k] runs
+            outputs[i] = self.run(tasks[k], *requests[i][1])
         return outputs
 
     def _check_task(self, task: str) -> None:
@@ -145,6 +213,14 @@ class MultitaskRuntime:
                                  f"got {tuple(x.shape)} {x.dtype}")
             args.append(tvm.runtime.tensor(np.ascontiguousarray(x), self.device))
         return args
+
+
+def _aligned(shape: tuple[int, ...]) -> np.ndarray:
+    """A zeroed float32 array whose data starts on a 64-byte boundary (what TVM accepts)."""
+    n = int(np.prod(shape))
+    raw = np.zeros(n + ALIGN_BYTES // 4, np.float32)
+    start = (-raw.ctypes.data % ALIGN_BYTES) // 4
+    return raw[start : start + n].reshape(shape)
 
 
 def _check_belongs(plan: PagePlan, library: Library) -> None:

@@ -97,7 +97,7 @@ def test_wvirt_pack_mini_configuration(tmp_path, capsys):
 def test_bad_input(mini_tasks):
     with pytest.raises(ValueError, match="no tasks to pack"):
         pack_tasks([])
-    with pytest.raises(ValueError, match=r"a pool of 100 pages cannot hold task 'wine' \(268 pages\): the minimum is 268"):
+    with pytest.raises(ValueError, match=r"a pool of 100 pages cannot hold task 'wine' \(268 pages to share\): the minimum is 268"):
         pack_tasks(mini_tasks, PackConfig(pool_pages=100))
     wrong = suite.SuiteTask("wine", mini_tasks[0].model, {
         k: suite.Split(np.zeros((len(s.y), 7), np.float32), s.y) for k, s in mini_tasks[0].splits.items()})

@@ -12,8 +12,9 @@ from dataclasses import asdict, dataclass
 import tvm
 from tvm import relax
 
-from .passes import AddPageGather, MergeTasks, VirtualizeWeights
+from .passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
 from .passes.add_page_gather import GATHER_FUNC
+from .passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
 from .plan import PagePlan
 from .task import Task
 
@@ -25,8 +26,10 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
 
     mode "materialize" (NWV's design): `task_<name>(inputs..., weights...)` is the plain model
     and `wv_gather_pages(pool, page_table, weight_pages)` gathers a task's pages into one
-    contiguous buffer at a context switch; the weights are views of that buffer. mode "fused":
-    `task_<name>(inputs..., pool, page_table)` gathers inside every call; a switch is free.
+    contiguous buffer at a context switch; the weights are views of that buffer. When the plan
+    has exclusive pages, `wv_gather_pages_exclusive` also reads them from a level-2 scratch.
+    mode "fused": `task_<name>(inputs..., pool, page_table)` gathers inside every call; a
+    switch is free (no exclusive pages yet).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -38,12 +41,18 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
             raise ValueError(
                 f"task '{t.name}': weights {list(t.weights)} are not the plan's layout "
                 f"{plan.task(t.name).layout.names} (same names, same order)")
+    has_exclusive = any(t.n_exclusive_pages for t in plan.tasks.values())
+    if has_exclusive and mode == "fused":
+        raise NotImplementedError("exclusive pages are lowered for materialize mode only")
     pipeline = [
         # Step 1. One Relax function per task, identical kernels once.
         MergeTasks({t.name: t.mod for t in tasks}),
         # Step 2. The pool reaches the weights: one gather per switch, or per call.
         AddPageGather(plan.page_size) if mode == "materialize" else VirtualizeWeights(plan),
     ]
+    if has_exclusive:
+        # Step 3. Exclusive pages come from a level-2 scratch the runtime fills.
+        pipeline.append(ExclusivePageLoader(plan.page_size))
     return tvm.transform.Sequential(pipeline, name="wv.lower")(tvm.IRModule())
 
 
@@ -127,9 +136,11 @@ def build(mod: tvm.IRModule, target: str | dict = "llvm") -> Library:
 def _vectorize_gather(mod: tvm.IRModule) -> tvm.IRModule:
     """On CPUs, copy each page with vector instructions (GPU targets get dlight's schedule)."""
     sch = tvm.s_tir.Schedule(mod)
-    sch.work_on(GATHER_FUNC)
-    _, along_page = sch.get_loops(sch.get_sblock("weight_pages"))
-    sch.vectorize(along_page)
+    for func in (GATHER_FUNC, EXCLUSIVE_GATHER_FUNC):
+        if func in _names(mod):
+            sch.work_on(func)
+            _, along_page = sch.get_loops(sch.get_sblock("weight_pages"))
+            sch.vectorize(along_page)
     return sch.mod
 
 

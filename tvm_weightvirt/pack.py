@@ -1,7 +1,8 @@
-"""Packing: Fisher -> page matching -> pool initialisation -> joint retraining -> page plan.
+"""Packing: Fisher -> (separation) -> page matching -> pool initialisation -> joint retraining
+-> page plan.
 
 No TVM here: tasks are torch models with data. `report` compares each task's accuracy as a
-separate model with its accuracy through the packed pool, on the test split.
+separate model with its accuracy through the packed pages, on the test split.
 """
 
 from __future__ import annotations
@@ -11,21 +12,23 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .importance import fill_missing, fisher_nwv
+from .importance import fill_missing, fisher_nwv, fisher_ws
 from .layout import PageLayout, check_page_size
 from .matching import PoolState, finalize_pool, match_task
 from .optimize import OptimizeConfig, PoolTask, optimize_pool, pool_accuracy
 from .plan import PagePlan, TaskPages, check_unique_names
+from .separation import SeparationConfig, select_exclusive, shared_pages_for_budget
 
 
 @dataclass
 class PackConfig:
     page_size: int = 100
-    pool_pages: int | None = None  # None: pages of the largest task (NWV's setting)
+    pool_pages: int | None = None  # None: pages of the largest task (NWV), or the L1 budget's
     share_within_task: bool = False  # needed for pools smaller than the largest task
     match: str = "greedy"
     init: str = "fisher_mean"
-    fisher_samples: int = 100
+    fisher_samples: int | None = None  # None: 100 (NWV), or 50 with separation (WS)
+    separation: SeparationConfig | None = None  # None: every page shared (NWV)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     seed: int = 0
 
@@ -41,81 +44,152 @@ def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = 
     """Pack suite-like tasks (`.name`, `.model`, `.splits` with train/val/test `Split`s and
     `.accuracy(split)` in percent, as `suite.SuiteTask`).
 
-    With `resume`, a plan saved earlier: its page tables and pool are kept (no matching) and
-    retraining continues from them, each task's latest weights (read from the pool) as anchor.
+    With `resume`, a plan saved earlier: its page tables, pool and exclusive pages are kept (no
+    matching) and retraining continues from them, each task's latest weights as anchor.
     """
     check_page_size(config.page_size)
     if not tasks:
         raise ValueError("no tasks to pack")
     check_unique_names([t.name for t in tasks])
-    # Step 1. Layouts and original-network Fisher, page by page.
+    # Step 1. Layouts and original-network Fisher (WS's normalised one with separation).
     layouts, pages, fishers = [], [], []
     for t in tasks:
         weights = {k: v.detach().numpy() for k, v in t.model.state_dict().items()}
         _check_data(t)
         layout = PageLayout.from_weights(
             {k: (w.shape, str(w.dtype)) for k, w in weights.items()}, config.page_size, t.name)
-        fisher = fill_missing(fisher_nwv(t.model, t.splits["train"].x, config.fisher_samples,
-                                         config.seed), weights)
+        fisher_of = fisher_ws if config.separation else fisher_nwv
+        samples = config.fisher_samples or (50 if config.separation else 100)
+        fisher = fill_missing(fisher_of(t.model, t.splits["train"].x, samples, config.seed), weights)
         layouts.append(layout)
         pages.append(layout.to_pages(weights))
         fishers.append(layout.to_pages(fisher))
-    # Step 2. Matching (or the resumed plan's tables and pool).
+    # Step 2. Separation and matching (or the resumed plan).
     if resume is not None:
         if sorted(resume.tasks) != sorted(t.name for t in tasks) or any(
                 resume.task(t.name).layout != layout for t, layout in zip(tasks, layouts)):
             raise ValueError("the plan to resume does not have these tasks and layouts")
-        tables = [resume.task(t.name).page_table for t in tasks]
-        pool, costs = resume.pool.copy(), {t.name: float("nan") for t in tasks}
-        anchors = [resume.task(t.name).layout.to_pages(resume.read(t.name)) for t in tasks]
+        plan, costs = resume, {t.name: float("nan") for t in tasks}
+        anchors = [layout.to_pages(plan.read(t.name)) for t, layout in zip(tasks, layouts)]
     else:
-        tables, pool, costs = _match(tasks, layouts, pages, fishers, config)
+        plan, costs = _initial_plan(tasks, layouts, pages, fishers, config)
         anchors = pages
-    # Step 3. Joint retraining with write-back.
+    # Step 3. Joint retraining of pool and exclusive pages, as one memory.
+    memory, tables = _memory(plan, [t.name for t in tasks])
     pool_tasks = [
         PoolTask(t.name, t.model, layout, table, fisher, anchor,
                  (t.splits["train"].x, t.splits["train"].y), (t.splits["val"].x, t.splits["val"].y))
         for t, layout, table, fisher, anchor in zip(tasks, layouts, tables, fishers, anchors)
     ]
-    before = {pt.name: pool_accuracy(pool, pt, t.splits["test"].x, t.splits["test"].y)
+    before = {pt.name: pool_accuracy(memory, pt, t.splits["test"].x, t.splits["test"].y)
               for pt, t in zip(pool_tasks, tasks)}
+    log = []
     if config.optimize.rounds > 0:
-        pool, log = optimize_pool(pool, pool_tasks, config.optimize, progress)
-    else:
-        log = []
-    plan = PagePlan(config.page_size, pool,
-                    {t.name: TaskPages(layout, table) for t, layout, table in zip(tasks, layouts, tables)})
-    return PackResult(plan, _report(tasks, pool_tasks, plan, before, costs, log, config))
+        memory, log = optimize_pool(memory, pool_tasks, config.optimize, progress)
+    plan = _with_memory(plan, memory)
+    return PackResult(plan, _report(tasks, pool_tasks, plan, memory, before, costs, log, config))
 
 
-def _match(tasks, layouts, pages, fishers, config):
-    """NWV's matching, one task at a time (-mode=a); returns tables, initial pool, costs."""
+def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dict]:
+    """Exclusive pages (WS), then NWV's matching of the shared ones, one task at a time."""
     largest = max(layout.n_pages for layout in layouts)
-    n_pool = largest if config.pool_pages is None else config.pool_pages
-    if n_pool <= 0 or (n_pool < largest and not config.share_within_task):
-        big = max(zip(layouts, tasks), key=lambda lt: lt[0].n_pages)[1].name
+    sep = config.separation
+    if config.pool_pages is not None:
+        n_pool = config.pool_pages
+    elif sep is not None and sep.l1_budget_bytes is not None:
+        n_pool = shared_pages_for_budget(sep.l1_budget_bytes, config.page_size,
+                                         sum(layout.n_pages for layout in layouts))
+    else:
+        n_pool = largest
+    if n_pool <= 0:
+        raise ValueError(f"the pool needs at least one page, got {n_pool}")
+    exclusive = [np.zeros(0, np.int64)] * len(tasks)
+    if sep is not None:
+        max_shared = None if config.share_within_task else n_pool
+        exclusive = [select_exclusive(f, sep.tpr, sep.margin, max_shared) for f in fishers]
+        _check_l2(exclusive, config, layouts, fishers)
+    shared = [np.setdiff1d(np.arange(layout.n_pages), e) for layout, e in zip(layouts, exclusive)]
+    biggest = max(zip(shared, tasks), key=lambda st: len(st[0]))
+    if len(biggest[0]) > n_pool and not config.share_within_task:
         raise ValueError(
-            f"a pool of {n_pool} pages cannot hold task '{big}' ({largest} pages): the minimum "
-            f"is {largest} pages, or allow sharing pages within a task")
+            f"a pool of {n_pool} pages cannot hold task '{biggest[1].name}' "
+            f"({len(biggest[0])} pages to share): the minimum is {len(biggest[0])} pages, or "
+            "allow sharing pages within a task")
     state = PoolState.empty(n_pool, config.page_size, config.init, config.seed)
-    tables, costs = [], {}
-    for t, task_pages, fisher in zip(tasks, pages, fishers):
-        match = match_task(state, task_pages, fisher, config.match, seed=config.seed,
+    shared_tables, costs = [], {}
+    for t, task_pages, fisher, ids in zip(tasks, pages, fishers, shared):
+        match = match_task(state, task_pages[ids], fisher[ids], config.match, seed=config.seed,
                            share_within_task=config.share_within_task, task=t.name)
-        state.add(match.page_table, task_pages, fisher)
-        tables.append(match.page_table)
+        state.add(match.page_table, task_pages[ids], fisher[ids])
+        shared_tables.append(match.page_table)
         costs[t.name] = match.cost
-    return tables, finalize_pool(state, tables, pages, fishers), costs
+    pool = finalize_pool(state, shared_tables, [p[s] for p, s in zip(pages, shared)],
+                         [f[s] for f, s in zip(fishers, shared)])
+    task_pages = {}
+    for t, layout, task_page, ids, excl, table_shared in zip(
+            tasks, layouts, pages, shared, exclusive, shared_tables):
+        table = np.empty(layout.n_pages, np.int64)
+        table[ids] = table_shared
+        table[excl] = n_pool + np.arange(len(excl))  # exclusive page k of the task
+        task_pages[t.name] = TaskPages(layout, table, task_page[excl])
+    return PagePlan(config.page_size, pool, task_pages), costs
 
 
-def _report(tasks, pool_tasks, plan, before, costs, log, config) -> dict:
+def _check_l2(exclusive, config, layouts, fishers) -> None:
+    """Fail early when the exclusive pages exceed the level-2 budget, naming a level-1 budget
+    that would work."""
+    budget = config.separation.l2_budget_bytes
+    page_bytes = 4 * config.page_size
+    needed = page_bytes * sum(len(e) for e in exclusive)
+    if budget is None or needed <= budget:
+        return
+    sep, tables = config.separation, 4 * sum(layout.n_pages for layout in layouts)
+    for n_pool in range(1, max(layout.n_pages for layout in layouts) + 1):
+        l2 = page_bytes * sum(len(select_exclusive(f, sep.tpr, sep.margin, n_pool)) for f in fishers)
+        if l2 <= budget:
+            raise ValueError(
+                f"the exclusive pages need {needed} B of level-2 storage, over its budget of "
+                f"{budget} B: a level-1 budget of {tables + n_pool * page_bytes} B "
+                f"({n_pool} pool pages) or a level-2 budget of {needed} B would work")
+    raise ValueError(f"the exclusive pages need {needed} B of level-2 storage, over its budget "
+                     f"of {budget} B, at any pool size: lower tpr or raise the budget")
+
+
+def _memory(plan: PagePlan, names: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The pool and every task's exclusive pages stacked into one memory, and each task's table
+    into it (exclusive ids shifted past the earlier tasks' exclusive pages)."""
+    parts, tables, offset = [plan.pool], [], plan.n_pool_pages
+    for name in names:
+        t = plan.task(name)
+        table = t.page_table.astype(np.int64)
+        exclusive = table >= plan.n_pool_pages
+        table[exclusive] += offset - plan.n_pool_pages
+        parts.append(t.exclusive_pages)
+        tables.append(table)
+        offset += t.n_exclusive_pages
+    return np.concatenate(parts), tables
+
+
+def _with_memory(plan: PagePlan, memory: np.ndarray) -> PagePlan:
+    """The plan with pool and exclusive pages taken back from a trained memory (same order as
+    `_memory`)."""
+    n_pool, offset, task_pages = plan.n_pool_pages, plan.n_pool_pages, {}
+    for name, t in plan.tasks.items():
+        exclusive = memory[offset : offset + t.n_exclusive_pages]
+        task_pages[name] = TaskPages(t.layout, t.page_table, exclusive)
+        offset += t.n_exclusive_pages
+    return PagePlan(plan.page_size, memory[:n_pool], task_pages)
+
+
+def _report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> dict:
     per_task = {}
     for t, pt in zip(tasks, pool_tasks):
         separate = t.accuracy("test")
-        packed = pool_accuracy(plan.pool, pt, t.splits["test"].x, t.splits["test"].y)
+        packed = pool_accuracy(memory, pt, t.splits["test"].x, t.splits["test"].y)
         per_task[t.name] = {
             "params": pt.layout.n_weights,
             "pages": pt.layout.n_pages,
+            "exclusive_pages": plan.task(t.name).n_exclusive_pages,
             "acc_separate": separate,
             "acc_matched": before[t.name],
             "acc_packed": packed,
@@ -124,20 +198,24 @@ def _report(tasks, pool_tasks, plan, before, costs, log, config) -> dict:
         }
     n_params = sum(v["params"] for v in per_task.values())
     bytes_separate = 4 * n_params
-    bytes_packed = plan.pool_bytes + plan.page_table_bytes
+    l1_bytes = plan.pool_bytes + plan.page_table_bytes
+    l2_bytes = plan.exclusive_bytes
     deltas = [v["delta_pp"] for v in per_task.values()]
     return {
         "page_size": plan.page_size,
-        "share_within_task": config.share_within_task,
         "pool_pages": plan.n_pool_pages,
+        "share_within_task": config.share_within_task,
+        "separation": vars(config.separation) if config.separation else None,
         "match": config.match,
         "init": config.init,
         "optimize": vars(config.optimize),
         "tasks": per_task,
         "bytes_separate": bytes_separate,
-        "bytes_packed": bytes_packed,
-        "ratio_bytes": bytes_separate / bytes_packed,
-        "ratio_count": n_params / plan.pool.size,
+        "bytes_packed": l1_bytes + l2_bytes,
+        "l1_bytes": l1_bytes,
+        "l2_bytes": l2_bytes,
+        "ratio_bytes": bytes_separate / (l1_bytes + l2_bytes),
+        "ratio_count": n_params / memory.size,
         "mean_delta_pp": float(np.mean(deltas)),
         "worst_delta_pp": float(np.min(deltas)),
         "optimize_log": log,
@@ -145,15 +223,17 @@ def _report(tasks, pool_tasks, plan, before, costs, log, config) -> dict:
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'task':14s} {'params':>7s} {'pages':>5s} {'separate':>9s} {'matched':>8s} "
-             f"{'packed':>7s} {'delta':>7s}"]
+    lines = [f"{'task':14s} {'params':>7s} {'pages':>5s} {'excl':>4s} {'separate':>9s} "
+             f"{'matched':>8s} {'packed':>7s} {'delta':>7s}"]
     for name, r in report["tasks"].items():
-        lines.append(f"{name:14s} {r['params']:7d} {r['pages']:5d} {r['acc_separate']:8.2f}% "
-                     f"{r['acc_matched']:7.2f}% {r['acc_packed']:6.2f}% {r['delta_pp']:+6.2f}pp")
+        lines.append(f"{name:14s} {r['params']:7d} {r['pages']:5d} {r.get('exclusive_pages', 0):4d} "
+                     f"{r['acc_separate']:8.2f}% {r['acc_matched']:7.2f}% {r['acc_packed']:6.2f}% "
+                     f"{r['delta_pp']:+6.2f}pp")
     lines.append(
         f"pool {report['pool_pages']} pages x {report['page_size']}; bytes separate "
-        f"{report['bytes_separate']} -> packed {report['bytes_packed']} "
-        f"({report['ratio_bytes']:.2f}x bytes, {report['ratio_count']:.2f}x by count); "
+        f"{report['bytes_separate']} -> packed {report['bytes_packed']} (level 1 "
+        f"{report.get('l1_bytes', report['bytes_packed'])}, level 2 {report.get('l2_bytes', 0)}; "
+        f"{report['ratio_bytes']:.2f}x bytes, {report['ratio_count']:.2f}x by count); "
         f"mean delta {report['mean_delta_pp']:+.2f} pp, worst {report['worst_delta_pp']:+.2f} pp")
     return "\n".join(lines)
 

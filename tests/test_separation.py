@@ -1,0 +1,180 @@
+"""Weight separation: WS's exclusive-page rule, byte budgets, exclusive pages in their own
+tensors, loaded from level-2 storage (and prefetched) by the runtime."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import tvm_weightvirt as wv
+from tvm_weightvirt import suite
+from tvm_weightvirt.optimize import OptimizeConfig, sharing_loss_terms
+from tvm_weightvirt.pack import PackConfig, _memory, pack_tasks
+from tvm_weightvirt.runtime import MultitaskRuntime
+from tvm_weightvirt.separation import (SeparationConfig, parse_bytes, select_exclusive,
+                                       tpr_for_target_accuracy)
+
+TASKS = ["wine", "iris", "breast_cancer"]
+
+
+def test_parse_bytes():
+    assert parse_bytes("256KiB") == 262_144
+    assert parse_bytes("4MiB") == 4 * 1024**2
+    assert parse_bytes("1.5MB") == 1_500_000
+    assert parse_bytes("1000") == 1000
+    with pytest.raises(ValueError, match="cannot read '12 parsecs' as bytes"):
+        parse_bytes("12 parsecs")
+
+
+def _pages(cd):
+    """A page-Fisher matrix whose pages have contribution densities `cd` (P = 2)."""
+    return np.array([[c / 2, c / 2] for c in cd])
+
+
+def test_exclusive_selection_follows_ws_rule():
+    fisher = _pages([0.15, 0.5, 0.05, 0.3])  # by CD: pages 1, 3, 0, 2
+    # tpr 1.0, margin 0.1: take while 1.0 - covered >= 0.1: 1 (0.5), 3 (0.8), 0 (0.95), stop
+    np.testing.assert_array_equal(select_exclusive(fisher), [0, 1, 3])
+    np.testing.assert_array_equal(select_exclusive(fisher, tpr=0.7), [1, 3])  # 0.7, 0.2, stop
+    # forced: with room for 1 shared page, the next-highest pages become exclusive too
+    np.testing.assert_array_equal(select_exclusive(fisher, tpr=0.3, max_shared=1), [0, 1, 3])
+    np.testing.assert_array_equal(select_exclusive(fisher, max_shared=0), [0, 1, 2, 3])
+
+
+def test_target_accuracy_rule():
+    probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]])
+    labels = np.array([0, 0, 1, 1])
+    normalised_at_label = [0.9 / np.hypot(0.9, 0.1), 0.4 / np.hypot(0.4, 0.6),
+                           0.3 / np.hypot(0.7, 0.3), 0.8 / np.hypot(0.2, 0.8)]
+    low = np.array(normalised_at_label) <= 0.5  # samples 1 and 2
+    loss = np.mean(-np.log([0.4, 0.3]))
+    acc_alpha = 1 - low.mean()
+    target = loss * (acc_alpha + 1 - 0.9)
+    expected = 1 - (target - loss) / loss
+    assert tpr_for_target_accuracy(probs, labels, 0.9) == pytest.approx(expected)
+
+
+@pytest.fixture(scope="module")
+def separated(tmp_path_factory):
+    tasks = suite.load_suite(TASKS)
+    config = PackConfig(separation=SeparationConfig(l1_budget_bytes=parse_bytes("64KiB")),
+                        optimize=OptimizeConfig(rounds=1, iterations=50, lam=0.1))
+    result = pack_tasks(tasks, config, progress=False)
+    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    path = str(tmp_path_factory.mktemp("sep") / "suite.wvpack")
+    wv.save_wvpack(path, result.plan, graphs, result.report)
+    return tasks, result, path
+
+
+def test_budget_sets_the_pool_and_exclusives_are_their_own(separated):
+    tasks, result, path = separated
+    plan = result.plan
+    n_table_entries = 268 + 257 + 208
+    # 64 KiB - int32 tables, in pages of 100 float32
+    assert plan.n_pool_pages == (65_536 - 4 * n_table_entries) // 400 == 156
+    assert result.report["l1_bytes"] == plan.pool_bytes + 4 * n_table_entries <= 65_536
+    for t in tasks:
+        task_pages = plan.task(t.name)
+        exclusive_ids = np.flatnonzero(task_pages.page_table >= plan.n_pool_pages)
+        shared_ids = np.flatnonzero(task_pages.page_table < plan.n_pool_pages)
+        assert len(exclusive_ids) == task_pages.n_exclusive_pages > 0
+        assert len(shared_ids) <= plan.n_pool_pages  # what is left fits the pool
+        # exclusive pages are bit-identical to the task's weights read through its table
+        flat = task_pages.layout.flatten(plan.read(t.name)).reshape(-1, 100)
+        np.testing.assert_array_equal(flat[exclusive_ids], task_pages.exclusive_pages[
+            task_pages.page_table[exclusive_ids] - plan.n_pool_pages])
+    assert result.report["l2_bytes"] == plan.exclusive_bytes
+    # the pack keeps exclusive pages in their own tensors
+    loaded = wv.load_wvpack(path).plan
+    for t in tasks:
+        np.testing.assert_array_equal(loaded.task(t.name).exclusive_pages,
+                                      plan.task(t.name).exclusive_pages)
+
+
+def test_overlap_loss_covers_shared_positions_only(separated):
+    tasks, result, _ = separated
+    memory, tables = _memory(result.plan, TASKS)
+    from tvm_weightvirt.optimize import PoolTask
+
+    pool_tasks = [PoolTask(n, None, result.plan.task(n).layout, tables[i],
+                           np.ones((len(tables[i]), 100)), np.zeros((len(tables[i]), 100)), None, None)
+                  for i, n in enumerate(TASKS)]
+    for t in range(len(TASKS)):
+        a, *_ = sharing_loss_terms(pool_tasks, t, memory.shape)
+        own_exclusive = tables[t][tables[t] >= result.plan.n_pool_pages]
+        assert float(a[own_exclusive].abs().sum()) == 0.0  # no other task weighs on them
+
+
+def _reference(task, plan, x):
+    with torch.no_grad():
+        return task.model_from_plan(plan)(torch.from_numpy(x)).numpy()
+
+
+def test_outputs_with_exclusive_pages_from_level2_equal_torch(separated):
+    tasks, result, path = separated
+    pack = wv.load_wvpack(path)
+    runtime = MultitaskRuntime(pack.plan, wv.build(wv.lower(pack.tasks, pack.plan)), level2=path)
+    for t in tasks + tasks[::-1]:
+        x = t.splits["test"].x[:1]
+        np.testing.assert_allclose(runtime.run(t.name, x)[0], _reference(t, pack.plan, x), atol=1e-5)
+    # each switch (wine, iris, breast_cancer, iris, wine) read the task's exclusive pages
+    switched = ["wine", "iris", "breast_cancer", "iris", "wine"]
+    assert runtime.counters.switches == 5
+    assert runtime.counters.bytes_read_l2 == sum(pack.plan.task(n).exclusive_pages.nbytes for n in switched)
+
+
+def test_prefetch_never_serves_stale_pages(separated):
+    tasks, result, path = separated
+    pack = wv.load_wvpack(path)
+    runtime = MultitaskRuntime(pack.plan, wv.build(wv.lower(pack.tasks, pack.plan)), level2=path)
+    by_name = {t.name: t for t in tasks}
+    x = {n: by_name[n].splits["test"].x[:1] for n in TASKS}
+    expected = {n: _reference(by_name[n], pack.plan, x[n]) for n in TASKS}
+    runtime.prefetch("iris")
+    np.testing.assert_allclose(runtime.run("wine", x["wine"])[0], expected["wine"], atol=1e-5)
+    np.testing.assert_allclose(runtime.run("iris", x["iris"])[0], expected["iris"], atol=1e-5)
+    np.testing.assert_allclose(runtime.run("wine", x["wine"])[0], expected["wine"], atol=1e-5)
+    assert runtime.counters.prefetch_hits == 1
+    sequence = ["wine", "iris", "wine", "breast_cancer", "iris", "wine"] * 3
+    outputs = runtime.run_many([(n, (x[n],)) for n in sequence])
+    for name, out in zip(sequence, outputs):
+        np.testing.assert_allclose(out[0], expected[name], atol=1e-5)
+    # wine was current; 5 switches per repeat (w-i-w-b-i-w, none between repeats): every one
+    # of them found its pages prefetched while the previous task ran
+    assert runtime.counters.prefetch_hits == 1 + 15
+
+
+def test_level2_file_missing_or_truncated_at_run_time(separated, tmp_path):
+    tasks, result, path = separated
+    copy = str(tmp_path / "l2.wvpack")
+    shutil.copy(path, copy)
+    pack = wv.load_wvpack(copy)
+    runtime = MultitaskRuntime(pack.plan, wv.build(wv.lower(pack.tasks, pack.plan)), level2=copy)
+    ranges = runtime.store.ranges
+    last = max(ranges, key=lambda n: ranges[n][1])
+    other = next(n for n in TASKS if n != last and ranges[n][1] <= ranges[last][0])
+    x = {t.name: t.splits["test"].x[:1] for t in tasks}
+    os.truncate(copy, ranges[last][0] + 10)
+    with pytest.raises(ValueError, match=f"task '{last}': level-2 file '.*l2.wvpack' is truncated"):
+        runtime.run(last, x[last])
+    out = runtime.run(other, x[other])[0]  # still serving the others
+    np.testing.assert_allclose(out, _reference(next(t for t in tasks if t.name == other), pack.plan, x[other]), atol=1e-5)
+    os.remove(copy)
+    with pytest.raises(ValueError, match=f"task '{last}': cannot read its exclusive pages from level-2 file"):
+        runtime.run(last, x[last])
+
+
+def test_budget_errors():
+    tasks = suite.load_suite(TASKS)
+    with pytest.raises(ValueError, match=r"level-1 budget of 1024 B cannot hold the page tables \(2932 B\) and one pool page \(400 B\): the minimum is 3332 B"):
+        pack_tasks(tasks, PackConfig(separation=SeparationConfig(l1_budget_bytes=1024)))
+    # 64 KiB leaves 156 pool pages and forces exclusives: 110,000 B; a 169-page pool
+    # (2,932 B of tables + 169 x 400 B) brings them under 100,000 B
+    with pytest.raises(ValueError, match=r"the exclusive pages need 110000 B of level-2 storage, over its budget of 100000 B: a level-1 budget of 70532 B \(169 pool pages\) or a level-2 budget of 110000 B would work"):
+        pack_tasks(tasks, PackConfig(separation=SeparationConfig(
+            l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=100_000)))
+    with pytest.raises(ValueError, match="over its budget of 1000 B, at any pool size: lower tpr or raise the budget"):
+        pack_tasks(tasks, PackConfig(separation=SeparationConfig(
+            l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=1000)))
