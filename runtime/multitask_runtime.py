@@ -150,19 +150,20 @@ class MultitaskRuntime:
         self.counters.bytes_read_l2 += self.store.load(task, self._scratch[0])
         return self._scratch_views[0][task]
 
-    def prefetch(self, task: str) -> None:
-        """Start reading `task`'s exclusive pages into the prefetch scratch in the background
-        (a no-op for tasks without exclusive pages)."""
+    def prefetch(self, task: str) -> Future | None:
+        """Start reading `task`'s exclusive pages into the prefetch scratch in the background;
+        returns the read's future (None for a task without exclusive pages)."""
         with self._lock:
             self._check_task(task)
             if not self._exclusive_counts[task]:
-                return
+                return None
             if self._prefetched is not None:
                 if self._prefetched[0] == task:
-                    return
+                    return self._prefetched[1]
                 self._prefetched[1].exception()  # wait: the scratch is about to be reused
             future = self._prefetcher.submit(self.store.load, task, self._scratch[1])
             self._prefetched = (task, future)
+            return future
 
     def run(self, task: str, *inputs: np.ndarray) -> list[np.ndarray]:
         """Outputs of `task` on `inputs` (numpy arrays in the model's input order)."""

@@ -178,3 +178,17 @@ def test_budget_errors():
     with pytest.raises(ValueError, match="over its budget of 1000 B, at any pool size: lower tpr or raise the budget"):
         pack_tasks(tasks, PackConfig(separation=SeparationConfig(
             l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=1000)))
+
+
+def test_wvirt_pack_separate_then_run(tmp_path, capsys):
+    from tvm_weightvirt.cli import main
+
+    pack = tmp_path / "sep.wvpack"
+    assert main(["pack", "--suite", "wine,iris", "--l1-budget", "48KiB", "--rounds", "0",
+                 "-o", str(pack)]) == 0
+    plan = wv.load_wvpack(pack).plan
+    assert plan.n_pool_pages == (48 * 1024 - 4 * (268 + 257)) // 400 and plan.exclusive_bytes > 0
+    assert main(["run", str(pack), "--tasks", "wine,iris,wine"]) == 0
+    printed = capsys.readouterr().out
+    read = sum(plan.task(n).exclusive_pages.nbytes for n in ["wine", "iris", "wine"])
+    assert f"{read} B read from level 2" in printed

@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     pack = sub.add_parser("pack", help="pack the suite (Fisher, matching, retraining) or ONNX "
                           "models (lossless: no data to retrain with) into a .wvpack")
     pack.add_argument("models", nargs="*", help="model.onnx or name=model.onnx")
-    pack.add_argument("--suite", help="comma-separated suite tasks, e.g. mnist,digits (or 'five')")
+    pack.add_argument("--suite", help="comma-separated suite tasks, e.g. mnist,digits (or 'five', 'ten')")
     pack.add_argument("-o", "--output", required=True)
     pack.add_argument("--page-size", type=int, default=100)
     pack.add_argument("--pool-pages", type=int, default=None,
@@ -27,8 +27,16 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("--init", choices=["random", "weights", "fisher_mean"], default="fisher_mean")
     pack.add_argument("--rounds", type=int, default=4, help="retraining rounds (0: none)")
     pack.add_argument("--iterations", type=int, default=300, help="per task per round")
-    pack.add_argument("--lam", type=float, default=10.0, help="weight of the sharing loss")
+    pack.add_argument("--lam", type=float, default=None,
+                      help="weight of the sharing loss (default 10 as NWV, 0.1 with --separate as WS)")
     pack.add_argument("--resume", help="continue retraining from this .wvpack's plan")
+    pack.add_argument("--separate", action="store_true",
+                      help="weight separation: critical pages exclusive in level-2 storage (WS)")
+    pack.add_argument("--l1-budget", help="shared pool + page tables in RAM, e.g. 256KiB "
+                      "(sets the pool size)")
+    pack.add_argument("--l2-budget", help="all exclusive pages, e.g. 4MiB")
+    pack.add_argument("--tpr", type=float, default=1.0, help="separation: target protection ratio")
+    pack.add_argument("--margin", type=float, default=0.1, help="separation: margin")
 
     inspect = sub.add_parser("inspect", help="pages, tasks, bytes and accuracy of a .wvpack")
     inspect.add_argument("pack")
@@ -81,12 +89,21 @@ def _pack(args) -> int:
         from .optimize import OptimizeConfig
         from .pack import PackConfig, format_report, pack_tasks
 
-        names = suite.FIVE_TASKS if args.suite == "five" else args.suite.split(",")
+        from .separation import SeparationConfig, parse_bytes
+
+        named = {"five": suite.FIVE_TASKS, "ten": suite.TEN_TASKS}
+        names = named.get(args.suite) or args.suite.split(",")
         tasks = suite.load_suite(names)
+        separate = args.separate or args.l1_budget or args.l2_budget
+        separation = SeparationConfig(
+            args.tpr, args.margin,
+            parse_bytes(args.l1_budget) if args.l1_budget else None,
+            parse_bytes(args.l2_budget) if args.l2_budget else None) if separate else None
+        lam = args.lam if args.lam is not None else (0.1 if separate else 10.0)
         config = PackConfig(
             page_size=args.page_size, pool_pages=args.pool_pages, match=args.match,
-            init=args.init, share_within_task=args.share_within_task,
-            optimize=OptimizeConfig(rounds=args.rounds, iterations=args.iterations, lam=args.lam))
+            init=args.init, share_within_task=args.share_within_task, separation=separation,
+            optimize=OptimizeConfig(rounds=args.rounds, iterations=args.iterations, lam=lam))
         resume = load_wvpack(args.resume).plan if args.resume else None
         result = pack_tasks(tasks, config, resume=resume)
         graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
@@ -168,7 +185,7 @@ def _run(args) -> int:
     else:
         library = build(lower(pack.tasks, pack.plan, mode=args.mode), target="llvm")
         print(f"built {len(pack.tasks)} tasks ({args.mode}) in {library.compile_seconds:.1f} s")
-    runtime = MultitaskRuntime(pack.plan, library)
+    runtime = MultitaskRuntime(pack.plan, library, level2=args.pack)  # exclusive pages: the file
     rng = np.random.default_rng(args.seed)
     requests = [(name, [rng.normal(size=shape).astype(dtype)
                         for shape, dtype in by_name[name].input_types]) for name in sequence]
@@ -177,6 +194,7 @@ def _run(args) -> int:
         print(f"{name}: outputs {[o.shape for o in out]}")
     c = runtime.counters
     print(f"{c.requests} requests, {c.switches} switches, {c.bytes_gathered} B gathered, "
+          f"{c.bytes_read_l2} B read from level 2 ({c.prefetch_hits} prefetched), "
           f"{1e3 * c.switch_seconds:.3f} ms switching, {1e3 * c.inference_seconds:.3f} ms inference")
     return 0
 

@@ -254,7 +254,7 @@ def train_baseline(model: torch.nn.Module, splits: dict[str, Split], config: Tra
 
 
 def cache_dir() -> str:
-    return os.environ.get("WVIRT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "tvm_weightvirt"))
+    return os.environ.get("WVIRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tvm_weightvirt")
 
 
 def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
