@@ -8,7 +8,6 @@ from tvm import te, tirx
 GATHER_FUNC = "wv_gather_pages"
 
 
-
 @tvm.transform.module_pass(opt_level=0, name="AddPageGather")
 class AddPageGather:
     """Add one PrimFunc `wv_gather_pages(pool, page_table, weight_pages)`:
@@ -39,17 +38,35 @@ class AddPageGather:
         self.page_size = page_size
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if GATHER_FUNC in [gv.name_hint for gv in mod.get_global_vars()]:
-            raise ValueError(f"module already has a function '{GATHER_FUNC}'")
-        n_pool, n_pages = tirx.Var("n_pool_pages", "int64"), tirx.Var("n_pages", "int64")
-        pool = te.placeholder((n_pool, self.page_size), "float32", "pool")
-        page_table = te.placeholder((n_pages,), "int32", "page_table")
-        pages = te.compute(
-            (n_pages, self.page_size),
-            lambda i, j: pool[page_table[i].astype("int64"), j],
-            name="weight_pages",
-        )
-        func = te.create_prim_func([pool, page_table, pages]).with_attr("global_symbol", GATHER_FUNC)
-        out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-        out[GATHER_FUNC] = func
-        return out
+        return add_gather(mod, GATHER_FUNC, gather_func(self.page_size, with_exclusive=False))
+
+
+def gather_func(page_size: int, with_exclusive: bool) -> tirx.PrimFunc:
+    """`weight_pages[i, j] = pool[page_table[i], j]`, for any pool size and table length; with
+    `with_exclusive`, table entries >= S (the pool's page count) read `exclusive[entry - S, j]`."""
+    n_pool = tirx.Var("n_pool_pages", "int64")
+    n_pages = tirx.Var("n_pages", "int64")
+    pool = te.placeholder((n_pool, page_size), "float32", "pool")
+    page_table = te.placeholder((n_pages,), "int32", "page_table")
+    inputs = [pool]
+    if with_exclusive:
+        n_exclusive = tirx.Var("n_exclusive_pages", "int64")
+        exclusive = te.placeholder((n_exclusive, page_size), "float32", "exclusive")
+        inputs.append(exclusive)
+
+    def read(i, j):
+        page = page_table[i].astype("int64")
+        if not with_exclusive:
+            return pool[page, j]
+        return tirx.if_then_else(page < n_pool, pool[page, j], exclusive[page - n_pool, j])
+
+    pages = te.compute((n_pages, page_size), read, name="weight_pages")
+    return te.create_prim_func([*inputs, page_table, pages])
+
+
+def add_gather(mod: tvm.IRModule, name: str, func: tirx.PrimFunc) -> tvm.IRModule:
+    if name in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise ValueError(f"module already has a function '{name}'")
+    out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
+    out[name] = func.with_attr("global_symbol", name)
+    return out

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import tvm
-from tvm import te, tirx
+
+from .add_page_gather import add_gather, gather_func
 
 EXCLUSIVE_GATHER_FUNC = "wv_gather_pages_exclusive"
 
@@ -39,21 +40,5 @@ class ExclusivePageLoader:
         self.page_size = page_size
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if EXCLUSIVE_GATHER_FUNC in [gv.name_hint for gv in mod.get_global_vars()]:
-            raise ValueError(f"module already has a function '{EXCLUSIVE_GATHER_FUNC}'")
-        n_pool = tirx.Var("n_pool_pages", "int64")
-        n_exclusive = tirx.Var("n_exclusive_pages", "int64")
-        n_pages = tirx.Var("n_pages", "int64")
-        pool = te.placeholder((n_pool, self.page_size), "float32", "pool")
-        exclusive = te.placeholder((n_exclusive, self.page_size), "float32", "exclusive")
-        page_table = te.placeholder((n_pages,), "int32", "page_table")
-
-        def read(i, j):
-            page = page_table[i].astype("int64")
-            return tvm.tirx.if_then_else(page < n_pool, pool[page, j], exclusive[page - n_pool, j])
-
-        pages = te.compute((n_pages, self.page_size), read, name="weight_pages")
-        func = te.create_prim_func([pool, exclusive, page_table, pages])
-        out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
-        out[EXCLUSIVE_GATHER_FUNC] = func.with_attr("global_symbol", EXCLUSIVE_GATHER_FUNC)
-        return out
+        func = gather_func(self.page_size, with_exclusive=True)
+        return add_gather(mod, EXCLUSIVE_GATHER_FUNC, func)

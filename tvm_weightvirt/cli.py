@@ -143,13 +143,19 @@ def _inspect(args) -> int:
     return 0
 
 
-def _build(args) -> int:
+def _pack_with_graphs(path: str):
     from .artifact import load_wvpack
+
+    pack = load_wvpack(path)
+    if not pack.tasks:
+        raise ValueError(f"'{path}' holds no task graphs: save it with its tasks to build or run it")
+    return pack
+
+
+def _build(args) -> int:
     from .compiler import build, lower
 
-    pack = load_wvpack(args.pack)
-    if not pack.tasks:
-        raise ValueError(f"'{args.pack}' holds no task graphs: save it with its tasks to build it")
+    pack = _pack_with_graphs(args.pack)
     target = {"kind": "llvm"} if args.target == "llvm" else {"kind": "cuda", "arch": args.arch}
     library = build(lower(pack.tasks, pack.plan, mode=args.mode), target=target)
     library.export(args.output)
@@ -166,13 +172,10 @@ def _build(args) -> int:
 
 
 def _run(args) -> int:
-    from .artifact import load_wvpack
     from .compiler import build, lower
     from tvm_weightvirt.runtime import MultitaskRuntime
 
-    pack = load_wvpack(args.pack)
-    if not pack.tasks:
-        raise ValueError(f"'{args.pack}' holds no task graphs: save it with its tasks to run it")
+    pack = _pack_with_graphs(args.pack)
     by_name = {t.name: t for t in pack.tasks}
     sequence = [n for n in args.tasks.split(",") if n]
     unknown = sorted(set(sequence) - set(by_name))
