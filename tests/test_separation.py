@@ -192,3 +192,15 @@ def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     read = sum(plan.task(n).exclusive_pages.nbytes for n in ["wine", "iris", "wine"])
     assert f"{read} B read from level 2" in printed
+
+
+def test_target_accuracy_sets_each_tasks_tpr():
+    """A lower target accuracy protects fewer pages (WS's rule, per task)."""
+    tasks = suite.load_suite(["wine", "iris"])
+    counts = {}
+    for target in [0.99, 0.5]:
+        config = PackConfig(separation=SeparationConfig(target_accuracy=target),
+                            optimize=OptimizeConfig(rounds=0))
+        plan = pack_tasks(tasks, config, progress=False).plan
+        counts[target] = sum(t.n_exclusive_pages for t in plan.tasks.values())
+    assert counts[0.5] < counts[0.99]

@@ -37,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("--l2-budget", help="all exclusive pages, e.g. 4MiB")
     pack.add_argument("--tpr", type=float, default=1.0, help="separation: target protection ratio")
     pack.add_argument("--margin", type=float, default=0.1, help="separation: margin")
+    pack.add_argument("--target-accuracy", type=float, default=None,
+                      help="separation: per-task tpr from WS's target-accuracy rule (e.g. 0.95)")
 
     inspect = sub.add_parser("inspect", help="pages, tasks, bytes and accuracy of a .wvpack")
     inspect.add_argument("pack")
@@ -94,11 +96,12 @@ def _pack(args) -> int:
         named = {"five": suite.FIVE_TASKS, "ten": suite.TEN_TASKS}
         names = named.get(args.suite) or args.suite.split(",")
         tasks = suite.load_suite(names)
-        separate = args.separate or args.l1_budget or args.l2_budget
+        separate = args.separate or args.l1_budget or args.l2_budget or args.target_accuracy
         separation = SeparationConfig(
             args.tpr, args.margin,
             parse_bytes(args.l1_budget) if args.l1_budget else None,
-            parse_bytes(args.l2_budget) if args.l2_budget else None) if separate else None
+            parse_bytes(args.l2_budget) if args.l2_budget else None,
+            args.target_accuracy) if separate else None
         lam = args.lam if args.lam is not None else (0.1 if separate else 10.0)
         config = PackConfig(
             page_size=args.page_size, pool_pages=args.pool_pages, match=args.match,

@@ -17,7 +17,8 @@ from .layout import PageLayout, check_page_size
 from .matching import PoolState, finalize_pool, match_task
 from .optimize import OptimizeConfig, PoolTask, optimize_pool, pool_accuracy
 from .plan import PagePlan, TaskPages, check_unique_names
-from .separation import SeparationConfig, select_exclusive, shared_pages_for_budget
+from .separation import (SeparationConfig, select_exclusive, shared_pages_for_budget,
+                         tpr_for_target_accuracy)
 
 
 @dataclass
@@ -54,7 +55,10 @@ def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = 
     # Step 1. Layouts and original-network Fisher (WS's normalised one with separation).
     layouts, pages, fishers = [], [], []
     for t in tasks:
-        weights = {k: v.detach().numpy() for k, v in t.model.state_dict().items()}
+        state = t.model.state_dict()
+        # layout order = the task function's weight order (a TorchTwin knows it)
+        names = getattr(t.model, "weight_names", None) or list(state)
+        weights = {k: state[k].detach().numpy() for k in names}
         _check_data(t)
         layout = PageLayout.from_weights(
             {k: (w.shape, str(w.dtype)) for k, w in weights.items()}, config.page_size, t.name)
@@ -106,8 +110,9 @@ def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dic
     exclusive = [np.zeros(0, np.int64)] * len(tasks)
     if sep is not None:
         max_shared = None if config.share_within_task else n_pool
-        exclusive = [select_exclusive(f, sep.tpr, sep.margin, max_shared) for f in fishers]
-        _check_l2(exclusive, config, layouts, fishers)
+        tprs = _tprs(tasks, sep)
+        exclusive = [select_exclusive(f, tpr, sep.margin, max_shared) for f, tpr in zip(fishers, tprs)]
+        _check_l2(exclusive, config, layouts, fishers, tprs)
     shared = [np.setdiff1d(np.arange(layout.n_pages), e) for layout, e in zip(layouts, exclusive)]
     biggest = max(zip(shared, tasks), key=lambda st: len(st[0]))
     if len(biggest[0]) > n_pool and not config.share_within_task:
@@ -135,17 +140,31 @@ def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dic
     return PagePlan(config.page_size, pool, task_pages), costs
 
 
-def _check_l2(exclusive, config, layouts, fishers) -> None:
+def _tprs(tasks, sep: SeparationConfig) -> list[float]:
+    """Each task's tpr: the configured one, or WS's target-accuracy rule on its training split."""
+    if sep.target_accuracy is None:
+        return [sep.tpr] * len(tasks)
+    tprs = []
+    for t in tasks:
+        with torch.no_grad():
+            probs = torch.softmax(t.model(torch.from_numpy(t.splits["train"].x)), 1).numpy()
+        tprs.append(tpr_for_target_accuracy(probs, t.splits["train"].y, sep.target_accuracy))
+    return tprs
+
+
+def _check_l2(exclusive, config, layouts, fishers, tprs) -> None:
     """Fail early when the exclusive pages exceed the level-2 budget, naming a level-1 budget
     that would work."""
-    budget = config.separation.l2_budget_bytes
+    sep = config.separation
+    budget = sep.l2_budget_bytes
     page_bytes = 4 * config.page_size
     needed = page_bytes * sum(len(e) for e in exclusive)
     if budget is None or needed <= budget:
         return
-    sep, tables = config.separation, 4 * sum(layout.n_pages for layout in layouts)
+    tables = 4 * sum(layout.n_pages for layout in layouts)
     for n_pool in range(1, max(layout.n_pages for layout in layouts) + 1):
-        l2 = page_bytes * sum(len(select_exclusive(f, sep.tpr, sep.margin, n_pool)) for f in fishers)
+        l2 = page_bytes * sum(len(select_exclusive(f, tpr, sep.margin, n_pool))
+                              for f, tpr in zip(fishers, tprs))
         if l2 <= budget:
             raise ValueError(
                 f"the exclusive pages need {needed} B of level-2 storage, over its budget of "

@@ -27,12 +27,15 @@ def parse_bytes(text: str | int) -> int:
 
 @dataclass(frozen=True)
 class SeparationConfig:
-    """WS's defaults: tpr 1.0, margin 0.1 (exclusive pages cover ~90 % of the Fisher mass)."""
+    """WS's defaults: tpr 1.0, margin 0.1 (exclusive pages cover ~90 % of the Fisher mass).
+    With `target_accuracy` (a fraction), each task's tpr comes from WS's target-accuracy rule
+    (`tpr_for_target_accuracy`) on its training split instead."""
 
     tpr: float = 1.0
     margin: float = 0.1
     l1_budget_bytes: int | None = None  # shared pool + page tables (int32) in RAM
     l2_budget_bytes: int | None = None  # all exclusive pages in flash / eMMC / a file
+    target_accuracy: float | None = None
 
 
 def contribution_density(page_fisher: np.ndarray) -> np.ndarray:
