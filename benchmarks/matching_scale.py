@@ -43,7 +43,9 @@ def main() -> None:
             if last is not None:
                 projected = last[1] * (n / last[0]) ** GROWTH[method]
                 if projected > time_cap:
-                    speed[method][str(n)] = {"skipped": f"projected {projected:.0f} s > {time_cap:.0f} s"}
+                    speed[method][str(n)] = {
+                        "skipped": f"projected {projected:.0f} s > {time_cap:.0f} s"
+                    }
                     print(f"{method:8s} {n:8d} pages: skipped (projected {projected:.0f} s)")
                     continue
             state, pages, fisher = _scale_case(n)
@@ -54,15 +56,20 @@ def main() -> None:
             speed[method][str(n)] = {"seconds": seconds, "pages_per_second": n / seconds}
             print(f"{method:8s} {n:8d} pages: {seconds:8.2f} s, {n / seconds:10.0f} pages/s")
     # Part 2. Quality on the suite: matching cost and accuracy after the same retraining.
-    budget = OptimizeConfig(rounds=1, iterations=100) if args.quick else OptimizeConfig(rounds=4, iterations=300)
+    budget = (
+        OptimizeConfig(rounds=1, iterations=100)
+        if args.quick
+        else OptimizeConfig(rounds=4, iterations=300)
+    )
     tasks = suite.load_suite(suite.FIVE_TASKS)
     quality = {}
     for method in METHODS:
         report = pack_tasks(tasks, PackConfig(match=method, optimize=budget)).report
         quality[method] = {
             "total_matching_cost": sum(t["matching_cost"] for t in report["tasks"].values()),
-            "mean_delta_matched_pp": float(np.mean([t["acc_matched"] - t["acc_separate"]
-                                                    for t in report["tasks"].values()])),
+            "mean_delta_matched_pp": float(
+                np.mean([t["acc_matched"] - t["acc_separate"] for t in report["tasks"].values()])
+            ),
             "mean_delta_pp": report["mean_delta_pp"],
             "worst_delta_pp": report["worst_delta_pp"],
         }

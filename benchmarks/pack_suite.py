@@ -14,7 +14,11 @@ from tvm_weightvirt.pack import PackConfig, format_report, pack_tasks
 def main() -> None:
     args = parse_args(__doc__)
     started = time.time()
-    budget = OptimizeConfig(rounds=2, iterations=100) if args.quick else OptimizeConfig(rounds=4, iterations=300)
+    budget = (
+        OptimizeConfig(rounds=2, iterations=100)
+        if args.quick
+        else OptimizeConfig(rounds=4, iterations=300)
+    )
     tasks = suite.load_suite(suite.FIVE_TASKS)
     largest = max(-(-t.n_params // 100) for t in tasks)
     runs = {}
@@ -25,8 +29,12 @@ def main() -> None:
         ("nwv_init_random", largest, "random"),
         ("nwv_init_weights", largest, "weights"),
     ]:
-        config = PackConfig(pool_pages=pool_pages, init=init, share_within_task=pool_pages < largest,
-                            optimize=budget)
+        config = PackConfig(
+            pool_pages=pool_pages,
+            init=init,
+            share_within_task=pool_pages < largest,
+            optimize=budget,
+        )
         result = pack_tasks(tasks, config)
         print(f"\n== {label}: pool {pool_pages} pages, init {init}\n{format_report(result.report)}")
         runs[label] = result
@@ -38,13 +46,26 @@ def main() -> None:
         "worst_delta_pp": nwv["worst_delta_pp"],
         "bytes_separate": nwv["bytes_separate"],
         "bytes_packed": nwv["bytes_packed"],
-        "tasks": {n: {k: r[k] for k in ("params", "acc_separate", "acc_packed")}
-                  for n, r in nwv["tasks"].items()},
+        "tasks": {
+            n: {k: r[k] for k in ("params", "acc_separate", "acc_packed")}
+            for n, r in nwv["tasks"].items()
+        },
         "optimize": vars(budget),
-        "runs": {label: {k: r.report[k] for k in ("pool_pages", "init", "ratio_bytes", "ratio_count",
-                                                   "mean_delta_pp", "worst_delta_pp")}
-                 | {"acc_packed": {n: t["acc_packed"] for n, t in r.report["tasks"].items()}}
-                 for label, r in runs.items()},
+        "runs": {
+            label: {
+                k: r.report[k]
+                for k in (
+                    "pool_pages",
+                    "init",
+                    "ratio_bytes",
+                    "ratio_count",
+                    "mean_delta_pp",
+                    "worst_delta_pp",
+                )
+            }
+            | {"acc_packed": {n: t["acc_packed"] for n, t in r.report["tasks"].items()}}
+            for label, r in runs.items()
+        },
     }
     real = suite.mnist_real_test(next(t for t in tasks if t.name == "mnist"), runs["nwv"].plan)
     if real is not None:

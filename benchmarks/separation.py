@@ -70,17 +70,34 @@ def _switch_latency(tasks, plan, report, requests: int, seed: int = 0) -> dict:
 def main() -> None:
     args = parse_args(__doc__)
     started = time.time()
-    budget = OptimizeConfig(rounds=1, iterations=100) if args.quick else OptimizeConfig(rounds=3, iterations=300)
+    budget = (
+        OptimizeConfig(rounds=1, iterations=100)
+        if args.quick
+        else OptimizeConfig(rounds=3, iterations=300)
+    )
     tasks = suite.load_suite(suite.TEN_TASKS)
     l1_bytes = parse_bytes(L1_BUDGET)
-    separated = pack_tasks(tasks, PackConfig(
-        page_size=PAGE_SIZE, separation=SeparationConfig(l1_budget_bytes=l1_bytes),
-        optimize=OptimizeConfig(**{**vars(budget), "lam": 0.1})))
-    print(f"\n== weight separation (WS), level-1 budget {L1_BUDGET}\n{format_report(separated.report)}")
+    separated = pack_tasks(
+        tasks,
+        PackConfig(
+            page_size=PAGE_SIZE,
+            separation=SeparationConfig(l1_budget_bytes=l1_bytes),
+            optimize=OptimizeConfig(**{**vars(budget), "lam": 0.1}),
+        ),
+    )
+    print(
+        f"\n== weight separation (WS), level-1 budget {L1_BUDGET}\n{format_report(separated.report)}"
+    )
     pool_pages = separated.report["pool_pages"]  # the same level-1 bytes for both
-    full = pack_tasks(tasks, PackConfig(
-        page_size=PAGE_SIZE, pool_pages=pool_pages, share_within_task=True,
-        optimize=OptimizeConfig(**{**vars(budget), "lam": 10.0})))
+    full = pack_tasks(
+        tasks,
+        PackConfig(
+            page_size=PAGE_SIZE,
+            pool_pages=pool_pages,
+            share_within_task=True,
+            optimize=OptimizeConfig(**{**vars(budget), "lam": 10.0}),
+        ),
+    )
     print(f"\n== full sharing (NWV), pool {pool_pages} pages\n{format_report(full.report)}")
     rep = separated.report
     exclusive_pages = sum(t["exclusive_pages"] for t in rep["tasks"].values())
@@ -92,13 +109,21 @@ def main() -> None:
         "ratio_bytes": rep["ratio_bytes"],
         "pool_pages": rep["pool_pages"],
         "exclusive_pages": exclusive_pages,
-        "full_sharing": {k: full.report[k] for k in ("mean_delta_pp", "worst_delta_pp", "ratio_bytes",
-                                                      "ratio_count", "l1_bytes")},
+        "full_sharing": {
+            k: full.report[k]
+            for k in ("mean_delta_pp", "worst_delta_pp", "ratio_bytes", "ratio_count", "l1_bytes")
+        },
         "separation": {k: rep[k] for k in ("mean_delta_pp", "worst_delta_pp")},
-        "tasks": {n: {"params": r["params"], "exclusive_pages": r["exclusive_pages"],
-                      "acc_separate": r["acc_separate"],
-                      "acc_full_sharing": full.report["tasks"][n]["acc_packed"],
-                      "acc_separation": r["acc_packed"]} for n, r in rep["tasks"].items()},
+        "tasks": {
+            n: {
+                "params": r["params"],
+                "exclusive_pages": r["exclusive_pages"],
+                "acc_separate": r["acc_separate"],
+                "acc_full_sharing": full.report["tasks"][n]["acc_packed"],
+                "acc_separation": r["acc_packed"],
+            }
+            for n, r in rep["tasks"].items()
+        },
         "optimize": vars(budget),
         "switch": _switch_latency(tasks, separated.plan, rep, 20 if args.quick else 60),
     }

@@ -68,7 +68,10 @@ class LiftWeightConstants:
             attrs = dict(func.attrs) if func.attrs else {}
             attrs["params"] = list(attrs.get("params", [])) + values
             out[gv] = relax.Function(
-                list(func.params) + new_params, body, func.ret_ty, func.is_pure,
+                list(func.params) + new_params,
+                body,
+                func.ret_ty,
+                func.is_pure,
                 tvm.ir.make_node("ir.DictAttrs", **attrs),
             )
         return out

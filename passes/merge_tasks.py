@@ -50,8 +50,9 @@ class MergeTasks:
                 if isinstance(func, tirx.PrimFunc):
                     renamed[gv.name_hint] = _add_prim_func(bb, f"{name}_{gv.name_hint}", func)
             # Step 2. Relax functions: declare the new names first (they may call each other).
-            relax_funcs = [(gv, f) for gv, f in task_mod.functions_items()
-                           if isinstance(f, relax.Function)]
+            relax_funcs = [
+                (gv, f) for gv, f in task_mod.functions_items() if isinstance(f, relax.Function)
+            ]
             for gv, func in relax_funcs:
                 new_name = f"task_{name}" if gv.name_hint == "main" else f"{name}_{gv.name_hint}"
                 if new_name in bb.get():

@@ -10,10 +10,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tvm
 from tvm import relax
-
-from tvm_weightvirt.compiler import Library
 from tvm_weightvirt.passes.add_page_gather import GATHER_FUNC
 from tvm_weightvirt.passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
+
+from tvm_weightvirt.compiler import Library
 from tvm_weightvirt.plan import PagePlan
 
 from .page_store import PageStore
@@ -52,8 +52,13 @@ class MultitaskRuntime:
     after the prefetch has finished.
     """
 
-    def __init__(self, plan: PagePlan, library: Library, device: tvm.runtime.Device | None = None,
-                 level2: str | None = None):
+    def __init__(
+        self,
+        plan: PagePlan,
+        library: Library,
+        device: tvm.runtime.Device | None = None,
+        level2: str | None = None,
+    ):
         self.device = device or tvm.cpu()
         self.library = library
         _check_belongs(plan, library)
@@ -70,7 +75,8 @@ class MultitaskRuntime:
             if self.device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
                 raise NotImplementedError(
                     f"materialize mode on {self.device} needs device-side weight views, which "
-                    "are not implemented yet: use fused mode there")
+                    "are not implemented yet: use fused mode there"
+                )
             self._gather = self.vm.module.get_function(GATHER_FUNC, True)
             self._setup_weight_buffer(plan)
         self._setup_exclusive(plan, level2)
@@ -85,8 +91,10 @@ class MultitaskRuntime:
             return
         self._gather_exclusive = self.vm.module.get_function(EXCLUSIVE_GATHER_FUNC, True)
         if self._gather_exclusive is None:
-            raise ValueError("the plan has exclusive pages but the library was lowered without "
-                             "ExclusivePageLoader")
+            raise ValueError(
+                "the plan has exclusive pages but the library was lowered without "
+                "ExclusivePageLoader"
+            )
         self.store = PageStore(plan, level2)
         self._scratch = [_aligned((most, plan.page_size)) for _ in range(2)]
         self.scratch_bytes = 2 * self._scratch[0].nbytes
@@ -108,9 +116,13 @@ class MultitaskRuntime:
         for name, t in plan.tasks.items():
             pages = self.weight_buffer[: t.layout.n_pages * page_size]
             self._target_bytes[name] = pages.nbytes
-            self._targets[name] = tvm.runtime.from_dlpack(pages.reshape(t.layout.n_pages, page_size))
+            self._targets[name] = tvm.runtime.from_dlpack(
+                pages.reshape(t.layout.n_pages, page_size)
+            )
             self._weights[name] = [
-                tvm.runtime.from_dlpack(self.weight_buffer[s.offset_elems : s.end_elems].reshape(s.shape))
+                tvm.runtime.from_dlpack(
+                    self.weight_buffer[s.offset_elems : s.end_elems].reshape(s.shape)
+                )
                 for s in t.layout.spans
             ]
 
@@ -129,7 +141,9 @@ class MultitaskRuntime:
             start = time.perf_counter()
             if self._exclusive_counts[task]:
                 exclusive = self._exclusive_scratch(task)
-                self._gather_exclusive(self.pool, exclusive, self.page_tables[task], self._targets[task])
+                self._gather_exclusive(
+                    self.pool, exclusive, self.page_tables[task], self._targets[task]
+                )
                 self.counters.bytes_gathered += self._target_bytes[task]
             elif self.library.mode == "materialize":
                 self._gather(self.pool, self.page_tables[task], self._targets[task])
@@ -182,8 +196,9 @@ class MultitaskRuntime:
             self.counters.inference_seconds += time.perf_counter() - start
             return outputs
 
-    def run_many(self, requests: list[tuple[str, tuple]], policy: str = "fifo",
-                 max_wait: int = 8) -> list[list[np.ndarray]]:
+    def run_many(
+        self, requests: list[tuple[str, tuple]], policy: str = "fifo", max_wait: int = 8
+    ) -> list[list[np.ndarray]]:
         """Serve a queue of `(task, inputs)` in the order `policy` chooses (see `schedule`);
         outputs come back in request order."""
         order = schedule([task for task, _ in requests], policy, max_wait, self.current)
@@ -210,8 +225,10 @@ class MultitaskRuntime:
         for i, (x, (shape, dtype)) in enumerate(zip(inputs, expected)):
             x = np.asarray(x)
             if tuple(x.shape) != shape or str(x.dtype) != dtype:
-                raise ValueError(f"task '{task}': input {i} must be {shape} {dtype}, "
-                                 f"got {tuple(x.shape)} {x.dtype}")
+                raise ValueError(
+                    f"task '{task}': input {i} must be {shape} {dtype}, "
+                    f"got {tuple(x.shape)} {x.dtype}"
+                )
             args.append(tvm.runtime.tensor(np.ascontiguousarray(x), self.device))
         return args
 
@@ -237,7 +254,8 @@ def _check_belongs(plan: PagePlan, library: Library) -> None:
         elif (signature.n_pages, signature.pool_shape) != (layout.n_pages, plan.pool.shape):
             problems.append(
                 f"task '{name}': library expects {signature.n_pages} pages of a "
-                f"{signature.pool_shape} pool, plan has {layout.n_pages} of {plan.pool.shape}")
+                f"{signature.pool_shape} pool, plan has {layout.n_pages} of {plan.pool.shape}"
+            )
     if problems:
         raise ValueError("library and page plan do not belong together: " + "; ".join(problems))
 

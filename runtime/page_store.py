@@ -52,10 +52,13 @@ class PageStore:
                 f.seek(start)
                 read = f.readinto(memoryview(target).cast("B"))
         except OSError as err:
-            raise ValueError(f"task '{task}': cannot read its exclusive pages from level-2 "
-                             f"file '{self.path}': {err}") from err
+            raise ValueError(
+                f"task '{task}': cannot read its exclusive pages from level-2 "
+                f"file '{self.path}': {err}"
+            ) from err
         if read != n_bytes:
             raise ValueError(
                 f"task '{task}': level-2 file '{self.path}' is truncated: its exclusive pages "
-                f"need bytes [{start}, {end}), the file has {os.path.getsize(self.path)}")
+                f"need bytes [{start}, {end}), the file has {os.path.getsize(self.path)}"
+            )
         return n_bytes

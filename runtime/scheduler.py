@@ -6,8 +6,9 @@ from __future__ import annotations
 POLICIES = ("fifo", "group")
 
 
-def schedule(tasks: list[str], policy: str = "fifo", max_wait: int = 8,
-             current: str | None = None) -> list[int]:
+def schedule(
+    tasks: list[str], policy: str = "fifo", max_wait: int = 8, current: str | None = None
+) -> list[int]:
     """The order (indices into `tasks`, the queue's task names in arrival order) to serve in.
 
     "group": keep serving the current task's oldest pending request; when it has none, switch

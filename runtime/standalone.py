@@ -23,7 +23,9 @@ class StandaloneModel:
         target = tvm.target.Target(target)
         self.device = device or tvm.cpu()
         with target:
-            self.executable = tvm.compile(task.mod, target, relax_pipeline=relax.get_default_pipeline(target))
+            self.executable = tvm.compile(
+                task.mod, target, relax_pipeline=relax.get_default_pipeline(target)
+            )
         self.vm = relax.VirtualMachine(self.executable, self.device)
         self.weights = [tvm.runtime.tensor(w, self.device) for w in task.weights.values()]
         self.weight_bytes = sum(w.nbytes for w in task.weights.values())
@@ -66,8 +68,14 @@ class ReloadModels:
     the OS page cache (`posix_fadvise(DONTNEED)`) before each load.
     """
 
-    def __init__(self, tasks: list[Task], directory: str, target: str | dict = "llvm",
-                 device=None, cold: bool = True) -> None:
+    def __init__(
+        self,
+        tasks: list[Task],
+        directory: str,
+        target: str | dict = "llvm",
+        device=None,
+        cold: bool = True,
+    ) -> None:
         self.device = device or tvm.cpu()
         self.cold = cold
         self.files = {}
@@ -77,7 +85,9 @@ class ReloadModels:
             library = os.path.join(directory, f"{t.name}.so")
             params = os.path.join(directory, f"{t.name}.safetensors")
             model.executable.export_library(library)
-            safetensors.numpy.save_file({f"{i:04d}": w for i, w in enumerate(t.weights.values())}, params)
+            safetensors.numpy.save_file(
+                {f"{i:04d}": w for i, w in enumerate(t.weights.values())}, params
+            )
             for path in (library, params):
                 with open(path, "rb+") as f:
                     os.fsync(f.fileno())  # clean pages, so DONTNEED can drop them

@@ -9,8 +9,8 @@ import safetensors.numpy
 import tvm
 from safetensors import safe_open
 
-from tvm_weightvirt import examples
 import tvm_weightvirt as wv
+from tvm_weightvirt import examples
 from tvm_weightvirt.artifact import _sha256, _sha256_text
 
 
@@ -110,11 +110,17 @@ def _rewrite(path, edit_manifest=None, edit_tensors=None):
     if edit_tensors:
         edit_tensors(tensors)
     for key, t in tensors.items():
-        manifest["tensors"][key] = {"shape": list(t.shape), "dtype": str(t.dtype), "sha256": _sha256(t)}
+        manifest["tensors"][key] = {
+            "shape": list(t.shape),
+            "dtype": str(t.dtype),
+            "sha256": _sha256(t),
+        }
     if edit_manifest:
         edit_manifest(manifest)
     text = json.dumps(manifest)
-    path.write_bytes(safetensors.numpy.save(tensors, {"wvpack": text, "wvpack_sha256": _sha256_text(text)}))
+    path.write_bytes(
+        safetensors.numpy.save(tensors, {"wvpack": text, "wvpack_sha256": _sha256_text(text)})
+    )
 
 
 def test_page_id_out_of_range(pack):
@@ -126,7 +132,10 @@ def test_page_id_out_of_range(pack):
 
     _rewrite(path, edit_tensors=bad_table)
     # cnn2d: 682 weights on 752 aligned slots = 8 pages; mlp: 2114 = 22 pages
-    with pytest.raises(wv.ArtifactError, match=r"task .mlp.: page ids \[9999\] out of range \[0, 30\) \(30 pool \+ 0 exclusive"):
+    with pytest.raises(
+        wv.ArtifactError,
+        match=r"task .mlp.: page ids \[9999\] out of range \[0, 30\) \(30 pool \+ 0 exclusive",
+    ):
         wv.load_wvpack(path)
 
 
@@ -145,7 +154,9 @@ def test_page_id_used_twice(pack):
 def test_wrong_format_version(pack):
     path, _ = pack
     _rewrite(path, edit_manifest=lambda m: m.update(version=99))
-    with pytest.raises(wv.ArtifactError, match="format version 99 is not supported .*reads version 1"):
+    with pytest.raises(
+        wv.ArtifactError, match="format version 99 is not supported .*reads version 1"
+    ):
         wv.load_wvpack(path)
 
 
@@ -159,7 +170,9 @@ def test_layout_shape_mismatch_with_page_table(pack):
             e["offset"] += 64 * 270
 
     _rewrite(path, edit_manifest=grow)
-    with pytest.raises(wv.ArtifactError, match="task 'mlp': layout needs 194 pages, the manifest says 22"):
+    with pytest.raises(
+        wv.ArtifactError, match="task 'mlp': layout needs 194 pages, the manifest says 22"
+    ):
         wv.load_wvpack(path)
 
 
@@ -182,5 +195,8 @@ def test_tensor_shape_differs_from_manifest(pack):
         m["tensors"]["pool"]["shape"] = [28, 100]
 
     _rewrite(path, edit_manifest=lie)
-    with pytest.raises(wv.ArtifactError, match=r"tensor 'pool' is \[30, 100\] float32, the manifest says \[28, 100\]"):
+    with pytest.raises(
+        wv.ArtifactError,
+        match=r"tensor 'pool' is \[30, 100\] float32, the manifest says \[28, 100\]",
+    ):
         wv.load_wvpack(path)

@@ -1,13 +1,12 @@
 """Bad input fails early with an error naming the culprit."""
 
-import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
 
-from tvm_weightvirt import examples
 import tvm_weightvirt as wv
+from tvm_weightvirt import examples
 
 
 def test_missing_onnx_file(tmp_path):
@@ -18,7 +17,9 @@ def test_missing_onnx_file(tmp_path):
 def test_malformed_onnx_file(tmp_path):
     path = tmp_path / "garbage.onnx"
     path.write_bytes(b"\x08\x07this is not a protobuf\xff\xff")
-    with pytest.raises(wv.IntakeError, match=r"task 'har': '.*garbage.onnx' is not a valid ONNX model"):
+    with pytest.raises(
+        wv.IntakeError, match=r"task 'har': '.*garbage.onnx' is not a valid ONNX model"
+    ):
         wv.Task.from_onnx(path, name="har")
 
 
@@ -26,21 +27,26 @@ def test_unsupported_ops_are_all_named(tmp_path):
     """Celu and Swish have no TVM converter: both are named, in one error."""
     nodes = [helper.make_node("Celu", ["x"], ["a"]), helper.make_node("Swish", ["a"], ["y"])]
     graph = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 24)])
     path = tmp_path / "celu.onnx"
     onnx.save(model, path)
-    with pytest.raises(wv.IntakeError, match=r"task 'act': cannot import the ONNX model: .*Celu.*Swish|Swish.*Celu"):
+    with pytest.raises(
+        wv.IntakeError, match=r"task 'act': cannot import the ONNX model: .*Celu.*Swish|Swish.*Celu"
+    ):
         wv.Task.from_onnx(path, name="act")
 
 
 def test_symbolic_input_shape_asks_for_static_shapes():
     model, _ = examples.onnx_inception_block()
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
-    with pytest.raises(wv.IntakeError, match="task 'sym': 'x' has a symbolic shape .*give static input shapes"):
+    with pytest.raises(
+        wv.IntakeError, match="task 'sym': 'x' has a symbolic shape .*give static input shapes"
+    ):
         wv.Task.from_onnx(model, name="sym")
     task = wv.Task.from_onnx(model, name="sym", shape_dict={"x": [1, 3, 10, 10]})
     assert task.input_types == [((1, 3, 10, 10), "float32")]
@@ -86,7 +92,9 @@ def test_torch_model_that_cannot_be_exported():
 def test_lower_rejects_tasks_missing_from_the_plan():
     a, b = _mlp_task("a"), _mlp_task("b", seed=1)
     plan = wv.PagePlan.lossless([a])
-    with pytest.raises(ValueError, match=r"tasks \['a', 'b'\] do not match the page plan's \['a'\]"):
+    with pytest.raises(
+        ValueError, match=r"tasks \['a', 'b'\] do not match the page plan's \['a'\]"
+    ):
         wv.lower([a, b], plan)
 
 

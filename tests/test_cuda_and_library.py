@@ -7,19 +7,21 @@ import shutil
 import numpy as np
 import pytest
 import tvm
+from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import suite
 from tvm_weightvirt.cli import main
 from tvm_weightvirt.cuda import compile_fatbin, cuda_source
-from tvm_weightvirt.runtime import MultitaskRuntime
 
 
 @pytest.fixture(scope="module")
 def packed_suite():
     """The five suite tasks on a lossless plan (the kernels do not depend on sharing)."""
-    tasks = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name)
-             for t in suite.load_suite(suite.FIVE_TASKS)]
+    tasks = [
+        wv.Task.from_torch(t.model, (t.example_input(),), name=t.name)
+        for t in suite.load_suite(suite.FIVE_TASKS)
+    ]
     return tasks, wv.PagePlan.lossless(tasks)
 
 
@@ -42,8 +44,10 @@ def test_suite_compiles_for_cuda_with_every_kernel(packed_suite, arch, mode):
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
 def test_kernels_compile_ahead_of_time_to_an_sm87_fatbin(packed_suite, tmp_path):
     tasks, plan = packed_suite
-    library = wv.build(wv.lower(tasks[:2], wv.PagePlan.lossless(tasks[:2])),
-                       target={"kind": "cuda", "arch": "sm_87"})
+    library = wv.build(
+        wv.lower(tasks[:2], wv.PagePlan.lossless(tasks[:2])),
+        target={"kind": "cuda", "arch": "sm_87"},
+    )
     size = compile_fatbin(library, "sm_87", str(tmp_path / "kernels.fatbin"))
     assert size == (tmp_path / "kernels.fatbin").stat().st_size > 1000
 
@@ -51,7 +55,9 @@ def test_kernels_compile_ahead_of_time_to_an_sm87_fatbin(packed_suite, tmp_path)
 @pytest.mark.skipif(not tvm.cuda().exist, reason="no CUDA GPU on this machine")
 def test_runs_on_a_gpu(packed_suite):
     tasks, plan = packed_suite
-    library = wv.build(wv.lower(tasks, plan, mode="fused"), target={"kind": "cuda", "arch": "sm_90"})
+    library = wv.build(
+        wv.lower(tasks, plan, mode="fused"), target={"kind": "cuda", "arch": "sm_90"}
+    )
     runtime = MultitaskRuntime(plan, library, tvm.cuda())
     for t, st in zip(tasks, suite.load_suite(suite.FIVE_TASKS)):
         x = st.example_input().numpy()
@@ -67,8 +73,10 @@ def test_library_exports_and_loads(packed_suite, tmp_path):
     assert loaded.mode == "materialize" and loaded.tasks == library.tasks
     plan2 = wv.PagePlan.lossless(tasks[:2])
     x = suite.load_task("mnist").example_input().numpy()
-    np.testing.assert_array_equal(MultitaskRuntime(plan2, loaded).run("mnist", x)[0],
-                                  MultitaskRuntime(plan2, library).run("mnist", x)[0])
+    np.testing.assert_array_equal(
+        MultitaskRuntime(plan2, loaded).run("mnist", x)[0],
+        MultitaskRuntime(plan2, library).run("mnist", x)[0],
+    )
     with pytest.raises(ValueError, match="holds no library.json"):
         wv.Library.load(str(tmp_path))
 
@@ -77,6 +85,19 @@ def test_wvirt_build_then_run(tmp_path, capsys):
     pack = tmp_path / "mini.wvpack"
     assert main(["pack", "--suite", "wine,iris", "--rounds", "0", "-o", str(pack)]) == 0
     assert main(["build", str(pack), "-o", str(tmp_path / "build")]) == 0
-    assert main(["run", str(pack), "--library", str(tmp_path / "build"), "--tasks", "wine,iris,wine",
-                 "--policy", "group"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                str(pack),
+                "--library",
+                str(tmp_path / "build"),
+                "--tasks",
+                "wine,iris,wine",
+                "--policy",
+                "group",
+            ]
+        )
+        == 0
+    )
     assert "3 requests, 2 switches" in capsys.readouterr().out  # grouped: wine, wine, iris

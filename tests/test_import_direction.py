@@ -40,9 +40,10 @@ def test_passes_do_not_import_torch():
 
 def test_public_functions_are_not_shadowed_by_submodules():
     """Regression: a submodule named like a public function (`build`) replaced it on import."""
+    import tvm_weightvirt.runtime  # noqa: F401
+
     import tvm_weightvirt as wv
     import tvm_weightvirt.compiler  # noqa: F401
-    import tvm_weightvirt.runtime  # noqa: F401
 
     for name in wv.__all__:
         assert not type(getattr(wv, name)).__name__ == "module", name

@@ -32,8 +32,11 @@ def test_fisher_nwv_matches_hand_computation():
     model = _linear()
     xs = np.array([[0.5, 1.0], [2.0, -1.0], [-1.0, 0.3]], np.float32)
     fisher = fisher_nwv(model, xs, n_samples=3)
-    fw, fb = _by_hand(model.weight.detach().numpy().astype(np.float64),
-                      model.bias.detach().numpy().astype(np.float64), xs.astype(np.float64))
+    fw, fb = _by_hand(
+        model.weight.detach().numpy().astype(np.float64),
+        model.bias.detach().numpy().astype(np.float64),
+        xs.astype(np.float64),
+    )
     np.testing.assert_allclose(fisher["weight"], fw, rtol=1e-5, atol=1e-8)
     np.testing.assert_allclose(fisher["bias"], fb, rtol=1e-5, atol=1e-8)
 
@@ -42,8 +45,11 @@ def test_fisher_uses_n_random_samples():
     model = _linear()
     xs = np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32)
     picks = np.random.default_rng(7).choice(500, 100, replace=False)
-    fw, fb = _by_hand(model.weight.detach().numpy().astype(np.float64),
-                      model.bias.detach().numpy().astype(np.float64), xs[picks].astype(np.float64))
+    fw, fb = _by_hand(
+        model.weight.detach().numpy().astype(np.float64),
+        model.bias.detach().numpy().astype(np.float64),
+        xs[picks].astype(np.float64),
+    )
     np.testing.assert_allclose(fisher_nwv(model, xs, n_samples=100, seed=7)["bias"], fb, rtol=1e-5)
 
 

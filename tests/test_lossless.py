@@ -5,11 +5,11 @@ import pytest
 import torch
 import tvm
 from tvm import relax
-
-from tvm_weightvirt import examples
-import tvm_weightvirt as wv
 from tvm_weightvirt.passes.lift_weight_constants import WEIGHT_OPERANDS
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
+
+import tvm_weightvirt as wv
+from tvm_weightvirt import examples
 
 
 def _suite():
@@ -18,7 +18,10 @@ def _suite():
         model, x = examples.torch_model(kind, seed)
         tasks.append(wv.Task.from_torch(model, (x,), name=kind))
         inputs[kind], torch_models[kind] = x.numpy(), model
-    for name, make in [("resnet", examples.onnx_resnet_block), ("inception", examples.onnx_inception_block)]:
+    for name, make in [
+        ("resnet", examples.onnx_resnet_block),
+        ("inception", examples.onnx_inception_block),
+    ]:
         onnx_model, x = make()
         tasks.append(wv.Task.from_onnx(onnx_model, name=name))
         inputs[name] = x
@@ -74,12 +77,24 @@ def test_every_weight_is_paged(suite):
     # ConstantOfShape weight (named after its op) and the folded Gemm transpose.
     resnet = next(t for t in tasks if t.name == "resnet")
     assert set(resnet.weights) == {
-        "conv1.weight", "conv1.bias", "bn1.scale", "bn1.bias", "bn1.mean", "bn1.var",
-        "conv2d_1_weight", "bn2.scale", "bn2.bias", "bn2.mean", "bn2.var", "shortcut.weight",
-        "matmul_0_weight", "fc.bias",
+        "conv1.weight",
+        "conv1.bias",
+        "bn1.scale",
+        "bn1.bias",
+        "bn1.mean",
+        "bn1.var",
+        "conv2d_1_weight",
+        "bn2.scale",
+        "bn2.bias",
+        "bn2.mean",
+        "bn2.var",
+        "shortcut.weight",
+        "matmul_0_weight",
+        "fc.bias",
     }
     np.testing.assert_array_equal(
-        resnet.weights["conv2d_1_weight"], 0.5 * _onnx_init(examples.onnx_resnet_block()[0], "w2.scale")
+        resnet.weights["conv2d_1_weight"],
+        0.5 * _onnx_init(examples.onnx_resnet_block()[0], "w2.scale"),
     )
 
 

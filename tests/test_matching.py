@@ -7,8 +7,9 @@ from tvm_weightvirt.matching import PoolState, finalize_pool, match_task
 
 
 def _state(values, fisher, occupancy, init="weights"):
-    return PoolState(np.array(values, np.float32), np.array(fisher, np.float64),
-                     np.array(occupancy), init)
+    return PoolState(
+        np.array(values, np.float32), np.array(fisher, np.float64), np.array(occupancy), init
+    )
 
 
 def test_greedy_hand_worked_example():
@@ -52,8 +53,17 @@ def test_first_task_is_identity_and_free_pages_fill_first():
 
 def _random_instance(seed, n_pool=60, tasks=(50, 40, 55)):
     rng = np.random.default_rng(seed)
-    return rng, n_pool, [(rng.normal(size=(n, 8)).astype(np.float32),
-                          rng.exponential(size=(n, 8)) * (rng.random((n, 8)) > 0.2)) for n in tasks]
+    return (
+        rng,
+        n_pool,
+        [
+            (
+                rng.normal(size=(n, 8)).astype(np.float32),
+                rng.exponential(size=(n, 8)) * (rng.random((n, 8)) > 0.2),
+            )
+            for n in tasks
+        ],
+    )
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -78,7 +88,9 @@ def test_optimal_cost_is_at_most_greedy_and_random(seed):
     _, n_pool, tasks = _random_instance(seed)
     state = PoolState.empty(n_pool, 8, init="weights", seed=seed)
     state.add(np.arange(50), *tasks[0])
-    level_costs = {m: match_task(state, *tasks[1], m, seed=seed).cost for m in ["greedy", "optimal", "random"]}
+    level_costs = {
+        m: match_task(state, *tasks[1], m, seed=seed).cost for m in ["greedy", "optimal", "random"]
+    }
     assert level_costs["optimal"] <= level_costs["greedy"] + 1e-9
     assert level_costs["optimal"] <= level_costs["random"] + 1e-9
     assert costs["optimal"] > 0 and costs["greedy"] > 0
@@ -97,7 +109,10 @@ def test_optimal_in_blocks_stays_a_valid_assignment():
 def test_pool_smaller_than_a_task():
     state = PoolState.empty(4, 2, init="weights")
     pages, fisher = np.ones((10, 2), np.float32), np.ones((10, 2))
-    with pytest.raises(ValueError, match="task 'big' has 10 pages but the pool has 4: the minimum pool .* is 10 pages"):
+    with pytest.raises(
+        ValueError,
+        match="task 'big' has 10 pages but the pool has 4: the minimum pool .* is 10 pages",
+    ):
         match_task(state, pages, fisher, task="big")
     match = match_task(state, pages, fisher, share_within_task=True)
     assert sorted(np.bincount(match.page_table, minlength=4).tolist()) == [2, 2, 3, 3]
@@ -111,7 +126,9 @@ def test_fisher_mean_initialisation():
     b_pages, b_fisher = np.array([[3.0, 2.0]]), np.array([[1.0, 0.0]])
     state.add(np.array([0, 1]), a_pages, a_fisher)
     state.add(np.array([0]), b_pages, b_fisher)
-    pool = finalize_pool(state, [np.array([0, 1]), np.array([0])], [a_pages, b_pages], [a_fisher, b_fisher])
+    pool = finalize_pool(
+        state, [np.array([0, 1]), np.array([0])], [a_pages, b_pages], [a_fisher, b_fisher]
+    )
     np.testing.assert_allclose(pool, [[(3 * 1 + 1 * 3) / 4, (4 + 2) / 2], [7, 7]])
 
 

@@ -6,10 +6,10 @@ import os
 import numpy as np
 import onnx
 import pytest
+from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import examples
-from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 ZOO = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 
@@ -32,8 +32,10 @@ def test_squeezenet_merged_with_a_resnet_block_is_lossless():
     # weights on 1,066 aligned slots: 3 pages
     assert plan.n_pool_pages == 2414 + 3
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(tasks, plan, mode="materialize")))
-    inputs = {"squeezenet": rng.normal(size=(1, 3, 224, 224)).astype(np.float32),
-              "resnet": resnet_x}
+    inputs = {
+        "squeezenet": rng.normal(size=(1, 3, 224, 224)).astype(np.float32),
+        "resnet": resnet_x,
+    }
     alone = {t.name: StandaloneModel(t).run(inputs[t.name])[0] for t in tasks}
     for name in ["squeezenet", "resnet", "squeezenet"]:
         np.testing.assert_array_equal(runtime.run(name, inputs[name])[0], alone[name])

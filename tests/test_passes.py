@@ -7,18 +7,18 @@ import tvm
 from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
-
-from tvm_weightvirt import examples
-import tvm_weightvirt as wv
 from tvm_weightvirt.passes import LiftWeightConstants, MergeTasks, VirtualizeWeights
+
+import tvm_weightvirt as wv
+from tvm_weightvirt import examples
 
 
 @I.ir_module
 class Before:
     @R.function
-    def task_a(
-        x: R.Tensor((2, 30), "float32"), w: R.Tensor((4, 30), "float32")
-    ) -> R.Tensor((2, 4), "float32"):
+    def task_a(x: R.Tensor((2, 30), "float32"), w: R.Tensor((4, 30), "float32")) -> R.Tensor(
+        (2, 4), "float32"
+    ):
         R.func_attr({"num_input": 1})
         with R.dataflow():
             wt = R.permute_dims(w, axes=[1, 0])
@@ -64,15 +64,18 @@ def test_virtualize_weights_gathers_each_weight_from_the_pool():
 def test_virtualize_weights_rejects_a_layout_that_does_not_fit():
     layout = wv.PageLayout.from_weights({"w": ((4, 31), "float32")}, page_size=100)
     plan = wv.PagePlan(100, np.zeros((3, 100), np.float32), {"a": wv.TaskPages(layout, [2, 0])})
-    with pytest.raises(ValueError, match=r"task 'a': weight 'w' is \(4, 31\) float32 in the layout"):
+    with pytest.raises(
+        ValueError, match=r"task 'a': weight 'w' is \(4, 31\) float32 in the layout"
+    ):
         VirtualizeWeights(plan)(Before)
 
 
 def test_virtualize_weights_rejects_exclusive_pages_until_they_can_be_lowered():
     layout = wv.PageLayout.from_weights({"w": ((4, 30), "float32")}, page_size=100)
     exclusive = np.zeros((1, 100), np.float32)
-    plan = wv.PagePlan(100, np.zeros((3, 100), np.float32),
-                       {"a": wv.TaskPages(layout, [2, 3], exclusive)})
+    plan = wv.PagePlan(
+        100, np.zeros((3, 100), np.float32), {"a": wv.TaskPages(layout, [2, 3], exclusive)}
+    )
     with pytest.raises(NotImplementedError, match="ExclusivePageLoader"):
         VirtualizeWeights(plan)(Before)
 
@@ -83,7 +86,9 @@ def _legalized(kind: str, seed: int) -> tvm.IRModule:
 
 
 def _prim_funcs(mod: tvm.IRModule) -> list[str]:
-    return sorted(gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc))
+    return sorted(
+        gv.name_hint for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    )
 
 
 def test_merge_tasks_renames_and_deduplicates_kernels():
@@ -92,8 +97,9 @@ def test_merge_tasks_renames_and_deduplicates_kernels():
     merged = MergeTasks({"a": cnn_a, "b": cnn_b, "m": mlp})(tvm.IRModule())
     relax.analysis.well_formed(merged)
     n_cnn, n_mlp = len(_prim_funcs(cnn_a)), len(_prim_funcs(mlp))
-    relax_funcs = sorted(gv.name_hint for gv, f in merged.functions_items()
-                         if isinstance(f, relax.Function))
+    relax_funcs = sorted(
+        gv.name_hint for gv, f in merged.functions_items() if isinstance(f, relax.Function)
+    )
     assert relax_funcs == ["task_a", "task_b", "task_m"]
     kernels = _prim_funcs(merged)
     assert all(k.startswith("a_") for k in kernels[:n_cnn])

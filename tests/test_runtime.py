@@ -5,10 +5,10 @@ import threading
 
 import numpy as np
 import pytest
+from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel, schedule
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import examples
-from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel, schedule
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +124,14 @@ def test_bad_calls_leave_the_runtime_usable(setup):
     runtime = MultitaskRuntime(plan, libraries["materialize"])
     with pytest.raises(KeyError, match=r"no task 'zz' in this runtime \(has \['a', 'b', 'm'\]\)"):
         runtime.run("zz", inputs["a"])
-    with pytest.raises(ValueError, match=r"task 'a': input 0 must be \(2, 1, 14, 14\) float32, got \(2, 1, 14, 13\) float32"):
+    with pytest.raises(
+        ValueError,
+        match=r"task 'a': input 0 must be \(2, 1, 14, 14\) float32, got \(2, 1, 14, 13\) float32",
+    ):
         runtime.run("a", inputs["a"][..., :13])
-    with pytest.raises(ValueError, match=r"task 'm': input 0 must be \(3, 30\) float32, got \(3, 30\) float64"):
+    with pytest.raises(
+        ValueError, match=r"task 'm': input 0 must be \(3, 30\) float32, got \(3, 30\) float64"
+    ):
         runtime.run("m", inputs["m"].astype(np.float64))
     with pytest.raises(ValueError, match="task 'a' takes 1 inputs, got 2"):
         runtime.run("a", inputs["a"], inputs["a"])
@@ -136,12 +141,20 @@ def test_bad_calls_leave_the_runtime_usable(setup):
 def test_library_and_plan_that_do_not_belong_together(setup):
     tasks, inputs, plan, alone, libraries = setup
     other = wv.PagePlan.lossless(tasks[:2], page_size=100)
-    with pytest.raises(ValueError, match=r"do not belong together: plan tasks \['a', 'b'\] != library tasks \['a', 'b', 'm'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"do not belong together: plan tasks \['a', 'b'\] != library tasks \['a', 'b', 'm'\]",
+    ):
         MultitaskRuntime(other, libraries["fused"])
     bigger = wv.PagePlan(100, np.zeros((plan.n_pool_pages + 1, 100), np.float32), plan.tasks)
-    with pytest.raises(ValueError, match=r"task 'a': library expects 8 pages of a \(38, 100\) pool, plan has 8 of \(39, 100\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"task 'a': library expects 8 pages of a \(38, 100\) pool, plan has 8 of \(39, 100\)",
+    ):
         MultitaskRuntime(bigger, libraries["fused"])
     model, x = examples.torch_model("cnn1d", 0)
     swapped = wv.PagePlan.lossless([wv.Task.from_torch(model, (x,), name="m"), *tasks[:2]])
-    with pytest.raises(ValueError, match="task 'm': the library's weights are not the plan's layout"):
+    with pytest.raises(
+        ValueError, match="task 'm': the library's weights are not the plan's layout"
+    ):
         MultitaskRuntime(swapped, libraries["materialize"])

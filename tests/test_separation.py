@@ -7,14 +7,18 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import suite
 from tvm_weightvirt.optimize import OptimizeConfig, sharing_loss_terms
 from tvm_weightvirt.pack import PackConfig, _memory, pack_tasks
-from tvm_weightvirt.runtime import MultitaskRuntime
-from tvm_weightvirt.separation import (SeparationConfig, parse_bytes, select_exclusive,
-                                       tpr_for_target_accuracy)
+from tvm_weightvirt.separation import (
+    SeparationConfig,
+    parse_bytes,
+    select_exclusive,
+    tpr_for_target_accuracy,
+)
 
 TASKS = ["wine", "iris", "breast_cancer"]
 
@@ -46,8 +50,12 @@ def test_exclusive_selection_follows_ws_rule():
 def test_target_accuracy_rule():
     probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]])
     labels = np.array([0, 0, 1, 1])
-    normalised_at_label = [0.9 / np.hypot(0.9, 0.1), 0.4 / np.hypot(0.4, 0.6),
-                           0.3 / np.hypot(0.7, 0.3), 0.8 / np.hypot(0.2, 0.8)]
+    normalised_at_label = [
+        0.9 / np.hypot(0.9, 0.1),
+        0.4 / np.hypot(0.4, 0.6),
+        0.3 / np.hypot(0.7, 0.3),
+        0.8 / np.hypot(0.2, 0.8),
+    ]
     low = np.array(normalised_at_label) <= 0.5  # samples 1 and 2
     loss = np.mean(-np.log([0.4, 0.3]))
     acc_alpha = 1 - low.mean()
@@ -59,8 +67,10 @@ def test_target_accuracy_rule():
 @pytest.fixture(scope="module")
 def separated(tmp_path_factory):
     tasks = suite.load_suite(TASKS)
-    config = PackConfig(separation=SeparationConfig(l1_budget_bytes=parse_bytes("64KiB")),
-                        optimize=OptimizeConfig(rounds=1, iterations=50, lam=0.1))
+    config = PackConfig(
+        separation=SeparationConfig(l1_budget_bytes=parse_bytes("64KiB")),
+        optimize=OptimizeConfig(rounds=1, iterations=50, lam=0.1),
+    )
     result = pack_tasks(tasks, config, progress=False)
     graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
     path = str(tmp_path_factory.mktemp("sep") / "suite.wvpack")
@@ -83,14 +93,17 @@ def test_budget_sets_the_pool_and_exclusives_are_their_own(separated):
         assert len(shared_ids) <= plan.n_pool_pages  # what is left fits the pool
         # exclusive pages are bit-identical to the task's weights read through its table
         flat = task_pages.layout.flatten(plan.read(t.name)).reshape(-1, 100)
-        np.testing.assert_array_equal(flat[exclusive_ids], task_pages.exclusive_pages[
-            task_pages.page_table[exclusive_ids] - plan.n_pool_pages])
+        np.testing.assert_array_equal(
+            flat[exclusive_ids],
+            task_pages.exclusive_pages[task_pages.page_table[exclusive_ids] - plan.n_pool_pages],
+        )
     assert result.report["l2_bytes"] == plan.exclusive_bytes
     # the pack keeps exclusive pages in their own tensors
     loaded = wv.load_wvpack(path).plan
     for t in tasks:
-        np.testing.assert_array_equal(loaded.task(t.name).exclusive_pages,
-                                      plan.task(t.name).exclusive_pages)
+        np.testing.assert_array_equal(
+            loaded.task(t.name).exclusive_pages, plan.task(t.name).exclusive_pages
+        )
 
 
 def test_overlap_loss_covers_shared_positions_only(separated):
@@ -98,9 +111,19 @@ def test_overlap_loss_covers_shared_positions_only(separated):
     memory, tables = _memory(result.plan, TASKS)
     from tvm_weightvirt.optimize import PoolTask
 
-    pool_tasks = [PoolTask(n, None, result.plan.task(n).layout, tables[i],
-                           np.ones((len(tables[i]), 100)), np.zeros((len(tables[i]), 100)), None, None)
-                  for i, n in enumerate(TASKS)]
+    pool_tasks = [
+        PoolTask(
+            n,
+            None,
+            result.plan.task(n).layout,
+            tables[i],
+            np.ones((len(tables[i]), 100)),
+            np.zeros((len(tables[i]), 100)),
+            None,
+            None,
+        )
+        for i, n in enumerate(TASKS)
+    ]
     for t in range(len(TASKS)):
         a, *_ = sharing_loss_terms(pool_tasks, t, memory.shape)
         own_exclusive = tables[t][tables[t] >= result.plan.n_pool_pages]
@@ -118,11 +141,15 @@ def test_outputs_with_exclusive_pages_from_level2_equal_torch(separated):
     runtime = MultitaskRuntime(pack.plan, wv.build(wv.lower(pack.tasks, pack.plan)), level2=path)
     for t in tasks + tasks[::-1]:
         x = t.splits["test"].x[:1]
-        np.testing.assert_allclose(runtime.run(t.name, x)[0], _reference(t, pack.plan, x), atol=1e-5)
+        np.testing.assert_allclose(
+            runtime.run(t.name, x)[0], _reference(t, pack.plan, x), atol=1e-5
+        )
     # each switch (wine, iris, breast_cancer, iris, wine) read the task's exclusive pages
     switched = ["wine", "iris", "breast_cancer", "iris", "wine"]
     assert runtime.counters.switches == 5
-    assert runtime.counters.bytes_read_l2 == sum(pack.plan.task(n).exclusive_pages.nbytes for n in switched)
+    assert runtime.counters.bytes_read_l2 == sum(
+        pack.plan.task(n).exclusive_pages.nbytes for n in switched
+    )
 
 
 def test_prefetch_never_serves_stale_pages(separated):
@@ -160,32 +187,71 @@ def test_level2_file_missing_or_truncated_at_run_time(separated, tmp_path):
     with pytest.raises(ValueError, match=f"task '{last}': level-2 file '.*l2.wvpack' is truncated"):
         runtime.run(last, x[last])
     out = runtime.run(other, x[other])[0]  # still serving the others
-    np.testing.assert_allclose(out, _reference(next(t for t in tasks if t.name == other), pack.plan, x[other]), atol=1e-5)
+    np.testing.assert_allclose(
+        out, _reference(next(t for t in tasks if t.name == other), pack.plan, x[other]), atol=1e-5
+    )
     os.remove(copy)
-    with pytest.raises(ValueError, match=f"task '{last}': cannot read its exclusive pages from level-2 file"):
+    with pytest.raises(
+        ValueError, match=f"task '{last}': cannot read its exclusive pages from level-2 file"
+    ):
         runtime.run(last, x[last])
 
 
 def test_budget_errors():
     tasks = suite.load_suite(TASKS)
-    with pytest.raises(ValueError, match=r"level-1 budget of 1024 B cannot hold the page tables \(2932 B\) and one pool page \(400 B\): the minimum is 3332 B"):
+    with pytest.raises(
+        ValueError,
+        match=r"level-1 budget of 1024 B cannot hold the page tables \(2932 B\) and one pool page \(400 B\): the minimum is 3332 B",
+    ):
         pack_tasks(tasks, PackConfig(separation=SeparationConfig(l1_budget_bytes=1024)))
     # 64 KiB leaves 156 pool pages and forces exclusives: 110,000 B; a 169-page pool
     # (2,932 B of tables + 169 x 400 B) brings them under 100,000 B
-    with pytest.raises(ValueError, match=r"the exclusive pages need 110000 B of level-2 storage, over its budget of 100000 B: a level-1 budget of 70532 B \(169 pool pages\) or a level-2 budget of 110000 B would work"):
-        pack_tasks(tasks, PackConfig(separation=SeparationConfig(
-            l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=100_000)))
-    with pytest.raises(ValueError, match="over its budget of 1000 B, at any pool size: lower tpr or raise the budget"):
-        pack_tasks(tasks, PackConfig(separation=SeparationConfig(
-            l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=1000)))
+    with pytest.raises(
+        ValueError,
+        match=r"the exclusive pages need 110000 B of level-2 storage, over its budget of 100000 B: a level-1 budget of 70532 B \(169 pool pages\) or a level-2 budget of 110000 B would work",
+    ):
+        pack_tasks(
+            tasks,
+            PackConfig(
+                separation=SeparationConfig(
+                    l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=100_000
+                )
+            ),
+        )
+    with pytest.raises(
+        ValueError,
+        match="over its budget of 1000 B, at any pool size: lower tpr or raise the budget",
+    ):
+        pack_tasks(
+            tasks,
+            PackConfig(
+                separation=SeparationConfig(
+                    l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=1000
+                )
+            ),
+        )
 
 
 def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     from tvm_weightvirt.cli import main
 
     pack = tmp_path / "sep.wvpack"
-    assert main(["pack", "--suite", "wine,iris", "--l1-budget", "48KiB", "--rounds", "0",
-                 "-o", str(pack)]) == 0
+    assert (
+        main(
+            [
+                "pack",
+                "--suite",
+                "wine,iris",
+                "--l1-budget",
+                "48KiB",
+                "--rounds",
+                "0",
+                "-o",
+                str(pack),
+            ]
+        )
+        == 0
+    )
     plan = wv.load_wvpack(pack).plan
     assert plan.n_pool_pages == (48 * 1024 - 4 * (268 + 257)) // 400 and plan.exclusive_bytes > 0
     assert main(["run", str(pack), "--tasks", "wine,iris,wine"]) == 0
@@ -199,8 +265,9 @@ def test_target_accuracy_sets_each_tasks_tpr():
     tasks = suite.load_suite(["wine", "iris"])
     counts = {}
     for target in [0.99, 0.5]:
-        config = PackConfig(separation=SeparationConfig(target_accuracy=target),
-                            optimize=OptimizeConfig(rounds=0))
+        config = PackConfig(
+            separation=SeparationConfig(target_accuracy=target), optimize=OptimizeConfig(rounds=0)
+        )
         plan = pack_tasks(tasks, config, progress=False).plan
         counts[target] = sum(t.n_exclusive_pages for t in plan.tasks.values())
     assert counts[0.5] < counts[0.99]

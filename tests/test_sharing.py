@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
-
-from tvm_weightvirt import examples
-import tvm_weightvirt as wv
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
+
+import tvm_weightvirt as wv
+from tvm_weightvirt import examples
 
 
 @pytest.mark.parametrize("mode", ["materialize", "fused"])
@@ -38,7 +38,9 @@ def test_shared_pages_match_torch_with_the_same_weights(mode):
 
     runtime = MultitaskRuntime(plan, wv.build(wv.lower([a, b], plan, mode=mode)))
     # a: bit-identical to a alone.
-    np.testing.assert_array_equal(runtime.run("a", a_x.numpy())[0], StandaloneModel(a).run(a_x.numpy())[0])
+    np.testing.assert_array_equal(
+        runtime.run("a", a_x.numpy())[0], StandaloneModel(a).run(a_x.numpy())[0]
+    )
     # b: the first 250 weights of fc1.weight now come from a's pages 3..7.
     shared_weights = plan.read("b")
     fc1 = shared_weights["fc1.weight"].reshape(-1)

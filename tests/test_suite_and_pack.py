@@ -6,13 +6,13 @@ import hashlib
 import numpy as np
 import pytest
 import torch
+from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import suite
 from tvm_weightvirt.cli import main
 from tvm_weightvirt.optimize import OptimizeConfig
 from tvm_weightvirt.pack import PackConfig, pack_tasks
-from tvm_weightvirt.runtime import MultitaskRuntime
 
 MINI = ["wine", "iris"]  # trains in seconds
 
@@ -31,7 +31,9 @@ def test_splits_are_disjoint_and_deterministic(name):
 
 
 def test_suite_models_have_the_intended_sizes():
-    sizes = {n: sum(p.numel() for p in suite.SPECS[n].make_model().parameters()) for n in suite.TEN_TASKS}
+    sizes = {
+        n: sum(p.numel() for p in suite.SPECS[n].make_model().parameters()) for n in suite.TEN_TASKS
+    }
     assert sizes["mnist"] == 45_706  # NWV's MNIST net: conv 1-8-16-32, FC 32-128-256-10
     assert all(20_000 <= s <= 75_000 for s in sizes.values()), sizes
 
@@ -69,7 +71,9 @@ def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks,
         test = t.splits["test"]
         with torch.no_grad():
             torch_logits = model(torch.from_numpy(test.x)).numpy()
-        tvm_logits = np.concatenate([runtime.run(t.name, test.x[i : i + 1])[0] for i in range(len(test.y))])
+        tvm_logits = np.concatenate(
+            [runtime.run(t.name, test.x[i : i + 1])[0] for i in range(len(test.y))]
+        )
         np.testing.assert_allclose(tvm_logits, torch_logits, atol=1e-4, rtol=1e-4)
         correct = int((tvm_logits.argmax(1) == test.y).sum())
         assert 100.0 * correct / len(test.y) == packed.report["tasks"][t.name]["acc_packed"]
@@ -77,8 +81,22 @@ def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks,
 
 def test_wvirt_pack_mini_configuration(tmp_path, capsys):
     out = tmp_path / "mini.wvpack"
-    assert main(["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50",
-                 "-o", str(out)]) == 0
+    assert (
+        main(
+            [
+                "pack",
+                "--suite",
+                ",".join(MINI),
+                "--rounds",
+                "1",
+                "--iterations",
+                "50",
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "wine" in printed and "1.92x bytes" in printed  # (26755 + 25603) x 4 / 109300 B
     pack = wv.load_wvpack(out)
@@ -87,21 +105,51 @@ def test_wvirt_pack_mini_configuration(tmp_path, capsys):
     assert (tmp_path / "report.png").stat().st_size > 10_000
     # resume: one more round from the saved plan, same tables
     again = tmp_path / "again.wvpack"
-    assert main(["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50",
-                 "--resume", str(out), "-o", str(again)]) == 0
+    assert (
+        main(
+            [
+                "pack",
+                "--suite",
+                ",".join(MINI),
+                "--rounds",
+                "1",
+                "--iterations",
+                "50",
+                "--resume",
+                str(out),
+                "-o",
+                str(again),
+            ]
+        )
+        == 0
+    )
     resumed = wv.load_wvpack(again).plan
     for name in MINI:
-        np.testing.assert_array_equal(resumed.task(name).page_table, pack.plan.task(name).page_table)
+        np.testing.assert_array_equal(
+            resumed.task(name).page_table, pack.plan.task(name).page_table
+        )
 
 
 def test_bad_input(mini_tasks):
     with pytest.raises(ValueError, match="no tasks to pack"):
         pack_tasks([])
-    with pytest.raises(ValueError, match=r"a pool of 100 pages cannot hold task 'wine' \(268 pages to share\): the minimum is 268"):
+    with pytest.raises(
+        ValueError,
+        match=r"a pool of 100 pages cannot hold task 'wine' \(268 pages to share\): the minimum is 268",
+    ):
         pack_tasks(mini_tasks, PackConfig(pool_pages=100))
-    wrong = suite.SuiteTask("wine", mini_tasks[0].model, {
-        k: suite.Split(np.zeros((len(s.y), 7), np.float32), s.y) for k, s in mini_tasks[0].splits.items()})
-    with pytest.raises(ValueError, match=r"task 'wine': training data of shape \(7,\) per sample does not fit the model"):
+    wrong = suite.SuiteTask(
+        "wine",
+        mini_tasks[0].model,
+        {
+            k: suite.Split(np.zeros((len(s.y), 7), np.float32), s.y)
+            for k, s in mini_tasks[0].splits.items()
+        },
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"task 'wine': training data of shape \(7,\) per sample does not fit the model",
+    ):
         pack_tasks([wrong])
     with pytest.raises(ValueError, match="no suite task 'nope'"):
         suite.load_task("nope")

@@ -1,6 +1,5 @@
 """The tutorials run, and the `wvirt` commands do what they say."""
 
-import os
 import runpy
 import sys
 from pathlib import Path
@@ -35,7 +34,10 @@ def onnx_files(tmp_path):
 
 def test_pack_inspect_run(tmp_path, onnx_files, capsys):
     out = tmp_path / "suite.wvpack"
-    assert main(["pack", onnx_files[0], f"incep={onnx_files[1]}", "-o", str(out), "--page-size", "64"]) == 0
+    assert (
+        main(["pack", onnx_files[0], f"incep={onnx_files[1]}", "-o", str(out), "--page-size", "64"])
+        == 0
+    )
     plan = wv.load_wvpack(out).plan
     assert sorted(plan.tasks) == ["incep", "res"]
     assert plan.page_size == 64

@@ -1,17 +1,16 @@
 """The torch twin of a task matches its compiled graph, so ONNX tasks get Fisher and packing."""
 
 import numpy as np
-import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import examples, suite
 from tvm_weightvirt.importance import fisher_nwv
 from tvm_weightvirt.optimize import OptimizeConfig
 from tvm_weightvirt.pack import PackConfig, pack_tasks
-from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 from tvm_weightvirt.twin import TorchTwin
 
 
@@ -49,12 +48,16 @@ def test_fisher_and_packing_of_an_onnx_task():
         y = twin(torch.from_numpy(x)).argmax(1).numpy()  # labels: the model's own predictions
     fisher = fisher_nwv(twin, x, n_samples=20)
     assert set(fisher) == set(task.weights) and all(f.sum() > 0 for f in fisher.values())
-    splits = {"train": suite.Split(x[:80], y[:80]), "val": suite.Split(x[80:100], y[80:100]),
-              "test": suite.Split(x[100:], y[100:])}
+    splits = {
+        "train": suite.Split(x[:80], y[:80]),
+        "val": suite.Split(x[80:100], y[80:100]),
+        "test": suite.Split(x[100:], y[100:]),
+    }
     onnx_task = suite.SuiteTask("onnx_net", twin, splits)
     wine = suite.load_task("wine")
-    plan = pack_tasks([wine, onnx_task], PackConfig(optimize=OptimizeConfig(rounds=0)),
-                      progress=False).plan
+    plan = pack_tasks(
+        [wine, onnx_task], PackConfig(optimize=OptimizeConfig(rounds=0)), progress=False
+    ).plan
     graphs = [wv.Task.from_torch(wine.model, (wine.example_input(),), name="wine"), task]
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
     weights = {k: torch.from_numpy(v) for k, v in plan.read("onnx_net").items()}
@@ -65,8 +68,14 @@ def test_fisher_and_packing_of_an_onnx_task():
 
 def test_twin_names_the_ops_it_cannot_run():
     nodes = [helper.make_node("Erf", ["x"], ["y"])]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
-    task = wv.Task.from_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), name="erf")
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    task = wv.Task.from_onnx(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), name="erf"
+    )
     with pytest.raises(wv.IntakeError, match=r"task 'erf': no torch twin for ops \['relax.erf'\]"):
         TorchTwin(task)

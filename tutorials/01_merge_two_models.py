@@ -12,10 +12,10 @@ import tempfile
 
 import numpy as np
 import onnx
+from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import examples
-from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 

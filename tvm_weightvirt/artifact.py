@@ -34,8 +34,9 @@ class WvPack:
     report: dict | None = None  # what packing measured (accuracies, bytes), when it was saved
 
 
-def save_wvpack(path: str | os.PathLike, plan: PagePlan, tasks: Sequence = (),
-                report: dict | None = None) -> int:
+def save_wvpack(
+    path: str | os.PathLike, plan: PagePlan, tasks: Sequence = (), report: dict | None = None
+) -> int:
     """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt, and the
     packing `report`) to `path` atomically; returns the file size in bytes."""
     import tvm  # the graphs are Relax IR; the plan alone needs no TVM
@@ -75,7 +76,9 @@ def save_wvpack(path: str | os.PathLike, plan: PagePlan, tasks: Sequence = (),
     }
     manifest_json = json.dumps(manifest)
     metadata = {"wvpack": manifest_json, "wvpack_sha256": _sha256_text(manifest_json)}
-    blob = safetensors.numpy.save({k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata)
+    blob = safetensors.numpy.save(
+        {k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata
+    )
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
     try:
@@ -151,8 +154,10 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
             layout, tensors[f"page_table.{name}"].astype(PAGE_TABLE_DTYPE), exclusive
         )
     if tensors["pool"].shape[0] != manifest["n_pool_pages"]:
-        raise ArtifactError(f"{where}: pool has {tensors['pool'].shape[0]} pages, "
-                            f"the manifest says {manifest['n_pool_pages']}")
+        raise ArtifactError(
+            f"{where}: pool has {tensors['pool'].shape[0]} pages, "
+            f"the manifest says {manifest['n_pool_pages']}"
+        )
     try:
         plan = PagePlan(page_size, tensors["pool"], task_pages)
     except ValueError as err:
@@ -174,7 +179,9 @@ def _task_from_graph(where: str, name: str, graph: np.ndarray, plan: PagePlan):
         mod = tvm.ir.load_json(graph.tobytes().decode())
         return Task(name, mod, plan.read(name))
     except Exception as err:
-        raise ArtifactError(f"{where}: task '{name}': graph does not match its layout ({err})") from err
+        raise ArtifactError(
+            f"{where}: task '{name}': graph does not match its layout ({err})"
+        ) from err
 
 
 def _sha256(array: np.ndarray) -> str:

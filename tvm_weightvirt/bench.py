@@ -115,18 +115,22 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
 
 
 def format_switch_table(numbers: dict) -> str:
-    lines = [f"{numbers['requests']} requests over {', '.join(numbers['tasks'])} (batch 1, llvm)",
-             f"{'system':12s} {'switch med':>11s} {'p99':>9s} {'infer med':>10s} {'p99':>9s} "
-             f"{'e2e med':>9s} {'p99':>9s} {'weights B':>10s}"]
+    lines = [
+        f"{numbers['requests']} requests over {', '.join(numbers['tasks'])} (batch 1, llvm)",
+        f"{'system':12s} {'switch med':>11s} {'p99':>9s} {'infer med':>10s} {'p99':>9s} "
+        f"{'e2e med':>9s} {'p99':>9s} {'weights B':>10s}",
+    ]
     for label, r in numbers["systems"].items():
         lines.append(
             f"{label:12s} {r['switch_us']['median']:9.1f}us {r['switch_us']['p99']:7.1f}us "
             f"{r['infer_us']['median']:8.1f}us {r['infer_us']['p99']:7.1f}us "
-            f"{r['e2e_us']['median']:7.1f}us {r['e2e_us']['p99']:7.1f}us {r['resident_bytes']:10d}")
+            f"{r['e2e_us']['median']:7.1f}us {r['e2e_us']['p99']:7.1f}us {r['resident_bytes']:10d}"
+        )
     lines.append(
         f"materialize switch / memcpy of the same bytes: {numbers['switch_vs_memcpy']:.2f} "
         f"(memcpy {numbers['memcpy_us']:.1f} us); reload / switch: cold "
         f"{numbers['switch_ratio_reload']:.0f}x, warm {numbers['switch_ratio_reload_warm']:.0f}x; "
         f"inference vs plain: materialize {numbers['infer_ratio_materialize']:.3f}x, "
-        f"fused {numbers['infer_ratio_fused']:.3f}x")
+        f"fused {numbers['infer_ratio_fused']:.3f}x"
+    )
     return "\n".join(lines)

@@ -13,32 +13,56 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wvirt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    pack = sub.add_parser("pack", help="pack the suite (Fisher, matching, retraining) or ONNX "
-                          "models (lossless: no data to retrain with) into a .wvpack")
+    pack = sub.add_parser(
+        "pack",
+        help="pack the suite (Fisher, matching, retraining) or ONNX "
+        "models (lossless: no data to retrain with) into a .wvpack",
+    )
     pack.add_argument("models", nargs="*", help="model.onnx or name=model.onnx")
-    pack.add_argument("--suite", help="comma-separated suite tasks, e.g. mnist,digits (or 'five', 'ten')")
+    pack.add_argument(
+        "--suite", help="comma-separated suite tasks, e.g. mnist,digits (or 'five', 'ten')"
+    )
     pack.add_argument("-o", "--output", required=True)
     pack.add_argument("--page-size", type=int, default=100)
-    pack.add_argument("--pool-pages", type=int, default=None,
-                      help="pool size in pages (default: pages of the largest task, as NWV)")
-    pack.add_argument("--share-within-task", action="store_true",
-                      help="allow a pool smaller than the largest task")
+    pack.add_argument(
+        "--pool-pages",
+        type=int,
+        default=None,
+        help="pool size in pages (default: pages of the largest task, as NWV)",
+    )
+    pack.add_argument(
+        "--share-within-task",
+        action="store_true",
+        help="allow a pool smaller than the largest task",
+    )
     pack.add_argument("--match", choices=["greedy", "optimal", "random"], default="greedy")
     pack.add_argument("--init", choices=["random", "weights", "fisher_mean"], default="fisher_mean")
     pack.add_argument("--rounds", type=int, default=4, help="retraining rounds (0: none)")
     pack.add_argument("--iterations", type=int, default=300, help="per task per round")
-    pack.add_argument("--lam", type=float, default=None,
-                      help="weight of the sharing loss (default 10 as NWV, 0.1 with --separate as WS)")
+    pack.add_argument(
+        "--lam",
+        type=float,
+        default=None,
+        help="weight of the sharing loss (default 10 as NWV, 0.1 with --separate as WS)",
+    )
     pack.add_argument("--resume", help="continue retraining from this .wvpack's plan")
-    pack.add_argument("--separate", action="store_true",
-                      help="weight separation: critical pages exclusive in level-2 storage (WS)")
-    pack.add_argument("--l1-budget", help="shared pool + page tables in RAM, e.g. 256KiB "
-                      "(sets the pool size)")
+    pack.add_argument(
+        "--separate",
+        action="store_true",
+        help="weight separation: critical pages exclusive in level-2 storage (WS)",
+    )
+    pack.add_argument(
+        "--l1-budget", help="shared pool + page tables in RAM, e.g. 256KiB (sets the pool size)"
+    )
     pack.add_argument("--l2-budget", help="all exclusive pages, e.g. 4MiB")
     pack.add_argument("--tpr", type=float, default=1.0, help="separation: target protection ratio")
     pack.add_argument("--margin", type=float, default=0.1, help="separation: margin")
-    pack.add_argument("--target-accuracy", type=float, default=None,
-                      help="separation: per-task tpr from WS's target-accuracy rule (e.g. 0.95)")
+    pack.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=None,
+        help="separation: per-task tpr from WS's target-accuracy rule (e.g. 0.95)",
+    )
 
     inspect = sub.add_parser("inspect", help="pages, tasks, bytes and accuracy of a .wvpack")
     inspect.add_argument("pack")
@@ -47,21 +71,34 @@ def main(argv: list[str] | None = None) -> int:
     build = sub.add_parser("build", help="compile a .wvpack's tasks into one library folder")
     build.add_argument("pack")
     build.add_argument("--target", choices=["llvm", "cuda"], default="llvm")
-    build.add_argument("--arch", default="sm_87", help="cuda: GPU architecture (sm_87: Jetson Orin)")
+    build.add_argument(
+        "--arch", default="sm_87", help="cuda: GPU architecture (sm_87: Jetson Orin)"
+    )
     build.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
     build.add_argument("-o", "--output", required=True, help="folder for library.so/.json")
 
-    run = sub.add_parser("run", help="run a task sequence from a .wvpack (built for llvm, or "
-                         "with --library from `wvirt build`)")
+    run = sub.add_parser(
+        "run",
+        help="run a task sequence from a .wvpack (built for llvm, or "
+        "with --library from `wvirt build`)",
+    )
     run.add_argument("pack")
     run.add_argument("--library", help="a `wvirt build` folder to run instead of building")
     run.add_argument("--tasks", required=True, help="comma-separated, e.g. har,digits,har")
     run.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
-    run.add_argument("--policy", choices=["fifo", "group"], default="fifo",
-                     help="serve the sequence in order, or grouped by task (bounded wait)")
-    run.add_argument("--max-wait", type=int, default=8,
-                     help="group: most later requests that may overtake a request")
+    run.add_argument(
+        "--policy",
+        choices=["fifo", "group"],
+        default="fifo",
+        help="serve the sequence in order, or grouped by task (bounded wait)",
+    )
+    run.add_argument(
+        "--max-wait",
+        type=int,
+        default=8,
+        help="group: most later requests that may overtake a request",
+    )
 
     bench = sub.add_parser("bench", help="switch benchmark: packed vs. reload vs. resident")
     bench.add_argument("--quick", action="store_true")
@@ -72,8 +109,14 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     try:
-        return {"pack": _pack, "inspect": _inspect, "build": _build, "run": _run,
-                "bench": _bench, "demo": _demo}[args.command](args)
+        return {
+            "pack": _pack,
+            "inspect": _inspect,
+            "build": _build,
+            "run": _run,
+            "bench": _bench,
+            "demo": _demo,
+        }[args.command](args)
     except ValueError as err:  # the user's input: say what is wrong, no traceback
         print(f"wvirt {args.command}: error: {err}", file=sys.stderr)
         return 2
@@ -90,23 +133,33 @@ def _pack(args) -> int:
         from . import suite
         from .optimize import OptimizeConfig
         from .pack import PackConfig, format_report, pack_tasks
-
         from .separation import SeparationConfig, parse_bytes
 
         named = {"five": suite.FIVE_TASKS, "ten": suite.TEN_TASKS}
         names = named.get(args.suite) or args.suite.split(",")
         tasks = suite.load_suite(names)
         separate = args.separate or args.l1_budget or args.l2_budget or args.target_accuracy
-        separation = SeparationConfig(
-            args.tpr, args.margin,
-            parse_bytes(args.l1_budget) if args.l1_budget else None,
-            parse_bytes(args.l2_budget) if args.l2_budget else None,
-            args.target_accuracy) if separate else None
+        separation = (
+            SeparationConfig(
+                args.tpr,
+                args.margin,
+                parse_bytes(args.l1_budget) if args.l1_budget else None,
+                parse_bytes(args.l2_budget) if args.l2_budget else None,
+                args.target_accuracy,
+            )
+            if separate
+            else None
+        )
         lam = args.lam if args.lam is not None else (0.1 if separate else 10.0)
         config = PackConfig(
-            page_size=args.page_size, pool_pages=args.pool_pages, match=args.match,
-            init=args.init, share_within_task=args.share_within_task, separation=separation,
-            optimize=OptimizeConfig(rounds=args.rounds, iterations=args.iterations, lam=lam))
+            page_size=args.page_size,
+            pool_pages=args.pool_pages,
+            match=args.match,
+            init=args.init,
+            share_within_task=args.share_within_task,
+            separation=separation,
+            optimize=OptimizeConfig(rounds=args.rounds, iterations=args.iterations, lam=lam),
+        )
         resume = load_wvpack(args.resume).plan if args.resume else None
         result = pack_tasks(tasks, config, resume=resume)
         graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
@@ -132,8 +185,10 @@ def _inspect(args) -> int:
     pack = load_wvpack(args.pack)
     print(pack.plan.summary())
     print(f"  graphs: {[t.name for t in pack.tasks] or 'none (plan only)'}")
-    print(f"  file {os.path.getsize(args.pack)} B: pool {pack.plan.pool_bytes} B, page tables "
-          f"{pack.plan.page_table_bytes} B, exclusive {pack.plan.exclusive_bytes} B")
+    print(
+        f"  file {os.path.getsize(args.pack)} B: pool {pack.plan.pool_bytes} B, page tables "
+        f"{pack.plan.page_table_bytes} B, exclusive {pack.plan.exclusive_bytes} B"
+    )
     if pack.report:
         from .pack import format_report
 
@@ -151,7 +206,9 @@ def _pack_with_graphs(path: str):
 
     pack = load_wvpack(path)
     if not pack.tasks:
-        raise ValueError(f"'{path}' holds no task graphs: save it with its tasks to build or run it")
+        raise ValueError(
+            f"'{path}' holds no task graphs: save it with its tasks to build or run it"
+        )
     return pack
 
 
@@ -162,21 +219,26 @@ def _build(args) -> int:
     target = {"kind": "llvm"} if args.target == "llvm" else {"kind": "cuda", "arch": args.arch}
     library = build(lower(pack.tasks, pack.plan, mode=args.mode), target=target)
     library.export(args.output)
-    print(f"built {len(pack.tasks)} tasks ({args.mode}, {args.target}) in "
-          f"{library.compile_seconds:.1f} s -> {args.output}/library.so")
+    print(
+        f"built {len(pack.tasks)} tasks ({args.mode}, {args.target}) in "
+        f"{library.compile_seconds:.1f} s -> {args.output}/library.so"
+    )
     if args.target == "cuda":
         from .cuda import compile_fatbin, cuda_source
 
         with open(os.path.join(args.output, "kernels.cu"), "w") as f:
             f.write(cuda_source(library))
         fatbin = os.path.join(args.output, f"kernels_{args.arch}.fatbin")
-        print(f"kernels compiled ahead of time: {fatbin} ({compile_fatbin(library, args.arch, fatbin)} B)")
+        print(
+            f"kernels compiled ahead of time: {fatbin} ({compile_fatbin(library, args.arch, fatbin)} B)"
+        )
     return 0
 
 
 def _run(args) -> int:
-    from .compiler import build, lower
     from tvm_weightvirt.runtime import MultitaskRuntime
+
+    from .compiler import build, lower
 
     pack = _pack_with_graphs(args.pack)
     by_name = {t.name: t for t in pack.tasks}
@@ -193,15 +255,19 @@ def _run(args) -> int:
         print(f"built {len(pack.tasks)} tasks ({args.mode}) in {library.compile_seconds:.1f} s")
     runtime = MultitaskRuntime(pack.plan, library, level2=args.pack)  # exclusive pages: the file
     rng = np.random.default_rng(args.seed)
-    requests = [(name, [rng.normal(size=shape).astype(dtype)
-                        for shape, dtype in by_name[name].input_types]) for name in sequence]
+    requests = [
+        (name, [rng.normal(size=shape).astype(dtype) for shape, dtype in by_name[name].input_types])
+        for name in sequence
+    ]
     outputs = runtime.run_many(requests, policy=args.policy, max_wait=args.max_wait)
     for (name, _), out in zip(requests, outputs):
         print(f"{name}: outputs {[o.shape for o in out]}")
     c = runtime.counters
-    print(f"{c.requests} requests, {c.switches} switches, {c.bytes_gathered} B gathered, "
-          f"{c.bytes_read_l2} B read from level 2 ({c.prefetch_hits} prefetched), "
-          f"{1e3 * c.switch_seconds:.3f} ms switching, {1e3 * c.inference_seconds:.3f} ms inference")
+    print(
+        f"{c.requests} requests, {c.switches} switches, {c.bytes_gathered} B gathered, "
+        f"{c.bytes_read_l2} B read from level 2 ({c.prefetch_hits} prefetched), "
+        f"{1e3 * c.switch_seconds:.3f} ms switching, {1e3 * c.inference_seconds:.3f} ms inference"
+    )
     return 0
 
 

@@ -40,7 +40,8 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
         if list(t.weights) != plan.task(t.name).layout.names:
             raise ValueError(
                 f"task '{t.name}': weights {list(t.weights)} are not the plan's layout "
-                f"{plan.task(t.name).layout.names} (same names, same order)")
+                f"{plan.task(t.name).layout.names} (same names, same order)"
+            )
     has_exclusive = any(t.n_exclusive_pages for t in plan.tasks.values())
     if has_exclusive and mode == "fused":
         raise NotImplementedError("exclusive pages are lowered for materialize mode only")
@@ -93,9 +94,12 @@ class Library:
         """`library.so` (TVM's export) and `library.json` (mode, target, task signatures)."""
         os.makedirs(directory, exist_ok=True)
         self.executable.export_library(os.path.join(directory, "library.so"))
-        meta = {"mode": self.mode, "target": str(self.target),
-                "tasks": {n: asdict(s) for n, s in self.tasks.items()},
-                "compile_seconds": self.compile_seconds}
+        meta = {
+            "mode": self.mode,
+            "target": str(self.target),
+            "tasks": {n: asdict(s) for n, s in self.tasks.items()},
+            "compile_seconds": self.compile_seconds,
+        }
         with open(os.path.join(directory, "library.json"), "w") as f:
             json.dump(meta, f, indent=1)
 
@@ -106,14 +110,23 @@ class Library:
             raise ValueError(f"'{directory}' holds no library.json: not a `wvirt build` folder")
         with open(path) as f:
             meta = json.load(f)
-        tasks = {n: TaskSignature(
-            tuple((tuple(shape), dtype) for shape, dtype in s["inputs"]),
-            tuple((tuple(shape), dtype) for shape, dtype in s["weights"]),
-            s["n_pages"], tuple(s["pool_shape"]) if s["pool_shape"] else None)
-            for n, s in meta["tasks"].items()}
+        tasks = {
+            n: TaskSignature(
+                tuple((tuple(shape), dtype) for shape, dtype in s["inputs"]),
+                tuple((tuple(shape), dtype) for shape, dtype in s["weights"]),
+                s["n_pages"],
+                tuple(s["pool_shape"]) if s["pool_shape"] else None,
+            )
+            for n, s in meta["tasks"].items()
+        }
         executable = tvm.runtime.load_module(os.path.join(directory, "library.so"))
-        return Library(executable, tvm.target.Target(meta["target"]), meta["mode"], tasks,
-                       meta["compile_seconds"])
+        return Library(
+            executable,
+            tvm.target.Target(meta["target"]),
+            meta["mode"],
+            tasks,
+            meta["compile_seconds"],
+        )
 
 
 def build(mod: tvm.IRModule, target: str | dict = "llvm") -> Library:

@@ -25,8 +25,9 @@ def compile_fatbin(library: Library, arch: str, path: str) -> int:
     if shutil.which("nvcc") is None:
         raise RuntimeError("nvcc is not on PATH: install the CUDA toolkit to compile fatbins")
     with library.target:  # TVM's nvcc helper reads the compute version from the current target
-        fatbin = nvcc.compile_cuda(cuda_source(library), target_format="fatbin", arch=arch,
-                                   compiler="nvcc")
+        fatbin = nvcc.compile_cuda(
+            cuda_source(library), target_format="fatbin", arch=arch, compiler="nvcc"
+        )
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(fatbin)

@@ -16,21 +16,30 @@ from .pack import PackConfig, format_report, pack_tasks
 from .task import Task
 
 
-def run_demo(out_dir: str = "out/demo", rounds: int = 3, iterations: int = 200,
-             requests: int = 30, seed: int = 0) -> dict:
+def run_demo(
+    out_dir: str = "out/demo",
+    rounds: int = 3,
+    iterations: int = 200,
+    requests: int = 30,
+    seed: int = 0,
+) -> dict:
     from tvm_weightvirt.runtime import MultitaskRuntime
 
     os.makedirs(out_dir, exist_ok=True)
     # Step 1. The suite: real data, baselines trained once and cached.
     tasks = suite.load_suite(suite.FIVE_TASKS)
     # Step 2. Fisher -> matching -> retraining, at NWV's pool size (pages of the largest task).
-    result = pack_tasks(tasks, PackConfig(optimize=OptimizeConfig(rounds=rounds, iterations=iterations)))
+    result = pack_tasks(
+        tasks, PackConfig(optimize=OptimizeConfig(rounds=rounds, iterations=iterations))
+    )
     print(format_report(result.report))
     real = suite.mnist_real_test(next(t for t in tasks if t.name == "mnist"), result.plan)
     if real is not None:
         result.report["mnist_real_test"] = real
-        print("real MNIST test set (10,000 images): separate {acc_separate:.2f}%, packed "
-              "{acc_packed:.2f}%".format(**real))
+        print(
+            "real MNIST test set (10,000 images): separate {acc_separate:.2f}%, packed "
+            "{acc_packed:.2f}%".format(**real)
+        )
     # Step 3. The artifact, with each task's graph.
     graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
     path = os.path.join(out_dir, "suite.wvpack")
@@ -43,7 +52,9 @@ def run_demo(out_dir: str = "out/demo", rounds: int = 3, iterations: int = 200,
     runtime = MultitaskRuntime(pack.plan, library)
     for t in tasks:
         test = t.splits["test"]
-        predicted = [int(runtime.run(t.name, test.x[i : i + 1])[0].argmax()) for i in range(len(test.y))]
+        predicted = [
+            int(runtime.run(t.name, test.x[i : i + 1])[0].argmax()) for i in range(len(test.y))
+        ]
         compiled = 100.0 * int((np.array(predicted) == test.y).sum()) / len(test.y)
         expected = result.report["tasks"][t.name]["acc_packed"]
         print(f"  {t.name:14s} compiled {compiled:6.2f}%  torch {expected:6.2f}%")
@@ -59,6 +70,8 @@ def run_demo(out_dir: str = "out/demo", rounds: int = 3, iterations: int = 200,
         runtime.run(name, x)
         switch_ms.append(1e3 * (switched - start))
         run_ms.append(1e3 * (time.perf_counter() - switched))
-    print(f"{requests} requests: median switch {np.median(switch_ms):.3f} ms, median inference "
-          f"{np.median(run_ms):.3f} ms")
+    print(
+        f"{requests} requests: median switch {np.median(switch_ms):.3f} ms, median inference "
+        f"{np.median(run_ms):.3f} ms"
+    )
     return result.report

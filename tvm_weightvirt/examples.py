@@ -109,22 +109,33 @@ def onnx_resnet_block(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
     rng = np.random.default_rng(seed)
     shape = numpy_helper.from_array(np.array([8, 8, 3, 3], np.int64), "w2.shape")
     inits = [
-        _init(rng, "conv1.weight", 8, 3, 3, 3), _init(rng, "conv1.bias", 8),
-        *_bn(rng, "bn1", 8), shape, _init(rng, "w2.scale", 8, 8, 3, 3),
-        *_bn(rng, "bn2", 8), _init(rng, "shortcut.weight", 8, 3, 1, 1),
-        _init(rng, "fc.weight", 10, 8), _init(rng, "fc.bias", 10),
+        _init(rng, "conv1.weight", 8, 3, 3, 3),
+        _init(rng, "conv1.bias", 8),
+        *_bn(rng, "bn1", 8),
+        shape,
+        _init(rng, "w2.scale", 8, 8, 3, 3),
+        *_bn(rng, "bn2", 8),
+        _init(rng, "shortcut.weight", 8, 3, 1, 1),
+        _init(rng, "fc.weight", 10, 8),
+        _init(rng, "fc.bias", 10),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "conv1.weight", "conv1.bias"], ["c1"], pads=[1, 1, 1, 1]),
-        helper.make_node("BatchNormalization", ["c1", "bn1.scale", "bn1.bias", "bn1.mean",
-                                                "bn1.var"], ["b1"]),
+        helper.make_node(
+            "BatchNormalization", ["c1", "bn1.scale", "bn1.bias", "bn1.mean", "bn1.var"], ["b1"]
+        ),
         helper.make_node("Relu", ["b1"], ["r1"]),
-        helper.make_node("ConstantOfShape", ["w2.shape"], ["ones"],
-                         value=numpy_helper.from_array(np.array([0.5], np.float32))),
+        helper.make_node(
+            "ConstantOfShape",
+            ["w2.shape"],
+            ["ones"],
+            value=numpy_helper.from_array(np.array([0.5], np.float32)),
+        ),
         helper.make_node("Mul", ["ones", "w2.scale"], ["w2"]),
         helper.make_node("Conv", ["r1", "w2"], ["c2"], pads=[1, 1, 1, 1]),
-        helper.make_node("BatchNormalization", ["c2", "bn2.scale", "bn2.bias", "bn2.mean",
-                                                "bn2.var"], ["b2"]),
+        helper.make_node(
+            "BatchNormalization", ["c2", "bn2.scale", "bn2.bias", "bn2.mean", "bn2.var"], ["b2"]
+        ),
         helper.make_node("Conv", ["x", "shortcut.weight"], ["sc"]),
         helper.make_node("Add", ["b2", "sc"], ["sum"]),
         helper.make_node("Relu", ["sum"], ["r2"]),
@@ -143,11 +154,16 @@ def onnx_inception_block(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
     along channels, a 1x1 conv, global pool, MatMul + Add classifier."""
     rng = np.random.default_rng(seed)
     inits = [
-        _init(rng, "b1.weight", 4, 3, 1, 1), _init(rng, "b1.bias", 4),
-        _init(rng, "b2.weight", 4, 3, 3, 3), _init(rng, "b2.bias", 4),
-        _init(rng, "b3.weight", 4, 3, 1, 1), _init(rng, "b3.bias", 4),
-        _init(rng, "mix.weight", 6, 15, 1, 1), _init(rng, "mix.bias", 6),
-        _init(rng, "fc.weight", 6, 5), _init(rng, "fc.bias", 5),
+        _init(rng, "b1.weight", 4, 3, 1, 1),
+        _init(rng, "b1.bias", 4),
+        _init(rng, "b2.weight", 4, 3, 3, 3),
+        _init(rng, "b2.bias", 4),
+        _init(rng, "b3.weight", 4, 3, 1, 1),
+        _init(rng, "b3.bias", 4),
+        _init(rng, "mix.weight", 6, 15, 1, 1),
+        _init(rng, "mix.bias", 6),
+        _init(rng, "fc.weight", 6, 5),
+        _init(rng, "fc.bias", 5),
     ]
     nodes = [
         helper.make_node("Conv", ["x", "b1.weight", "b1.bias"], ["y1"]),

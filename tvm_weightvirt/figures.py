@@ -34,7 +34,9 @@ def plot_pack(plan: PagePlan, report: dict | None, path: str) -> None:
         axes[1].bar(at + 0.2, packed, 0.4, label="packed")
         axes[1].set_xticks(at, names, rotation=30, ha="right")
         axes[1].set_ylabel("test accuracy (%)")
-        axes[1].set_title(f"{report['ratio_bytes']:.2f}x bytes, mean {report['mean_delta_pp']:+.2f} pp")
+        axes[1].set_title(
+            f"{report['ratio_bytes']:.2f}x bytes, mean {report['mean_delta_pp']:+.2f} pp"
+        )
         axes[1].legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -10,8 +10,9 @@ import numpy as np
 import torch
 
 
-def fisher_nwv(model: torch.nn.Module, x: np.ndarray, n_samples: int = 100,
-               seed: int = 0) -> dict[str, np.ndarray]:
+def fisher_nwv(
+    model: torch.nn.Module, x: np.ndarray, n_samples: int = 100, seed: int = 0
+) -> dict[str, np.ndarray]:
     """NWV's diagonal Fisher (seeds A.3): over `n_samples` random samples of `x`, one at a time,
     `F_i = 1/S * sum_x p(y^|x) * (d log p(y^|x) / d theta_i)^2` with y^ the predicted class.
     Covers `model.named_parameters()`; buffers get none (see `fill_missing`)."""
@@ -30,8 +31,9 @@ def fisher_nwv(model: torch.nn.Module, x: np.ndarray, n_samples: int = 100,
     return {name: (f / len(picks)).numpy().astype(np.float32) for name, f in fisher.items()}
 
 
-def fisher_ws(model: torch.nn.Module, x: np.ndarray, n_samples: int = 50,
-              seed: int = 0) -> dict[str, np.ndarray]:
+def fisher_ws(
+    model: torch.nn.Module, x: np.ndarray, n_samples: int = 50, seed: int = 0
+) -> dict[str, np.ndarray]:
     """WS's variant (seeds B.2): NWV's formula over 50 samples, min-max normalised to [0, 1]
     over the whole network."""
     return _min_max(fisher_nwv(model, x, n_samples, seed))
@@ -42,13 +44,17 @@ def magnitude(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return _min_max({name: np.abs(w).astype(np.float32) for name, w in weights.items()})
 
 
-def fill_missing(fisher: dict[str, np.ndarray], weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def fill_missing(
+    fisher: dict[str, np.ndarray], weights: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
     """Importance for every weight of a layout: weights without a Fisher (buffers such as
     batch-norm statistics, which have no gradient) get the task's largest Fisher value, so
     matching treats them as critical rather than free to share."""
     top = max((float(f.max()) for f in fisher.values() if f.size), default=1.0)
-    return {name: fisher[name] if name in fisher else np.full(w.shape, top, np.float32)
-            for name, w in weights.items()}
+    return {
+        name: fisher[name] if name in fisher else np.full(w.shape, top, np.float32)
+        for name, w in weights.items()
+    }
 
 
 def _min_max(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -49,7 +49,9 @@ class PageLayout:
 
     @staticmethod
     def from_weights(
-        weights: dict[str, tuple[tuple[int, ...], str]], page_size: int, task: str = "?",
+        weights: dict[str, tuple[tuple[int, ...], str]],
+        page_size: int,
+        task: str = "?",
         align_elems: int = ALIGN_ELEMS,
     ) -> PageLayout:
         """Lay out `{name: (shape, dtype)}` in dict order."""
@@ -131,7 +133,9 @@ class PageLayout:
             {s.name: (s.shape, s.dtype) for s in spans}, page_size, align_elems=align_elems
         )
         if layout != expected:
-            raise ValueError(f"offsets are not those of the weights in order, aligned to {align_elems}")
+            raise ValueError(
+                f"offsets are not those of the weights in order, aligned to {align_elems}"
+            )
         return layout
 
 

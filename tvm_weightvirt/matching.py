@@ -39,7 +39,9 @@ class PoolState:
             raise ValueError(f"pool init must be one of {INITS}, got {init!r}")
         if n_pages <= 0:
             raise ValueError(f"the pool needs at least one page, got {n_pages}")
-        values = np.random.default_rng(seed).normal(0, 0.01, (n_pages, page_size)).astype(np.float32)
+        values = (
+            np.random.default_rng(seed).normal(0, 0.01, (n_pages, page_size)).astype(np.float32)
+        )
         return PoolState(values, np.zeros((n_pages, page_size)), np.zeros(n_pages, np.int64), init)
 
     @property
@@ -55,8 +57,9 @@ class PoolState:
         np.add.at(self.fisher, table, fisher)
 
 
-def finalize_pool(state: PoolState, tables: list[np.ndarray], pages: list[np.ndarray],
-                  fishers: list[np.ndarray]) -> np.ndarray:
+def finalize_pool(
+    state: PoolState, tables: list[np.ndarray], pages: list[np.ndarray], fishers: list[np.ndarray]
+) -> np.ndarray:
     """The pool's initial contents after all tasks are matched (see `PoolState.init`)."""
     if state.init != "fisher_mean":
         return state.values.copy()
@@ -81,9 +84,16 @@ class Match:
     cost: float  # total sharing cost of the chosen pairs (NWV's cost, at matching time)
 
 
-def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: str = "greedy",
-               block: int = 1024, seed: int = 0, share_within_task: bool = False,
-               task: str = "?") -> Match:
+def match_task(
+    state: PoolState,
+    pages: np.ndarray,
+    fisher: np.ndarray,
+    method: str = "greedy",
+    block: int = 1024,
+    seed: int = 0,
+    share_within_task: bool = False,
+    task: str = "?",
+) -> Match:
     """Place one task's pages `[n, P]` (Fisher `[n, P]`) on the pool, level by level.
 
     The first task on an empty pool takes pages 0..n-1 (NWV). Then NWV's occupation-level
@@ -102,7 +112,8 @@ def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: 
     if n > state.n_pages and not share_within_task:
         raise ValueError(
             f"task '{task}' has {n} pages but the pool has {state.n_pages}: the minimum pool "
-            f"without sharing pages within a task is {n} pages (or share pages within the task)")
+            f"without sharing pages within a task is {n} pages (or share pages within the task)"
+        )
     if not state.occupancy.any() and n <= state.n_pages:
         return Match(np.arange(n), 0.0)  # NWV: the first task maps onto pages 0..n-1
     rng = np.random.default_rng(seed)
@@ -134,7 +145,9 @@ def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: 
             pairs = list(zip(q, rng.permutation(v)))
         qs = np.array([a for a, _ in pairs])
         vs = np.array([b for _, b in pairs])
-        total_cost += float(_cost_pairs(pages[qs], fisher[qs], state.values[vs], state.fisher[vs]).sum())
+        total_cost += float(
+            _cost_pairs(pages[qs], fisher[qs], state.values[vs], state.fisher[vs]).sum()
+        )
         table[qs] = vs
         occupancy[vs] += 1
         used_by_task[vs] = True
@@ -142,7 +155,9 @@ def match_task(state: PoolState, pages: np.ndarray, fisher: np.ndarray, method: 
     return Match(table, total_cost)
 
 
-def _cost_rows(w: np.ndarray, f: np.ndarray, other_w: np.ndarray, other_f: np.ndarray) -> np.ndarray:
+def _cost_rows(
+    w: np.ndarray, f: np.ndarray, other_w: np.ndarray, other_f: np.ndarray
+) -> np.ndarray:
     """NWV's sharing cost of one page (w, f: [P]) against many ([m, P]):
     sum over positions where both Fishers are > 0 of (f + f') (w - w')^2."""
     both = (f > 0) & (other_f > 0)
@@ -164,11 +179,15 @@ def _pair_greedy(q, v, pages, fisher, state) -> list[tuple[int, int]]:
         qi, vi = int(np.argmax(q_left)), int(np.argmax(v_left))  # heads: lists are sorted
         if q_sum[qi] >= v_sum[vi]:
             open_v = np.flatnonzero(v_left)
-            costs = _cost_rows(pages[q[qi]], fisher[q[qi]], state.values[v[open_v]], state.fisher[v[open_v]])
+            costs = _cost_rows(
+                pages[q[qi]], fisher[q[qi]], state.values[v[open_v]], state.fisher[v[open_v]]
+            )
             vi = int(open_v[np.argmin(costs)])
         else:
             open_q = np.flatnonzero(q_left)
-            costs = _cost_rows(state.values[v[vi]], state.fisher[v[vi]], pages[q[open_q]], fisher[q[open_q]])
+            costs = _cost_rows(
+                state.values[v[vi]], state.fisher[v[vi]], pages[q[open_q]], fisher[q[open_q]]
+            )
             qi = int(open_q[np.argmin(costs)])
         pairs.append((int(q[qi]), int(v[vi])))
         q_left[qi] = v_left[vi] = False

@@ -50,8 +50,13 @@ def task_weights(pool: torch.Tensor, layout: PageLayout, page_table: torch.Tenso
     return {s.name: flat[s.offset_elems : s.end_elems].view(s.shape) for s in layout.spans}
 
 
-def pool_accuracy(pool: np.ndarray | torch.Tensor, task: PoolTask, x: np.ndarray, y: np.ndarray,
-                  batch_size: int = 500) -> float:
+def pool_accuracy(
+    pool: np.ndarray | torch.Tensor,
+    task: PoolTask,
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int = 500,
+) -> float:
     """Accuracy in percent of the task's model with its weights read from `pool`."""
     pool = torch.as_tensor(pool)
     table = torch.from_numpy(task.page_table.astype(np.int64))
@@ -60,7 +65,9 @@ def pool_accuracy(pool: np.ndarray | torch.Tensor, task: PoolTask, x: np.ndarray
     with torch.no_grad():
         weights = task_weights(pool, task.layout, table)
         for i in range(0, len(y), batch_size):
-            logits = torch.func.functional_call(task.model, weights, (torch.from_numpy(x[i : i + batch_size]),))
+            logits = torch.func.functional_call(
+                task.model, weights, (torch.from_numpy(x[i : i + batch_size]),)
+            )
             correct += int((logits.argmax(1).numpy() == y[i : i + batch_size]).sum())
     return 100.0 * correct / len(y)
 
@@ -79,11 +86,17 @@ def sharing_loss_terms(tasks: list[PoolTask], t: int, pool_shape: tuple[int, int
         np.add.at(count, other.page_table, (other.fisher > 0).astype(np.float64))
     mask = np.zeros(pool_shape)
     mask[tasks[t].page_table] = 1.0
-    return tuple(torch.from_numpy(x.astype(np.float32)) for x in (a, b, c, np.maximum(count, 1), mask))
+    return tuple(
+        torch.from_numpy(x.astype(np.float32)) for x in (a, b, c, np.maximum(count, 1), mask)
+    )
 
 
-def optimize_pool(pool: np.ndarray, tasks: list[PoolTask], config: OptimizeConfig = OptimizeConfig(),
-                  progress: bool = True) -> tuple[np.ndarray, list[dict]]:
+def optimize_pool(
+    pool: np.ndarray,
+    tasks: list[PoolTask],
+    config: OptimizeConfig = OptimizeConfig(),
+    progress: bool = True,
+) -> tuple[np.ndarray, list[dict]]:
     """Joint retraining in `config.rounds` rounds of one turn per task. Returns the new pool and
     a log of each turn: task, round, validation accuracy before/after, whether it was kept, and
     the turn's objective (CE over the whole training split + lambda * sharing loss) before/after."""
@@ -103,7 +116,8 @@ def optimize_pool(pool: np.ndarray, tasks: list[PoolTask], config: OptimizeConfi
         def objective(pool: torch.Tensor, idx: torch.Tensor | slice = slice(None)):
             """CE on the batch + lambda * NWV's sharing loss (seeds A.5)."""
             logits = torch.func.functional_call(
-                task.model, task_weights(pool, task.layout, table), (x[idx],))
+                task.model, task_weights(pool, task.layout, table), (x[idx],)
+            )
             penalty = (mask * (a * pool * pool - 2 * b * pool + c) / count).sum()
             return torch.nn.functional.cross_entropy(logits, y[idx]) + config.lam * penalty
 
@@ -113,7 +127,9 @@ def optimize_pool(pool: np.ndarray, tasks: list[PoolTask], config: OptimizeConfi
         best = None
         for it in range(1, config.iterations + 1):
             task.model.train()
-            idx = torch.from_numpy(rng.choice(len(y), min(config.batch_size, len(y)), replace=False))
+            idx = torch.from_numpy(
+                rng.choice(len(y), min(config.batch_size, len(y)), replace=False)
+            )
             loss = objective(v, idx)
             optimizer.zero_grad()
             loss.backward()
@@ -129,7 +145,15 @@ def optimize_pool(pool: np.ndarray, tasks: list[PoolTask], config: OptimizeConfi
         task.anchor = pool_t[table].numpy().copy()
         with torch.no_grad():
             end_objective = float(objective(pool_t))
-        log.append({"task": task.name, "round": r, "val_before": start_val, "val_after": best_val,
-                    "kept": best is not None, "objective_before": start_objective,
-                    "objective_after": end_objective})
+        log.append(
+            {
+                "task": task.name,
+                "round": r,
+                "val_before": start_val,
+                "val_after": best_val,
+                "kept": best is not None,
+                "objective_before": start_objective,
+                "objective_after": end_objective,
+            }
+        )
     return pool_t.numpy(), log

@@ -17,8 +17,12 @@ from .layout import PageLayout, check_page_size
 from .matching import PoolState, finalize_pool, match_task
 from .optimize import OptimizeConfig, PoolTask, optimize_pool, pool_accuracy
 from .plan import PagePlan, TaskPages, check_unique_names
-from .separation import (SeparationConfig, select_exclusive, shared_pages_for_budget,
-                         tpr_for_target_accuracy)
+from .separation import (
+    SeparationConfig,
+    select_exclusive,
+    shared_pages_for_budget,
+    tpr_for_target_accuracy,
+)
 
 
 @dataclass
@@ -40,8 +44,12 @@ class PackResult:
     report: dict  # JSON-ready: per-task params/pages/accuracies, bytes, ratios, matching cost
 
 
-def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = True,
-               resume: PagePlan | None = None) -> PackResult:
+def pack_tasks(
+    tasks: list,
+    config: PackConfig = PackConfig(),
+    progress: bool = True,
+    resume: PagePlan | None = None,
+) -> PackResult:
     """Pack suite-like tasks (`.name`, `.model`, `.splits` with train/val/test `Split`s and
     `.accuracy(split)` in percent, as `suite.SuiteTask`).
 
@@ -61,17 +69,21 @@ def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = 
         weights = {k: state[k].detach().numpy() for k in names}
         _check_data(t)
         layout = PageLayout.from_weights(
-            {k: (w.shape, str(w.dtype)) for k, w in weights.items()}, config.page_size, t.name)
+            {k: (w.shape, str(w.dtype)) for k, w in weights.items()}, config.page_size, t.name
+        )
         fisher_of = fisher_ws if config.separation else fisher_nwv
         samples = config.fisher_samples or (50 if config.separation else 100)
-        fisher = fill_missing(fisher_of(t.model, t.splits["train"].x, samples, config.seed), weights)
+        fisher = fill_missing(
+            fisher_of(t.model, t.splits["train"].x, samples, config.seed), weights
+        )
         layouts.append(layout)
         pages.append(layout.to_pages(weights))
         fishers.append(layout.to_pages(fisher))
     # Step 2. Separation and matching (or the resumed plan).
     if resume is not None:
         if sorted(resume.tasks) != sorted(t.name for t in tasks) or any(
-                resume.task(t.name).layout != layout for t, layout in zip(tasks, layouts)):
+            resume.task(t.name).layout != layout for t, layout in zip(tasks, layouts)
+        ):
             raise ValueError("the plan to resume does not have these tasks and layouts")
         plan, costs = resume, {t.name: float("nan") for t in tasks}
         anchors = [layout.to_pages(plan.read(t.name)) for t, layout in zip(tasks, layouts)]
@@ -81,12 +93,22 @@ def pack_tasks(tasks: list, config: PackConfig = PackConfig(), progress: bool = 
     # Step 3. Joint retraining of pool and exclusive pages, as one memory.
     memory, tables = _memory(plan, [t.name for t in tasks])
     pool_tasks = [
-        PoolTask(t.name, t.model, layout, table, fisher, anchor,
-                 (t.splits["train"].x, t.splits["train"].y), (t.splits["val"].x, t.splits["val"].y))
+        PoolTask(
+            t.name,
+            t.model,
+            layout,
+            table,
+            fisher,
+            anchor,
+            (t.splits["train"].x, t.splits["train"].y),
+            (t.splits["val"].x, t.splits["val"].y),
+        )
         for t, layout, table, fisher, anchor in zip(tasks, layouts, tables, fishers, anchors)
     ]
-    before = {pt.name: pool_accuracy(memory, pt, t.splits["test"].x, t.splits["test"].y)
-              for pt, t in zip(pool_tasks, tasks)}
+    before = {
+        pt.name: pool_accuracy(memory, pt, t.splits["test"].x, t.splits["test"].y)
+        for pt, t in zip(pool_tasks, tasks)
+    }
     log = []
     if config.optimize.rounds > 0:
         memory, log = optimize_pool(memory, pool_tasks, config.optimize, progress)
@@ -101,8 +123,9 @@ def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dic
     if config.pool_pages is not None:
         n_pool = config.pool_pages
     elif sep is not None and sep.l1_budget_bytes is not None:
-        n_pool = shared_pages_for_budget(sep.l1_budget_bytes, config.page_size,
-                                         sum(layout.n_pages for layout in layouts))
+        n_pool = shared_pages_for_budget(
+            sep.l1_budget_bytes, config.page_size, sum(layout.n_pages for layout in layouts)
+        )
     else:
         n_pool = largest
     if n_pool <= 0:
@@ -111,7 +134,9 @@ def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dic
     if sep is not None:
         max_shared = None if config.share_within_task else n_pool
         tprs = _tprs(tasks, sep)
-        exclusive = [select_exclusive(f, tpr, sep.margin, max_shared) for f, tpr in zip(fishers, tprs)]
+        exclusive = [
+            select_exclusive(f, tpr, sep.margin, max_shared) for f, tpr in zip(fishers, tprs)
+        ]
         _check_l2(exclusive, config, layouts, fishers, tprs)
     shared = [np.setdiff1d(np.arange(layout.n_pages), e) for layout, e in zip(layouts, exclusive)]
     biggest = max(zip(shared, tasks), key=lambda st: len(st[0]))
@@ -119,20 +144,33 @@ def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dic
         raise ValueError(
             f"a pool of {n_pool} pages cannot hold task '{biggest[1].name}' "
             f"({len(biggest[0])} pages to share): the minimum is {len(biggest[0])} pages, or "
-            "allow sharing pages within a task")
+            "allow sharing pages within a task"
+        )
     state = PoolState.empty(n_pool, config.page_size, config.init, config.seed)
     shared_tables, costs = [], {}
     for t, task_pages, fisher, ids in zip(tasks, pages, fishers, shared):
-        match = match_task(state, task_pages[ids], fisher[ids], config.match, seed=config.seed,
-                           share_within_task=config.share_within_task, task=t.name)
+        match = match_task(
+            state,
+            task_pages[ids],
+            fisher[ids],
+            config.match,
+            seed=config.seed,
+            share_within_task=config.share_within_task,
+            task=t.name,
+        )
         state.add(match.page_table, task_pages[ids], fisher[ids])
         shared_tables.append(match.page_table)
         costs[t.name] = match.cost
-    pool = finalize_pool(state, shared_tables, [p[s] for p, s in zip(pages, shared)],
-                         [f[s] for f, s in zip(fishers, shared)])
+    pool = finalize_pool(
+        state,
+        shared_tables,
+        [p[s] for p, s in zip(pages, shared)],
+        [f[s] for f, s in zip(fishers, shared)],
+    )
     task_pages = {}
     for t, layout, task_page, ids, excl, table_shared in zip(
-            tasks, layouts, pages, shared, exclusive, shared_tables):
+        tasks, layouts, pages, shared, exclusive, shared_tables
+    ):
         table = np.empty(layout.n_pages, np.int64)
         table[ids] = table_shared
         table[excl] = n_pool + np.arange(len(excl))  # exclusive page k of the task
@@ -163,15 +201,19 @@ def _check_l2(exclusive, config, layouts, fishers, tprs) -> None:
         return
     tables = 4 * sum(layout.n_pages for layout in layouts)
     for n_pool in range(1, max(layout.n_pages for layout in layouts) + 1):
-        l2 = page_bytes * sum(len(select_exclusive(f, tpr, sep.margin, n_pool))
-                              for f, tpr in zip(fishers, tprs))
+        l2 = page_bytes * sum(
+            len(select_exclusive(f, tpr, sep.margin, n_pool)) for f, tpr in zip(fishers, tprs)
+        )
         if l2 <= budget:
             raise ValueError(
                 f"the exclusive pages need {needed} B of level-2 storage, over its budget of "
                 f"{budget} B: a level-1 budget of {tables + n_pool * page_bytes} B "
-                f"({n_pool} pool pages) or a level-2 budget of {needed} B would work")
-    raise ValueError(f"the exclusive pages need {needed} B of level-2 storage, over its budget "
-                     f"of {budget} B, at any pool size: lower tpr or raise the budget")
+                f"({n_pool} pool pages) or a level-2 budget of {needed} B would work"
+            )
+    raise ValueError(
+        f"the exclusive pages need {needed} B of level-2 storage, over its budget "
+        f"of {budget} B, at any pool size: lower tpr or raise the budget"
+    )
 
 
 def _memory(plan: PagePlan, names: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -242,18 +284,23 @@ def _report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> dict
 
 
 def format_report(report: dict) -> str:
-    lines = [f"{'task':14s} {'params':>7s} {'pages':>5s} {'excl':>4s} {'separate':>9s} "
-             f"{'matched':>8s} {'packed':>7s} {'delta':>7s}"]
+    lines = [
+        f"{'task':14s} {'params':>7s} {'pages':>5s} {'excl':>4s} {'separate':>9s} "
+        f"{'matched':>8s} {'packed':>7s} {'delta':>7s}"
+    ]
     for name, r in report["tasks"].items():
-        lines.append(f"{name:14s} {r['params']:7d} {r['pages']:5d} {r.get('exclusive_pages', 0):4d} "
-                     f"{r['acc_separate']:8.2f}% {r['acc_matched']:7.2f}% {r['acc_packed']:6.2f}% "
-                     f"{r['delta_pp']:+6.2f}pp")
+        lines.append(
+            f"{name:14s} {r['params']:7d} {r['pages']:5d} {r.get('exclusive_pages', 0):4d} "
+            f"{r['acc_separate']:8.2f}% {r['acc_matched']:7.2f}% {r['acc_packed']:6.2f}% "
+            f"{r['delta_pp']:+6.2f}pp"
+        )
     lines.append(
         f"pool {report['pool_pages']} pages x {report['page_size']}; bytes separate "
         f"{report['bytes_separate']} -> packed {report['bytes_packed']} (level 1 "
         f"{report.get('l1_bytes', report['bytes_packed'])}, level 2 {report.get('l2_bytes', 0)}; "
         f"{report['ratio_bytes']:.2f}x bytes, {report['ratio_count']:.2f}x by count); "
-        f"mean delta {report['mean_delta_pp']:+.2f} pp, worst {report['worst_delta_pp']:+.2f} pp")
+        f"mean delta {report['mean_delta_pp']:+.2f} pp, worst {report['worst_delta_pp']:+.2f} pp"
+    )
     return "\n".join(lines)
 
 
@@ -266,9 +313,12 @@ def _check_data(task) -> None:
     except Exception as err:
         raise ValueError(
             f"task '{task.name}': training data of shape {tuple(x.shape[1:])} per sample does "
-            f"not fit the model: {err}") from err
+            f"not fit the model: {err}"
+        ) from err
     n_classes = int(out.shape[1])
     labels = np.concatenate([s.y for s in task.splits.values()])
     if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(f"task '{task.name}': labels span [{labels.min()}, {labels.max()}], "
-                         f"the model has {n_classes} classes")
+        raise ValueError(
+            f"task '{task.name}': labels span [{labels.min()}, {labels.max()}], "
+            f"the model has {n_classes} classes"
+        )

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
-
-import re
 
 import numpy as np
 
@@ -142,7 +141,8 @@ class PagePlan:
             if (counts > 1).any() and t.page_table.size <= limit:
                 out.append(
                     f"{where}: page ids {ids[counts > 1][:5].tolist()} used twice (a task shares "
-                    "pages within itself only when it has more pages than the pool)")
+                    "pages within itself only when it has more pages than the pool)"
+                )
         return out
 
     def summary(self) -> str:

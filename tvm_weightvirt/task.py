@@ -72,9 +72,7 @@ class Task:
         check_task_name(name)
         if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
             raise IntakeError(f"task '{name}': the Relax module has no function 'main'")
-        mod = tvm.transform.Sequential(
-            [relax.transform.FoldConstant(), LiftWeightConstants()]
-        )(mod)
+        mod = tvm.transform.Sequential([relax.transform.FoldConstant(), LiftWeightConstants()])(mod)
         mod, params = relax.frontend.detach_params(mod)
         func = mod["main"]
         if func.attrs is None or "num_input" not in func.attrs:
@@ -127,7 +125,9 @@ class Task:
                 model = onnx.load(path)
                 onnx.checker.check_model(model)
             except Exception as err:
-                raise IntakeError(f"task '{name}': '{path}' is not a valid ONNX model: {err}") from err
+                raise IntakeError(
+                    f"task '{name}': '{path}' is not a valid ONNX model: {err}"
+                ) from err
         try:
             mod = from_onnx(model, shape_dict=shape_dict)
         except Exception as err:

@@ -21,14 +21,21 @@ def _conv(dims: int):
     conv = {1: F.conv1d, 2: F.conv2d}[dims]
 
     def run(x, w, attrs):
-        if str(attrs.data_layout) != ("NCW", "NCHW")[dims - 1] or str(attrs.kernel_layout) != ("OIW", "OIHW")[dims - 1]:
-            raise IntakeError(f"conv{dims}d layout {attrs.data_layout}/{attrs.kernel_layout} is not supported")
+        if (
+            str(attrs.data_layout) != ("NCW", "NCHW")[dims - 1]
+            or str(attrs.kernel_layout) != ("OIW", "OIHW")[dims - 1]
+        ):
+            raise IntakeError(
+                f"conv{dims}d layout {attrs.data_layout}/{attrs.kernel_layout} is not supported"
+            )
         pad = _ints(attrs.padding)  # [before..., after...]
         before, after = pad[:dims], pad[dims:]
         if before != after:
             x = F.pad(x, [p for b, a in zip(before[::-1], after[::-1]) for p in (b, a)])
             before = [0] * dims
-        return conv(x, w, None, _ints(attrs.strides), before, _ints(attrs.dilation), int(attrs.groups))
+        return conv(
+            x, w, None, _ints(attrs.strides), before, _ints(attrs.dilation), int(attrs.groups)
+        )
 
     return run
 
@@ -37,13 +44,27 @@ def _pool(kind: str):
     def run(x, attrs):
         pad = _ints(attrs.padding)
         if pad[:2] != pad[2:]:
-            x = F.pad(x, [pad[1], pad[3], pad[0], pad[2]], value=-float("inf") if kind == "max" else 0.0)
+            x = F.pad(
+                x, [pad[1], pad[3], pad[0], pad[2]], value=-float("inf") if kind == "max" else 0.0
+            )
             pad = [0, 0, 0, 0]
         if kind == "max":
-            return F.max_pool2d(x, _ints(attrs.pool_size), _ints(attrs.strides), pad[:2],
-                                _ints(attrs.dilation), bool(attrs.ceil_mode))
-        return F.avg_pool2d(x, _ints(attrs.pool_size), _ints(attrs.strides), pad[:2],
-                            bool(attrs.ceil_mode), bool(attrs.count_include_pad))
+            return F.max_pool2d(
+                x,
+                _ints(attrs.pool_size),
+                _ints(attrs.strides),
+                pad[:2],
+                _ints(attrs.dilation),
+                bool(attrs.ceil_mode),
+            )
+        return F.avg_pool2d(
+            x,
+            _ints(attrs.pool_size),
+            _ints(attrs.strides),
+            pad[:2],
+            bool(attrs.ceil_mode),
+            bool(attrs.count_include_pad),
+        )
 
     return run
 
@@ -87,10 +108,19 @@ OPS = {
     "relax.sum": lambda x, attrs: x.sum(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
     "relax.max": lambda x, attrs: x.amax(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
     "relax.permute_dims": lambda x, attrs: x.permute(
-        list(range(x.dim()))[::-1] if attrs.axes is None else _ints(attrs.axes)),
-    "relax.squeeze": lambda x, attrs: x.squeeze(_ints(attrs.axis)) if attrs.axis is not None else x.squeeze(),
+        list(range(x.dim()))[::-1] if attrs.axes is None else _ints(attrs.axes)
+    ),
+    "relax.squeeze": lambda x, attrs: (
+        x.squeeze(_ints(attrs.axis)) if attrs.axis is not None else x.squeeze()
+    ),
     "relax.expand_dims": lambda x, attrs: x.reshape(
-        [d for i in range(x.dim() + len(attrs.axis)) for d in ([1] if i in _ints(attrs.axis) else [])] or x.shape),
+        [
+            d
+            for i in range(x.dim() + len(attrs.axis))
+            for d in ([1] if i in _ints(attrs.axis) else [])
+        ]
+        or x.shape
+    ),
 }
 SHAPED = {"relax.reshape"}  # (tensor, ShapeExpr)
 TUPLED = {"relax.concat"}  # (Tuple of tensors)
