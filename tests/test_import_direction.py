@@ -15,6 +15,8 @@ TVM_FREE = [
     "tvm_weightvirt.optimize",
     "tvm_weightvirt.pack",
     "tvm_weightvirt.suite",
+    "tvm_weightvirt.separation",
+    "tvm_weightvirt.smartdeal",
 ]
 
 

@@ -1,0 +1,86 @@
+"""SmartDeal on the 5-task suite: (a) separate dense models, (b) SmartDeal alone (projection of
+the trained weights, no recovery training yet), (c) paging alone. (d) both — power-of-two codes
+in shared pages — is not built yet."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from benchmarks._common import parse_args, write_json
+from tvm_weightvirt import suite
+from tvm_weightvirt.optimize import OptimizeConfig
+from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.smartdeal import smartdeal_weights
+
+
+def _summary(bytes_total: float, separate_bytes: int, deltas: list[float]) -> dict:
+    return {
+        "bytes": bytes_total,
+        "ratio": separate_bytes / bytes_total,
+        "mean_delta_pp": float(np.mean(deltas)),
+        "worst_delta_pp": float(np.min(deltas)),
+    }
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    started = time.time()
+    tasks = suite.load_suite(suite.FIVE_TASKS)
+    separate_bytes = sum(4 * sum(p.numel() for p in t.model.state_dict().values()) for t in tasks)
+    # (b) SmartDeal alone: every covered weight projected to C @ B.
+    formula, stored, deltas, per_task = 0.0, 0, [], {}
+    for t in tasks:
+        weights = {k: v.numpy() for k, v in t.model.state_dict().items()}
+        projected, report = smartdeal_weights(weights)
+        model = suite.SPECS[t.name].make_model()
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in projected.items()})
+        accuracy = suite.accuracy(model, t.splits["test"])
+        formula += report.formula_bytes
+        stored += report.stored_bytes
+        deltas.append(accuracy - t.accuracy())
+        per_task[t.name] = {
+            "acc_separate": t.accuracy(),
+            "acc_smartdeal": accuracy,
+            "dense_weights": report.dense,
+        }
+        print(f"{t.name:14s} {t.accuracy():6.2f}% -> {accuracy:6.2f}%  left dense: {report.dense}")
+    smartdeal = _summary(stored, separate_bytes, deltas) | {
+        "formula_bytes": formula,
+        "ratio_formula": separate_bytes / formula,
+    }
+    # (c) paging alone at NWV's pool size.
+    budget = (
+        OptimizeConfig(rounds=1, iterations=100)
+        if args.quick
+        else OptimizeConfig(rounds=4, iterations=300)
+    )
+    paged = pack_tasks(tasks, PackConfig(optimize=budget)).report
+    paging = _summary(
+        paged["bytes_packed"], separate_bytes, [r["delta_pp"] for r in paged["tasks"].values()]
+    )
+    numbers = {
+        "separate": {
+            "bytes": separate_bytes,
+            "ratio": 1.0,
+            "mean_delta_pp": 0.0,
+            "worst_delta_pp": 0.0,
+        },
+        "smartdeal": smartdeal,
+        "paging": paging,
+        "both": None,  # not built yet
+        "tasks": per_task,
+    }
+    for key in ("separate", "smartdeal", "paging"):
+        r = numbers[key]
+        print(
+            f"{key:10s} {r['bytes']:10.0f} B  {r['ratio']:5.2f}x  mean {r['mean_delta_pp']:+.2f} pp  "
+            f"worst {r['worst_delta_pp']:+.2f} pp"
+        )
+    write_json(args.json, numbers, started)
+
+
+if __name__ == "__main__":
+    main()

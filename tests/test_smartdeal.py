@@ -1,0 +1,90 @@
+"""SmartDeal's decomposition (power-of-two C times a 3x3 basis), its blocking and its storage
+formula."""
+
+import numpy as np
+import pytest
+
+from tvm_weightvirt.smartdeal import (
+    BlockFit,
+    DecomposedWeight,
+    decode_codes,
+    decompose_block,
+    decompose_weight,
+    encode_codes,
+    quantize_pow2,
+    smartdeal_weights,
+    storage_bits,
+    stored_bytes,
+)
+
+
+def _is_pow2_or_zero(c: np.ndarray, max_c: float = 32.0) -> bool:
+    m = np.abs(c[c != 0])
+    return bool(np.all(m <= max_c) and np.allclose(2.0 ** np.round(np.log2(m)), m))
+
+
+def test_quantize_pow2_snaps_to_the_nearer_power_in_linear_distance():
+    c = np.array([3.0, 0.7, 100.0, -6.0, 0.0, -0.3, 1.0])
+    # 3: 2 and 4 tie -> 2; 0.7: 0.5 (0.2) vs 1 (0.3); 100 -> clipped to 32; -6: -4 and -8 tie;
+    # 0 stays 0; -0.3: 0.25 (0.05) vs 0.5 (0.2); 1 is a power of two
+    np.testing.assert_array_equal(quantize_pow2(c), [2.0, 0.5, 32.0, -4.0, 0.0, -0.25, 1.0])
+
+
+@pytest.mark.parametrize("rows", [9, 66, 192])
+def test_decompose_block_properties(rows):
+    a = np.random.default_rng(rows).normal(0, 0.1, (rows, 3))
+    fit = decompose_block(a)
+    assert fit.c.shape == (rows, 3) and fit.b.shape == (3, 3)
+    assert _is_pow2_or_zero(fit.c)
+    error = float(np.linalg.norm(a - fit.c.astype(np.float64) @ fit.b.astype(np.float64)))
+    assert error == pytest.approx(min(fit.errors), rel=1e-5)
+    # no worse than the loop's own final answer, nor than quantizing A with B = I
+    assert error <= fit.errors[-1] + 1e-9 and error <= fit.errors[0] + 1e-9
+    assert error < np.linalg.norm(a)
+
+
+def test_blocking_follows_smartdeal():
+    rng = np.random.default_rng(0)
+    conv = decompose_weight("c", rng.normal(size=(2, 128, 3, 3)))
+    assert conv.kind == "conv3x3" and [f.c.shape for f in conv.fits] == [(192, 3)] * 4  # 2 x 2
+    stem = decompose_weight("s", rng.normal(size=(4, 3, 3, 3)))
+    assert [f.c.shape for f in stem.fits] == [(9, 3)] * 4
+    conv1d = decompose_weight("d", rng.normal(size=(2, 16, 3)))
+    assert conv1d.kind == "conv1d3" and [f.c.shape for f in conv1d.fits] == [(16, 3)] * 2
+    fc = decompose_weight("f", rng.normal(size=(2, 64)))
+    assert fc.pad == 2 and [f.c.shape for f in fc.fits] == [(22, 3)] * 2  # 64 -> 66 = 22 x 3
+    wide = decompose_weight("w", rng.normal(size=(1, 600)))
+    assert [f.c.shape for f in wide.fits] == [(171, 3), (29, 3)]  # 600 = 200 x 3 rows
+    for d, shape in [(conv, (2, 128, 3, 3)), (fc, (2, 64)), (wide, (1, 600))]:
+        assert d.reconstruct().shape == shape
+    assert decompose_weight("k5", rng.normal(size=(4, 3, 5, 5))) is None
+
+
+def test_storage_formula_on_a_hand_computed_layer():
+    c = np.array([[1.0, 0.0, -2.0], [0.5, 0.0, 0.0]], np.float32)
+    layer = DecomposedWeight("w", (1, 6), "rows", [BlockFit(c, np.eye(3, dtype=np.float32), [])], 0)
+    # nnz 3; |C| levels {0.5, 1, 2}: ceil(log2 3) + 1 = 3 bits; mask 6 bits; basis 9 x 32 bits
+    assert storage_bits([layer]) == 3 * 3 + 6 + 9 * 32
+    assert stored_bytes([layer]) == 6 * 1 + 9 * 4  # int8 codes + float32 basis
+
+
+def test_codes_round_trip():
+    c = quantize_pow2(np.random.default_rng(1).normal(0, 4, (50, 3)))
+    c[::7] = 0
+    codes = encode_codes(c)
+    assert codes.dtype == np.int8
+    np.testing.assert_array_equal(decode_codes(codes), c)
+
+
+def test_uncovered_weights_stay_dense_and_are_reported():
+    rng = np.random.default_rng(2)
+    weights = {
+        "k5.weight": rng.normal(size=(4, 3, 5, 5)).astype(np.float32),
+        "k5.bias": rng.normal(size=(4,)).astype(np.float32),
+        "fc.weight": rng.normal(size=(10, 30)).astype(np.float32),
+    }
+    out, report = smartdeal_weights(weights)
+    assert report.dense == ["k5.weight", "k5.bias"] and report.dense_elems == 4 * 3 * 25 + 4
+    np.testing.assert_array_equal(out["k5.weight"], weights["k5.weight"])
+    assert [d.name for d in report.decomposed] == ["fc.weight"]
+    assert out["fc.weight"].shape == (10, 30)

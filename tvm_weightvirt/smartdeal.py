@@ -1,0 +1,196 @@
+"""SmartDeal (seeds C): each weight block A ~ C @ B, C sparse with power-of-two entries, B a
+small dense 3x3 basis; and SmartDeal's storage accounting.
+
+Pure numpy (no TVM). Covered (seeds C.1): 3x3 conv filters as (3 cin) x 3 matrices in blocks of
+at most 64 input channels (192 rows); 1-D convs with kernel 3 as cin x 3 matrices, same blocking;
+FC and 1x1 conv rows zero-padded to a multiple of 3, in blocks of at most 171 rows. Anything else
+(other kernel sizes, biases, norms) stays dense and is reported as such.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_C = 32.0  # |C| <= 2^5
+CONV_BLOCK_CHANNELS = 64
+FC_BLOCK_ROWS = 171  # 513 weights per block, as SmartDeal's table for 512-wide rows
+
+
+def quantize_pow2(c: np.ndarray, max_c: float = MAX_C) -> np.ndarray:
+    """Nonzeros snapped to the nearer (in linear distance) of their two bracketing powers of
+    two, signs kept, clipped to |c| <= max_c; zeros stay zero (seeds C.2 step 1)."""
+    magnitude = np.abs(c)
+    nonzero = magnitude > 0
+    low = np.zeros_like(c)
+    low[nonzero] = 2.0 ** np.floor(np.log2(magnitude[nonzero]))
+    snapped = np.where(magnitude - low <= 2 * low - magnitude, low, 2 * low)
+    return np.sign(c) * np.minimum(snapped, max_c) * nonzero
+
+
+@dataclass
+class BlockFit:
+    c: np.ndarray  # [m, 3] power-of-two coefficients (0 where pruned)
+    b: np.ndarray  # [3, 3] basis
+    errors: list[float]  # ||A - C B||_F of each iterate, in order
+
+
+def decompose_block(
+    a: np.ndarray,
+    iterations: int = 30,
+    delta: float = 1e-3,
+    max_c: float = MAX_C,
+    tol: float = 1e-10,
+) -> BlockFit:
+    """SmartDeal's SED loop on one block A [m, 3]: start B = I, C = A; repeat: quantize C, stop
+    when it no longer changes, least-squares B, least-squares C, zero |c| < delta. Finally
+    quantize C and refit B. Returns the iterate with the smallest error (the loop itself is not
+    monotone)."""
+    a = np.asarray(a, np.float64)
+    b = np.eye(3)
+    c = a.copy()
+    previous = None
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    errors = []
+
+    def consider(cq: np.ndarray, basis: np.ndarray) -> None:
+        nonlocal best
+        error = float(np.linalg.norm(a - cq @ basis))
+        errors.append(error)
+        if best is None or error < best[0]:
+            best = (error, cq.copy(), basis.copy())
+
+    for _ in range(iterations):
+        cq = quantize_pow2(c, max_c)
+        consider(cq, b)
+        if previous is not None and np.linalg.norm(cq - previous) <= tol:
+            break
+        previous = cq
+        b = np.linalg.lstsq(cq, a, rcond=1e-10)[0]
+        c = np.linalg.lstsq(b.T, a.T, rcond=1e-10)[0].T
+        c[np.abs(c) < delta] = 0.0
+    cq = quantize_pow2(c, max_c)
+    b = np.linalg.lstsq(cq, a, rcond=1e-10)[0]
+    consider(cq, b)
+    _, c_best, b_best = best
+    return BlockFit(c_best.astype(np.float32), b_best.astype(np.float32), errors)
+
+
+@dataclass
+class DecomposedWeight:
+    """A weight as blocks: `blocks[i]` approximates rows of `matrix(weight)`; `kind` says how the
+    weight was cut ("conv3x3", "conv1d3", "rows")."""
+
+    name: str
+    shape: tuple[int, ...]
+    kind: str
+    fits: list[BlockFit]
+    pad: int  # zero columns appended to each row ("rows" kind)
+
+    def reconstruct(self) -> np.ndarray:
+        parts = np.concatenate([f.c @ f.b for f in self.fits])
+        if self.kind == "rows":
+            out, n_in = self.shape[0], int(np.prod(self.shape[1:]))
+            rows = parts.reshape(out, -1)[:, :n_in]
+            return rows.reshape(self.shape).astype(np.float32)
+        return parts.reshape(self.shape).astype(np.float32)
+
+
+def decompose_weight(name: str, w: np.ndarray, **fit_options) -> DecomposedWeight | None:
+    """Blocks and fits for a weight SmartDeal covers, or None (left dense)."""
+    w = np.asarray(w, np.float32)
+    if w.ndim == 4 and w.shape[2:] == (3, 3):
+        kind, per_filter = "conv3x3", w.reshape(w.shape[0], -1, 3)  # (cin*3) x 3
+        rows_per_block = 3 * CONV_BLOCK_CHANNELS
+    elif w.ndim == 3 and w.shape[2] == 3:
+        kind, per_filter = "conv1d3", w  # cin x 3
+        rows_per_block = 3 * CONV_BLOCK_CHANNELS
+    elif w.ndim == 2 or (w.ndim in (3, 4) and all(d == 1 for d in w.shape[2:])):
+        flat = w.reshape(w.shape[0], -1)
+        pad = -flat.shape[1] % 3
+        per_filter = np.pad(flat, ((0, 0), (0, pad))).reshape(w.shape[0], -1, 3)
+        fits = [
+            decompose_block(block, **fit_options)
+            for rows in per_filter
+            for block in _blocks(rows, FC_BLOCK_ROWS)
+        ]
+        return DecomposedWeight(name, w.shape, "rows", fits, pad)
+    else:
+        return None
+    fits = [
+        decompose_block(block, **fit_options)
+        for rows in per_filter
+        for block in _blocks(rows, rows_per_block)
+    ]
+    return DecomposedWeight(name, w.shape, kind, fits, 0)
+
+
+def _blocks(rows: np.ndarray, size: int) -> list[np.ndarray]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def storage_bits(weights: list[DecomposedWeight]) -> int:
+    """SmartDeal's formula (seeds C.5): nnz(C) * b_C + numel(C) (1-bit mask) + 32 numel(B), with
+    b_C = ceil(log2(#distinct nonzero |C|)) + 1 sign bit."""
+    cs = np.concatenate([f.c.reshape(-1) for w in weights for f in w.fits])
+    levels = np.unique(np.abs(cs[cs != 0]))
+    bits_per_nonzero = math.ceil(math.log2(max(len(levels), 1))) + 1
+    n_basis = sum(f.b.size for w in weights for f in w.fits)
+    return int(np.count_nonzero(cs) * bits_per_nonzero + cs.size + 32 * n_basis)
+
+
+def stored_bytes(weights: list[DecomposedWeight]) -> int:
+    """What we actually store: one int8 code per C entry (sign + exponent, 0 = zero) and each
+    basis as float32."""
+    return sum(f.c.size + 4 * f.b.size for w in weights for f in w.fits)
+
+
+def encode_codes(c: np.ndarray) -> np.ndarray:
+    """int8 codes: 0 for zero, else sign * (exponent + 64) with |c| = 2^exponent."""
+    exponent = np.zeros(c.shape, np.int64)
+    nonzero = c != 0
+    exponent[nonzero] = np.round(np.log2(np.abs(c[nonzero]))).astype(np.int64) + 64
+    return (np.sign(c).astype(np.int64) * exponent).astype(np.int8)
+
+
+def decode_codes(codes: np.ndarray) -> np.ndarray:
+    codes = codes.astype(np.int64)
+    return np.where(codes == 0, 0.0, np.sign(codes) * 2.0 ** (np.abs(codes) - 64)).astype(
+        np.float32
+    )
+
+
+@dataclass
+class SmartDealReport:
+    decomposed: list[DecomposedWeight]
+    dense: list[str]  # weights left dense (kind not covered)
+    dense_elems: int
+
+    @property
+    def formula_bytes(self) -> float:
+        """SmartDeal's formula for the decomposed weights + the dense ones as float32."""
+        return storage_bits(self.decomposed) / 8 + 4 * self.dense_elems
+
+    @property
+    def stored_bytes(self) -> int:
+        return stored_bytes(self.decomposed) + 4 * self.dense_elems
+
+
+def smartdeal_weights(
+    weights: dict[str, np.ndarray], **fit_options
+) -> tuple[dict[str, np.ndarray], SmartDealReport]:
+    """Every covered weight replaced by its reconstruction C @ B; the others kept (and named in
+    the report). Biases (1-D) are never decomposed."""
+    out, decomposed, dense, dense_elems = {}, [], [], 0
+    for name, w in weights.items():
+        d = decompose_weight(name, w, **fit_options) if np.ndim(w) >= 2 else None
+        if d is None:
+            out[name] = np.asarray(w, np.float32)
+            dense.append(name)
+            dense_elems += int(np.size(w))
+        else:
+            out[name] = d.reconstruct()
+            decomposed.append(d)
+    return out, SmartDealReport(decomposed, dense, dense_elems)
