@@ -88,3 +88,22 @@ def test_uncovered_weights_stay_dense_and_are_reported():
     np.testing.assert_array_equal(out["k5.weight"], weights["k5.weight"])
     assert [d.name for d in report.decomposed] == ["fc.weight"]
     assert out["fc.weight"].shape == (10, 30)
+
+
+def test_train_then_project_keeps_the_best_projected_model_on_validation():
+    import copy
+
+    from tvm_weightvirt import suite
+    from tvm_weightvirt.smartdeal import train_then_project
+
+    task = suite.load_task("wine")
+    train, val = task.splits["train"], task.splits["val"]
+    model, report, history = train_then_project(
+        copy.deepcopy(task.model), (train.x, train.y), (val.x, val.y), rounds=2, iterations=30
+    )
+    assert len(history) == 3
+    assert task.accuracy("val", model) == max(history)
+    # the kept weights are exactly the reconstructions C @ B of the kept report
+    state = model.state_dict()
+    for d in report.decomposed:
+        np.testing.assert_array_equal(state[d.name].numpy(), d.reconstruct())

@@ -194,3 +194,54 @@ def smartdeal_weights(
             out[name] = d.reconstruct()
             decomposed.append(d)
     return out, SmartDealReport(decomposed, dense, dense_elems)
+
+
+def train_then_project(
+    model,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray],
+    rounds: int = 3,
+    iterations: int = 100,
+    lr: float = 1e-3,
+    batch_size: int = 100,
+    seed: int = 0,
+):
+    """SmartDeal's recovery (seeds C.4, inference path): rounds of dense training followed by
+    projection of every covered weight onto C @ B; the projected model with the best
+    **validation** accuracy is kept (round 0: projection of the given weights). Returns the
+    model (with projected weights), its report, and the validation accuracy of each round."""
+    import torch
+
+    def project() -> SmartDealReport:
+        weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
+        projected, report = smartdeal_weights(weights)
+        model.load_state_dict({k: torch.from_numpy(v) for k, v in projected.items()})
+        return report
+
+    def val_accuracy() -> float:
+        model.eval()
+        with torch.no_grad():
+            predicted = model(torch.from_numpy(val[0])).argmax(1).numpy()
+        return 100.0 * int((predicted == val[1]).sum()) / len(val[1])
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    x, y = torch.from_numpy(train[0]), torch.from_numpy(train[1])
+    report = project()
+    history = [val_accuracy()]
+    best = (history[0], {k: v.clone() for k, v in model.state_dict().items()}, report)
+    for _ in range(rounds):
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+        model.train()
+        for _ in range(iterations):
+            idx = torch.from_numpy(rng.choice(len(y), min(batch_size, len(y)), replace=False))
+            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        report = project()
+        history.append(val_accuracy())
+        if history[-1] > best[0]:
+            best = (history[-1], {k: v.clone() for k, v in model.state_dict().items()}, report)
+    model.load_state_dict(best[1])
+    return model.eval(), best[2], history
