@@ -96,7 +96,7 @@ class MultitaskRuntime:
                 "ExclusivePageLoader"
             )
         self.store = PageStore(plan, level2)
-        self._scratch = [_aligned((most, plan.page_size)) for _ in range(2)]
+        self._scratch = [aligned_zeros((most, plan.page_size)) for _ in range(2)]
         self.scratch_bytes = 2 * self._scratch[0].nbytes
         self._scratch_views = [
             {n: tvm.runtime.from_dlpack(buf[:e]) for n, e in self._exclusive_counts.items() if e}
@@ -110,7 +110,7 @@ class MultitaskRuntime:
         are its page-shaped gather target and its weights (zero-copy, created once)."""
         page_size = plan.page_size
         max_pages = max(t.layout.n_pages for t in plan.tasks.values())
-        self.weight_buffer = _aligned((max_pages * page_size,))
+        self.weight_buffer = aligned_zeros((max_pages * page_size,))
         self.weight_buffer_bytes = self.weight_buffer.nbytes
         self._targets, self._weights, self._target_bytes = {}, {}, {}
         for name, t in plan.tasks.items():
@@ -233,7 +233,7 @@ class MultitaskRuntime:
         return args
 
 
-def _aligned(shape: tuple[int, ...]) -> np.ndarray:
+def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
     """A zeroed float32 array whose data starts on a 64-byte boundary (what TVM accepts)."""
     n = int(np.prod(shape))
     raw = np.zeros(n + ALIGN_BYTES // 4, np.float32)

@@ -24,9 +24,9 @@ class _Memcpy:
     limit of a materialize switch, timed in the same loop as the systems."""
 
     def __init__(self, max_bytes: int) -> None:
-        src, dst = (np.zeros(max_bytes // 4 + 16, np.float32) for _ in range(2))
-        self.src = src[(-src.ctypes.data % 64) // 4 :]
-        self.dst = dst[(-dst.ctypes.data % 64) // 4 :]
+        from tvm_weightvirt.runtime.multitask_runtime import aligned_zeros
+
+        self.src, self.dst = aligned_zeros((max_bytes // 4,)), aligned_zeros((max_bytes // 4,))
 
     def __call__(self, n_bytes: int) -> float:
         a, b = self.src[: n_bytes // 4], self.dst[: n_bytes // 4]
