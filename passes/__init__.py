@@ -4,6 +4,7 @@ from .add_page_gather import AddPageGather
 from .exclusive_page_loader import ExclusivePageLoader
 from .lift_weight_constants import LiftWeightConstants
 from .merge_tasks import MergeTasks
+from .smartdeal_weights import SmartDealWeights
 from .virtualize_weights import VirtualizeWeights
 
 __all__ = [
@@ -11,5 +12,6 @@ __all__ = [
     "ExclusivePageLoader",
     "LiftWeightConstants",
     "MergeTasks",
+    "SmartDealWeights",
     "VirtualizeWeights",
 ]

@@ -245,3 +245,36 @@ def train_then_project(
             best = (history[-1], {k: v.clone() for k, v in model.state_dict().items()}, report)
     model.load_state_dict(best[1])
     return model.eval(), best[2], history
+
+
+@dataclass
+class Encoding:
+    """A decomposed weight as the compiled program takes it: `codes` [blocks, rows, 3] int8
+    (blocks zero-padded to the longest), `bases` [blocks, 3, 3] float32, and `row_index`, the
+    positions of the real rows in the flattened [blocks * rows] products, in weight order."""
+
+    shape: tuple[int, ...]
+    kind: str
+    pad: int
+    codes: np.ndarray
+    bases: np.ndarray
+    row_index: np.ndarray
+
+    @staticmethod
+    def of(d: DecomposedWeight) -> Encoding:
+        rows = max(f.c.shape[0] for f in d.fits)
+        codes = np.zeros((len(d.fits), rows, 3), np.int8)
+        index = []
+        for i, f in enumerate(d.fits):
+            codes[i, : f.c.shape[0]] = encode_codes(f.c)
+            index.extend(range(i * rows, i * rows + f.c.shape[0]))
+        bases = np.stack([f.b for f in d.fits]).astype(np.float32)
+        return Encoding(d.shape, d.kind, d.pad, codes, bases, np.array(index, np.int64))
+
+    def reconstruct(self) -> np.ndarray:
+        """What the compiled program computes, in numpy."""
+        products = np.matmul(decode_codes(self.codes), self.bases).reshape(-1, 3)[self.row_index]
+        per_filter = products.reshape(self.shape[0], -1)
+        if self.kind == "rows":
+            per_filter = per_filter[:, : per_filter.shape[1] - self.pad]
+        return per_filter.reshape(self.shape).astype(np.float32)
