@@ -148,3 +148,42 @@ def test_smartdeal_weights_pass_computes_the_numpy_reconstruction():
     with torch.no_grad():
         expected = torch.func.functional_call(model, state, (x,)).numpy()
     np.testing.assert_allclose(out[0], expected, atol=1e-5, rtol=0)
+
+
+def test_codes_round_trip_through_the_artifact(tmp_path):
+    import tvm_weightvirt as wv
+    from tvm_weightvirt import examples
+    from tvm_weightvirt.smartdeal import Encoding
+
+    model, x = examples.torch_model("mlp", 5)
+    task = wv.Task.from_torch(model, (x,), name="mlp")
+    plan = wv.PagePlan.lossless([task])
+    encodings = {
+        "mlp": {
+            n: Encoding.of(decompose_weight(n, task.weights[n]))
+            for n in ["fc1.weight", "fc2.weight"]
+        }
+    }
+    wv.save_wvpack(tmp_path / "sd.wvpack", plan, [task], encodings=encodings)
+    loaded = wv.load_wvpack(tmp_path / "sd.wvpack").encodings
+    for n, e in encodings["mlp"].items():
+        got = loaded["mlp"][n]
+        assert (got.shape, got.kind, got.pad) == (e.shape, e.kind, e.pad)
+        for part in ("codes", "bases", "row_index"):
+            np.testing.assert_array_equal(getattr(got, part), getattr(e, part))
+        np.testing.assert_array_equal(got.reconstruct(), e.reconstruct())
+    # an encoding that does not rebuild its weight's shape is rejected on load
+    wrong = encodings["mlp"]["fc1.weight"]
+    mislabeled = {"mlp": {"fc2.weight": wrong}}
+    wv.save_wvpack(tmp_path / "wrong.wvpack", plan, [task], encodings=mislabeled)
+    with pytest.raises(
+        wv.ArtifactError,
+        match=r"task 'mlp': encoding of 'fc2.weight' does not rebuild its layout shape \(2, 64\)",
+    ):
+        wv.load_wvpack(tmp_path / "wrong.wvpack")
+    with pytest.raises(ValueError, match="task 'mlp': encoding for 'nope', not in its layout"):
+        wv.save_wvpack(
+            tmp_path / "bad.wvpack",
+            plan,
+            encodings={"mlp": {"nope": encodings["mlp"]["fc1.weight"]}},
+        )

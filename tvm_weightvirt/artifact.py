@@ -32,13 +32,19 @@ class WvPack:
     plan: PagePlan
     tasks: list  # list[Task]; empty when the pack was saved without graphs
     report: dict | None = None  # what packing measured (accuracies, bytes), when it was saved
+    encodings: dict | None = None  # task -> weight -> smartdeal.Encoding, when saved with them
 
 
 def save_wvpack(
-    path: str | os.PathLike, plan: PagePlan, tasks: Sequence = (), report: dict | None = None
+    path: str | os.PathLike,
+    plan: PagePlan,
+    tasks: Sequence = (),
+    report: dict | None = None,
+    encodings: dict | None = None,
 ) -> int:
-    """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt, and the
-    packing `report`) to `path` atomically; returns the file size in bytes."""
+    """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt, the packing
+    `report`, and per-layer SmartDeal `encodings` {task: {weight: Encoding}}: codes, bases and
+    row index as tensors) to `path` atomically; returns the file size in bytes."""
     import tvm  # the graphs are Relax IR; the plan alone needs no TVM
 
     tensors: dict[str, np.ndarray] = {"pool": plan.pool}
@@ -62,6 +68,20 @@ def save_wvpack(
             graph_json = tvm.ir.save_json(graph_of[name].mod).encode()
             tensors[f"graph.{name}"] = np.frombuffer(graph_json, np.uint8)
         manifest_tasks.append(entry)
+    manifest_encodings = {}
+    for name, per_weight in (encodings or {}).items():
+        layout_names = plan.task(name).layout.names
+        manifest_encodings[name] = {}
+        for weight, e in per_weight.items():
+            if weight not in layout_names:
+                raise ValueError(f"task '{name}': encoding for '{weight}', not in its layout")
+            for part in ("codes", "bases", "row_index"):
+                tensors[f"{part}.{name}.{weight}"] = getattr(e, part)
+            manifest_encodings[name][weight] = {
+                "shape": list(e.shape),
+                "kind": e.kind,
+                "pad": e.pad,
+            }
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -69,6 +89,7 @@ def save_wvpack(
         "n_pool_pages": plan.n_pool_pages,
         "tasks": manifest_tasks,
         "report": report,
+        "encodings": manifest_encodings,
         "tensors": {
             key: {"shape": list(t.shape), "dtype": str(t.dtype), "sha256": _sha256(t)}
             for key, t in tensors.items()
@@ -167,7 +188,37 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
     for name in plan.tasks:
         if f"graph.{name}" in tensors:
             tasks.append(_task_from_graph(where, name, tensors[f"graph.{name}"], plan))
-    return WvPack(plan, tasks, manifest.get("report"))
+    return WvPack(plan, tasks, manifest.get("report"), _encodings(where, manifest, tensors, plan))
+
+
+def _encodings(where: str, manifest: dict, tensors: dict, plan: PagePlan) -> dict:
+    """Per-layer SmartDeal encodings, each checked to rebuild a weight of its layout's shape."""
+    from .smartdeal import Encoding
+
+    out = {}
+    for name, per_weight in (manifest.get("encodings") or {}).items():
+        out[name] = {}
+        for weight, spec in per_weight.items():
+            e = Encoding(
+                tuple(spec["shape"]),
+                spec["kind"],
+                spec["pad"],
+                *(tensors[f"{part}.{name}.{weight}"] for part in ("codes", "bases", "row_index")),
+            )
+            try:
+                expected = plan.task(name).layout.span(weight).shape
+                ok = e.reconstruct().shape == expected
+            except Exception as err:
+                raise ArtifactError(
+                    f"{where}: task '{name}': encoding of '{weight}' is broken ({err})"
+                ) from err
+            if not ok:
+                raise ArtifactError(
+                    f"{where}: task '{name}': encoding of '{weight}' does not "
+                    f"rebuild its layout shape {expected}"
+                )
+            out[name][weight] = e
+    return out
 
 
 def _task_from_graph(where: str, name: str, graph: np.ndarray, plan: PagePlan):
