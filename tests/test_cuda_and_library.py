@@ -85,19 +85,7 @@ def test_wvirt_build_then_run(tmp_path, capsys):
     pack = tmp_path / "mini.wvpack"
     assert main(["pack", "--suite", "wine,iris", "--rounds", "0", "-o", str(pack)]) == 0
     assert main(["build", str(pack), "-o", str(tmp_path / "build")]) == 0
-    assert (
-        main(
-            [
-                "run",
-                str(pack),
-                "--library",
-                str(tmp_path / "build"),
-                "--tasks",
-                "wine,iris,wine",
-                "--policy",
-                "group",
-            ]
-        )
-        == 0
-    )
+    library = str(tmp_path / "build")
+    run = ["run", str(pack), "--library", library, "--tasks", "wine,iris,wine", "--policy", "group"]
+    assert main(run) == 0
     assert "3 requests, 2 switches" in capsys.readouterr().out  # grouped: wine, wine, iris

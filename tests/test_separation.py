@@ -236,22 +236,8 @@ def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     from tvm_weightvirt.cli import main
 
     pack = tmp_path / "sep.wvpack"
-    assert (
-        main(
-            [
-                "pack",
-                "--suite",
-                "wine,iris",
-                "--l1-budget",
-                "48KiB",
-                "--rounds",
-                "0",
-                "-o",
-                str(pack),
-            ]
-        )
-        == 0
-    )
+    command = ["pack", "--suite", "wine,iris", "--l1-budget", "48KiB", "--rounds", "0"]
+    assert main([*command, "-o", str(pack)]) == 0
     plan = wv.load_wvpack(pack).plan
     assert plan.n_pool_pages == (48 * 1024 - 4 * (268 + 257)) // 400 and plan.exclusive_bytes > 0
     assert main(["run", str(pack), "--tasks", "wine,iris,wine"]) == 0

@@ -80,23 +80,9 @@ def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks,
 
 
 def test_wvirt_pack_mini_configuration(tmp_path, capsys):
-    out = tmp_path / "mini.wvpack"
-    assert (
-        main(
-            [
-                "pack",
-                "--suite",
-                ",".join(MINI),
-                "--rounds",
-                "1",
-                "--iterations",
-                "50",
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    out, again = tmp_path / "mini.wvpack", tmp_path / "again.wvpack"
+    pack_mini = ["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50"]
+    assert main([*pack_mini, "-o", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "wine" in printed and "1.92x bytes" in printed  # (26755 + 25603) x 4 / 109300 B
     pack = wv.load_wvpack(out)
@@ -104,25 +90,7 @@ def test_wvirt_pack_mini_configuration(tmp_path, capsys):
     assert main(["inspect", str(out), "--png", str(tmp_path / "report.png")]) == 0
     assert (tmp_path / "report.png").stat().st_size > 10_000
     # resume: one more round from the saved plan, same tables
-    again = tmp_path / "again.wvpack"
-    assert (
-        main(
-            [
-                "pack",
-                "--suite",
-                ",".join(MINI),
-                "--rounds",
-                "1",
-                "--iterations",
-                "50",
-                "--resume",
-                str(out),
-                "-o",
-                str(again),
-            ]
-        )
-        == 0
-    )
+    assert main([*pack_mini, "--resume", str(out), "-o", str(again)]) == 0
     resumed = wv.load_wvpack(again).plan
     for name in MINI:
         np.testing.assert_array_equal(
