@@ -67,6 +67,7 @@ class MultitaskRuntime:
         self.page_tables = {
             name: tvm.runtime.tensor(t.page_table, self.device) for name, t in plan.tasks.items()
         }
+        self._pool_and_table_bytes = plan.pool_bytes + plan.page_table_bytes
         self.counters = Counters()
         self.current: str | None = None
         self._lock = threading.RLock()
@@ -130,9 +131,8 @@ class MultitaskRuntime:
     def resident_bytes(self) -> int:
         """Level-1 weight memory held: pool + page tables (+ the materialized weight buffer and
         the exclusive-page scratches)."""
-        tables = sum(t.numpy().nbytes for t in self.page_tables.values())
         buffer = self.weight_buffer_bytes if self.library.mode == "materialize" else 0
-        return self.pool.numpy().nbytes + tables + buffer + self.scratch_bytes
+        return self._pool_and_table_bytes + buffer + self.scratch_bytes
 
     def switch(self, task: str) -> None:
         """Make `task` current: in materialize mode, one gather kernel moves its pages."""

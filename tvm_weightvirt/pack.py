@@ -86,7 +86,7 @@ def pack_tasks(
         ):
             raise ValueError("the plan to resume does not have these tasks and layouts")
         plan, costs = resume, {t.name: float("nan") for t in tasks}
-        anchors = [layout.to_pages(plan.read(t.name)) for t, layout in zip(tasks, layouts)]
+        anchors = [plan.pages(t.name) for t in tasks]
     else:
         plan, costs = _initial_plan(tasks, layouts, pages, fishers, config)
         anchors = pages

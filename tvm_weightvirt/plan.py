@@ -103,11 +103,18 @@ class PagePlan:
             raise KeyError(f"no task '{name}' in the page plan (has {sorted(self.tasks)})")
         return self.tasks[name]
 
+    def pages(self, name: str) -> np.ndarray:
+        """A task's logical pages `[n_pages, P]`, each from the pool or its exclusive pages."""
+        t = self.task(name)
+        shared = t.page_table < self.n_pool_pages
+        out = np.empty((len(t.page_table), self.page_size), np.float32)
+        out[shared] = self.pool[t.page_table[shared]]
+        out[~shared] = t.exclusive_pages[t.page_table[~shared] - self.n_pool_pages]
+        return out
+
     def read(self, name: str) -> dict[str, np.ndarray]:
         """A task's weights as its page table says: `w[j] = V[table[j // P], j % P]` (NWV A.2)."""
-        t = self.task(name)
-        memory = np.concatenate([self.pool, t.exclusive_pages])
-        return t.layout.unflatten(memory[t.page_table].reshape(-1))
+        return self.task(name).layout.unflatten(self.pages(name).reshape(-1))
 
     def problems(self) -> list[str]:
         """Every broken invariant, one line each: page ids in range, unique within a task (unless
