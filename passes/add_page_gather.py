@@ -6,6 +6,7 @@ import tvm
 from tvm import te, tirx
 
 GATHER_FUNC = "wv_gather_pages"
+CODED_GATHER_FUNC = "wv_gather_coded_pages"
 
 
 @tvm.transform.module_pass(opt_level=0, name="AddPageGather")
@@ -19,10 +20,17 @@ class AddPageGather:
     `task_<name>(inputs..., weights...)` runs exactly as the plain model does. Relax functions
     are left unchanged.
 
+    With `coded` (SmartDeal pages, plan.coded), the pool is int8 power-of-two codes [S, P] and
+    3x3 bases [S, 3, 3], and the kernel is `wv_gather_coded_pages(codes, bases, page_table,
+    weight_pages)`: it decodes each gathered page, `weight_pages[i] = C @ B` with C the page's
+    codes as a (P/3) x 3 matrix, so the task functions still take plain float32 weights.
+
     Parameters
     ----------
     page_size : int
         Weights per page (P).
+    coded : bool
+        Gather and decode SmartDeal pages instead of float32 ones.
 
     .. code-block:: python
 
@@ -34,23 +42,33 @@ class AddPageGather:
                 weight_pages[i, j] = pool[T.Cast("int64", page_table[i]), j]
     """
 
-    def __init__(self, page_size: int) -> None:
+    def __init__(self, page_size: int, coded: bool = False) -> None:
         self.page_size = page_size
+        self.coded = coded
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if self.coded:
+            return add_gather(mod, CODED_GATHER_FUNC, coded_gather_func(self.page_size))
         return add_gather(mod, GATHER_FUNC, gather_func(self.page_size, with_exclusive=False))
 
 
-def gather_func(page_size: int, with_exclusive: bool) -> tirx.PrimFunc:
+def gather_func(
+    page_size: int, with_exclusive: bool, static_pages: int | None = None
+) -> tirx.PrimFunc:
     """`weight_pages[i, j] = pool[page_table[i], j]`, for any pool size and table length; with
-    `with_exclusive`, table entries >= S (the pool's page count) read `exclusive[entry - S, j]`."""
-    n_pool = tirx.Var("n_pool_pages", "int64")
-    n_pages = tirx.Var("n_pages", "int64")
+    `with_exclusive`, table entries >= S (the pool's page count) read `exclusive[entry - S, j]`.
+    `static_pages` fixes every page count instead: the static copy that MetaSchedule can tune."""
+
+    def page_count(name: str):
+        return tirx.Var(name, "int64") if static_pages is None else static_pages
+
+    n_pool = page_count("n_pool_pages")
+    n_pages = page_count("n_pages")
     pool = te.placeholder((n_pool, page_size), "float32", "pool")
     page_table = te.placeholder((n_pages,), "int32", "page_table")
     inputs = [pool]
     if with_exclusive:
-        n_exclusive = tirx.Var("n_exclusive_pages", "int64")
+        n_exclusive = page_count("n_exclusive_pages")
         exclusive = te.placeholder((n_exclusive, page_size), "float32", "exclusive")
         inputs.append(exclusive)
 
@@ -62,6 +80,33 @@ def gather_func(page_size: int, with_exclusive: bool) -> tirx.PrimFunc:
 
     pages = te.compute((n_pages, page_size), read, name="weight_pages")
     return te.create_prim_func([*inputs, page_table, pages])
+
+
+def coded_gather_func(page_size: int) -> tirx.PrimFunc:
+    """`weight_pages[i, 3 r + j] = sum_k c(codes[t, 3 r + k]) * bases[t, k, j]`, t =
+    page_table[i], with c(0) = 0 and c(code) = sign(code) 2^(|code| - 64) (smartdeal's int8
+    codes)."""
+    n_pool = tirx.Var("n_pool_pages", "int64")
+    n_pages = tirx.Var("n_pages", "int64")
+    codes = te.placeholder((n_pool, page_size), "int8", "codes")
+    bases = te.placeholder((n_pool, 3, 3), "float32", "bases")
+    page_table = te.placeholder((n_pages,), "int32", "page_table")
+
+    def coefficient(page, position):
+        code = codes[page, position].astype("int32")
+        magnitude = tirx.ldexp(tirx.const(1.0, "float32"), tirx.abs(code) - 64)
+        signed = tirx.if_then_else(code > 0, magnitude, -magnitude)
+        return tirx.if_then_else(code == 0, tirx.const(0.0, "float32"), signed)
+
+    k = te.reduce_axis((0, 3), "k")
+
+    def read(i, j):
+        page = page_table[i].astype("int64")
+        row = j // 3
+        return te.sum(coefficient(page, 3 * row + k) * bases[page, k, j % 3], axis=k)
+
+    pages = te.compute((n_pages, page_size), read, name="weight_pages")
+    return te.create_prim_func([codes, bases, page_table, pages])
 
 
 def add_gather(mod: tvm.IRModule, name: str, func: tirx.PrimFunc) -> tvm.IRModule:

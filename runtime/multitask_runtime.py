@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tvm
 from tvm import relax
-from tvm_weightvirt.passes.add_page_gather import GATHER_FUNC
+from tvm_weightvirt.passes.add_page_gather import CODED_GATHER_FUNC, GATHER_FUNC
 from tvm_weightvirt.passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
 
 from tvm_weightvirt.compiler import Library
@@ -63,7 +63,13 @@ class MultitaskRuntime:
         self.library = library
         _check_belongs(plan, library)
         self.vm = relax.VirtualMachine(library.executable, self.device)
-        self.pool = tvm.runtime.tensor(plan.pool, self.device)
+        if plan.coded is None:
+            self.pool = tvm.runtime.tensor(plan.pool, self.device)
+            self._pool_inputs = (self.pool,)
+        else:  # SmartDeal pages: codes and bases stay resident, a switch decodes
+            self.pool = None
+            coded = (plan.coded.codes, plan.coded.bases)
+            self._pool_inputs = tuple(tvm.runtime.tensor(a, self.device) for a in coded)
         self.page_tables = {
             name: tvm.runtime.tensor(t.page_table, self.device) for name, t in plan.tasks.items()
         }
@@ -78,9 +84,22 @@ class MultitaskRuntime:
                     f"materialize mode on {self.device} needs device-side weight views, which "
                     "are not implemented yet: use fused mode there"
                 )
-            self._gather = self.vm.module.get_function(GATHER_FUNC, True)
+            gather = GATHER_FUNC if plan.coded is None else CODED_GATHER_FUNC
+            self._gather = self._kernel(gather)
+            if self._gather is None:
+                pools = ("float32 pages", "SmartDeal pages")
+                ours, theirs = pools[::-1] if plan.coded is not None else pools
+                raise ValueError(
+                    f"library and page plan do not belong together: the plan's pool is {ours}, "
+                    f"the library was lowered for {theirs} (it has no '{gather}')"
+                )
             self._setup_weight_buffer(plan)
         self._setup_exclusive(plan, level2)
+
+    def _kernel(self, name: str):
+        """The library's compiled function `name`, or None."""
+        module = self.vm.module
+        return module.get_function(name, True) if module.implements_function(name, True) else None
 
     def _setup_exclusive(self, plan: PagePlan, level2: str | None) -> None:
         """Two level-1 scratches for exclusive pages, each sized for the largest task's: one
@@ -90,7 +109,7 @@ class MultitaskRuntime:
         self.scratch_bytes = 0
         if most == 0:
             return
-        self._gather_exclusive = self.vm.module.get_function(EXCLUSIVE_GATHER_FUNC, True)
+        self._gather_exclusive = self._kernel(EXCLUSIVE_GATHER_FUNC)
         if self._gather_exclusive is None:
             raise ValueError(
                 "the plan has exclusive pages but the library was lowered without "
@@ -146,7 +165,7 @@ class MultitaskRuntime:
                 )
                 self.counters.bytes_gathered += self._target_bytes[task]
             elif self.library.mode == "materialize":
-                self._gather(self.pool, self.page_tables[task], self._targets[task])
+                self._gather(*self._pool_inputs, self.page_tables[task], self._targets[task])
                 self.counters.bytes_gathered += self._target_bytes[task]
             self.current = task
             self.counters.switches += 1

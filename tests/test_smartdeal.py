@@ -187,3 +187,101 @@ def test_codes_round_trip_through_the_artifact(tmp_path):
             plan,
             encodings={"mlp": {"nope": encodings["mlp"]["fc1.weight"]}},
         )
+
+
+# **** SmartDeal pages: codes in the shared pool ****
+
+
+def _coded_plan(page_size: int = 96):
+    """Three example tasks on float pages, then every pool page as C @ B (no training)."""
+    import tvm_weightvirt as wv
+    from tvm_weightvirt import examples
+    from tvm_weightvirt.smartdeal import encode_pages
+
+    tasks, inputs = [], {}
+    for name, kind, seed in [("a", "cnn2d", 0), ("b", "cnn1d", 1), ("m", "mlp", 2)]:
+        model, x = examples.torch_model(kind, seed)
+        tasks.append(wv.Task.from_torch(model, (x,), name=name))
+        inputs[name] = x.numpy()
+    dense = wv.PagePlan.lossless(tasks, page_size=page_size)
+    plan = wv.PagePlan.from_coded(page_size, encode_pages(dense.pool), dense.tasks)
+    return tasks, inputs, dense, plan
+
+
+def test_coded_pages_decode_to_powers_of_two_times_a_basis_and_count_their_bytes():
+    from tvm_weightvirt.smartdeal import CodedPages, coded_to_latent, decode_latent, encode_pages
+
+    torch = pytest.importorskip("torch")
+    pages = np.random.default_rng(0).normal(0, 0.1, (5, 96)).astype(np.float32)
+    coded = encode_pages(pages)
+    assert coded.codes.shape == (5, 96) and coded.codes.dtype == np.int8
+    assert coded.bases.shape == (5, 3, 3)
+    c = decode_codes(coded.codes)
+    assert _is_pow2_or_zero(c)
+    np.testing.assert_allclose(
+        coded.decode(), np.matmul(c.reshape(5, 32, 3), coded.bases).reshape(5, 96), atol=1e-7
+    )
+    # each page's error is SED's on that page seen as a 32 x 3 block
+    for page, got in zip(pages, coded.decode()):
+        fit = decompose_block(page.reshape(32, 3))
+        assert np.linalg.norm(page - got) == pytest.approx(min(fit.errors), rel=1e-4)
+    # stored: 1 byte per code + 36 per basis; formula: nnz * (ceil(log2 levels) + 1) + mask + B
+    assert coded.stored_bytes == 5 * 96 + 5 * 36
+    levels = len(np.unique(np.abs(c[c != 0])))
+    bits = np.count_nonzero(c) * (int(np.ceil(np.log2(levels))) + 1) + 5 * 96 + 32 * 45
+    assert coded.formula_bytes == bits / 8
+    # the trainable latent decodes to the same pages (the projection is idempotent on codes)
+    with torch.no_grad():
+        latent = decode_latent(torch.from_numpy(coded_to_latent(coded))).numpy()
+    np.testing.assert_allclose(latent, coded.decode(), atol=1e-6)
+    with pytest.raises(ValueError, match="multiple of 3, got 100"):
+        encode_pages(np.zeros((1, 100), np.float32))
+    assert CodedPages(coded.codes[:0], coded.bases[:0]).stored_bytes == 0
+
+
+def test_projection_gives_straight_through_gradients_and_stores_what_training_saw():
+    from tvm_weightvirt.smartdeal import decode_latent, latent_to_coded
+
+    torch = pytest.importorskip("torch")
+    latent = torch.tensor(np.random.default_rng(1).normal(0, 0.5, (2, 12 + 9)), requires_grad=True)
+    decode_latent(latent.float()).sum().backward()
+    assert latent.grad is not None and bool((latent.grad[:, :12] != 0).any())
+    coded = latent_to_coded(latent.detach().float().numpy())
+    with torch.no_grad():
+        seen = decode_latent(latent.detach().float()).numpy()
+    np.testing.assert_allclose(coded.decode(), seen, atol=1e-6)
+    # SED's sparsify step: exactly the entries below delta = 1e-3 are zero
+    c = decode_codes(coded.codes)
+    np.testing.assert_array_equal(c == 0, np.abs(latent.detach().numpy()[:, :12]) < 1e-3)
+    assert _is_pow2_or_zero(c)
+
+
+def test_coded_plan_compiles_and_runs_as_its_decoded_weights(tmp_path):
+    """The switch kernel decodes the task's pages; outputs equal the model run alone with the
+    plan's (decoded) weights, <= 1e-5; the coded pool round-trips through the artifact."""
+    from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
+
+    import tvm_weightvirt as wv
+
+    tasks, inputs, dense, plan = _coded_plan()
+    assert plan.pool_bytes == plan.pool.shape[0] * (96 + 36) < dense.pool_bytes
+    wv.save_wvpack(tmp_path / "coded.wvpack", plan, tasks)
+    loaded = wv.load_wvpack(tmp_path / "coded.wvpack")
+    np.testing.assert_array_equal(loaded.plan.coded.codes, plan.coded.codes)
+    np.testing.assert_array_equal(loaded.plan.pool, plan.pool)
+    library = wv.build(wv.lower(loaded.tasks, loaded.plan))
+    runtime = MultitaskRuntime(loaded.plan, library)
+    for name in ["a", "b", "a", "m"]:
+        expected = StandaloneModel(_with_weights(tasks, name, plan)).run(inputs[name])[0]
+        np.testing.assert_allclose(runtime.run(name, inputs[name])[0], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="plan's pool is float32 pages, the library was lowered"):
+        MultitaskRuntime(dense, library)
+    with pytest.raises(NotImplementedError, match="SmartDeal pages are lowered for materialize"):
+        wv.lower(tasks, plan, mode="fused")
+
+
+def _with_weights(tasks, name, plan):
+    import tvm_weightvirt as wv
+
+    task = next(t for t in tasks if t.name == name)
+    return wv.Task(task.name, task.mod, plan.read(name))

@@ -16,6 +16,7 @@ from safetensors import safe_open
 
 from .layout import PageLayout
 from .plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
+from .smartdeal import CodedPages
 
 FORMAT = "wvpack"
 FORMAT_VERSION = 1
@@ -47,7 +48,10 @@ def save_wvpack(
     row index as tensors) to `path` atomically; returns the file size in bytes."""
     import tvm  # the graphs are Relax IR; the plan alone needs no TVM
 
-    tensors: dict[str, np.ndarray] = {"pool": plan.pool}
+    if plan.coded is None:
+        tensors: dict[str, np.ndarray] = {"pool": plan.pool}
+    else:  # SmartDeal pages: what is stored is codes and bases, the pool is their decoding
+        tensors = {"pool_codes": plan.coded.codes, "pool_bases": plan.coded.bases}
     manifest_tasks = []
     graph_of = {t.name: t for t in tasks}
     unknown = sorted(set(graph_of) - set(plan.tasks))
@@ -174,13 +178,22 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
         task_pages[name] = TaskPages(
             layout, tensors[f"page_table.{name}"].astype(PAGE_TABLE_DTYPE), exclusive
         )
-    if tensors["pool"].shape[0] != manifest["n_pool_pages"]:
+    pool_key = "pool" if "pool" in tensors else "pool_codes"
+    if pool_key not in tensors:
+        raise ArtifactError(f"{where}: no pool (neither 'pool' nor 'pool_codes')")
+    if tensors[pool_key].shape[0] != manifest["n_pool_pages"]:
         raise ArtifactError(
-            f"{where}: pool has {tensors['pool'].shape[0]} pages, "
+            f"{where}: pool has {tensors[pool_key].shape[0]} pages, "
             f"the manifest says {manifest['n_pool_pages']}"
         )
+    if pool_key == "pool_codes" and "pool_bases" not in tensors:
+        raise ArtifactError(f"{where}: SmartDeal pool codes without 'pool_bases'")
     try:
-        plan = PagePlan(page_size, tensors["pool"], task_pages)
+        if pool_key == "pool":
+            plan = PagePlan(page_size, tensors["pool"], task_pages)
+        else:
+            coded = CodedPages(tensors["pool_codes"], tensors["pool_bases"])
+            plan = PagePlan.from_coded(page_size, coded, task_pages)
     except ValueError as err:
         raise ArtifactError(f"{where}: {err}") from err
     # Step 4. The task graphs, whose weights are read back through the plan.

@@ -13,7 +13,7 @@ import tvm
 from tvm import relax
 
 from .passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
-from .passes.add_page_gather import GATHER_FUNC
+from .passes.add_page_gather import CODED_GATHER_FUNC, GATHER_FUNC
 from .passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
 from .plan import PagePlan
 from .task import Task
@@ -27,7 +27,8 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     mode "materialize" (NWV's design): `task_<name>(inputs..., weights...)` is the plain model
     and `wv_gather_pages(pool, page_table, weight_pages)` gathers a task's pages into one
     contiguous buffer at a context switch; the weights are views of that buffer. When the plan
-    has exclusive pages, `wv_gather_pages_exclusive` also reads them from a level-2 scratch.
+    has exclusive pages, `wv_gather_pages_exclusive` also reads them from a level-2 scratch;
+    with SmartDeal pages (`plan.coded`), `wv_gather_coded_pages` decodes them as it gathers.
     mode "fused": `task_<name>(inputs..., pool, page_table)` gathers inside every call; a
     switch is free (no exclusive pages yet).
     """
@@ -45,11 +46,14 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     has_exclusive = any(t.n_exclusive_pages for t in plan.tasks.values())
     if has_exclusive and mode == "fused":
         raise NotImplementedError("exclusive pages are lowered for materialize mode only")
+    coded = plan.coded is not None
+    if coded and mode == "fused":
+        raise NotImplementedError("SmartDeal pages are lowered for materialize mode only")
     pipeline = [
         # Step 1. One Relax function per task, identical kernels once.
         MergeTasks({t.name: t.mod for t in tasks}),
         # Step 2. The pool reaches the weights: one gather per switch, or per call.
-        AddPageGather(plan.page_size) if mode == "materialize" else VirtualizeWeights(plan),
+        AddPageGather(plan.page_size, coded) if mode == "materialize" else VirtualizeWeights(plan),
     ]
     if has_exclusive:
         # Step 3. Exclusive pages come from a level-2 scratch the runtime fills.
@@ -132,7 +136,8 @@ class Library:
 def build(mod: tvm.IRModule, target: str | dict = "llvm") -> Library:
     """Compile a lowered module (fused kernels: TVM's default pipeline for the target)."""
     target = tvm.target.Target(target)
-    mode = "materialize" if GATHER_FUNC in _names(mod) else "fused"
+    gathers = {GATHER_FUNC, CODED_GATHER_FUNC}
+    mode = "materialize" if gathers & set(_names(mod)) else "fused"
     tasks = {
         gv.name_hint[len("task_") :]: _signature(func, mode)
         for gv, func in mod.functions_items()

@@ -8,6 +8,7 @@ writing back (keeping) its best pool state on the **validation** split.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,10 +97,15 @@ def optimize_pool(
     tasks: list[PoolTask],
     config: OptimizeConfig = OptimizeConfig(),
     progress: bool = True,
+    decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Joint retraining in `config.rounds` rounds of one turn per task. Returns the new pool and
     a log of each turn: task, round, validation accuracy before/after, whether it was kept, and
-    the turn's objective (CE over the whole training split + lambda * sharing loss) before/after."""
+    the turn's objective (CE over the whole training split + lambda * sharing loss) before/after.
+
+    With `decode`, a pool row is a page's latent form and `decode(pool)` its weights [S, P]
+    (e.g. `smartdeal.decode_latent`); the loss, gather and accuracy see the decoded weights."""
+    decode = decode or (lambda v: v)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     pool_t = torch.from_numpy(np.array(pool, np.float32))
@@ -107,7 +113,9 @@ def optimize_pool(
     turns = [(r, t) for r in range(config.rounds) for t in range(len(tasks))]
     for r, t in tqdm(turns, desc="optimize", disable=not progress or None):
         task = tasks[t]
-        a, b, c, count, mask = sharing_loss_terms(tasks, t, pool_t.shape)
+        with torch.no_grad():
+            weights_shape = decode(pool_t).shape
+        a, b, c, count, mask = sharing_loss_terms(tasks, t, weights_shape)
         v = torch.nn.Parameter(pool_t.clone())
         table = torch.from_numpy(task.page_table.astype(np.int64))
         optimizer = torch.optim.Adam([v], lr=config.lr)
@@ -115,6 +123,7 @@ def optimize_pool(
 
         def objective(pool: torch.Tensor, idx: torch.Tensor | slice = slice(None)):
             """CE on the batch + lambda * NWV's sharing loss (seeds A.5)."""
+            pool = decode(pool)
             logits = torch.func.functional_call(
                 task.model, task_weights(pool, task.layout, table), (x[idx],)
             )
@@ -123,7 +132,7 @@ def optimize_pool(
 
         with torch.no_grad():
             start_objective = float(objective(pool_t))
-        start_val = best_val = pool_accuracy(v.detach(), task, *task.val)
+        start_val = best_val = pool_accuracy(decode(v.detach()), task, *task.val)
         best = None
         for it in range(1, config.iterations + 1):
             task.model.train()
@@ -133,16 +142,17 @@ def optimize_pool(
             loss = objective(v, idx)
             optimizer.zero_grad()
             loss.backward()
-            v.grad *= mask  # only this task's pages move in its turn
+            v.grad *= mask[:, :1]  # only this task's pages move in its turn
             optimizer.step()
             if it % config.eval_every == 0 or it == config.iterations:
-                val = pool_accuracy(v.detach(), task, *task.val)
+                val = pool_accuracy(decode(v.detach()), task, *task.val)
                 if val > best_val:
                     best_val, best = val, v.detach().clone()
         # Write back only an improvement over the turn's start (NWV), chosen on validation.
         if best is not None:
             pool_t = best
-        task.anchor = pool_t[table].numpy().copy()
+        with torch.no_grad():
+            task.anchor = decode(pool_t)[table].numpy().copy()
         with torch.no_grad():
             end_objective = float(objective(pool_t))
         log.append(

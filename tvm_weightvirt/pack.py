@@ -23,6 +23,14 @@ from .separation import (
     shared_pages_for_budget,
     tpr_for_target_accuracy,
 )
+from .smartdeal import (
+    CodedPages,
+    check_coded_page_size,
+    coded_to_latent,
+    decode_latent,
+    encode_pages,
+    latent_to_coded,
+)
 
 
 @dataclass
@@ -34,6 +42,7 @@ class PackConfig:
     init: str = "fisher_mean"
     fisher_samples: int | None = None  # None: 100 (NWV), or 50 with separation (WS)
     separation: SeparationConfig | None = None  # None: every page shared (NWV)
+    smartdeal: bool = False  # pages stored as power-of-two codes x a 3x3 basis per page
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     seed: int = 0
 
@@ -57,6 +66,10 @@ def pack_tasks(
     matching) and retraining continues from them, each task's latest weights as anchor.
     """
     check_page_size(config.page_size)
+    if config.smartdeal:
+        check_coded_page_size(config.page_size)
+        if config.separation is not None:
+            raise ValueError("SmartDeal pages with weight separation are not built yet")
     if not tasks:
         raise ValueError("no tasks to pack")
     check_unique_names([t.name for t in tasks])
@@ -105,14 +118,23 @@ def pack_tasks(
         )
         for t, layout, table, fisher, anchor in zip(tasks, layouts, tables, fishers, anchors)
     ]
+    decode = decode_latent if config.smartdeal else None
+    if config.smartdeal:
+        # Step 3a. Every page becomes C @ B (SED); training sees C projected to powers of two.
+        memory = coded_to_latent(encode_pages(memory))
+    with torch.no_grad():
+        weights = memory if decode is None else decode(torch.from_numpy(memory)).numpy()
     before = {
-        pt.name: pool_accuracy(memory, pt, t.splits["test"].x, t.splits["test"].y)
+        pt.name: pool_accuracy(weights, pt, t.splits["test"].x, t.splits["test"].y)
         for pt, t in zip(pool_tasks, tasks)
     }
     log = []
     if config.optimize.rounds > 0:
-        memory, log = optimize_pool(memory, pool_tasks, config.optimize, progress)
-    plan = _with_memory(plan, memory)
+        memory, log = optimize_pool(memory, pool_tasks, config.optimize, progress, decode)
+    coded = latent_to_coded(memory) if config.smartdeal else None
+    if coded is not None:
+        memory = coded.decode()
+    plan = _with_memory(plan, memory, coded)
     return PackResult(plan, _report(tasks, pool_tasks, plan, memory, before, costs, log, config))
 
 
@@ -231,14 +253,16 @@ def _memory(plan: PagePlan, names: list[str]) -> tuple[np.ndarray, list[np.ndarr
     return np.concatenate(parts), tables
 
 
-def _with_memory(plan: PagePlan, memory: np.ndarray) -> PagePlan:
+def _with_memory(plan: PagePlan, memory: np.ndarray, coded: CodedPages | None) -> PagePlan:
     """The plan with pool and exclusive pages taken back from a trained memory (same order as
-    `_memory`)."""
+    `_memory`); with `coded`, the pool is SmartDeal pages (no exclusive pages then)."""
     n_pool, offset, task_pages = plan.n_pool_pages, plan.n_pool_pages, {}
     for name, t in plan.tasks.items():
         exclusive = memory[offset : offset + t.n_exclusive_pages]
         task_pages[name] = TaskPages(t.layout, t.page_table, exclusive)
         offset += t.n_exclusive_pages
+    if coded is not None:
+        return PagePlan.from_coded(plan.page_size, coded, task_pages)
     return PagePlan(plan.page_size, memory[:n_pool], task_pages)
 
 
@@ -279,7 +303,18 @@ def _report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> dict
         "ratio_count": n_params / memory.size,
         "mean_delta_pp": float(np.mean(deltas)),
         "worst_delta_pp": float(np.min(deltas)),
+        "smartdeal": None if plan.coded is None else _coded_report(plan),
         "optimize_log": log,
+    }
+
+
+def _coded_report(plan: PagePlan) -> dict:
+    """SmartDeal pages: real stored bytes, SmartDeal's formula (+ the page tables, as stored)."""
+    c = plan.coded
+    return {
+        "stored_bytes": c.stored_bytes + plan.page_table_bytes,
+        "formula_bytes": c.formula_bytes + plan.page_table_bytes,
+        "nonzero_fraction": float(np.count_nonzero(c.codes) / c.codes.size),
     }
 
 

@@ -10,6 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from .layout import PageLayout, check_page_size
+from .smartdeal import CodedPages
 
 PAGE_TABLE_DTYPE = np.int32
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -49,11 +50,14 @@ class PagePlan:
 
     Every algorithm writes this structure, the artifact stores it, the passes lower it, the
     runtimes make it resident. The constructor checks every invariant (see `problems`).
+    With `coded` (SmartDeal pages), the pool is stored as power-of-two codes and per-page bases
+    and `pool` is their decoding (`PagePlan.from_coded`).
     """
 
     page_size: int
     pool: np.ndarray
     tasks: dict[str, TaskPages] = field(default_factory=dict)
+    coded: CodedPages | None = None
 
     def __post_init__(self) -> None:
         check_page_size(self.page_size)
@@ -80,6 +84,11 @@ class PagePlan:
         pool = np.concatenate(pages) if pages else np.zeros((0, page_size), np.float32)
         return PagePlan(page_size, pool, task_pages)
 
+    @staticmethod
+    def from_coded(page_size: int, coded: CodedPages, tasks: dict[str, TaskPages]) -> PagePlan:
+        """A plan whose pool is SmartDeal pages: `pool` = `coded.decode()`."""
+        return PagePlan(page_size, coded.decode(), tasks, coded)
+
     # **** queries ****
 
     @property
@@ -88,7 +97,8 @@ class PagePlan:
 
     @property
     def pool_bytes(self) -> int:
-        return self.pool.nbytes
+        """What the pool takes stored: float32 pages, or codes + bases when coded."""
+        return self.coded.stored_bytes if self.coded is not None else self.pool.nbytes
 
     @property
     def page_table_bytes(self) -> int:
@@ -123,6 +133,15 @@ class PagePlan:
         if self.pool.ndim != 2 or self.pool.shape[1] != self.page_size:
             out.append(f"pool has shape {self.pool.shape}, expected [S, {self.page_size}]")
             return out
+        if self.coded is not None:
+            c = self.coded
+            if c.codes.shape != self.pool.shape or c.bases.shape != (self.n_pool_pages, 3, 3):
+                out.append(
+                    f"coded pool: codes {c.codes.shape} and bases {c.bases.shape} do not fit "
+                    f"a pool of {self.pool.shape}"
+                )
+            elif not np.array_equal(c.decode(), self.pool):
+                out.append("coded pool: the pool is not the decoding of its codes and bases")
         for name, t in self.tasks.items():
             where = f"task '{name}'"
             if not TASK_NAME.match(name):

@@ -278,3 +278,93 @@ class Encoding:
         if self.kind == "rows":
             per_filter = per_filter[:, : per_filter.shape[1] - self.pad]
         return per_filter.reshape(self.shape).astype(np.float32)
+
+
+# **** SmartDeal pages: the composition with weight pages ****
+#
+# A page of P weights is one (P/3) x 3 block A ~ C B with its own 3x3 basis, so a pool page is
+# P power-of-two codes + 9 floats, and a shared page shares its basis too. Per-task bases (one
+# per SmartDeal block) would cost 39 KB on the 5-task suite, more than the whole 16x budget
+# (619 KB / 16 = 39 KB) before any code is stored; per-page bases cost 36 B per pool page.
+
+BASIS = (3, 3)
+
+
+def check_coded_page_size(page_size: int) -> None:
+    if page_size % 3:
+        raise ValueError(
+            f"SmartDeal pages hold rows of 3 coefficients: the page size must be a multiple "
+            f"of 3, got {page_size} (e.g. 96)"
+        )
+
+
+@dataclass
+class CodedPages:
+    """Pages as stored: `codes` [N, P] int8 power-of-two codes of C (0 = zero, see
+    `encode_codes`) and `bases` [N, 3, 3] float32; page i is (C_i as (P/3) x 3) @ B_i."""
+
+    codes: np.ndarray
+    bases: np.ndarray
+
+    def decode(self) -> np.ndarray:
+        """The pages' float32 weights [N, P]."""
+        n, p = self.codes.shape
+        c = decode_codes(self.codes).reshape(n, p // 3, 3)
+        return np.matmul(c, self.bases).reshape(n, p).astype(np.float32)
+
+    @property
+    def stored_bytes(self) -> int:
+        """One byte per code, four per basis value."""
+        return self.codes.size + 4 * self.bases.size
+
+    @property
+    def formula_bytes(self) -> float:
+        """SmartDeal's formula (seeds C.5) on these pages: nnz * b_C + numel(C) + 32 numel(B)."""
+        n_levels = len(np.unique(np.abs(self.codes[self.codes != 0])))
+        bits_per_nonzero = math.ceil(math.log2(max(n_levels, 1))) + 1
+        nnz = int(np.count_nonzero(self.codes))
+        return (nnz * bits_per_nonzero + self.codes.size + 32 * self.bases.size) / 8
+
+
+def encode_pages(pages: np.ndarray, **fit_options) -> CodedPages:
+    """SED (`decompose_block`) on every page seen as a (P/3) x 3 block."""
+    n, p = pages.shape
+    check_coded_page_size(p)
+    fits = [decompose_block(page.reshape(-1, 3), **fit_options) for page in pages]
+    codes = np.stack([encode_codes(f.c).reshape(p) for f in fits])
+    return CodedPages(codes, np.stack([f.b for f in fits]).astype(np.float32))
+
+
+def coded_to_latent(coded: CodedPages) -> np.ndarray:
+    """The trainable form [N, P + 9]: each page's coefficients C, then its basis."""
+    n = len(coded.codes)
+    return np.concatenate([decode_codes(coded.codes), coded.bases.reshape(n, 9)], axis=1)
+
+
+def decode_latent(latent, delta: float = 1e-3, max_c: float = MAX_C):
+    """Pages [N, P] from a latent [N, P + 9] (torch): C projected to powers of two (zero below
+    `delta`, clipped to `max_c`) with a straight-through gradient, times each page's basis."""
+    c, b = latent[:, :-9], latent[:, -9:]
+    c = c + (_project_pow2(c, delta, max_c) - c).detach()
+    n, p = c.shape
+    return (c.reshape(n, p // 3, 3) @ b.reshape(n, 3, 3)).reshape(n, p)
+
+
+def latent_to_coded(latent: np.ndarray, delta: float = 1e-3, max_c: float = MAX_C) -> CodedPages:
+    """The stored form of a trained latent: the same projection as `decode_latent`."""
+    import torch
+
+    c = _project_pow2(torch.from_numpy(np.ascontiguousarray(latent[:, :-9])), delta, max_c)
+    bases = np.ascontiguousarray(latent[:, -9:]).reshape(-1, 3, 3).astype(np.float32)
+    return CodedPages(encode_codes(c.numpy()), bases)
+
+
+def _project_pow2(c, delta: float, max_c: float):
+    """`quantize_pow2` in torch, after zeroing |c| < delta (SED's sparsify step)."""
+    import torch
+
+    magnitude = c.abs()
+    kept = magnitude >= delta
+    low = torch.exp2(torch.floor(torch.log2(torch.where(kept, magnitude, torch.ones_like(c)))))
+    snapped = torch.where(magnitude - low <= 2 * low - magnitude, low, 2 * low)
+    return torch.sign(c) * torch.clamp(snapped, max=max_c) * kept
