@@ -285,3 +285,30 @@ def _with_weights(tasks, name, plan):
 
     task = next(t for t in tasks if t.name == name)
     return wv.Task(task.name, task.mod, plan.read(name))
+
+
+def test_structured_row_sparsity_zeroes_the_weakest_rows_of_each_group_of_32_filters():
+    from tvm_weightvirt.smartdeal import prune_rows
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 4, 3, 3)).astype(np.float32)  # 2 groups, 12 rows per filter
+    w[:32, 1, 2, :] *= 1e-3  # group 0: row (channel 1, kernel row 2) is the weakest ...
+    w[32:, 3, 0, :] *= 1e-3  # ... group 1: row (channel 3, kernel row 0)
+    pruned = prune_rows(w, 0.25)  # 3 of 12 rows per filter
+    rows = pruned.reshape(64, 12, 3)
+    zero_rows = [set(np.flatnonzero(~rows[f].any(axis=1))) for f in range(64)]
+    assert all(len(z) == 3 for z in zero_rows)
+    assert all(z == zero_rows[0] for z in zero_rows[:32])  # one pattern per group
+    assert all(z == zero_rows[32] for z in zero_rows[32:])
+    assert 1 * 3 + 2 in zero_rows[0] and 3 * 3 + 0 in zero_rows[32]
+    kept = rows.reshape(64, 12, 3).any(axis=2)
+    np.testing.assert_array_equal(rows[kept], w.reshape(64, 12, 3)[kept])
+    # 1-D k=3 convs prune input channels; the decomposition keeps pruned rows at zero
+    conv1d = prune_rows(rng.normal(size=(8, 10, 3)), 0.5)
+    assert int((~conv1d.any(axis=2)).sum()) == 8 * 5
+    out, report = smartdeal_weights({"c": conv1d}, row_fractions={"c": 0.5})
+    assert not out["c"][~conv1d.any(axis=2)].any()
+    with pytest.raises(ValueError, match=r"not a weight of shape \(4, 3, 5\)"):
+        prune_rows(np.zeros((4, 3, 5)), 0.5)
+    with pytest.raises(ValueError, match=r"row fractions for \['nope'\]"):
+        smartdeal_weights({"c": conv1d}, row_fractions={"nope": 0.5})

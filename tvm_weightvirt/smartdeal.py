@@ -178,13 +178,47 @@ class SmartDealReport:
         return stored_bytes(self.decomposed) + 4 * self.dense_elems
 
 
+def prune_rows(w: np.ndarray, fraction: float, group: int = 32) -> np.ndarray:
+    """SmartDeal's structured sparsity (seeds C.3, "population" rule): output channels in groups
+    of `group`; each row (input channel x kernel row for 3x3 convs, input channel for k=3 1-D
+    and 1x1 convs) scored by its L1 norm summed over the group's filters; the lowest-scoring
+    `fraction` of rows zeroed in every filter of the group."""
+    w = np.asarray(w, np.float32)
+    if w.ndim == 4 and w.shape[2:] == (3, 3):
+        rows = w.reshape(w.shape[0], -1, 3)
+    elif (w.ndim == 3 and w.shape[2] == 3) or (w.ndim == 4 and w.shape[2:] == (1, 1)):
+        rows = w.reshape(w.shape[0], w.shape[1], -1)
+    else:
+        raise ValueError(
+            f"structured row sparsity covers 3x3 and 1x1 convs and k=3 1-D convs, not a weight "
+            f"of shape {w.shape}"
+        )
+    if not 0 <= fraction < 1:
+        raise ValueError(f"the fraction of rows to prune must be in [0, 1), got {fraction}")
+    out = rows.copy()
+    n_drop = int(round(fraction * rows.shape[1]))
+    for start in range(0, rows.shape[0], group):
+        score = np.abs(rows[start : start + group]).sum(axis=(0, 2))
+        out[start : start + group, np.argsort(score, kind="stable")[:n_drop]] = 0.0
+    return out.reshape(w.shape)
+
+
 def smartdeal_weights(
-    weights: dict[str, np.ndarray], **fit_options
+    weights: dict[str, np.ndarray],
+    row_fractions: dict[str, float] | None = None,
+    **fit_options,
 ) -> tuple[dict[str, np.ndarray], SmartDealReport]:
-    """Every covered weight replaced by its reconstruction C @ B; the others kept (and named in
-    the report). Biases (1-D) are never decomposed."""
+    """Every covered weight replaced by its reconstruction C @ B (after `prune_rows` with its
+    fraction in `row_fractions`, SmartDeal's per-layer list); the others kept (and named in the
+    report). Biases (1-D) are never decomposed."""
+    row_fractions = row_fractions or {}
+    unknown = sorted(set(row_fractions) - set(weights))
+    if unknown:
+        raise ValueError(f"row fractions for {unknown}, which are not weights here")
     out, decomposed, dense, dense_elems = {}, [], [], 0
     for name, w in weights.items():
+        if name in row_fractions:
+            w = prune_rows(w, row_fractions[name])
         d = decompose_weight(name, w, **fit_options) if np.ndim(w) >= 2 else None
         if d is None:
             out[name] = np.asarray(w, np.float32)
@@ -205,16 +239,18 @@ def train_then_project(
     lr: float = 1e-3,
     batch_size: int = 100,
     seed: int = 0,
+    row_fractions: dict[str, float] | None = None,
 ):
     """SmartDeal's recovery (seeds C.4, inference path): rounds of dense training followed by
-    projection of every covered weight onto C @ B; the projected model with the best
-    **validation** accuracy is kept (round 0: projection of the given weights). Returns the
-    model (with projected weights), its report, and the validation accuracy of each round."""
+    projection of every covered weight onto C @ B (rows pruned by `row_fractions` first); the
+    projected model with the best **validation** accuracy is kept (round 0: projection of the
+    given weights). Returns the model (with projected weights), its report, and the validation
+    accuracy of each round."""
     import torch
 
     def project() -> SmartDealReport:
         weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
-        projected, report = smartdeal_weights(weights)
+        projected, report = smartdeal_weights(weights, row_fractions)
         model.load_state_dict({k: torch.from_numpy(v) for k, v in projected.items()})
         return report
 
