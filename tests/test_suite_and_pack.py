@@ -79,6 +79,41 @@ def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks,
         assert 100.0 * correct / len(test.y) == packed.report["tasks"][t.name]["acc_packed"]
 
 
+def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tasks):
+    """Composition: the pool is stored as power-of-two codes + a basis per page (132 B per page
+    of 96 instead of 384 B); trained jointly; the compiled switch kernel decodes exactly the
+    weights torch was evaluated with."""
+    from tvm_weightvirt.smartdeal import decode_codes
+
+    config = PackConfig(
+        page_size=96,
+        pool_pages=140,  # about half of wine's pages
+        share_within_task=True,
+        smartdeal=True,
+        optimize=OptimizeConfig(rounds=1, iterations=100, eval_every=25),
+    )
+    packed = pack_tasks(mini_tasks, config, progress=False)
+    plan, report = packed.plan, packed.report
+    c = decode_codes(plan.coded.codes)
+    assert np.allclose(2.0 ** np.round(np.log2(np.abs(c[c != 0]))), np.abs(c[c != 0]))
+    tables = 4 * sum(len(t.page_table) for t in plan.tasks.values())
+    assert report["bytes_packed"] == 140 * (96 + 36) + tables
+    assert report["smartdeal"]["stored_bytes"] == report["bytes_packed"]
+    assert report["ratio_bytes"] == pytest.approx(4 * (26_755 + 25_603) / (140 * 132 + tables))
+    for name, r in report["tasks"].items():
+        assert r["acc_packed"] >= r["acc_separate"] - 10.0, (name, r)
+    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in mini_tasks]
+    runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
+    for t in mini_tasks:
+        test = t.splits["test"]
+        logits = np.concatenate([runtime.run(t.name, x[None])[0] for x in test.x])
+        with torch.no_grad():
+            expected = t.model_from_plan(plan)(torch.from_numpy(test.x)).numpy()
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
+        correct = int((logits.argmax(1) == test.y).sum())
+        assert 100.0 * correct / len(test.y) == report["tasks"][t.name]["acc_packed"]
+
+
 def test_wvirt_pack_mini_configuration(tmp_path, capsys):
     out, again = tmp_path / "mini.wvpack", tmp_path / "again.wvpack"
     pack_mini = ["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50"]
