@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean
+.PHONY: demo test clean arm-toolchain
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/wvirt demo --out out/demo
 
-test: $(STAMP)
+# The Cortex-M tests need the Arm toolchain and QEMU (Debian/Ubuntu packages).
+ARM_TOOLS := gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+arm-toolchain:
+	command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null || \
+		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(ARM_TOOLS); }
+
+test: $(STAMP) arm-toolchain
 	$(VENV)/bin/python -m pytest -q
 
 clean:

@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
     build = sub.add_parser("build", help="compile a .wvpack's tasks into one library folder")
     build.add_argument("pack")
-    build.add_argument("--target", choices=["llvm", "cuda"], default="llvm")
+    build.add_argument(
+        "--target",
+        choices=["llvm", "cuda", "cortex-m4", "cortex-m7"],
+        default="llvm",
+        help="cortex-m*: write a C project (pool in RAM, exclusive pages in flash) to -o",
+    )
     build.add_argument(
         "--arch", default="sm_87", help="cuda: GPU architecture (sm_87: Jetson Orin)"
     )
@@ -82,7 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         help="run a task sequence from a .wvpack (built for llvm, or "
         "with --library from `wvirt build`)",
     )
-    run.add_argument("pack")
+    run.add_argument("pack", help="a .wvpack, or a `wvirt build --target cortex-m*` folder")
+    run.add_argument(
+        "--qemu", action="store_true", help="cortex-m folder: run on QEMU (else a host build)"
+    )
+    run.add_argument("--timeout", type=float, default=60.0, help="cortex-m: seconds per run")
     run.add_argument("--library", help="a `wvirt build` folder to run instead of building")
     run.add_argument("--tasks", required=True, help="comma-separated, e.g. har,digits,har")
     run.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
@@ -216,6 +225,17 @@ def _build(args) -> int:
     from .compiler import build, lower
 
     pack = _pack_with_graphs(args.pack)
+    if args.target.startswith("cortex-m"):
+        from .cortexm import generate_project
+
+        manifest = generate_project(pack.tasks, pack.plan, args.output, target=args.target)
+        ram, flash = (sum(manifest["data_bytes"][m].values()) for m in ("ram", "flash"))
+        print(
+            f"wrote a {args.target} C project for {len(pack.tasks)} tasks to {args.output} "
+            f"(data: {ram} B RAM, {flash} B flash before code); run it: "
+            f"wvirt run {args.output} --qemu --tasks ..."
+        )
+        return 0
     target = {"kind": "llvm"} if args.target == "llvm" else {"kind": "cuda", "arch": args.arch}
     library = build(lower(pack.tasks, pack.plan, mode=args.mode), target=target)
     library.export(args.output)
@@ -236,6 +256,10 @@ def _build(args) -> int:
 
 
 def _run(args) -> int:
+    from .cortexm import is_project
+
+    if is_project(args.pack):
+        return _run_mcu(args)
     from tvm_weightvirt.runtime import MultitaskRuntime
 
     from .compiler import build, lower
@@ -268,6 +292,35 @@ def _run(args) -> int:
         f"{c.bytes_read_l2} B read from level 2 ({c.prefetch_hits} prefetched), "
         f"{1e3 * c.switch_seconds:.3f} ms switching, {1e3 * c.inference_seconds:.3f} ms inference"
     )
+    return 0
+
+
+def _run_mcu(args) -> int:
+    from .cortexm import load_manifest, memory_report, run_project, write_requests
+
+    manifest = load_manifest(args.pack)
+    sequence = [n for n in args.tasks.split(",") if n]
+    unknown = sorted(set(sequence) - set(manifest["tasks"]))
+    if unknown:
+        raise ValueError(
+            f"tasks {unknown} are not in '{args.pack}' (has {list(manifest['tasks'])})"
+        )
+    rng = np.random.default_rng(args.seed)
+    requests = [
+        (n, [rng.normal(size=s).astype(d) for s, d in manifest["tasks"][n]["inputs"]])
+        for n in sequence
+    ]
+    write_requests(args.pack, requests)
+    result = run_project(args.pack, host=not args.qemu, timeout=args.timeout)
+    for (name, _), outputs in zip(requests, result.outputs):
+        print(f"{name}: {[o.round(4).tolist() for o in outputs]}")
+    if args.qemu:
+        for name, n in result.switch_instructions:
+            print(f"switch to {name}: {n} instructions")
+        for name, n in result.run_instructions:
+            print(f"inference {name}: {n} instructions")
+        report = memory_report(args.pack)
+        print(f"app.elf: {report['ram_bytes']} B RAM, {report['flash_bytes']} B flash")
     return 0
 
 

@@ -1,0 +1,81 @@
+"""Cortex-M deployment of four suite tasks separated under a 96 KiB level-1 budget: RAM and flash
+(arm-none-eabi-size) packed vs. the same tasks built separately, fit in a 256 KB RAM + 1 MB flash
+part, outputs on QEMU vs. TVM's llvm build, instructions per inference and per switch."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+from tvm_weightvirt.runtime import MultitaskRuntime
+
+from benchmarks._common import parse_args, write_json
+from tvm_weightvirt import cortexm, suite
+from tvm_weightvirt.compiler import build, lower
+from tvm_weightvirt.optimize import OptimizeConfig
+from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.separation import SeparationConfig
+from tvm_weightvirt.task import Task
+
+TASKS = ["digits", "wine", "iris", "breast_cancer"]
+L1_BUDGET = 96 * 1024  # pool + page tables in RAM; exclusive pages in flash
+SEQUENCE = ["digits", "wine", "digits", "iris", "breast_cancer", "wine", "iris"]
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    started = time.time()
+    tasks = suite.load_suite(TASKS)
+    optimize = OptimizeConfig(rounds=0) if args.quick else OptimizeConfig(rounds=2, iterations=300)
+    config = PackConfig(separation=SeparationConfig(l1_budget_bytes=L1_BUDGET), optimize=optimize)
+    result = pack_tasks(tasks, config, progress=False)
+    plan = result.plan
+    graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    inputs = {t.name: t.example_input().numpy() for t in tasks}
+    runtime = MultitaskRuntime(plan, build(lower(graphs, plan)))
+    reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
+
+    folder = tempfile.mkdtemp(prefix="wvirt-cortexm-")
+    numbers: dict = {"tasks": TASKS, "sequence": SEQUENCE, "l1_budget_bytes": L1_BUDGET}
+    memory = {}
+    for kind, packed in [("packed", True), ("separate", False)]:
+        out = f"{folder}/{kind}"
+        cortexm.generate_project(graphs, plan, out, packed=packed, check_fit=False)
+        memory[kind] = cortexm.memory_report(out)
+    part = cortexm.TARGETS["cortex-m4"]
+    numbers["ram_bytes"] = {k: m["ram_bytes"] for k, m in memory.items()}
+    numbers["flash_bytes"] = {k: m["flash_bytes"] for k, m in memory.items()}
+    numbers["fits_256k_ram"] = {k: m["ram_bytes"] <= part.ram_bytes for k, m in memory.items()}
+    numbers["fits_1m_flash"] = {k: m["flash_bytes"] <= part.flash_bytes for k, m in memory.items()}
+    numbers["sections"] = {k: m["sections"] for k, m in memory.items()}
+
+    targets = ["cortex-m4"] if args.quick else ["cortex-m4", "cortex-m7"]
+    numbers["max_abs_err_vs_host"] = 0.0
+    for target in targets:
+        out = f"{folder}/packed-{target}"
+        cortexm.generate_project(graphs, plan, out, target=target)
+        cortexm.write_requests(out, [(n, [inputs[n]]) for n in SEQUENCE])
+        run = cortexm.run_project(out, timeout=120)
+        err = max(float(np.abs(o[0] - r).max()) for o, r in zip(run.outputs, reference))
+        numbers["max_abs_err_vs_host"] = max(numbers["max_abs_err_vs_host"], err)
+        suffix = "" if target == "cortex-m4" else f"_{target.replace('-', '_')}"
+        for key, counts in [
+            ("instr_per_inference", run.run_instructions),
+            ("instr_per_switch", run.switch_instructions),
+        ]:
+            per_task = {}
+            for name, n in counts:
+                per_task.setdefault(name, []).append(n)
+            numbers[key + suffix] = {name: int(np.median(v)) for name, v in per_task.items()}
+
+    for key in ("ram_bytes", "flash_bytes", "fits_256k_ram"):
+        print(f"{key}: {numbers[key]}")
+    print(f"max |QEMU - llvm|: {numbers['max_abs_err_vs_host']:.3g}")
+    for key in sorted(k for k in numbers if k.startswith("instr_per")):
+        print(f"{key}: {numbers[key]}")
+    write_json(args.json, numbers, started)
+
+
+if __name__ == "__main__":
+    main()

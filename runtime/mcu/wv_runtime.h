@@ -1,0 +1,39 @@
+/* wv_runtime: context switches between tasks whose weights share one page pool. */
+#ifndef WV_RUNTIME_H_
+#define WV_RUNTIME_H_
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* One task: its page table (ids < n_pool_pages: pool pages in RAM, others: its exclusive pages
+   in flash) and its generated executor. */
+typedef struct {
+  const char* name;
+  uint16_t n_pages;
+  const uint16_t* page_table;
+  const float* exclusive_pages; /* [n_exclusive_pages][page_size], read-only flash */
+  int32_t (*run)(void* const* inputs, void* const* outputs);
+} wv_task_t;
+
+/* The page pool and the weight buffer the current task's pages are gathered into. */
+typedef struct {
+  const float* pool; /* [n_pool_pages][page_size], RAM */
+  uint16_t n_pool_pages;
+  uint16_t page_size;
+  float* weights; /* [pages of the largest task][page_size], RAM */
+} wv_memory_t;
+
+extern const wv_task_t wv_tasks[];
+extern const int32_t wv_n_tasks;
+extern const wv_memory_t wv_memory;
+
+/* Gather `task`'s pages into the weight buffer; 0 on success. */
+int32_t wv_switch(int32_t task);
+/* Run `task` (switching first if another task is current); 0 on success. */
+int32_t wv_run(int32_t task, void* const* inputs, void* const* outputs);
+
+/* What the platform (startup.c on the MCU, host.c on the host) provides. */
+void wv_platform_write(const char* text);
+uint64_t wv_platform_ticks(void);
+
+#endif /* WV_RUNTIME_H_ */
