@@ -114,6 +114,22 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
         assert 100.0 * correct / len(test.y) == report["tasks"][t.name]["acc_packed"]
 
 
+def test_wvirt_pack_smartdeal_writes_a_coded_pool(tmp_path, capsys):
+    out = tmp_path / "coded.wvpack"
+    args = ["pack", "--suite", ",".join(MINI), "--smartdeal", "--page-size", "96"]
+    args += ["--pool-pages", "140", "--share-within-task", "--rounds", "0", "-o", str(out)]
+    assert main(args) == 0
+    pack = wv.load_wvpack(out)
+    assert pack.plan.coded.codes.shape == (140, 96) and pack.plan.pool_bytes == 140 * 132
+    assert main(["inspect", str(out)]) == 0
+    assert "pool 18480 B" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["pack", "--help"])
+    assert "a multiple of 3" in capsys.readouterr().out
+    assert main([*args[:5], "100", *args[6:]]) == 2  # page size 100
+    assert "must be a multiple of 3, got 100" in capsys.readouterr().err
+
+
 def test_wvirt_pack_mini_configuration(tmp_path, capsys):
     out, again = tmp_path / "mini.wvpack", tmp_path / "again.wvpack"
     pack_mini = ["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50"]

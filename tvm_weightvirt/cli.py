@@ -58,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
     pack.add_argument("--tpr", type=float, default=1.0, help="separation: target protection ratio")
     pack.add_argument("--margin", type=float, default=0.1, help="separation: margin")
     pack.add_argument(
+        "--smartdeal",
+        action="store_true",
+        help="store pool pages as power-of-two codes x a 3x3 basis per page (page size: a multiple of 3)",
+    )
+    pack.add_argument(
         "--target-accuracy",
         type=float,
         default=None,
@@ -167,6 +172,7 @@ def _pack(args) -> int:
             init=args.init,
             share_within_task=args.share_within_task,
             separation=separation,
+            smartdeal=args.smartdeal,
             optimize=OptimizeConfig(rounds=args.rounds, iterations=args.iterations, lam=lam),
         )
         resume = load_wvpack(args.resume).plan if args.resume else None
