@@ -1,6 +1,7 @@
 """Cortex-M deployment: the generated C computes what TVM's llvm build of the same plan computes
-(host gcc and QEMU M4, over switches A→B→A→C), the packed suite fits 256 KB RAM where the
-separately built one does not, and a crash, hang or oversized plan fails with a clear message."""
+(host gcc and QEMU M4, over switches A→B→A→C; a SmartDeal-coded pool decoded at each switch, also
+on QEMU M7), the packed suite fits 256 KB RAM where the separately built one does not, a coded
+pool takes P + 36 B per page, and a crash, hang or oversized plan fails with a clear message."""
 
 import shutil
 
@@ -13,11 +14,14 @@ from tvm_weightvirt import cortexm, suite
 from tvm_weightvirt.cli import main
 from tvm_weightvirt.optimize import OptimizeConfig
 from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.plan import TaskPages
 from tvm_weightvirt.separation import SeparationConfig
+from tvm_weightvirt.smartdeal import encode_pages
 
 TASKS = ["digits", "wine", "iris", "breast_cancer"]
 SEQUENCE = ["digits", "wine", "digits", "iris"]  # A→B→A→C
 L1_BUDGET = 96 * 1024  # pool + page tables; the rest of each task is exclusive pages in flash
+CODED_PAGE_SIZE = 96  # SmartDeal pages hold rows of 3 coefficients
 
 needs_gcc = pytest.mark.skipif(bool(cortexm.missing_tools(host=True)), reason="no host gcc/make")
 needs_arm = pytest.mark.skipif(
@@ -28,17 +32,23 @@ needs_arm = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def packed(tmp_path_factory):
+def suite_tasks():
+    """The four suite tasks (torch), their graphs and example inputs."""
+    tasks = suite.load_suite(TASKS)
+    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    return tasks, graphs, {t.name: t.example_input().numpy() for t in tasks}
+
+
+@pytest.fixture(scope="module")
+def packed(suite_tasks, tmp_path_factory):
     """Four suite tasks separated under a 96 KiB level-1 budget (no retraining: the numbers
     here are about the deployment, not the accuracy), their packed and separate C projects,
     and the llvm reference outputs over SEQUENCE."""
-    tasks = suite.load_suite(TASKS)
+    tasks, graphs, inputs = suite_tasks
     config = PackConfig(
         separation=SeparationConfig(l1_budget_bytes=L1_BUDGET), optimize=OptimizeConfig(rounds=0)
     )
     plan = pack_tasks(tasks, config, progress=False).plan
-    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
-    inputs = {t.name: t.example_input().numpy() for t in tasks}
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
     reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
     folder = tmp_path_factory.mktemp("cortexm")
@@ -46,6 +56,33 @@ def packed(tmp_path_factory):
     for kind, is_packed in [("packed", True), ("separate", False)]:
         projects[kind] = str(folder / kind)
         cortexm.generate_project(graphs, plan, projects[kind], packed=is_packed, check_fit=False)
+        cortexm.write_requests(projects[kind], [(n, [inputs[n]]) for n in SEQUENCE])
+    return plan, graphs, reference, projects
+
+
+@pytest.fixture(scope="module")
+def coded(suite_tasks, tmp_path_factory):
+    """The same tasks on a SmartDeal-coded pool, laid out as NWV without matching or training
+    (every task on the first pages of one pool, the largest task's pages as codes x bases), the
+    llvm reference over SEQUENCE, and C projects: coded on M4 and M7, and the same pool decoded
+    to float32 pages on M4 (for the memory comparison)."""
+    tasks, graphs, inputs = suite_tasks
+    lossless = wv.PagePlan.lossless(graphs, page_size=CODED_PAGE_SIZE)
+    largest = max(lossless.tasks, key=lambda n: lossless.task(n).layout.n_pages)
+    pages = {n: TaskPages(t.layout, np.arange(t.layout.n_pages)) for n, t in lossless.tasks.items()}
+    plan = wv.PagePlan.from_coded(CODED_PAGE_SIZE, encode_pages(lossless.pages(largest)), pages)
+    runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
+    reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
+    folder = tmp_path_factory.mktemp("cortexm-coded")
+    float_pool = wv.PagePlan(CODED_PAGE_SIZE, plan.pool, plan.tasks)
+    projects = {}
+    for kind, kind_plan, target in [
+        ("m4", plan, "cortex-m4"),
+        ("m7", plan, "cortex-m7"),
+        ("float_pool", float_pool, "cortex-m4"),
+    ]:
+        projects[kind] = str(folder / kind)
+        cortexm.generate_project(graphs, kind_plan, projects[kind], target=target)
         cortexm.write_requests(projects[kind], [(n, [inputs[n]]) for n in SEQUENCE])
     return plan, graphs, reference, projects
 
@@ -149,3 +186,63 @@ def test_cli_build_and_run_on_qemu(packed, tmp_path, capsys):
     assert "B RAM" in printed
     assert main(["run", str(out), "--qemu", "--tasks", "wine,har"]) == 2
     assert "tasks ['har'] are not in" in capsys.readouterr().err
+
+
+@needs_arm
+@needs_gcc
+def test_coded_pool_is_decoded_at_each_switch_as_tvm_llvm_does(coded):
+    """Host gcc and QEMU M4 decode the coded pages into what TVM's `wv_gather_coded_pages`
+    computes (same products and sums, k = 0, 1, 2 in order): outputs equal llvm's, bit for bit
+    between host and M4."""
+    plan, graphs, reference, projects = coded
+    manifest = cortexm.load_manifest(projects["m4"])
+    assert manifest["coded"] and manifest["data_bytes"]["flash"]["code_values"] == 256 * 4
+    host = cortexm.run_project(projects["m4"], host=True)
+    qemu = cortexm.run_project(projects["m4"], timeout=60)
+    assert _max_err(host, reference) <= 1e-5 and _max_err(qemu, reference) <= 1e-5
+    for on_host, on_m4 in zip(host.outputs, qemu.outputs):
+        np.testing.assert_array_equal(on_m4[0], on_host[0])
+    assert [name for name, _ in qemu.switch_instructions] == SEQUENCE
+    first, again = qemu.switch_instructions[0][1], qemu.switch_instructions[2][1]
+    assert first > 0 and abs(first - again) <= cortexm.INSTRUCTIONS_PER_TICK
+
+
+@needs_arm
+def test_coded_pool_takes_codes_and_bases_in_ram(coded):
+    """The coded pool is P + 36 B per page in RAM (int8 codes, a 3x3 float basis) instead of
+    4P: RAM shrinks by exactly the difference; flash by the same less the 1 KiB code table."""
+    plan, graphs, reference, projects = coded
+    n_pages = plan.n_pool_pages
+    coded_memory = cortexm.memory_report(projects["m4"])
+    float_memory = cortexm.memory_report(projects["float_pool"])
+    assert coded_memory["sections"][".wv_pool"] == plan.pool_bytes == n_pages * (96 + 36)
+    assert float_memory["sections"][".wv_pool"] == n_pages * 96 * 4
+    saved = n_pages * (96 * 4 - 96 - 36)
+    assert float_memory["ram_bytes"] - coded_memory["ram_bytes"] == saved
+    assert float_memory["flash_bytes"] - coded_memory["flash_bytes"] == saved - 256 * 4
+
+
+@needs_arm
+def test_qemu_m7_matches_m4(coded):
+    """The same project for Cortex-M7 (fpv5-d16, QEMU mps2-an500, the same memory map) computes
+    the M4's outputs bit for bit."""
+    plan, graphs, reference, projects = coded
+    m4 = cortexm.run_project(projects["m4"], timeout=60)
+    m7 = cortexm.run_project(projects["m7"], timeout=60)
+    assert cortexm.load_manifest(projects["m7"])["target"] == "cortex-m7"
+    for on_m4, on_m7 in zip(m4.outputs, m7.outputs, strict=True):
+        np.testing.assert_array_equal(on_m7[0], on_m4[0])
+    assert [name for name, _ in m7.switch_instructions] == SEQUENCE
+
+
+def test_coded_pool_with_exclusive_pages_is_refused(coded, tmp_path):
+    plan, graphs, reference, projects = coded
+    pages = dict(plan.tasks)
+    t = pages["iris"]
+    table = t.page_table.copy()
+    table[-1] = plan.n_pool_pages  # its last page exclusive
+    pages["iris"] = TaskPages(t.layout, table, plan.pool[t.page_table[-1:]])
+    mixed = wv.PagePlan.from_coded(plan.page_size, plan.coded, pages)
+    with pytest.raises(ValueError, match=r"SmartDeal-coded pool .* \(384 B exclusive\)"):
+        cortexm.generate_project(graphs, mixed, str(tmp_path))
+    cortexm.generate_project(graphs, mixed, str(tmp_path), packed=False, check_fit=False)

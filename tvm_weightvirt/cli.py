@@ -302,7 +302,7 @@ def _run(args) -> int:
 
 
 def _run_mcu(args) -> int:
-    from .cortexm import load_manifest, memory_report, run_project, write_requests
+    from .cortexm import McuRunError, load_manifest, memory_report, run_project, write_requests
 
     manifest = load_manifest(args.pack)
     sequence = [n for n in args.tasks.split(",") if n]
@@ -317,7 +317,11 @@ def _run_mcu(args) -> int:
         for n in sequence
     ]
     write_requests(args.pack, requests)
-    result = run_project(args.pack, host=not args.qemu, timeout=args.timeout)
+    try:
+        result = run_project(args.pack, host=not args.qemu, timeout=args.timeout)
+    except McuRunError as err:  # the firmware faulted or hung: no Python traceback
+        print(f"wvirt run: error: {err}", file=sys.stderr)
+        return 1
     for (name, _), outputs in zip(requests, result.outputs):
         print(f"{name}: {[o.round(4).tolist() for o in outputs]}")
     if args.qemu:

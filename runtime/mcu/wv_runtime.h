@@ -15,9 +15,14 @@ typedef struct {
   int32_t (*run)(void* const* inputs, void* const* outputs);
 } wv_task_t;
 
-/* The page pool and the weight buffer the current task's pages are gathered into. */
+/* The page pool and the weight buffer the current task's pages are gathered into. The pool is
+   float32 pages, or SmartDeal pages (`codes` set, `pool` NULL): page i's weights are its codes
+   as a (page_size / 3) x 3 matrix of powers of two times its 3x3 basis. */
 typedef struct {
-  const float* pool; /* [n_pool_pages][page_size], RAM */
+  const float* pool;        /* [n_pool_pages][page_size], RAM; NULL when coded */
+  const int8_t* codes;      /* [n_pool_pages][page_size], RAM; NULL when not coded */
+  const float* bases;       /* [n_pool_pages][3][3], RAM */
+  const float* code_values; /* [256], flash: the value of code c at (uint8_t)c */
   uint16_t n_pool_pages;
   uint16_t page_size;
   float* weights; /* [pages of the largest task][page_size], RAM */
@@ -27,7 +32,7 @@ extern const wv_task_t wv_tasks[];
 extern const int32_t wv_n_tasks;
 extern const wv_memory_t wv_memory;
 
-/* Gather `task`'s pages into the weight buffer; 0 on success. */
+/* Gather `task`'s pages into the weight buffer (decoding SmartDeal pages); 0 on success. */
 int32_t wv_switch(int32_t task);
 /* Run `task` (switching first if another task is current); 0 on success. */
 int32_t wv_run(int32_t task, void* const* inputs, void* const* outputs);
