@@ -1,5 +1,5 @@
-"""Packing: Fisher -> (separation) -> page matching -> pool initialisation -> joint retraining
--> page plan.
+"""Packing: Fisher -> (separation) -> page matching -> pool initialisation -> (SmartDeal pages)
+-> joint retraining -> page plan.
 
 No TVM here: tasks are torch models with data. `report` compares each task's accuracy as a
 separate model with its accuracy through the packed pages, on the test split.
