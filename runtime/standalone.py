@@ -17,15 +17,22 @@ from .multitask_runtime import Counters, outputs_to_numpy
 
 
 class StandaloneModel:
-    """`task.mod` compiled alone with TVM's default pipeline; `run` feeds the task's weights."""
+    """`task.mod` compiled alone with TVM's default pipeline (its kernels scheduled from the
+    MetaSchedule database `tuning_db` if given); `run` feeds the task's weights."""
 
-    def __init__(self, task: Task, target: str | dict = "llvm", device=None) -> None:
+    def __init__(
+        self, task: Task, target: str | dict = "llvm", device=None, tuning_db: str | None = None
+    ) -> None:
         target = tvm.target.Target(target)
         self.device = device or tvm.cpu()
+        mod, pipeline, self.tuning = task.mod, relax.get_default_pipeline(target), None
+        if tuning_db:
+            from tvm_weightvirt.tuning import scheduled_pipeline, tune_and_apply
+
+            mod, target, self.tuning = tune_and_apply(mod, target, 0, tuning_db)
+            pipeline = scheduled_pipeline(target)
         with target:
-            self.executable = tvm.compile(
-                task.mod, target, relax_pipeline=relax.get_default_pipeline(target)
-            )
+            self.executable = tvm.compile(mod, target, relax_pipeline=pipeline)
         self.vm = relax.VirtualMachine(self.executable, self.device)
         self.weights = [tvm.runtime.tensor(w, self.device) for w in task.weights.values()]
         self.weight_bytes = sum(w.nbytes for w in task.weights.values())

@@ -86,6 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     )
     build.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
     build.add_argument("-o", "--output", required=True, help="folder for library.so/.json")
+    build.add_argument(
+        "--tune",
+        type=int,
+        default=0,
+        metavar="TRIALS",
+        help="MetaSchedule (XGBoost) trials per kernel not yet in --tuning-db",
+    )
+    build.add_argument(
+        "--tuning-db", help="MetaSchedule database folder: tuning records go here, builds apply it"
+    )
+    build.add_argument(
+        "--rpc-tracker", metavar="HOST:PORT", help="measure tuning trials on a device via RPC"
+    )
+    build.add_argument("--rpc-key", help="the device key registered with --rpc-tracker")
 
     run = sub.add_parser(
         "run",
@@ -243,12 +257,25 @@ def _build(args) -> int:
         )
         return 0
     target = {"kind": "llvm"} if args.target == "llvm" else {"kind": "cuda", "arch": args.arch}
-    library = build(lower(pack.tasks, pack.plan, mode=args.mode), target=target)
+    library = build(
+        lower(pack.tasks, pack.plan, mode=args.mode),
+        target=target,
+        tune=args.tune,
+        tuning_db=args.tuning_db,
+        rpc_tracker=args.rpc_tracker,
+        rpc_key=args.rpc_key,
+    )
     library.export(args.output)
     print(
         f"built {len(pack.tasks)} tasks ({args.mode}, {args.target}) in "
         f"{library.compile_seconds:.1f} s -> {args.output}/library.so"
     )
+    if library.tuning:
+        t = library.tuning
+        print(
+            f"tuning: {t['trials']} trials in {t['seconds']:.0f} s; {t['scheduled']} of "
+            f"{t['kernels']} kernels scheduled from {args.tuning_db} ({t['database_bytes']} B)"
+        )
     if args.target == "cuda":
         from .cuda import compile_fatbin, cuda_source
 

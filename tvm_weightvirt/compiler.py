@@ -80,6 +80,7 @@ class Library:
     mode: str
     tasks: dict[str, TaskSignature]
     compile_seconds: float
+    tuning: dict | None = None  # a tuned build's TuningReport fields
 
     def kernels(self) -> dict[str, list[str]]:
         """The compiled kernels each `task_<name>` function calls, in call order."""
@@ -103,6 +104,7 @@ class Library:
             "target": str(self.target),
             "tasks": {n: asdict(s) for n, s in self.tasks.items()},
             "compile_seconds": self.compile_seconds,
+            "tuning": self.tuning,
         }
         with open(os.path.join(directory, "library.json"), "w") as f:
             json.dump(meta, f, indent=1)
@@ -130,11 +132,24 @@ class Library:
             meta["mode"],
             tasks,
             meta["compile_seconds"],
+            meta.get("tuning"),
         )
 
 
-def build(mod: tvm.IRModule, target: str | dict = "llvm") -> Library:
-    """Compile a lowered module (fused kernels: TVM's default pipeline for the target)."""
+def build(
+    mod: tvm.IRModule,
+    target: str | dict = "llvm",
+    tune: int = 0,
+    tuning_db: str | None = None,
+    rpc_tracker: str | None = None,
+    rpc_key: str | None = None,
+) -> Library:
+    """Compile a lowered module (fused kernels: TVM's default pipeline for the target).
+
+    With `tuning_db`, the kernels get their best schedules from that MetaSchedule database,
+    after `tune` trials per kernel it has none for yet (measured here, or on the device behind
+    the RPC tracker `rpc_tracker` "HOST:PORT" with `rpc_key`); see `tuning.py`.
+    """
     target = tvm.target.Target(target)
     gathers = {GATHER_FUNC, CODED_GATHER_FUNC}
     mode = "materialize" if gathers & set(_names(mod)) else "fused"
@@ -143,19 +158,26 @@ def build(mod: tvm.IRModule, target: str | dict = "llvm") -> Library:
         for gv, func in mod.functions_items()
         if isinstance(func, relax.Function) and gv.name_hint.startswith("task_")
     }
+    pipeline, tuning = relax.get_default_pipeline(target), None
+    if tune or tuning_db or rpc_tracker or rpc_key:
+        from .tuning import scheduled_pipeline, tune_and_apply
+
+        mod, target, report = tune_and_apply(mod, target, tune, tuning_db, rpc_tracker, rpc_key)
+        pipeline, tuning = scheduled_pipeline(target), asdict(report)
     start = time.perf_counter()
     if mode == "materialize" and target.kind.name == "llvm":
         mod = _vectorize_gather(mod)
     with target:
-        executable = tvm.compile(mod, target, relax_pipeline=relax.get_default_pipeline(target))
-    return Library(executable, target, mode, tasks, time.perf_counter() - start)
+        executable = tvm.compile(mod, target, relax_pipeline=pipeline)
+    return Library(executable, target, mode, tasks, time.perf_counter() - start, tuning)
 
 
 def _vectorize_gather(mod: tvm.IRModule) -> tvm.IRModule:
-    """On CPUs, copy each page with vector instructions (GPU targets get dlight's schedule)."""
+    """On CPUs, copy each page with vector instructions (GPU targets get dlight's schedule),
+    unless a tuning database scheduled the gather."""
     sch = tvm.s_tir.Schedule(mod)
     for func in (GATHER_FUNC, EXCLUSIVE_GATHER_FUNC):
-        if func in _names(mod):
+        if func in _names(mod) and "tirx.is_scheduled" not in (mod[func].attrs or {}):
             sch.work_on(func)
             _, along_page = sch.get_loops(sch.get_sblock("weight_pages"))
             sch.vectorize(along_page)

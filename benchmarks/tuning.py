@@ -1,0 +1,151 @@
+"""Tuning benchmark: per task inference latency with TVM's default schedules vs. MetaSchedule
+tuned ones (same trials per kernel), and tuned virtualized vs. tuned plain models, one run."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks._common import parse_args, write_json
+from tvm_weightvirt import suite
+from tvm_weightvirt.compiler import build, lower
+from tvm_weightvirt.plan import PagePlan
+from tvm_weightvirt.task import Task
+
+QUICK_TASKS = ["digits", "breast_cancer"]
+
+
+def tuning_benchmark(quick: bool = False) -> dict:
+    import tvm
+    from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
+
+    from tvm_weightvirt import tuning
+
+    trials = 4 if quick else 8
+    names = QUICK_TASKS if quick else suite.FIVE_TASKS
+    graphs = [
+        Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in suite.load_suite(names)
+    ]
+    rng = np.random.default_rng(0)
+    inputs = {t.name: [rng.normal(size=s).astype(d) for s, d in t.input_types] for t in graphs}
+    plan = PagePlan.lossless(graphs)  # latency does not depend on which pages are shared
+    database = tempfile.mkdtemp(prefix="wvirt-tuning-db-")
+    mod = lower(graphs, plan, "materialize")
+    tuned = build(mod, tune=trials, tuning_db=database)
+    again = build(mod, tune=trials, tuning_db=database)  # the database serves a second build
+    runtimes = {
+        "default": MultitaskRuntime(plan, build(mod)),
+        "tuned": MultitaskRuntime(plan, tuned),
+    }
+    plain = {
+        "plain_default": {t.name: StandaloneModel(t) for t in graphs},
+        "plain_tuned": {t.name: StandaloneModel(t, tuning_db=database) for t in graphs},
+    }
+    # Step 1. Each conv/dense kernel alone: default schedule vs. the database's best.
+    target = tuned.target
+    db = tuning.open_database(database)
+    kernel_speedup = {}
+    for name, kernel in tuning.kernels(tuning.fuse(mod, target), target).items():
+        if "conv" in name or "matmul" in name:
+            best = db.query_tuning_record(kernel, target, "main").run_secs
+            kernel_speedup[name] = tuning.measure(kernel, target) / float(np.mean(best))
+    # Step 2. Whole tasks: through the runtimes, and the compiled functions called directly
+    # (virtualized: the task function on its views of the gathered buffer; plain: the model
+    # compiled alone on its own weight tensors), which leaves out Python-side call overhead.
+    infer_us = {
+        label: {n: [] for n in names} for label in [*runtimes, *plain, "tuned_vm", "plain_tuned_vm"]
+    }
+    switch_us = {label: [] for label in runtimes}
+    n_runs = 50 if quick else 200
+    for name in names:
+        args = [tvm.runtime.tensor(x) for x in inputs[name]]
+        model = plain["plain_tuned"][name]
+        calls = {
+            **{label: (lambda r=r: r.run(name, *inputs[name])) for label, r in runtimes.items()},
+            **{label: (lambda m=m[name]: m.run(*inputs[name])) for label, m in plain.items()},
+            "tuned_vm": lambda: runtimes["tuned"].vm[f"task_{name}"](
+                *args, *runtimes["tuned"]._weights[name]
+            ),
+            "plain_tuned_vm": lambda: model.vm["main"](*args, *model.weights),
+        }
+        for call in calls.values():  # warm-up (and the tuned runtime switches to `name`)
+            call()
+        for i in range(n_runs):  # system by system in turn: machine noise hits all alike
+            for label, call in calls.items():
+                start = time.perf_counter()
+                call()
+                infer_us[label][name].append(1e6 * (time.perf_counter() - start))
+            if i % 10 == 0:
+                for label, r in runtimes.items():
+                    start = time.perf_counter()
+                    r.switch(name)
+                    switch_us[label].append(1e6 * (time.perf_counter() - start))
+    median = {
+        label: {n: float(np.median(v)) for n, v in t.items()} for label, t in infer_us.items()
+    }
+    return {
+        "tasks": names,
+        "trials_per_kernel": trials,
+        "trials": tuned.tuning["trials"],
+        "kernels": tuned.tuning["kernels"],
+        "kernels_scheduled": tuned.tuning["scheduled"],
+        "plain_kernels_scheduled": {n: m.tuning.scheduled for n, m in plain["plain_tuned"].items()},
+        "tuning_seconds": tuned.tuning["seconds"],
+        "second_build_trials": again.tuning["trials"],
+        "database_bytes": tuned.tuning["database_bytes"],
+        "kernel_speedup_vs_default": kernel_speedup,
+        "infer_us": median,
+        "speedup_vs_default": {n: median["default"][n] / median["tuned"][n] for n in names},
+        "plain_speedup_vs_default": {
+            n: median["plain_default"][n] / median["plain_tuned"][n] for n in names
+        },
+        "virtualized_vs_plain_tuned": {
+            n: median["tuned_vm"][n] / median["plain_tuned_vm"][n] for n in names
+        },
+        "virtualized_vs_plain_tuned_through_runtime": {
+            n: median["tuned"][n] / median["plain_tuned"][n] for n in names
+        },
+        "switch_us": {label: float(np.median(v)) for label, v in switch_us.items()},
+    }
+
+
+def format_tuning_table(numbers: dict) -> str:
+    lines = [
+        f"{numbers['kernels']} unique kernels, {numbers['trials_per_kernel']} trials each at most: "
+        f"{numbers['trials']} trials in {numbers['tuning_seconds']:.0f} s, database "
+        f"{numbers['database_bytes']} B; a second build ran {numbers['second_build_trials']} trials",
+        f"{'task':14s} {'default us':>11s} {'tuned us':>9s} {'speedup':>8s} "
+        f"{'plain tuned us':>15s} {'virt/plain (VM call)':>21s}",
+    ]
+    us = numbers["infer_us"]
+    for n in numbers["tasks"]:
+        lines.append(
+            f"{n:14s} {us['default'][n]:11.1f} {us['tuned'][n]:9.1f} "
+            f"{numbers['speedup_vs_default'][n]:7.2f}x {us['plain_tuned'][n]:15.1f} "
+            f"{numbers['virtualized_vs_plain_tuned'][n]:21.3f}"
+        )
+    speedups = numbers["kernel_speedup_vs_default"]
+    lines.append(
+        f"conv/dense kernels alone, tuned vs default: geomean "
+        f"{np.exp(np.mean(np.log(list(speedups.values())))):.2f}x, min {min(speedups.values()):.2f}x"
+        f", max {max(speedups.values()):.2f}x over {len(speedups)} kernels"
+    )
+    lines.append(
+        f"switch (page gather) median: default {numbers['switch_us']['default']:.1f} us, "
+        f"tuned {numbers['switch_us']['tuned']:.1f} us"
+    )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args(__doc__)
+    started = time.time()
+    numbers = tuning_benchmark(quick=args.quick)
+    print(format_tuning_table(numbers))
+    write_json(args.json, numbers, started)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""MetaSchedule tuning: a few trials per kernel of one small task build a library whose outputs
+are the untuned library's, a second build with the database runs no trials, a corrupt database
+or a bad option is a clear error, and trials can be measured through a loopback RPC tracker.
+
+The first tuning in a process imports TVM's tensor intrinsics (about a minute here): every
+tuning test shares the module's one tuned build."""
+
+import shutil
+
+import numpy as np
+import pytest
+import tvm
+from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
+
+import tvm_weightvirt as wv
+from tvm_weightvirt import examples
+
+TRIALS = 2  # per kernel
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """An MLP task in materialize mode: its untuned library, and one tuned into a database."""
+    model, x = examples.torch_model("mlp", 2)
+    task = wv.Task.from_torch(model, (x,), name="mlp")
+    plan = wv.PagePlan.lossless([task], page_size=100)
+    mod = wv.lower([task], plan, "materialize")
+    database = str(tmp_path_factory.mktemp("tuning") / "db")
+    library = wv.build(mod, tune=TRIALS, tuning_db=database)
+    return task, x.numpy(), plan, mod, database, wv.build(mod), library
+
+
+def _outputs(plan, library, x):
+    return MultitaskRuntime(plan, library).run("mlp", x)[0]
+
+
+def test_tuned_build_computes_what_the_untuned_one_does(tuned):
+    task, x, plan, mod, database, untuned, library = tuned
+    report = library.tuning
+    # 2 matmul+bias(+relu) kernels, 2 weight transposes, the page gather
+    assert report["kernels"] == 5
+    assert report["reused"] == 0
+    assert 0 < report["trials"] <= (TRIALS + 1) * 5  # + each kernel's untuned schedule
+    assert report["scheduled"] == 5  # every kernel, the gather too, runs a tuned schedule
+    assert report["database_bytes"] > 0
+    # Tuned reductions sum in another order: equal up to float32 rounding, not bit for bit.
+    np.testing.assert_allclose(
+        _outputs(plan, library, x), _outputs(plan, untuned, x), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_second_build_reuses_the_database_without_trials(tuned):
+    task, x, plan, mod, database, untuned, library = tuned
+    again = wv.build(mod, tune=TRIALS, tuning_db=database)
+    assert again.tuning["trials"] == 0
+    assert again.tuning["reused"] == again.tuning["scheduled"] == 5
+    np.testing.assert_array_equal(_outputs(plan, again, x), _outputs(plan, library, x))
+    # the plain model compiled alone finds its 4 kernels in the same database
+    plain = StandaloneModel(task, tuning_db=database)
+    assert plain.tuning.scheduled == 4
+    np.testing.assert_array_equal(plain.run(x)[0], _outputs(plan, library, x))
+
+
+def test_corrupt_database_is_a_clear_error(tuned, tmp_path):
+    task, x, plan, mod, database, untuned, library = tuned
+    corrupt = tmp_path / "db"
+    shutil.copytree(database, corrupt)
+    with open(corrupt / "database_tuning_record.json", "a") as f:
+        f.write('[0, [["garbage"\n')
+    with pytest.raises(ValueError, match=r"database_tuning_record.json' is corrupt: line \d+"):
+        wv.build(mod, tuning_db=str(corrupt))
+
+
+def test_bad_tuning_options_are_clear_errors(tuned, tmp_path):
+    task, x, plan, mod, database, untuned, library = tuned
+    with pytest.raises(ValueError, match="tune needs tuning_db"):
+        wv.build(mod, tune=4)
+    with pytest.raises(ValueError, match="no tuning database at"):
+        wv.build(mod, tuning_db=str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match="give --tune TRIALS too"):
+        wv.build(mod, tuning_db=database, rpc_tracker="127.0.0.1:9190", rpc_key="k")
+    with pytest.raises(ValueError, match="needs --rpc-key"):
+        wv.build(mod, tune=4, tuning_db=database, rpc_tracker="127.0.0.1:9190")
+    with pytest.raises(ValueError, match="schedules for \\['llvm'\\], not cuda"):
+        wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, tuning_db=database)
+
+
+@pytest.mark.skipif(tvm.cuda().exist, reason="checks the message on a machine without a GPU")
+def test_cuda_tuning_without_a_gpu_says_so(tuned, tmp_path):
+    task, x, plan, mod, database, untuned, library = tuned
+    with pytest.raises(ValueError, match="tuning for cuda needs a GPU"):
+        wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, tune=4, tuning_db=str(tmp_path))
+
+
+def test_a_cuda_database_tuned_elsewhere_applies_without_a_gpu(tuned, tmp_path):
+    """A database as a GPU machine would write it (here: each kernel's first design space
+    sampled, not timed) schedules a cuda build on this machine."""
+    import tvm.s_tir.meta_schedule as ms
+
+    from tvm_weightvirt import tuning
+
+    task, x, plan, mod, database, untuned, library = tuned
+    target = tuning.tuning_target(tvm.target.Target({"kind": "cuda", "arch": "sm_87"}))
+    cuda_db = ms.database.JSONDatabase(work_dir=str(tmp_path))
+    kernels = tuning.kernels(tuning.fuse(mod, target), target)
+    for name, kernel in kernels.items():
+        if name.startswith("wv_gather"):
+            continue  # dlight schedules the gather
+        context = ms.TuneContext(kernel, target=target, space_generator="post-order-apply")
+        schedule = context.generate_design_space()[0]
+        cuda_db.commit_tuning_record(
+            ms.database.TuningRecord(
+                schedule.trace,
+                cuda_db.commit_workload(kernel),
+                run_secs=[1e-5],
+                target=target,
+                args_info=ms.arg_info.ArgInfo.from_prim_func(kernel["main"]),
+            )
+        )
+    built = wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, tuning_db=str(tmp_path))
+    assert built.tuning["trials"] == 0
+    assert built.tuning["scheduled"] == 4  # the 4 kernels of the task function
+
+
+@pytest.mark.slow
+def test_trials_measured_through_a_loopback_rpc_tracker(tuned, tmp_path):
+    """TVM's RPC tracker and a server registered under a key, as on a device farm."""
+    from tvm import rpc
+    from tvm.rpc.tracker import Tracker
+
+    task, x, plan, mod, database, untuned, library = tuned
+    tracker = Tracker("127.0.0.1", port=9190, port_end=9290, silent=True)
+    server = rpc.Server(
+        "127.0.0.1",
+        port=9300,
+        port_end=9400,
+        key="wv-loopback",
+        tracker_addr=("127.0.0.1", tracker.port),
+        silent=True,
+    )
+    try:
+        remote = wv.build(
+            mod,
+            tune=2,
+            tuning_db=str(tmp_path / "db"),
+            rpc_tracker=f"127.0.0.1:{tracker.port}",
+            rpc_key="wv-loopback",
+        )
+    finally:
+        server.terminate()
+        tracker.terminate()
+    assert 0 < remote.tuning["trials"] <= 2 * 5
+    assert remote.tuning["scheduled"] == 5
+    np.testing.assert_allclose(
+        _outputs(plan, remote, x), _outputs(plan, untuned, x), rtol=1e-5, atol=1e-6
+    )
