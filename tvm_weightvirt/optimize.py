@@ -113,8 +113,7 @@ def optimize_pool(
     turns = [(r, t) for r in range(config.rounds) for t in range(len(tasks))]
     for r, t in tqdm(turns, desc="optimize", disable=not progress or None):
         task = tasks[t]
-        with torch.no_grad():
-            weights_shape = decode(pool_t).shape
+        weights_shape = (len(pool_t), task.layout.page_size)  # what `decode(pool)` gives
         a, b, c, count, mask = sharing_loss_terms(tasks, t, weights_shape)
         v = torch.nn.Parameter(pool_t.clone())
         table = torch.from_numpy(task.page_table.astype(np.int64))

@@ -135,10 +135,15 @@ def storage_bits(weights: list[DecomposedWeight]) -> int:
     """SmartDeal's formula (seeds C.5): nnz(C) * b_C + numel(C) (1-bit mask) + 32 numel(B), with
     b_C = ceil(log2(#distinct nonzero |C|)) + 1 sign bit."""
     cs = np.concatenate([f.c.reshape(-1) for w in weights for f in w.fits])
-    levels = np.unique(np.abs(cs[cs != 0]))
+    return _formula_bits(cs, sum(f.b.size for w in weights for f in w.fits))
+
+
+def _formula_bits(c: np.ndarray, n_basis: int) -> int:
+    """C.5 on coefficients `c` (values or their int8 codes: both have one magnitude per level)
+    and `n_basis` basis values."""
+    levels = np.unique(np.abs(c[c != 0]))
     bits_per_nonzero = math.ceil(math.log2(max(len(levels), 1))) + 1
-    n_basis = sum(f.b.size for w in weights for f in w.fits)
-    return int(np.count_nonzero(cs) * bits_per_nonzero + cs.size + 32 * n_basis)
+    return int(np.count_nonzero(c) * bits_per_nonzero + c.size + 32 * n_basis)
 
 
 def stored_bytes(weights: list[DecomposedWeight]) -> int:
@@ -356,10 +361,7 @@ class CodedPages:
     @property
     def formula_bytes(self) -> float:
         """SmartDeal's formula (seeds C.5) on these pages: nnz * b_C + numel(C) + 32 numel(B)."""
-        n_levels = len(np.unique(np.abs(self.codes[self.codes != 0])))
-        bits_per_nonzero = math.ceil(math.log2(max(n_levels, 1))) + 1
-        nnz = int(np.count_nonzero(self.codes))
-        return (nnz * bits_per_nonzero + self.codes.size + 32 * self.bases.size) / 8
+        return _formula_bits(self.codes, self.bases.size) / 8
 
 
 def encode_pages(pages: np.ndarray, **fit_options) -> CodedPages:
