@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test clean arm-toolchain
+.PHONY: demo test test-fast clean arm-toolchain
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ arm-toolchain:
 
 test: $(STAMP) arm-toolchain
 	$(VENV)/bin/python -m pytest -q
+
+# The edit loop: seconds-scale tests (no suite training, no QEMU, no tuning), under 2 minutes.
+test-fast: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf $(VENV) out build *.egg-info

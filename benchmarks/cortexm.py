@@ -16,10 +16,10 @@ from benchmarks._common import parse_args, write_json
 from tvm_weightvirt import cortexm, suite
 from tvm_weightvirt.compiler import build, lower
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig
 from tvm_weightvirt.plan import PagePlan
 from tvm_weightvirt.separation import SeparationConfig
-from tvm_weightvirt.task import Task
 
 TASKS = ["digits", "wine", "iris", "breast_cancer"]
 L1_BUDGET = 96 * 1024  # pool + page tables in RAM; exclusive pages in flash
@@ -42,7 +42,7 @@ def _coded(tasks, graphs, inputs, optimize: OptimizeConfig, folder: str) -> dict
     """The tasks packed with SmartDeal pages on M4: memory, QEMU vs. llvm, instructions per
     switch with the decode and with the same pool as float32 pages (a plain gather)."""
     config = PackConfig(page_size=CODED_PAGE_SIZE, smartdeal=True, optimize=optimize)
-    plan = pack_tasks(tasks, config, progress=False).plan
+    plan = pack(*suite.packable(tasks), config, progress=False).plan
     runtime = MultitaskRuntime(plan, build(lower(graphs, plan)))
     reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
     part = cortexm.TARGETS["cortex-m4"]
@@ -72,9 +72,9 @@ def main() -> None:
     tasks = suite.load_suite(TASKS)
     optimize = OptimizeConfig(rounds=0) if args.quick else OptimizeConfig(rounds=2, iterations=300)
     config = PackConfig(separation=SeparationConfig(l1_budget_bytes=L1_BUDGET), optimize=optimize)
-    result = pack_tasks(tasks, config, progress=False)
+    result = pack(*suite.packable(tasks), config, progress=False)
     plan = result.plan
-    graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    graphs = [t.task for t in tasks]
     inputs = {t.name: t.example_input().numpy() for t in tasks}
     runtime = MultitaskRuntime(plan, build(lower(graphs, plan)))
     reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]

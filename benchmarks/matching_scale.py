@@ -11,7 +11,8 @@ from benchmarks._common import parse_args, write_json
 from tvm_weightvirt import suite
 from tvm_weightvirt.matching import METHODS, PoolState, match_task
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig
 
 PAGE_SIZE = 100
 GROWTH = {"greedy": 2, "optimal": 1, "random": 1}  # time ~ n^k (optimal: blocks of 1024)
@@ -64,11 +65,11 @@ def main() -> None:
     tasks = suite.load_suite(suite.FIVE_TASKS)
     quality = {}
     for method in METHODS:
-        report = pack_tasks(tasks, PackConfig(match=method, optimize=budget)).report
+        report = pack(*suite.packable(tasks), PackConfig(match=method, optimize=budget)).report
         quality[method] = {
             "total_matching_cost": sum(t["matching_cost"] for t in report["tasks"].values()),
             "mean_delta_matched_pp": float(
-                np.mean([t["acc_matched"] - t["acc_separate"] for t in report["tasks"].values()])
+                np.mean([t["matched"] - t["separate"] for t in report["tasks"].values()])
             ),
             "mean_delta_pp": report["mean_delta_pp"],
             "worst_delta_pp": report["worst_delta_pp"],

@@ -8,7 +8,8 @@ import time
 from benchmarks._common import parse_args, write_json
 from tvm_weightvirt import suite
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pack import PackConfig, format_report, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig, format_report
 
 
 def main() -> None:
@@ -35,7 +36,7 @@ def main() -> None:
             share_within_task=pool_pages < largest,
             optimize=budget,
         )
-        result = pack_tasks(tasks, config)
+        result = pack(*suite.packable(tasks), config)
         print(f"\n== {label}: pool {pool_pages} pages, init {init}\n{format_report(result.report)}")
         runs[label] = result
     nwv = runs["nwv"].report
@@ -47,7 +48,7 @@ def main() -> None:
         "bytes_separate": nwv["bytes_separate"],
         "bytes_packed": nwv["bytes_packed"],
         "tasks": {
-            n: {k: r[k] for k in ("params", "acc_separate", "acc_packed")}
+            n: {"params": r["params"], "acc_separate": r["separate"], "acc_packed": r["packed"]}
             for n, r in nwv["tasks"].items()
         },
         "optimize": vars(budget),
@@ -63,7 +64,7 @@ def main() -> None:
                     "worst_delta_pp",
                 )
             }
-            | {"acc_packed": {n: t["acc_packed"] for n, t in r.report["tasks"].items()}}
+            | {"acc_packed": {n: t["packed"] for n, t in r.report["tasks"].items()}}
             for label, r in runs.items()
         },
     }

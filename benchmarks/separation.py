@@ -15,9 +15,9 @@ from tvm_weightvirt import suite
 from tvm_weightvirt.artifact import load_wvpack, save_wvpack
 from tvm_weightvirt.compiler import build, lower
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pack import PackConfig, format_report, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig, format_report
 from tvm_weightvirt.separation import SeparationConfig, parse_bytes
-from tvm_weightvirt.task import Task
 
 PAGE_SIZE = 512  # WS
 L1_BUDGET = "256KiB"  # WS: 128 shared pages of 512 float32
@@ -36,7 +36,7 @@ def _switch_latency(tasks, plan, report, requests: int, seed: int = 0) -> dict:
 
     folder = tempfile.mkdtemp(prefix="wvirt-sep-")
     path = os.path.join(folder, "suite.wvpack")
-    graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    graphs = [t.task for t in tasks]
     save_wvpack(path, plan, graphs, report)
     pack = load_wvpack(path)
     runtime = MultitaskRuntime(pack.plan, build(lower(pack.tasks, pack.plan)), level2=path)
@@ -77,8 +77,8 @@ def main() -> None:
     )
     tasks = suite.load_suite(suite.TEN_TASKS)
     l1_bytes = parse_bytes(L1_BUDGET)
-    separated = pack_tasks(
-        tasks,
+    separated = pack(
+        *suite.packable(tasks),
         PackConfig(
             page_size=PAGE_SIZE,
             separation=SeparationConfig(l1_budget_bytes=l1_bytes),
@@ -89,8 +89,8 @@ def main() -> None:
         f"\n== weight separation (WS), level-1 budget {L1_BUDGET}\n{format_report(separated.report)}"
     )
     pool_pages = separated.report["pool_pages"]  # the same level-1 bytes for both
-    full = pack_tasks(
-        tasks,
+    full = pack(
+        *suite.packable(tasks),
         PackConfig(
             page_size=PAGE_SIZE,
             pool_pages=pool_pages,
@@ -118,9 +118,9 @@ def main() -> None:
             n: {
                 "params": r["params"],
                 "exclusive_pages": r["exclusive_pages"],
-                "acc_separate": r["acc_separate"],
-                "acc_full_sharing": full.report["tasks"][n]["acc_packed"],
-                "acc_separation": r["acc_packed"],
+                "acc_separate": r["separate"],
+                "acc_full_sharing": full.report["tasks"][n]["packed"],
+                "acc_separation": r["packed"],
             }
             for n, r in rep["tasks"].items()
         },

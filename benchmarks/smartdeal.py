@@ -14,7 +14,8 @@ from benchmarks._common import parse_args, write_json
 from tvm_weightvirt import suite
 from tvm_weightvirt.layout import PageLayout
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig
 from tvm_weightvirt.smartdeal import train_then_project
 
 TARGET_RATIO = 16  # the goal for (d)
@@ -67,7 +68,7 @@ def main() -> None:
         if args.quick
         else OptimizeConfig(rounds=4, iterations=300)
     )
-    paged = pack_tasks(tasks, PackConfig(optimize=budget)).report
+    paged = pack(*suite.packable(tasks), PackConfig(optimize=budget)).report
     paging = _summary(
         paged["bytes_packed"], separate_bytes, [r["delta_pp"] for r in paged["tasks"].values()]
     )
@@ -80,8 +81,8 @@ def main() -> None:
         for t in tasks
     )
     pool_pages = (separate_bytes // TARGET_RATIO - tables) // (CODED_PAGE_SIZE + 36)
-    both_report = pack_tasks(
-        tasks,
+    both_report = pack(
+        *suite.packable(tasks),
         PackConfig(
             page_size=CODED_PAGE_SIZE,
             pool_pages=pool_pages,
@@ -91,7 +92,7 @@ def main() -> None:
         ),
     ).report
     for name, r in both_report["tasks"].items():
-        per_task[name]["acc_both"] = r["acc_packed"]
+        per_task[name]["acc_both"] = r["packed"]
     both = _summary(
         both_report["bytes_packed"],
         separate_bytes,

@@ -12,7 +12,6 @@ from benchmarks._common import parse_args, write_json
 from tvm_weightvirt import suite
 from tvm_weightvirt.compiler import build, lower
 from tvm_weightvirt.plan import PagePlan
-from tvm_weightvirt.task import Task
 
 QUICK_TASKS = ["digits", "breast_cancer"]
 
@@ -25,9 +24,7 @@ def tuning_benchmark(quick: bool = False) -> dict:
 
     trials = 4 if quick else 8
     names = QUICK_TASKS if quick else suite.FIVE_TASKS
-    graphs = [
-        Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in suite.load_suite(names)
-    ]
+    graphs = [t.task for t in suite.load_suite(names)]
     rng = np.random.default_rng(0)
     inputs = {t.name: [rng.normal(size=s).astype(d) for s, d in t.input_types] for t in graphs}
     plan = PagePlan.lossless(graphs)  # latency does not depend on which pages are shared

@@ -200,3 +200,77 @@ def test_tensor_shape_differs_from_manifest(pack):
         match=r"tensor 'pool' is \[30, 100\] float32, the manifest says \[28, 100\]",
     ):
         wv.load_wvpack(path)
+
+
+_KILLED_WRITER = """
+import sys
+import numpy as np
+import tvm_weightvirt as wv
+from tvm_weightvirt.artifact import save_wvpack
+layout = wv.PageLayout.from_weights({"w": ((1024, 1024), "float32")}, 1024, "big")
+pool = np.random.default_rng(1).normal(size=(1024, 1024)).astype(np.float32)
+plan = wv.PagePlan(1024, pool, {"big": wv.TaskPages(layout, np.arange(1024))})
+print("ready", flush=True)
+sys.stdin.readline()
+save_wvpack(sys.argv[1], plan)
+print("saved", flush=True)
+"""
+
+
+def test_save_killed_at_a_random_point_leaves_the_old_file_or_the_new_one(tmp_path):
+    """A `save_wvpack` SIGKILLed anywhere in its write leaves, under the target name, either the
+    old pack intact or the new one complete (20 kills spread over the measured write time)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "suite.wvpack"
+    layout = wv.PageLayout.from_weights({"w": ((1024, 1024), "float32")}, 1024, "big")
+    old = wv.PagePlan(
+        1024, np.zeros((1024, 1024), np.float32), {"big": wv.TaskPages(layout, np.arange(1024))}
+    )
+    wv.save_wvpack(path, old)
+    old_bytes = path.read_bytes()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+
+    def writer() -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _KILLED_WRITER, str(path)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert proc.stdout.readline() == "ready\n"
+        return proc
+
+    proc = writer()  # one whole write, timed from the go signal, gives the new file
+    start = time.perf_counter()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline() == "saved\n"
+    write_seconds = time.perf_counter() - start
+    proc.wait()
+    new_pool = wv.load_wvpack(path).plan.pool
+    assert new_pool.any()
+    rng = np.random.default_rng(0)
+    outcomes = set()
+    for delay in rng.uniform(0, 1.2 * write_seconds, 20):
+        path.write_bytes(old_bytes)
+        proc = writer()
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if path.read_bytes() == old_bytes:
+            outcomes.add("old")
+        else:  # complete: it loads, checksums and all, with the new pool (safetensors orders
+            # the header's metadata differently from one write to the next, so not by bytes)
+            np.testing.assert_array_equal(wv.load_wvpack(path).plan.pool, new_pool)
+            outcomes.add("new")
+    assert "old" in outcomes  # some kills landed before the rename
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != path.name]
+    assert all(n.startswith(".suite.wvpack.") and n.endswith(".tmp") for n in leftovers), leftovers

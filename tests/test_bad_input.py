@@ -42,14 +42,18 @@ def test_unsupported_ops_are_all_named(tmp_path):
 
 
 def test_symbolic_input_shape_asks_for_static_shapes():
+    """A symbolic batch becomes 1 (the usual export of a user's model); any other symbolic
+    dimension needs a static shape."""
     model, _ = examples.onnx_inception_block()
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "batch"
+    assert wv.Task.from_onnx(model, name="sym").input_types == [((1, 3, 10, 10), "float32")]
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
     with pytest.raises(
         wv.IntakeError, match="task 'sym': 'x' has a symbolic shape .*give static input shapes"
     ):
         wv.Task.from_onnx(model, name="sym")
-    task = wv.Task.from_onnx(model, name="sym", shape_dict={"x": [1, 3, 10, 10]})
-    assert task.input_types == [((1, 3, 10, 10), "float32")]
+    task = wv.Task.from_onnx(model, name="sym", shape_dict={"x": [2, 3, 10, 10]})
+    assert task.input_types == [((2, 3, 10, 10), "float32")]
 
 
 def _mlp_task(name: str, seed: int = 0) -> wv.Task:

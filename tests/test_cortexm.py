@@ -13,10 +13,13 @@ import tvm_weightvirt as wv
 from tvm_weightvirt import cortexm, suite
 from tvm_weightvirt.cli import main
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig
 from tvm_weightvirt.plan import TaskPages
 from tvm_weightvirt.separation import SeparationConfig
 from tvm_weightvirt.smartdeal import encode_pages
+
+pytestmark = pytest.mark.slow  # trained suite tasks, cross builds and QEMU runs
 
 TASKS = ["digits", "wine", "iris", "breast_cancer"]
 SEQUENCE = ["digits", "wine", "digits", "iris"]  # A→B→A→C
@@ -35,7 +38,7 @@ needs_arm = pytest.mark.skipif(
 def suite_tasks():
     """The four suite tasks (torch), their graphs and example inputs."""
     tasks = suite.load_suite(TASKS)
-    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    graphs = [t.task for t in tasks]
     return tasks, graphs, {t.name: t.example_input().numpy() for t in tasks}
 
 
@@ -48,7 +51,7 @@ def packed(suite_tasks, tmp_path_factory):
     config = PackConfig(
         separation=SeparationConfig(l1_budget_bytes=L1_BUDGET), optimize=OptimizeConfig(rounds=0)
     )
-    plan = pack_tasks(tasks, config, progress=False).plan
+    plan = pack(*suite.packable(tasks), config, progress=False).plan
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
     reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
     folder = tmp_path_factory.mktemp("cortexm")

@@ -13,7 +13,7 @@ TVM_FREE = [
     "tvm_weightvirt.importance",
     "tvm_weightvirt.matching",
     "tvm_weightvirt.optimize",
-    "tvm_weightvirt.pack",
+    "tvm_weightvirt.pipeline",
     "tvm_weightvirt.suite",
     "tvm_weightvirt.separation",
     "tvm_weightvirt.smartdeal",

@@ -2,6 +2,7 @@
 tensors, loaded from level-2 storage (and prefetched) by the runtime."""
 
 import os
+import re
 import shutil
 
 import numpy as np
@@ -12,7 +13,8 @@ from tvm_weightvirt.runtime import MultitaskRuntime
 import tvm_weightvirt as wv
 from tvm_weightvirt import suite
 from tvm_weightvirt.optimize import OptimizeConfig, sharing_loss_terms
-from tvm_weightvirt.pack import PackConfig, _memory, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig, _memory
 from tvm_weightvirt.separation import (
     SeparationConfig,
     parse_bytes,
@@ -71,13 +73,14 @@ def separated(tmp_path_factory):
         separation=SeparationConfig(l1_budget_bytes=parse_bytes("64KiB")),
         optimize=OptimizeConfig(rounds=1, iterations=50, lam=0.1),
     )
-    result = pack_tasks(tasks, config, progress=False)
-    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    result = pack(*suite.packable(tasks), config, progress=False)
+    graphs = [t.task for t in tasks]
     path = str(tmp_path_factory.mktemp("sep") / "suite.wvpack")
     wv.save_wvpack(path, result.plan, graphs, result.report)
     return tasks, result, path
 
 
+@pytest.mark.slow
 def test_budget_sets_the_pool_and_exclusives_are_their_own(separated):
     tasks, result, path = separated
     plan = result.plan
@@ -106,6 +109,7 @@ def test_budget_sets_the_pool_and_exclusives_are_their_own(separated):
         )
 
 
+@pytest.mark.slow
 def test_overlap_loss_covers_shared_positions_only(separated):
     tasks, result, _ = separated
     memory, tables = _memory(result.plan, TASKS)
@@ -135,6 +139,7 @@ def _reference(task, plan, x):
         return task.model_from_plan(plan)(torch.from_numpy(x)).numpy()
 
 
+@pytest.mark.slow
 def test_outputs_with_exclusive_pages_from_level2_equal_torch(separated):
     tasks, result, path = separated
     pack = wv.load_wvpack(path)
@@ -152,6 +157,7 @@ def test_outputs_with_exclusive_pages_from_level2_equal_torch(separated):
     )
 
 
+@pytest.mark.slow
 def test_prefetch_never_serves_stale_pages(separated):
     tasks, result, path = separated
     pack = wv.load_wvpack(path)
@@ -173,6 +179,7 @@ def test_prefetch_never_serves_stale_pages(separated):
     assert runtime.counters.prefetch_hits == 1 + 15
 
 
+@pytest.mark.slow
 def test_level2_file_missing_or_truncated_at_run_time(separated, tmp_path):
     tasks, result, path = separated
     copy = str(tmp_path / "l2.wvpack")
@@ -197,41 +204,68 @@ def test_level2_file_missing_or_truncated_at_run_time(separated, tmp_path):
         runtime.run(last, x[last])
 
 
-def test_budget_errors():
-    tasks = suite.load_suite(TASKS)
+def test_budget_errors_that_need_only_layouts_come_before_fisher(monkeypatch):
+    """Untrained nets (nothing trains): an impossible level-1 budget or pool is refused from
+    the layouts alone, before any Fisher is computed."""
+    from tvm_weightvirt import pipeline
+
+    def no_fisher(*args, **kwargs):
+        raise AssertionError("Fisher computed before a check that needs only layouts")
+
+    monkeypatch.setattr(pipeline, "fisher_nwv", no_fisher)
+    monkeypatch.setattr(pipeline, "fisher_ws", no_fisher)
+    tasks = [
+        suite.SuiteTask(n, suite.SPECS[n].make_model().eval(), suite.load_splits(n)) for n in TASKS
+    ]
     with pytest.raises(
         ValueError,
         match=r"level-1 budget of 1024 B cannot hold the page tables \(2932 B\) and one pool page \(400 B\): the minimum is 3332 B",
-    ):
-        pack_tasks(tasks, PackConfig(separation=SeparationConfig(l1_budget_bytes=1024)))
-    # 64 KiB leaves 156 pool pages and forces exclusives: 110,000 B; a 169-page pool
-    # (2,932 B of tables + 169 x 400 B) brings them under 100,000 B
+    ):  # 2,932 B = 4 B x (268 + 257 + 208) table entries
+        pack(*suite.packable(tasks), PackConfig(separation=SeparationConfig(l1_budget_bytes=1024)))
     with pytest.raises(
         ValueError,
-        match=r"the exclusive pages need 110000 B of level-2 storage, over its budget of 100000 B: a level-1 budget of 70532 B \(169 pool pages\) or a level-2 budget of 110000 B would work",
+        match=r"a pool of 200 pages cannot hold task 'wine' \(268 pages to share\): the minimum is 268",
     ):
-        pack_tasks(
-            tasks,
-            PackConfig(
-                separation=SeparationConfig(
-                    l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=100_000
-                )
-            ),
-        )
+        pack(*suite.packable(tasks), PackConfig(pool_pages=200))
+
+
+@pytest.mark.slow
+def test_suggested_budgets_fed_back_pack_and_the_pool_is_the_smallest_that_does():
+    """64 KiB leaves 156 pool pages, which forces 112 + 101 + 52 pages of the three tasks
+    exclusive: over 100,000 B of level 2 on any machine. Which pool suffices depends on the
+    Fisher of the trained nets, so the test checks the suggestion, not a figure."""
+    tasks = suite.load_suite(TASKS)
+
+    def pack(l1: int, l2: int):
+        separation = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l2)
+        config = PackConfig(separation=separation, optimize=OptimizeConfig(rounds=0))
+        return pack(*suite.packable(tasks), config, progress=False).plan
+
+    with pytest.raises(ValueError) as err:
+        pack(parse_bytes("64KiB"), 100_000)
+    found = re.fullmatch(
+        r"the exclusive pages need (\d+) B of level-2 storage, over its budget of 100000 B: a "
+        r"level-1 budget of (\d+) B \((\d+) pool pages\) or a level-2 budget of (\d+) B would work",
+        str(err.value),
+    )
+    assert found, str(err.value)
+    needed, l1, n_pool, l2 = map(int, found.groups())
+    assert l2 == needed >= 400 * (112 + 101 + 52) and needed % 400 == 0
+    assert l1 == 4 * (268 + 257 + 208) + 400 * n_pool  # tables + pool pages
+    plan = pack(l1, 100_000)
+    assert plan.n_pool_pages == n_pool and plan.exclusive_bytes <= 100_000
+    with pytest.raises(ValueError, match="over its budget of 100000 B"):
+        pack(l1 - 400, 100_000)  # one pool page fewer does not fit
+    assert pack(parse_bytes("64KiB"), l2).exclusive_bytes == needed
+    # at least one page per task is exclusive at tpr 1.0 (WS's rule), so 1,000 B never fits
     with pytest.raises(
         ValueError,
         match="over its budget of 1000 B, at any pool size: lower tpr or raise the budget",
     ):
-        pack_tasks(
-            tasks,
-            PackConfig(
-                separation=SeparationConfig(
-                    l1_budget_bytes=parse_bytes("64KiB"), l2_budget_bytes=1000
-                )
-            ),
-        )
+        pack(parse_bytes("64KiB"), 1000)
 
 
+@pytest.mark.slow
 def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     from tvm_weightvirt.cli import main
 
@@ -246,6 +280,7 @@ def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     assert f"{read} B read from level 2" in printed
 
 
+@pytest.mark.slow
 def test_target_accuracy_sets_each_tasks_tpr():
     """A lower target accuracy protects fewer pages (WS's rule, per task)."""
     tasks = suite.load_suite(["wine", "iris"])
@@ -254,6 +289,6 @@ def test_target_accuracy_sets_each_tasks_tpr():
         config = PackConfig(
             separation=SeparationConfig(target_accuracy=target), optimize=OptimizeConfig(rounds=0)
         )
-        plan = pack_tasks(tasks, config, progress=False).plan
+        plan = pack(*suite.packable(tasks), config, progress=False).plan
         counts[target] = sum(t.n_exclusive_pages for t in plan.tasks.values())
     assert counts[0.5] < counts[0.99]

@@ -90,6 +90,7 @@ def test_uncovered_weights_stay_dense_and_are_reported():
     assert out["fc.weight"].shape == (10, 30)
 
 
+@pytest.mark.slow
 def test_train_then_project_keeps_the_best_projected_model_on_validation():
     import copy
 

@@ -12,7 +12,8 @@ import tvm_weightvirt as wv
 from tvm_weightvirt import suite
 from tvm_weightvirt.cli import main
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig
 
 MINI = ["wine", "iris"]  # trains in seconds
 
@@ -46,25 +47,31 @@ def mini_tasks():
 @pytest.fixture(scope="module")
 def packed(mini_tasks):
     config = PackConfig(optimize=OptimizeConfig(rounds=2, iterations=100, eval_every=25))
-    return pack_tasks(mini_tasks, config, progress=False)
+    return pack(*suite.packable(mini_tasks), config, progress=False)
 
 
+@pytest.mark.slow
 def test_packing_two_tasks_shares_pages_and_keeps_accuracy(mini_tasks, packed):
+    """Bytes and pages are exact (layouts); accuracy is what retraining guarantees: a turn
+    keeps a state only when it raises the task's validation accuracy, and test accuracy stays
+    within a stated margin (8 pp: 3 of wine's 36 test samples) of the separate models."""
     plan, report = packed.plan, packed.report
     assert plan.n_pool_pages == 268  # NWV's setting: pages of the largest task (wine, 26,755)
     assert report["ratio_count"] == pytest.approx((26_755 + 25_603) / (268 * 100))
     assert report["bytes_packed"] == 268 * 100 * 4 + (268 + 257) * 4  # pool + int32 tables
     for name, r in report["tasks"].items():
-        assert r["acc_packed"] >= r["acc_separate"] - 5.0, (name, r)
-        assert r["acc_packed"] >= r["acc_matched"], (name, r)
-    # retraining lowers the objective (CE + lambda * sharing loss) of every kept turn
-    kept = [t for t in report["optimize_log"] if t["kept"]]
-    assert kept and all(t["objective_after"] < t["objective_before"] for t in kept)
+        assert r["packed"] >= r["separate"] - 8.0, (name, r)
+    log = report["optimize_log"]
+    assert [(t["round"], t["task"]) for t in log] == [(r, n) for r in range(2) for n in MINI]
+    for turn in log:
+        assert turn["val_after"] >= turn["val_before"], turn
+        assert turn["kept"] == (turn["val_after"] > turn["val_before"]), turn
 
 
+@pytest.mark.slow
 def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks, packed):
     plan = packed.plan
-    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in mini_tasks]
+    graphs = [t.task for t in mini_tasks]
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan, mode="fused")))
     for t in mini_tasks:
         model = t.model_from_plan(plan)
@@ -76,9 +83,10 @@ def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks,
         )
         np.testing.assert_allclose(tvm_logits, torch_logits, atol=1e-4, rtol=1e-4)
         correct = int((tvm_logits.argmax(1) == test.y).sum())
-        assert 100.0 * correct / len(test.y) == packed.report["tasks"][t.name]["acc_packed"]
+        assert 100.0 * correct / len(test.y) == packed.report["tasks"][t.name]["packed"]
 
 
+@pytest.mark.slow
 def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tasks):
     """Composition: the pool is stored as power-of-two codes + a basis per page (132 B per page
     of 96 instead of 384 B); trained jointly; the compiled switch kernel decodes exactly the
@@ -92,7 +100,7 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
         smartdeal=True,
         optimize=OptimizeConfig(rounds=1, iterations=100, eval_every=25),
     )
-    packed = pack_tasks(mini_tasks, config, progress=False)
+    packed = pack(*suite.packable(mini_tasks), config, progress=False)
     plan, report = packed.plan, packed.report
     c = decode_codes(plan.coded.codes)
     assert np.allclose(2.0 ** np.round(np.log2(np.abs(c[c != 0]))), np.abs(c[c != 0]))
@@ -101,8 +109,8 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
     assert report["smartdeal"]["stored_bytes"] == report["bytes_packed"]
     assert report["ratio_bytes"] == pytest.approx(4 * (26_755 + 25_603) / (140 * 132 + tables))
     for name, r in report["tasks"].items():
-        assert r["acc_packed"] >= r["acc_separate"] - 10.0, (name, r)
-    graphs = [wv.Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in mini_tasks]
+        assert r["packed"] >= r["separate"] - 10.0, (name, r)
+    graphs = [t.task for t in mini_tasks]
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
     for t in mini_tasks:
         test = t.splits["test"]
@@ -111,9 +119,10 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
             expected = t.model_from_plan(plan)(torch.from_numpy(test.x)).numpy()
         np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
         correct = int((logits.argmax(1) == test.y).sum())
-        assert 100.0 * correct / len(test.y) == report["tasks"][t.name]["acc_packed"]
+        assert 100.0 * correct / len(test.y) == report["tasks"][t.name]["packed"]
 
 
+@pytest.mark.slow
 def test_wvirt_pack_smartdeal_writes_a_coded_pool(tmp_path, capsys):
     out = tmp_path / "coded.wvpack"
     args = ["pack", "--suite", ",".join(MINI), "--smartdeal", "--page-size", "96"]
@@ -130,18 +139,18 @@ def test_wvirt_pack_smartdeal_writes_a_coded_pool(tmp_path, capsys):
     assert "must be a multiple of 3, got 100" in capsys.readouterr().err
 
 
-def test_wvirt_pack_mini_configuration(tmp_path, capsys):
-    out, again = tmp_path / "mini.wvpack", tmp_path / "again.wvpack"
+@pytest.mark.slow
+def test_wvirt_pack_mini_configuration(mini_wvpack, tmp_path, capsys):
     pack_mini = ["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50"]
-    assert main([*pack_mini, "-o", str(out)]) == 0
+    assert main(["inspect", str(mini_wvpack), "--png", str(tmp_path / "report.png")]) == 0
     printed = capsys.readouterr().out
     assert "wine" in printed and "1.92x bytes" in printed  # (26755 + 25603) x 4 / 109300 B
-    pack = wv.load_wvpack(out)
+    pack = wv.load_wvpack(mini_wvpack)
     assert [t.name for t in pack.tasks] == MINI and pack.report["pool_pages"] == 268
-    assert main(["inspect", str(out), "--png", str(tmp_path / "report.png")]) == 0
     assert (tmp_path / "report.png").stat().st_size > 10_000
     # resume: one more round from the saved plan, same tables
-    assert main([*pack_mini, "--resume", str(out), "-o", str(again)]) == 0
+    again = tmp_path / "again.wvpack"
+    assert main([*pack_mini, "--resume", str(mini_wvpack), "-o", str(again)]) == 0
     resumed = wv.load_wvpack(again).plan
     for name in MINI:
         np.testing.assert_array_equal(
@@ -149,26 +158,21 @@ def test_wvirt_pack_mini_configuration(tmp_path, capsys):
         )
 
 
+@pytest.mark.slow
 def test_bad_input(mini_tasks):
+    tasks, data = suite.packable(mini_tasks)
     with pytest.raises(ValueError, match="no tasks to pack"):
-        pack_tasks([])
+        pack([], {})
     with pytest.raises(
         ValueError,
         match=r"a pool of 100 pages cannot hold task 'wine' \(268 pages to share\): the minimum is 268",
     ):
-        pack_tasks(mini_tasks, PackConfig(pool_pages=100))
-    wrong = suite.SuiteTask(
-        "wine",
-        mini_tasks[0].model,
-        {
-            k: suite.Split(np.zeros((len(s.y), 7), np.float32), s.y)
-            for k, s in mini_tasks[0].splits.items()
-        },
-    )
+        pack(tasks, data, PackConfig(pool_pages=100))
+    wrong = wv.TaskData(np.zeros((80, 7), np.float32), source="wrong.npz")
     with pytest.raises(
         ValueError,
-        match=r"task 'wine': training data of shape \(7,\) per sample does not fit the model",
+        match=r"task 'wine' \(wrong.npz\): x_train has samples of shape \(7,\), the model input is \(1, 13\)",
     ):
-        pack_tasks([wrong])
+        pack(tasks[:1], {"wine": wrong})
     with pytest.raises(ValueError, match="no suite task 'nope'"):
         suite.load_task("nope")

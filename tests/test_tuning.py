@@ -15,6 +15,8 @@ from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 import tvm_weightvirt as wv
 from tvm_weightvirt import examples
 
+pytestmark = pytest.mark.slow  # MetaSchedule runs
+
 TRIALS = 2  # per kernel
 
 

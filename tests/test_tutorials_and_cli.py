@@ -35,7 +35,18 @@ def onnx_files(tmp_path):
 def test_pack_inspect_run(tmp_path, onnx_files, capsys):
     out = tmp_path / "suite.wvpack"
     assert (
-        main(["pack", onnx_files[0], f"incep={onnx_files[1]}", "-o", str(out), "--page-size", "64"])
+        main(
+            [
+                "pack",
+                onnx_files[0],
+                f"incep={onnx_files[1]}",
+                "--lossless",
+                "-o",
+                str(out),
+                "--page-size",
+                "64",
+            ]
+        )
         == 0
     )
     plan = wv.load_wvpack(out).plan
@@ -55,7 +66,7 @@ def test_cli_errors_name_the_culprit(tmp_path, onnx_files, capsys):
     out = tmp_path / "suite.wvpack"
     assert main(["pack", str(tmp_path / "missing.onnx"), "-o", str(out)]) == 2
     assert "ONNX file" in capsys.readouterr().err and not out.exists()
-    main(["pack", onnx_files[0], "-o", str(out)])
+    main(["pack", onnx_files[0], "--lossless", "-o", str(out)])
     assert main(["run", str(out), "--tasks", "res,nope"]) == 2
     assert "tasks ['nope'] are not in" in capsys.readouterr().err
     out.write_bytes(out.read_bytes()[:100])

@@ -10,7 +10,8 @@ import tvm_weightvirt as wv
 from tvm_weightvirt import examples, suite
 from tvm_weightvirt.importance import fisher_nwv
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pack import PackConfig, pack_tasks
+from tvm_weightvirt.packing import pack
+from tvm_weightvirt.pipeline import PackConfig
 from tvm_weightvirt.twin import TorchTwin
 
 
@@ -36,6 +37,7 @@ def test_twin_of_a_torch_model_matches_torch(kind):
         np.testing.assert_allclose(twin(x).numpy(), model(x).numpy(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_fisher_and_packing_of_an_onnx_task():
     """Fisher over the twin covers every ONNX weight; a packed plan of an ONNX task and a suite
     task compiles, and the ONNX task's compiled output equals its twin with the plan's weights."""
@@ -55,8 +57,10 @@ def test_fisher_and_packing_of_an_onnx_task():
     }
     onnx_task = suite.SuiteTask("onnx_net", twin, splits)
     wine = suite.load_task("wine")
-    plan = pack_tasks(
-        [wine, onnx_task], PackConfig(optimize=OptimizeConfig(rounds=0)), progress=False
+    plan = pack(
+        *suite.packable([wine, onnx_task]),
+        PackConfig(optimize=OptimizeConfig(rounds=0)),
+        progress=False,
     ).plan
     graphs = [wv.Task.from_torch(wine.model, (wine.example_input(),), name="wine"), task]
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))

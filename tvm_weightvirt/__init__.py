@@ -21,6 +21,14 @@ _LAZY = {
     "lower": "compiler",
     "IntakeError": "task",
     "Task": "task",
+    "pack": "packing",
+    "PackConfig": "pipeline",
+    "PackResult": "pipeline",
+    "OptimizeConfig": "optimize",
+    "SeparationConfig": "separation",
+    "TaskData": "data",
+    "Split": "data",
+    "Objective": "objectives",
 }
 
 __all__ = [
@@ -28,15 +36,23 @@ __all__ = [
     "IntakeError",
     "Library",
     "MODES",
+    "Objective",
+    "OptimizeConfig",
+    "PackConfig",
+    "PackResult",
     "PageLayout",
     "PagePlan",
+    "SeparationConfig",
+    "Split",
     "Task",
+    "TaskData",
     "TaskPages",
     "WeightSpan",
     "WvPack",
     "build",
     "load_wvpack",
     "lower",
+    "pack",
     "save_wvpack",
 ]
 

@@ -45,9 +45,8 @@ def save_wvpack(
 ) -> int:
     """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt, the packing
     `report`, and per-layer SmartDeal `encodings` {task: {weight: Encoding}}: codes, bases and
-    row index as tensors) to `path` atomically; returns the file size in bytes."""
-    import tvm  # the graphs are Relax IR; the plan alone needs no TVM
-
+    row index as tensors) to `path` atomically (a write killed midway leaves the old file, and
+    a `.<name>.*.tmp` beside it); returns the file size in bytes."""
     if plan.coded is None:
         tensors: dict[str, np.ndarray] = {"pool": plan.pool}
     else:  # SmartDeal pages: what is stored is codes and bases, the pool is their decoding
@@ -69,6 +68,8 @@ def save_wvpack(
             "n_exclusive_pages": task_pages.n_exclusive_pages,
         }
         if name in graph_of:
+            import tvm  # the graphs are Relax IR; the plan alone needs no TVM
+
             graph_json = tvm.ir.save_json(graph_of[name].mod).encode()
             tensors[f"graph.{name}"] = np.frombuffer(graph_json, np.uint8)
         manifest_tasks.append(entry)
@@ -105,8 +106,12 @@ def save_wvpack(
         {k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata
     )
     path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    folder, base = os.path.split(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # as open() would create it; mkstemp makes it private
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()

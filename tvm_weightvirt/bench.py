@@ -11,8 +11,8 @@ import numpy as np
 from . import suite
 from .compiler import build, lower
 from .optimize import OptimizeConfig
-from .pack import PackConfig, pack_tasks
-from .task import Task
+from .packing import pack
+from .pipeline import PackConfig
 
 
 def _median_p99(values: list[float]) -> dict:
@@ -41,8 +41,10 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
     n_requests = 100 if quick else 400
     tasks = suite.load_suite(suite.FIVE_TASKS)
     # The packed plan: NWV's pool size, matched pages (retraining does not change switch cost).
-    plan = pack_tasks(tasks, PackConfig(optimize=OptimizeConfig(rounds=0)), progress=False).plan
-    graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    plan = pack(
+        *suite.packable(tasks), PackConfig(optimize=OptimizeConfig(rounds=0)), progress=False
+    ).plan
+    graphs = [t.task for t in tasks]
     inputs = {t.name: t.example_input().numpy() for t in tasks}
     storage = tempfile.mkdtemp(prefix="wvirt-reload-")
     systems = {

@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 
+from .manifest import PACK_OPTIONS
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wvirt", description=__doc__)
@@ -15,59 +17,36 @@ def main(argv: list[str] | None = None) -> int:
 
     pack = sub.add_parser(
         "pack",
-        help="pack the suite (Fisher, matching, retraining) or ONNX "
-        "models (lossless: no data to retrain with) into a .wvpack",
+        help="pack models with their data (Fisher, matching, retraining) into a .wvpack",
+        description="wvirt pack NAME=MODEL.onnx|.pt2 ... --data NAME=FILE.npz ... -o OUT, or "
+        "wvirt pack MANIFEST.toml -o OUT, or wvirt pack --suite mnist,digits -o OUT. npz keys: "
+        "x_train, y_train, x_val, y_val, x_test, y_test (y and val/test optional).",
     )
-    pack.add_argument("models", nargs="*", help="model.onnx or name=model.onnx")
+    pack.add_argument(
+        "models", nargs="*", help="NAME=MODEL (.onnx or .pt2 from torch.export.save), or a .toml"
+    )
+    pack.add_argument(
+        "--data", action="append", default=[], metavar="NAME=FILE.npz", help="a task's data"
+    )
+    pack.add_argument(
+        "--objective",
+        action="append",
+        default=[],
+        metavar="NAME=OBJECTIVE",
+        help="classification, regression or distill (default: classification with labels, "
+        "distill without)",
+    )
     pack.add_argument(
         "--suite", help="comma-separated suite tasks, e.g. mnist,digits (or 'five', 'ten')"
     )
     pack.add_argument("-o", "--output", required=True)
-    pack.add_argument("--page-size", type=int, default=100)
-    pack.add_argument(
-        "--pool-pages",
-        type=int,
-        default=None,
-        help="pool size in pages (default: pages of the largest task, as NWV)",
-    )
-    pack.add_argument(
-        "--share-within-task",
-        action="store_true",
-        help="allow a pool smaller than the largest task",
-    )
-    pack.add_argument("--match", choices=["greedy", "optimal", "random"], default="greedy")
-    pack.add_argument("--init", choices=["random", "weights", "fisher_mean"], default="fisher_mean")
-    pack.add_argument("--rounds", type=int, default=4, help="retraining rounds (0: none)")
-    pack.add_argument("--iterations", type=int, default=300, help="per task per round")
-    pack.add_argument(
-        "--lam",
-        type=float,
-        default=None,
-        help="weight of the sharing loss (default 10 as NWV, 0.1 with --separate as WS)",
-    )
-    pack.add_argument("--resume", help="continue retraining from this .wvpack's plan")
-    pack.add_argument(
-        "--separate",
-        action="store_true",
-        help="weight separation: critical pages exclusive in level-2 storage (WS)",
-    )
-    pack.add_argument(
-        "--l1-budget", help="shared pool + page tables in RAM, e.g. 256KiB (sets the pool size)"
-    )
-    pack.add_argument("--l2-budget", help="all exclusive pages, e.g. 4MiB")
-    pack.add_argument("--tpr", type=float, default=1.0, help="separation: target protection ratio")
-    pack.add_argument("--margin", type=float, default=0.1, help="separation: margin")
-    pack.add_argument(
-        "--smartdeal",
-        action="store_true",
-        help="store pool pages as power-of-two codes x a 3x3 basis per page (page size: a multiple of 3)",
-    )
-    pack.add_argument(
-        "--target-accuracy",
-        type=float,
-        default=None,
-        help="separation: per-task tpr from WS's target-accuracy rule (e.g. 0.95)",
-    )
+    for key, (kind, default, choices, text) in PACK_OPTIONS.items():
+        flag = "--" + key.replace("_", "-")
+        shown = f"{text} (default: {default})" if default not in (None, False) else text
+        if kind is bool:
+            pack.add_argument(flag, action="store_true", default=None, help=text)
+        else:
+            pack.add_argument(flag, type=kind, default=None, choices=choices, help=shown)
 
     inspect = sub.add_parser("inspect", help="pages, tasks, bytes and accuracy of a .wvpack")
     inspect.add_argument("pack")
@@ -152,60 +131,146 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pack(args) -> int:
     from .artifact import load_wvpack, save_wvpack
+    from .pipeline import format_report
     from .plan import PagePlan
-    from .task import Task
 
-    if bool(args.models) == bool(args.suite):
-        raise ValueError("give either ONNX models or --suite")
+    spec = _pack_spec(args)
     if args.suite:
         from . import suite
-        from .optimize import OptimizeConfig
-        from .pack import PackConfig, format_report, pack_tasks
-        from .separation import SeparationConfig, parse_bytes
 
         named = {"five": suite.FIVE_TASKS, "ten": suite.TEN_TASKS}
-        names = named.get(args.suite) or args.suite.split(",")
-        tasks = suite.load_suite(names)
-        separate = args.separate or args.l1_budget or args.l2_budget or args.target_accuracy
-        separation = (
-            SeparationConfig(
-                args.tpr,
-                args.margin,
-                parse_bytes(args.l1_budget) if args.l1_budget else None,
-                parse_bytes(args.l2_budget) if args.l2_budget else None,
-                args.target_accuracy,
-            )
-            if separate
-            else None
-        )
-        lam = args.lam if args.lam is not None else (0.1 if separate else 10.0)
-        config = PackConfig(
-            page_size=args.page_size,
-            pool_pages=args.pool_pages,
-            match=args.match,
-            init=args.init,
-            share_within_task=args.share_within_task,
-            separation=separation,
-            smartdeal=args.smartdeal,
-            optimize=OptimizeConfig(rounds=args.rounds, iterations=args.iterations, lam=lam),
-        )
-        resume = load_wvpack(args.resume).plan if args.resume else None
-        result = pack_tasks(tasks, config, resume=resume)
-        graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
-        size = save_wvpack(args.output, result.plan, graphs, result.report)
-        print(format_report(result.report))
+        suite_tasks = suite.load_suite(named.get(args.suite) or args.suite.split(","))
+        tasks, data = suite.packable(suite_tasks)
     else:
-        tasks = []
-        for spec in args.models:
-            name, _, path = spec.rpartition("=")
-            name = name or os.path.splitext(os.path.basename(path))[0]
-            tasks.append(Task.from_onnx(path, name=name))
-            print(f"intake {name}: {tasks[-1].n_weights} weights")
-        plan = PagePlan.lossless(tasks, page_size=args.page_size)
+        tasks = [_load_model(name, path) for name, path in spec.models.items()]
+        for t in tasks:
+            print(f"intake {t.name}: {t.n_weights} weights")
+        data = _load_data(spec)
+    if spec.option("lossless"):
+        plan = PagePlan.lossless(tasks, page_size=spec.option("page_size"))
         size = save_wvpack(args.output, plan, tasks)
         print(plan.summary())
+    else:
+        from .packing import pack
+
+        resume = spec.option("resume")
+        result = pack(tasks, data, _pack_config(spec), resume=resume and load_wvpack(resume).plan)
+        size = save_wvpack(args.output, result.plan, tasks, result.report)
+        print(result.plan.summary())
+        print(format_report(result.report))
     print(f"wrote {args.output} ({size} B)")
     return 0
+
+
+def _pack_spec(args):
+    """Models, data and options from the command line, or a manifest plus command-line flags
+    (which win)."""
+    from .manifest import PACK_OPTIONS, PackSpec, check_objective, read_manifest
+
+    if len(args.models) == 1 and args.models[0].endswith(".toml"):
+        spec = read_manifest(args.models[0])
+    else:
+        spec = PackSpec()
+        for entry in args.models:
+            name, _, path = entry.rpartition("=")
+            spec.models[name or os.path.splitext(os.path.basename(path))[0]] = path
+    if bool(spec.models) == bool(args.suite):
+        raise ValueError("give models (NAME=MODEL, or a .toml manifest) or --suite, not both")
+    for flag, table in (("--data", spec.data), ("--objective", spec.objectives)):
+        for entry in getattr(args, flag[2:]):
+            name, sep, value = entry.partition("=")
+            if not sep or not name or not value:
+                raise ValueError(f"{flag} {entry!r}: expected NAME=VALUE")
+            table[name] = value
+    for name, objective in spec.objectives.items():
+        check_objective(objective, f"--objective {name}")
+    for key in PACK_OPTIONS:
+        if getattr(args, key) is not None:
+            spec.options[key] = getattr(args, key)
+    if spec.option("lossless"):
+        given = [
+            f"--{k.replace('_', '-')}" for k in spec.options if k not in ("lossless", "page_size")
+        ]
+        given += ["--data"] * bool(spec.data) + ["--objective"] * bool(spec.objectives)
+        if given or args.suite:
+            raise ValueError(
+                f"a lossless plan shares nothing and trains nothing: drop {given or ['--suite']}"
+            )
+    if args.suite and (spec.data or spec.objectives):
+        raise ValueError("--suite brings its own data: drop --data and --objective")
+    return spec
+
+
+def _load_model(name: str, path: str):
+    from .task import Task
+
+    if path.endswith(".onnx"):
+        return Task.from_onnx(path, name=name)
+    if path.endswith(".pt2"):
+        return Task.from_pt2(path, name=name)
+    raise ValueError(
+        f"task '{name}': '{path}' is neither an .onnx nor a .pt2 (torch.export.save) model"
+    )
+
+
+def _load_data(spec) -> dict:
+    from .data import TaskData
+
+    unknown = sorted((set(spec.data) | set(spec.objectives)) - set(spec.models))
+    if unknown:
+        raise ValueError(
+            f"--data/--objective for {unknown}, which are not models (models: {list(spec.models)})"
+        )
+    data = {}
+    for name, path in spec.data.items():
+        try:
+            data[name] = TaskData.from_npz(path, objective=spec.objectives.get(name))
+        except ValueError as err:
+            raise ValueError(f"task '{name}': {err}") from err
+    without = sorted(set(spec.objectives) - set(spec.data))
+    if without:
+        raise ValueError(f"--objective for {without}, which have no --data")
+    return data
+
+
+def _pack_config(spec):
+    from .optimize import OptimizeConfig
+    from .pipeline import PackConfig
+    from .separation import SeparationConfig, parse_bytes
+
+    option = spec.option
+    separate = bool(
+        option("separate")
+        or option("l1_budget")
+        or option("l2_budget")
+        or option("target_accuracy")
+    )
+    separation = (
+        SeparationConfig(
+            option("tpr"),
+            option("margin"),
+            parse_bytes(option("l1_budget")) if option("l1_budget") else None,
+            parse_bytes(option("l2_budget")) if option("l2_budget") else None,
+            option("target_accuracy"),
+        )
+        if separate
+        else None
+    )
+    lam = option("lam") if option("lam") is not None else (0.1 if separate else 10.0)
+    return PackConfig(
+        page_size=option("page_size"),
+        pool_pages=option("pool_pages"),
+        match=option("match"),
+        init=option("init"),
+        share_within_task=option("share_within_task"),
+        fisher_samples=option("fisher_samples"),
+        separation=separation,
+        smartdeal=option("smartdeal"),
+        optimize=OptimizeConfig(
+            rounds=option("rounds"), iterations=option("iterations"), lam=lam, seed=option("seed")
+        ),
+        seed=option("seed"),
+    )
 
 
 def _inspect(args) -> int:
@@ -219,7 +284,7 @@ def _inspect(args) -> int:
         f"{pack.plan.page_table_bytes} B, exclusive {pack.plan.exclusive_bytes} B"
     )
     if pack.report:
-        from .pack import format_report
+        from .pipeline import format_report
 
         print(format_report(pack.report))
     if args.png:

@@ -12,8 +12,8 @@ from . import suite
 from .artifact import load_wvpack, save_wvpack
 from .compiler import build, lower
 from .optimize import OptimizeConfig
-from .pack import PackConfig, format_report, pack_tasks
-from .task import Task
+from .packing import pack
+from .pipeline import PackConfig, format_report
 
 
 def run_demo(
@@ -29,8 +29,9 @@ def run_demo(
     # Step 1. The suite: real data, baselines trained once and cached.
     tasks = suite.load_suite(suite.FIVE_TASKS)
     # Step 2. Fisher -> matching -> retraining, at NWV's pool size (pages of the largest task).
-    result = pack_tasks(
-        tasks, PackConfig(optimize=OptimizeConfig(rounds=rounds, iterations=iterations))
+    result = pack(
+        *suite.packable(tasks),
+        PackConfig(optimize=OptimizeConfig(rounds=rounds, iterations=iterations)),
     )
     print(format_report(result.report))
     real = suite.mnist_real_test(next(t for t in tasks if t.name == "mnist"), result.plan)
@@ -41,22 +42,22 @@ def run_demo(
             "{acc_packed:.2f}%".format(**real)
         )
     # Step 3. The artifact, with each task's graph.
-    graphs = [Task.from_torch(t.model, (t.example_input(),), name=t.name) for t in tasks]
+    graphs = [t.task for t in tasks]
     path = os.path.join(out_dir, "suite.wvpack")
     size = save_wvpack(path, result.plan, graphs, result.report)
-    pack = load_wvpack(path)
+    loaded = load_wvpack(path)
     print(f"wrote {path} ({size} B)")
     # Step 4. Build once for llvm; every task's compiled test accuracy equals torch's.
-    library = build(lower(pack.tasks, pack.plan, mode="materialize"), target="llvm")
-    print(f"built {len(pack.tasks)} tasks in one module in {library.compile_seconds:.1f} s")
-    runtime = MultitaskRuntime(pack.plan, library)
+    library = build(lower(loaded.tasks, loaded.plan, mode="materialize"), target="llvm")
+    print(f"built {len(loaded.tasks)} tasks in one module in {library.compile_seconds:.1f} s")
+    runtime = MultitaskRuntime(loaded.plan, library)
     for t in tasks:
         test = t.splits["test"]
         predicted = [
             int(runtime.run(t.name, test.x[i : i + 1])[0].argmax()) for i in range(len(test.y))
         ]
         compiled = 100.0 * int((np.array(predicted) == test.y).sum()) / len(test.y)
-        expected = result.report["tasks"][t.name]["acc_packed"]
+        expected = result.report["tasks"][t.name]["packed"]
         print(f"  {t.name:14s} compiled {compiled:6.2f}%  torch {expected:6.2f}%")
         assert compiled == expected, f"task '{t.name}': compiled {compiled} != torch {expected}"
     # Step 5. A random request sequence, switching in memory.

@@ -28,8 +28,8 @@ def plot_pack(plan: PagePlan, report: dict | None, path: str) -> None:
     if report:
         names = list(report["tasks"])
         at = np.arange(len(names))
-        separate = [report["tasks"][n]["acc_separate"] for n in names]
-        packed = [report["tasks"][n]["acc_packed"] for n in names]
+        separate = [report["tasks"][n]["separate"] for n in names]
+        packed = [report["tasks"][n]["packed"] for n in names]
         axes[1].bar(at - 0.2, separate, 0.4, label="separate")
         axes[1].bar(at + 0.2, packed, 0.4, label="packed")
         axes[1].set_xticks(at, names, rotation=30, ha="right")

@@ -11,10 +11,16 @@ import torch
 
 
 def fisher_nwv(
-    model: torch.nn.Module, x: np.ndarray, n_samples: int = 100, seed: int = 0
+    model: torch.nn.Module,
+    x: np.ndarray,
+    n_samples: int = 100,
+    seed: int = 0,
+    likelihood: str = "predicted_class",
 ) -> dict[str, np.ndarray]:
     """NWV's diagonal Fisher (seeds A.3): over `n_samples` random samples of `x`, one at a time,
-    `F_i = 1/S * sum_x p(y^|x) * (d log p(y^|x) / d theta_i)^2` with y^ the predicted class.
+    `F_i = 1/S * sum_x p(y^|x) * (d log p(y^|x) / d theta_i)^2` with y^ the predicted class
+    (no labels needed). With `likelihood="outputs"` (regression, a Gaussian likelihood of unit
+    variance), the Fisher of one sample is `sum_k (d f_k(x) / d theta_i)^2` over its outputs.
     Covers `model.named_parameters()`; buffers get none (see `fill_missing`)."""
     model.eval()
     rng = np.random.default_rng(seed)
@@ -22,21 +28,31 @@ def fisher_nwv(
     params = dict(model.named_parameters())
     fisher = {name: torch.zeros_like(p) for name, p in params.items()}
     for i in picks:
-        log_p = torch.log_softmax(model(torch.from_numpy(x[i : i + 1])), dim=1)[0]
-        predicted = int(log_p.argmax())
-        grads = torch.autograd.grad(log_p[predicted], list(params.values()))
-        prob = float(log_p[predicted].detach().exp())
-        for name, g in zip(params, grads):
-            fisher[name] += prob * g.detach() ** 2
+        out = model(torch.from_numpy(x[i : i + 1]))
+        if likelihood == "predicted_class":
+            log_p = torch.log_softmax(out, dim=1)[0]
+            predicted = int(log_p.argmax())
+            terms = [(log_p[predicted], float(log_p[predicted].detach().exp()))]
+        else:
+            flat = out.reshape(-1)
+            terms = [(flat[k], 1.0) for k in range(len(flat))]
+        for value, weight in terms:
+            grads = torch.autograd.grad(value, list(params.values()), retain_graph=True)
+            for name, g in zip(params, grads):
+                fisher[name] += weight * g.detach() ** 2
     return {name: (f / len(picks)).numpy().astype(np.float32) for name, f in fisher.items()}
 
 
 def fisher_ws(
-    model: torch.nn.Module, x: np.ndarray, n_samples: int = 50, seed: int = 0
+    model: torch.nn.Module,
+    x: np.ndarray,
+    n_samples: int = 50,
+    seed: int = 0,
+    likelihood: str = "predicted_class",
 ) -> dict[str, np.ndarray]:
     """WS's variant (seeds B.2): NWV's formula over 50 samples, min-max normalised to [0, 1]
     over the whole network."""
-    return _min_max(fisher_nwv(model, x, n_samples, seed))
+    return _min_max(fisher_nwv(model, x, n_samples, seed, likelihood))
 
 
 def magnitude(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -3,7 +3,8 @@
 Pure torch/numpy (no TVM). The pool `[S, P]` is the one trainable tensor; each task reads its
 weights through its page table (a differentiable gather), so a shared page is physically one
 copy, as in NWV. Tasks train in turns: each turn starts from the current pool and ends by
-writing back (keeping) its best pool state on the **validation** split.
+writing back (keeping) its best pool state by the task's metric on the **validation** split.
+The loss and the metric are the task's `Objective` (NWV: cross-entropy and accuracy).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from .layout import PageLayout
+from .objectives import Objective
 
 
 @dataclass(frozen=True)
@@ -41,8 +43,9 @@ class PoolTask:
     page_table: np.ndarray
     fisher: np.ndarray  # [n_pages, P] original-network Fisher, laid out like the weights
     anchor: np.ndarray  # [n_pages, P] the task's latest weights (initially the originals)
-    train: tuple[np.ndarray, np.ndarray]
+    train: tuple[np.ndarray, np.ndarray]  # (x, targets as the objective wants them)
     val: tuple[np.ndarray, np.ndarray]
+    objective: Objective
 
 
 def task_weights(pool: torch.Tensor, layout: PageLayout, page_table: torch.Tensor) -> dict:
@@ -51,26 +54,32 @@ def task_weights(pool: torch.Tensor, layout: PageLayout, page_table: torch.Tenso
     return {s.name: flat[s.offset_elems : s.end_elems].view(s.shape) for s in layout.spans}
 
 
-def pool_accuracy(
-    pool: np.ndarray | torch.Tensor,
-    task: PoolTask,
-    x: np.ndarray,
-    y: np.ndarray,
-    batch_size: int = 500,
-) -> float:
-    """Accuracy in percent of the task's model with its weights read from `pool`."""
-    pool = torch.as_tensor(pool)
-    table = torch.from_numpy(task.page_table.astype(np.int64))
-    task.model.eval()
-    correct = 0
+def model_outputs(
+    model: torch.nn.Module, x: np.ndarray, weights: dict | None = None, batch_size: int = 500
+) -> np.ndarray:
+    """The model's outputs on `x` (in batches), with its own weights or `weights` by name."""
+    model.eval()
+    outputs = []
     with torch.no_grad():
-        weights = task_weights(pool, task.layout, table)
-        for i in range(0, len(y), batch_size):
-            logits = torch.func.functional_call(
-                task.model, weights, (torch.from_numpy(x[i : i + batch_size]),)
+        for i in range(0, len(x), batch_size):
+            batch = torch.from_numpy(x[i : i + batch_size])
+            out = (
+                model(batch)
+                if weights is None
+                else torch.func.functional_call(model, weights, (batch,))
             )
-            correct += int((logits.argmax(1).numpy() == y[i : i + batch_size]).sum())
-    return 100.0 * correct / len(y)
+            outputs.append(out.numpy())
+    return np.concatenate(outputs)
+
+
+def pool_metric(
+    pool: np.ndarray | torch.Tensor, task: PoolTask, x: np.ndarray, y: np.ndarray
+) -> float:
+    """The task's metric with its weights read from `pool`."""
+    table = torch.from_numpy(task.page_table.astype(np.int64))
+    with torch.no_grad():
+        weights = task_weights(torch.as_tensor(pool), task.layout, table)
+    return task.objective.metric(model_outputs(task.model, x, weights), y)
 
 
 def sharing_loss_terms(tasks: list[PoolTask], t: int, pool_shape: tuple[int, int]):
@@ -100,8 +109,9 @@ def optimize_pool(
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Joint retraining in `config.rounds` rounds of one turn per task. Returns the new pool and
-    a log of each turn: task, round, validation accuracy before/after, whether it was kept, and
-    the turn's objective (CE over the whole training split + lambda * sharing loss) before/after.
+    a log of each turn: task, round, validation metric before/after, whether it was kept, and
+    the turn's objective (loss over the whole training split + lambda * sharing loss)
+    before/after.
 
     With `decode`, a pool row is a page's latent form and `decode(pool)` its weights [S, P]
     (e.g. `smartdeal.decode_latent`); the loss, gather and accuracy see the decoded weights."""
@@ -121,17 +131,17 @@ def optimize_pool(
         x, y = torch.from_numpy(task.train[0]), torch.from_numpy(task.train[1])
 
         def objective(pool: torch.Tensor, idx: torch.Tensor | slice = slice(None)):
-            """CE on the batch + lambda * NWV's sharing loss (seeds A.5)."""
+            """The task's loss on the batch + lambda * NWV's sharing loss (seeds A.5)."""
             pool = decode(pool)
             logits = torch.func.functional_call(
                 task.model, task_weights(pool, task.layout, table), (x[idx],)
             )
             penalty = (mask * (a * pool * pool - 2 * b * pool + c) / count).sum()
-            return torch.nn.functional.cross_entropy(logits, y[idx]) + config.lam * penalty
+            return task.objective.loss(logits, y[idx]) + config.lam * penalty
 
         with torch.no_grad():
             start_objective = float(objective(pool_t))
-        start_val = best_val = pool_accuracy(decode(v.detach()), task, *task.val)
+        start_val = best_val = pool_metric(decode(v.detach()), task, *task.val)
         best = None
         for it in range(1, config.iterations + 1):
             task.model.train()
@@ -144,8 +154,8 @@ def optimize_pool(
             v.grad *= mask[:, :1]  # only this task's pages move in its turn
             optimizer.step()
             if it % config.eval_every == 0 or it == config.iterations:
-                val = pool_accuracy(decode(v.detach()), task, *task.val)
-                if val > best_val:
+                val = pool_metric(decode(v.detach()), task, *task.val)
+                if task.objective.better(val, best_val):
                     best_val, best = val, v.detach().clone()
         # Write back only an improvement over the turn's start (NWV), chosen on validation.
         if best is not None:

@@ -3,6 +3,7 @@ seeded splits, and baseline models trained deterministically and cached."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -14,11 +15,14 @@ import safetensors.torch
 import torch
 from tqdm import tqdm
 
+from .data import SPLITS, Split, TaskData
+from .determinism import TRAIN_THREADS, deterministic
+
 SPLIT_SEED = 0
 MNIST_TEST = os.path.join("..", "shared", "data", "mnist-test")  # from the project root
 FIVE_TASKS = ["mnist", "digits", "basicmotions", "gunpoint", "breast_cancer"]
 TEN_TASKS = FIVE_TASKS + ["trace", "coffee", "pigcvp", "wine", "iris"]
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 # **** models ****
@@ -176,12 +180,6 @@ SPECS = {
 
 
 @dataclass
-class Split:
-    x: np.ndarray  # float32, model input layout
-    y: np.ndarray  # int64 class ids 0..C-1
-
-
-@dataclass
 class SuiteTask:
     """One task of the suite: its trained baseline model and its fixed splits."""
 
@@ -192,6 +190,18 @@ class SuiteTask:
     @property
     def n_params(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
+
+    @functools.cached_property
+    def task(self):
+        """The baseline as a `wv.Task` (its Relax graph and weights, through torch.export)."""
+        from .task import Task  # the graph needs TVM; loading the suite does not
+
+        return Task.from_torch(self.model, (self.example_input(),), name=self.name)
+
+    @property
+    def data(self) -> TaskData:
+        """The fixed splits, for classification."""
+        return TaskData(*(self.splits[s] for s in SPLITS), "classification", f"suite '{self.name}'")
 
     def example_input(self, batch_size: int = 1) -> torch.Tensor:
         """Test samples shaped as the model's input (for export)."""
@@ -206,6 +216,11 @@ class SuiteTask:
     def accuracy(self, split: str = "test", model: torch.nn.Module | None = None) -> float:
         """Accuracy in percent of `model` (default: the baseline) on a split."""
         return accuracy(model or self.model, self.splits[split])
+
+
+def packable(tasks: list[SuiteTask]) -> tuple[list, dict[str, TaskData]]:
+    """The tasks and their data, as `wv.pack(*packable(tasks), config)` takes them."""
+    return [t.task for t in tasks], {t.name: t.data for t in tasks}
 
 
 def accuracy(model: torch.nn.Module, split: Split, batch_size: int = 500) -> float:
@@ -280,7 +295,13 @@ def train_baseline(
     model: torch.nn.Module, splits: dict[str, Split], config: TrainConfig, desc: str = ""
 ) -> torch.nn.Module:
     """Deterministic training; the checkpoint with the best validation accuracy is returned."""
-    torch.manual_seed(config.seed)
+    with deterministic(config.seed):
+        return _train(model, splits, config, desc)
+
+
+def _train(
+    model: torch.nn.Module, splits: dict[str, Split], config: TrainConfig, desc: str
+) -> torch.nn.Module:
     rng = np.random.default_rng(config.seed)
     train = splits["train"]
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
@@ -309,7 +330,8 @@ def cache_dir() -> str:
 
 def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
     """The task with its baseline, trained once and cached under `cache_dir()` (safetensors,
-    keyed by the architecture, the training config and a hash of the data)."""
+    keyed by the architecture, the training config, a hash of the data and what else changes
+    the trained weights: the torch version and the training thread count)."""
     spec = _spec(name)
     splits = load_splits(name)
     model = spec.make_model()
@@ -320,6 +342,8 @@ def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
                 "name": name,
                 "model": repr(model),
                 "config": repr(config),
+                "torch": torch.__version__,
+                "threads": TRAIN_THREADS,
                 "data": [
                     hashlib.sha256(s.x.tobytes() + s.y.tobytes()).hexdigest()
                     for s in splits.values()

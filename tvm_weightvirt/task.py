@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,12 +93,46 @@ class Task:
         statistics, which the exporter binds as constants, are named after their op.
         """
         import torch
+
+        check_task_name(name)
+        try:
+            with warnings.catch_warnings():
+                # torch's own pytree deprecation inside export: nothing a user can act on
+                warnings.filterwarnings("ignore", r".*LeafSpec.*", FutureWarning)
+                program = torch.export.export(model.eval(), tuple(example_inputs))
+        except Exception as err:
+            raise IntakeError(f"task '{name}': cannot export the torch model: {err}") from err
+        return Task.from_exported_program(program, name)
+
+    @staticmethod
+    def from_pt2(path: str | os.PathLike, name: str) -> Task:
+        """From a file written by `torch.export.save` (an `ExportedProgram`)."""
+        import torch
+
+        check_task_name(name)
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise IntakeError(f"task '{name}': .pt2 file '{path}' does not exist")
+        try:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r".*LeafSpec.*", FutureWarning)
+                program = torch.export.load(path)
+        except Exception as err:
+            raise IntakeError(
+                f"task '{name}': '{path}' is not a readable torch.export program: {err}"
+            ) from err
+        return Task.from_exported_program(program, name)
+
+    @staticmethod
+    def from_exported_program(program, name: str) -> Task:
+        """From a `torch.export.ExportedProgram`; weights named as in its state dict."""
         from tvm.relax.frontend.torch import from_exported_program
 
         check_task_name(name)
         try:
-            program = torch.export.export(model.eval(), tuple(example_inputs))
-            mod = from_exported_program(program, keep_params_as_input=True)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r".*LeafSpec.*", FutureWarning)
+                mod = from_exported_program(program, keep_params_as_input=True)
         except Exception as err:
             raise IntakeError(f"task '{name}': cannot import the torch model: {err}") from err
         task = Task.from_relax(mod, name)
@@ -112,7 +147,8 @@ class Task:
         shape_dict: dict[str, list[int]] | None = None,
     ) -> Task:
         """From an ONNX file (or a loaded `onnx.ModelProto`); weights that match an initializer
-        take its name, weights computed in the graph are named after their op."""
+        take its name, weights computed in the graph are named after their op. Without
+        `shape_dict`, a symbolic batch dimension (the first) becomes 1."""
         import onnx
         from tvm.relax.frontend.onnx import from_onnx
 
@@ -128,6 +164,8 @@ class Task:
                 raise IntakeError(
                     f"task '{name}': '{path}' is not a valid ONNX model: {err}"
                 ) from err
+        if shape_dict is None:
+            shape_dict = _static_batch(model)
         try:
             mod = from_onnx(model, shape_dict=shape_dict)
         except Exception as err:
@@ -167,3 +205,21 @@ def _tensor_type(var: relax.Var) -> tuple[tuple[int, ...], str]:
 
 def _value_key(array: np.ndarray) -> tuple:
     return str(array.dtype), array.tobytes()  # shape-free: FoldConstant may reshape a bias
+
+
+def _static_batch(model) -> dict[str, list[int]] | None:
+    """Input shapes with a symbolic first dimension set to 1 (other symbolic dimensions stay,
+    and intake names them); None when every input is static."""
+    initializers = {i.name for i in model.graph.initializer}
+    shapes, changed = {}, False
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        shape = [d.dim_value if d.HasField("dim_value") else None for d in dims]
+        if shape and shape[0] is None:
+            shape[0], changed = 1, True
+        if any(d is None for d in shape):
+            return None
+        shapes[value.name] = shape
+    return shapes if changed else None

@@ -4,6 +4,8 @@ came from ONNX as well as from torch."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -12,59 +14,77 @@ from tvm import relax
 
 from .task import IntakeError, Task
 
+Value = torch.Tensor | tuple | list | int | float
+
 
 def _ints(values) -> list[int]:
     return [int(v) for v in values]
 
 
+# **** convolution, pooling, normalization ****
+
+_LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
+
+
 def _conv(dims: int):
-    conv = {1: F.conv1d, 2: F.conv2d}[dims]
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
 
     def run(x, w, attrs):
-        if (
-            str(attrs.data_layout) != ("NCW", "NCHW")[dims - 1]
-            or str(attrs.kernel_layout) != ("OIW", "OIHW")[dims - 1]
-        ):
-            raise IntakeError(
-                f"conv{dims}d layout {attrs.data_layout}/{attrs.kernel_layout} is not supported"
-            )
-        pad = _ints(attrs.padding)  # [before..., after...]
-        before, after = pad[:dims], pad[dims:]
-        if before != after:
-            x = F.pad(x, [p for b, a in zip(before[::-1], after[::-1]) for p in (b, a)])
+        before, after = _split_padding(attrs.padding, dims)
+        if before != after:  # torch pads symmetrically: pad the difference explicitly
+            x = F.pad(x, _torch_pad(before, after))
             before = [0] * dims
-        return conv(
+        out = conv(
             x, w, None, _ints(attrs.strides), before, _ints(attrs.dilation), int(attrs.groups)
         )
+        return _cast(out, attrs.out_dtype)
 
     return run
 
 
-def _pool(kind: str):
+def _split_padding(padding, dims: int) -> tuple[list[int], list[int]]:
+    pad = _ints(padding)  # Relax: [before per spatial axis..., after per spatial axis...]
+    return pad[:dims], pad[dims:]
+
+
+def _torch_pad(before: list[int], after: list[int]) -> list[int]:
+    """F.pad's order: last axis first, (before, after) each."""
+    return [p for b, a in zip(before[::-1], after[::-1]) for p in (b, a)]
+
+
+def _pool(kind: str, dims: int):
+    max_pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
+    avg_pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
+
     def run(x, attrs):
-        pad = _ints(attrs.padding)
-        if pad[:2] != pad[2:]:
-            x = F.pad(
-                x, [pad[1], pad[3], pad[0], pad[2]], value=-float("inf") if kind == "max" else 0.0
-            )
-            pad = [0, 0, 0, 0]
+        size, strides = _ints(attrs.pool_size), _ints(attrs.strides)
+        ceil_mode, before, after = bool(attrs.ceil_mode), *_split_padding(attrs.padding, dims)
         if kind == "max":
-            return F.max_pool2d(
-                x,
-                _ints(attrs.pool_size),
-                _ints(attrs.strides),
-                pad[:2],
-                _ints(attrs.dilation),
-                bool(attrs.ceil_mode),
-            )
-        return F.avg_pool2d(
-            x,
-            _ints(attrs.pool_size),
-            _ints(attrs.strides),
-            pad[:2],
-            bool(attrs.ceil_mode),
-            bool(attrs.count_include_pad),
-        )
+            if before != after:
+                x, before = F.pad(x, _torch_pad(before, after), value=-float("inf")), [0] * dims
+            return max_pool(x, size, strides, before, _ints(attrs.dilation), ceil_mode)
+        if before == after:
+            return avg_pool(x, size, strides, before, ceil_mode, bool(attrs.count_include_pad))
+        # Asymmetric padding (ONNX auto_pad, e.g. Inception v1's last pool): pad explicitly.
+        # Padded zeros must not count unless count_include_pad, so divide window sums by the
+        # window's count of real elements, pooled the same way from a padded mask of ones.
+        pad = _torch_pad(before, after)
+        out = avg_pool(F.pad(x, pad), size, strides, 0, ceil_mode, True)
+        if bool(attrs.count_include_pad):
+            return out
+        ones = F.pad(torch.ones_like(x[:1, :1]), pad)
+        return out / avg_pool(ones, size, strides, 0, ceil_mode, True)
+
+    return run
+
+
+def _adaptive_avg_pool(dims: int):
+    pool = {1: F.adaptive_avg_pool1d, 2: F.adaptive_avg_pool2d, 3: F.adaptive_avg_pool3d}[dims]
+
+    def run(x, attrs):
+        # output_size None: the input's own spatial size
+        size = list(x.shape[2:]) if attrs.output_size is None else _ints(attrs.output_size)
+        return pool(x, size)
 
     return run
 
@@ -81,49 +101,206 @@ def _batch_norm(x, gamma, beta, mean, var, attrs):
     return (out, mean, var)
 
 
+def _layer_norm(x, gamma, beta, attrs):
+    n = len(attrs.axes)  # the trailing axes (checked in _attr_problems)
+    return F.layer_norm(
+        x,
+        x.shape[-n:],
+        gamma if bool(attrs.scale) else None,
+        beta if bool(attrs.center) else None,
+        float(attrs.epsilon),
+    )
+
+
+def _dropout(x, attrs):
+    # The twin, like the compiled graph, is the inference graph: dropout is the identity.
+    # Relax's dropout returns (output, mask); the graph reads [0].
+    return (x, torch.ones_like(x))
+
+
+# **** shapes, slices, tuples ****
+
+
+def _reshape(x, shape: list[int], attrs):
+    if x.numel() != int(np.prod(shape)):  # another batch size than the graph's: keep it
+        shape = [x.shape[0]] + shape[1:]
+    return x.reshape(shape)
+
+
+def _broadcast_to(x, shape: list[int], attrs):
+    if len(shape) == x.dim() and x.shape[0] not in (1, shape[0]):  # another batch size: keep it
+        shape = [x.shape[0]] + shape[1:]
+    return x.expand(shape)
+
+
+def _expand_dims(x, attrs):
+    ndim = x.dim() + len(attrs.axis)  # axes index the output
+    for axis in sorted(a % ndim for a in _ints(attrs.axis)):
+        x = x.unsqueeze(axis)
+    return x
+
+
+def _strided_slice(x, axes, begin, end, *strides_and_attrs):
+    strides = strides_and_attrs[0] if len(strides_and_attrs) == 2 else [1] * len(axes)
+    for axis, b, e, step in zip(axes, begin, end, strides):
+        axis %= x.dim()
+        if step > 0:  # Relax clamps out-of-range bounds (ends like INT64_MAX) as slices do
+            x = x[(slice(None),) * axis + (slice(b, e, step),)]
+        else:  # torch slices take no negative step: pick the indices
+            picked = range(*slice(b, e, step).indices(x.shape[axis]))
+            x = x.index_select(axis, torch.tensor(picked, dtype=torch.long))
+    return x
+
+
+def _split(x, attrs):
+    # an int: that many equal sections; else the indices to split before (numpy.split's rule)
+    sections = attrs.indices_or_sections
+    sections = int(sections) if isinstance(sections, tvm.tirx.IntImm) else _ints(sections)
+    return tuple(torch.tensor_split(x, sections, int(attrs.axis)))
+
+
 def _axes(attrs, x):
     return list(range(x.dim())) if attrs.axis is None else _ints(attrs.axis)
 
 
-# Relax op -> torch, given (tensor arguments..., attrs); non-tensor arguments are handled below.
-OPS = {
+def _pad(x, attrs):
+    width = _ints(attrs.pad_width)  # per axis (before, after), first axis first
+    pad = [p for i in reversed(range(x.dim())) for p in width[2 * i : 2 * i + 2]]
+    mode = _PAD_MODES[str(attrs.pad_mode)]
+    return (
+        F.pad(x, pad, mode, float(attrs.pad_value)) if mode == "constant" else F.pad(x, pad, mode)
+    )
+
+
+_PAD_MODES = {"constant": "constant", "edge": "replicate", "reflect": "reflect"}
+
+
+def _cast(x: torch.Tensor, dtype) -> torch.Tensor:
+    return x if dtype is None or str(dtype) in ("", "void") else x.to(getattr(torch, str(dtype)))
+
+
+# Relax op -> torch, given the call's evaluated arguments (tensors; tuples of them; shapes and
+# integer tuples as lists/tuples of ints; scalars as numbers), then its attrs.
+OPS: dict[str, Callable[..., Value]] = {
     "relax.nn.conv1d": _conv(1),
     "relax.nn.conv2d": _conv(2),
-    "relax.nn.max_pool2d": _pool("max"),
-    "relax.nn.avg_pool2d": _pool("avg"),
+    "relax.nn.conv3d": _conv(3),
+    "relax.nn.max_pool1d": _pool("max", 1),
+    "relax.nn.max_pool2d": _pool("max", 2),
+    "relax.nn.max_pool3d": _pool("max", 3),
+    "relax.nn.avg_pool1d": _pool("avg", 1),
+    "relax.nn.avg_pool2d": _pool("avg", 2),
+    "relax.nn.avg_pool3d": _pool("avg", 3),  # also ONNX LRN: a window over channels
+    "relax.nn.adaptive_avg_pool1d": _adaptive_avg_pool(1),
+    "relax.nn.adaptive_avg_pool2d": _adaptive_avg_pool(2),
+    "relax.nn.adaptive_avg_pool3d": _adaptive_avg_pool(3),
     "relax.nn.batch_norm": _batch_norm,
-    "relax.matmul": lambda a, b, attrs: torch.matmul(a, b),
+    "relax.nn.layer_norm": _layer_norm,
+    "relax.nn.dropout": _dropout,
+    "relax.nn.pad": _pad,
+    "relax.matmul": lambda a, b, attrs: _cast(torch.matmul(a, b), attrs.out_dtype),
     "relax.add": lambda a, b, attrs: a + b,
     "relax.subtract": lambda a, b, attrs: a - b,
     "relax.multiply": lambda a, b, attrs: a * b,
     "relax.divide": lambda a, b, attrs: a / b,
+    "relax.power": lambda a, b, attrs: torch.pow(a, b),
+    "relax.maximum": lambda a, b, attrs: torch.maximum(a, b),
+    "relax.minimum": lambda a, b, attrs: torch.minimum(a, b),
+    "relax.greater": lambda a, b, attrs: a > b,
+    "relax.less": lambda a, b, attrs: a < b,
+    "relax.where": lambda cond, a, b, attrs: torch.where(cond, a, b),
+    "relax.clip": lambda x, low, high, attrs: torch.clamp(x, low, high),
     "relax.nn.relu": lambda x, attrs: F.relu(x),
     "relax.nn.leakyrelu": lambda x, attrs: F.leaky_relu(x, float(attrs.alpha)),
+    "relax.nn.gelu": lambda x, attrs: F.gelu(x),
+    "relax.nn.gelu_tanh": lambda x, attrs: F.gelu(x, approximate="tanh"),
+    "relax.nn.silu": lambda x, attrs: F.silu(x),
     "relax.sigmoid": lambda x, attrs: torch.sigmoid(x),
     "relax.tanh": lambda x, attrs: torch.tanh(x),
     "relax.exp": lambda x, attrs: torch.exp(x),
+    "relax.log": lambda x, attrs: torch.log(x),
+    "relax.sqrt": lambda x, attrs: torch.sqrt(x),
+    "relax.rsqrt": lambda x, attrs: torch.rsqrt(x),
+    "relax.negative": lambda x, attrs: -x,
+    "relax.abs": lambda x, attrs: torch.abs(x),
+    "relax.astype": lambda x, attrs: _cast(x, attrs.dtype),
     "relax.nn.softmax": lambda x, attrs: F.softmax(x, int(attrs.axis)),
     "relax.nn.log_softmax": lambda x, attrs: F.log_softmax(x, int(attrs.axis)),
     "relax.mean": lambda x, attrs: x.mean(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
     "relax.sum": lambda x, attrs: x.sum(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
     "relax.max": lambda x, attrs: x.amax(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
+    "relax.reshape": _reshape,
+    "relax.broadcast_to": _broadcast_to,
     "relax.permute_dims": lambda x, attrs: x.permute(
         list(range(x.dim()))[::-1] if attrs.axes is None else _ints(attrs.axes)
     ),
     "relax.squeeze": lambda x, attrs: (
-        x.squeeze(_ints(attrs.axis)) if attrs.axis is not None else x.squeeze()
+        x.squeeze(tuple(_ints(attrs.axis))) if attrs.axis is not None else x.squeeze()
     ),
-    "relax.expand_dims": lambda x, attrs: x.reshape(
-        [
-            d
-            for i in range(x.dim() + len(attrs.axis))
-            for d in ([1] if i in _ints(attrs.axis) else [])
-        ]
-        or x.shape
+    "relax.expand_dims": _expand_dims,
+    "relax.strided_slice": _strided_slice,
+    "relax.split": _split,
+    "relax.concat": lambda xs, attrs: torch.cat(list(xs), int(attrs.axis)),
+    "relax.stack": lambda xs, attrs: torch.stack(list(xs), int(attrs.axis)),
+}
+
+
+# **** attributes the torch ops above cannot honour ****
+
+
+def _layout_problems(attrs, dims: int, kernel: bool = False) -> list[str]:
+    data, weight = _LAYOUT[dims]
+    names = ["data_layout", "kernel_layout", "out_layout"] if kernel else ["layout", "out_layout"]
+    wanted = [data, weight, data] if kernel else [data, data]
+    return [
+        f"{name}={getattr(attrs, name)}"
+        for name, want in zip(names, wanted)
+        if str(getattr(attrs, name)) not in (want, "")  # out_layout "" means the data layout
+    ]
+
+
+def _avg_pool_problems(attrs, dims: int) -> list[str]:
+    problems = _layout_problems(attrs, dims)
+    if any(d != 1 for d in _ints(attrs.dilation)):  # torch's avg_pool has no dilation
+        problems.append(f"dilation={_ints(attrs.dilation)}")
+    return problems
+
+
+def _layer_norm_problems(call) -> list[str]:
+    ndim = call.args[0].ty.ndim
+    axes = sorted(a % ndim for a in _ints(call.attrs.axes))
+    if axes != list(range(ndim - len(axes), ndim)):  # F.layer_norm normalizes trailing axes
+        return [f"axes={_ints(call.attrs.axes)}"]
+    return []
+
+
+def _layout_check(dims: int, kernel: bool = False) -> Callable[[relax.Call], list[str]]:
+    return lambda call: _layout_problems(call.attrs, dims, kernel)
+
+
+def _avg_pool_check(dims: int) -> Callable[[relax.Call], list[str]]:
+    return lambda call: _avg_pool_problems(call.attrs, dims)
+
+
+# Relax op -> the attribute values of a call that its torch op cannot honour ("name=value").
+ATTR_CHECKS: dict[str, Callable[[relax.Call], list[str]]] = {
+    **{f"relax.nn.conv{d}d": _layout_check(d, kernel=True) for d in (1, 2, 3)},
+    **{f"relax.nn.max_pool{d}d": _layout_check(d) for d in (1, 2, 3)},
+    **{f"relax.nn.avg_pool{d}d": _avg_pool_check(d) for d in (1, 2, 3)},
+    **{f"relax.nn.adaptive_avg_pool{d}d": _layout_check(d) for d in (1, 2, 3)},
+    # training-mode batch norm uses the batch's statistics; the twin uses the running ones
+    "relax.nn.batch_norm": lambda call: ["training=True"] if bool(call.attrs.training) else [],
+    "relax.nn.layer_norm": _layer_norm_problems,
+    "relax.nn.pad": lambda call: (
+        [] if str(call.attrs.pad_mode) in _PAD_MODES else [f"pad_mode={call.attrs.pad_mode}"]
     ),
 }
-SHAPED = {"relax.reshape"}  # (tensor, ShapeExpr)
-TUPLED = {"relax.concat"}  # (Tuple of tensors)
+
+
+def missing_twin_ops(task: Task) -> list[str]:
+    """The Relax ops of `task.mod["main"]` that have no torch twin, sorted (empty: a
+    `TorchTwin(task)` can be built, attributes permitting)."""
+    return sorted(_op_names(task.mod["main"]) - set(OPS))
 
 
 class TorchTwin(torch.nn.Module):
@@ -134,10 +311,11 @@ class TorchTwin(torch.nn.Module):
 
     def __init__(self, task: Task) -> None:
         super().__init__()
-        func = task.mod["main"]
-        unsupported = sorted(_op_names(func) - set(OPS) - SHAPED - TUPLED)
+        unsupported = missing_twin_ops(task)
         if unsupported:
             raise IntakeError(f"task '{task.name}': no torch twin for ops {unsupported}")
+        func = task.mod["main"]
+        _check_attrs(func, task.name)
         self.func, self.n_inputs = func, task.num_inputs
         self.weight_names = list(task.weights)
         for name, value in task.weights.items():
@@ -160,32 +338,46 @@ class TorchTwin(torch.nn.Module):
         return out[0] if isinstance(out, tuple) and len(out) == 1 else out
 
 
-def _evaluate(expr, env):
+def _evaluate(expr, env) -> Value:
     if isinstance(expr, relax.Var):
         return env[expr]
     if isinstance(expr, tvm.ir.GenericConst):
         return torch.from_numpy(expr.value.numpy())
+    if isinstance(expr, tvm.tirx.IntImm | tvm.tirx.FloatImm):  # clip bounds, slice indices
+        return expr.value
+    if isinstance(expr, relax.ShapeExpr):
+        return _ints(expr.values)
     if isinstance(expr, relax.Tuple):
         return tuple(_evaluate(f, env) for f in expr.fields)
     if isinstance(expr, relax.TupleGetItem):
         return _evaluate(expr.tuple_value, env)[int(expr.index)]
-    name = expr.op.name
-    if name in SHAPED:
-        x, shape = _evaluate(expr.args[0], env), _ints(expr.args[1].values)
-        if x.numel() != int(np.prod(shape)):  # another batch size than the graph's: keep it
-            shape = [x.shape[0]] + shape[1:]
-        return x.reshape(shape)
-    if name in TUPLED:
-        return torch.cat(list(_evaluate(expr.args[0], env)), int(expr.attrs.axis))
-    return OPS[name](*(_evaluate(a, env) for a in expr.args), expr.attrs)
+    return OPS[expr.op.name](*(_evaluate(a, env) for a in expr.args), expr.attrs)
 
 
 def _op_names(func: relax.Function) -> set[str]:
-    names = set()
+    return {call.op.name for call in _op_calls(func)}
+
+
+def _op_calls(func: relax.Function) -> list[relax.Call]:
+    calls = []
 
     def visit(expr):
         if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-            names.add(expr.op.name)
+            calls.append(expr)
 
     relax.analysis.post_order_visit(func.body, visit)
-    return names
+    return calls
+
+
+def _check_attrs(func: relax.Function, task_name: str) -> None:
+    """Raise, before any forward, for op attributes the torch ops cannot honour."""
+    problems = sorted(
+        {
+            f"{call.op.name} {problem}"
+            for call in _op_calls(func)
+            if call.op.name in ATTR_CHECKS
+            for problem in ATTR_CHECKS[call.op.name](call)
+        }
+    )
+    if problems:
+        raise IntakeError(f"task '{task_name}': the torch twin cannot honour {problems}")

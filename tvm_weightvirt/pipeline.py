@@ -1,8 +1,9 @@
 """Packing: Fisher -> (separation) -> page matching -> pool initialisation -> (SmartDeal pages)
 -> joint retraining -> page plan.
 
-No TVM here: tasks are torch models with data. `report` compares each task's accuracy as a
-separate model with its accuracy through the packed pages, on the test split.
+No TVM here: each `PackTask` is a torch model with its splits and objective (`packing.pack`
+makes them from any Task and TaskData). `report` compares each task's metric as a separate
+model with its metric through the packed pages, on the test split.
 """
 
 from __future__ import annotations
@@ -11,11 +12,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from .data import Split
+from .determinism import deterministic
 from .importance import fill_missing, fisher_nwv, fisher_ws
 from .layout import PageLayout, check_page_size
 from .matching import PoolState, finalize_pool, match_task
-from .optimize import OptimizeConfig, PoolTask, optimize_pool, pool_accuracy
+from .objectives import Objective
+from .optimize import (
+    OptimizeConfig,
+    PoolTask,
+    model_outputs,
+    optimize_pool,
+    pool_metric,
+    task_weights,
+)
 from .plan import PagePlan, TaskPages, check_unique_names
 from .separation import (
     SeparationConfig,
@@ -50,17 +62,28 @@ class PackConfig:
 @dataclass
 class PackResult:
     plan: PagePlan
-    report: dict  # JSON-ready: per-task params/pages/accuracies, bytes, ratios, matching cost
+    report: dict  # JSON-ready: per-task params/pages/metrics, bytes, ratios, matching cost
 
 
-def pack_tasks(
-    tasks: list,
+@dataclass
+class PackTask:
+    """What packing needs of one task: a torch model whose parameters carry the task's weight
+    names (`weight_names`, if present, is the layout order; else `state_dict()` order), its
+    train/val/test splits with `y` the targets its objective trains on, and the objective."""
+
+    name: str
+    model: torch.nn.Module
+    splits: dict[str, Split]
+    objective: Objective
+
+
+def pack_models(
+    tasks: list[PackTask],
     config: PackConfig = PackConfig(),
     progress: bool = True,
     resume: PagePlan | None = None,
 ) -> PackResult:
-    """Pack suite-like tasks (`.name`, `.model`, `.splits` with train/val/test `Split`s and
-    `.accuracy(split)` in percent, as `suite.SuiteTask`).
+    """Pack tasks whose data were checked against their models (`packing.pack` does that).
 
     With `resume`, a plan saved earlier: its page tables, pool and exclusive pages are kept (no
     matching) and retraining continues from them, each task's latest weights as anchor.
@@ -73,37 +96,48 @@ def pack_tasks(
     if not tasks:
         raise ValueError("no tasks to pack")
     check_unique_names([t.name for t in tasks])
-    # Step 1. Layouts and original-network Fisher (WS's normalised one with separation).
-    layouts, pages, fishers = [], [], []
+    with deterministic(config.seed):
+        return _pack(tasks, config, progress, resume)
+
+
+def _pack(
+    tasks: list[PackTask], config: PackConfig, progress: bool, resume: PagePlan | None
+) -> PackResult:
+    # Step 1. Layouts, and the pool size they allow (errors that need no Fisher come first).
+    layouts, pages, weights_of = [], [], []
     for t in tasks:
         state = t.model.state_dict()
         # layout order = the task function's weight order (a TorchTwin knows it)
         names = getattr(t.model, "weight_names", None) or list(state)
         weights = {k: state[k].detach().numpy() for k in names}
-        _check_data(t)
         layout = PageLayout.from_weights(
             {k: (w.shape, str(w.dtype)) for k, w in weights.items()}, config.page_size, t.name
         )
-        fisher_of = fisher_ws if config.separation else fisher_nwv
-        samples = config.fisher_samples or (50 if config.separation else 100)
-        fisher = fill_missing(
-            fisher_of(t.model, t.splits["train"].x, samples, config.seed), weights
-        )
         layouts.append(layout)
         pages.append(layout.to_pages(weights))
-        fishers.append(layout.to_pages(fisher))
-    # Step 2. Separation and matching (or the resumed plan).
+        weights_of.append(weights)
+    if resume is None:
+        n_pool = _pool_pages(tasks, layouts, config)
+    elif sorted(resume.tasks) != sorted(t.name for t in tasks) or any(
+        resume.task(t.name).layout != layout for t, layout in zip(tasks, layouts)
+    ):
+        raise ValueError("the plan to resume does not have these tasks and layouts")
+    # Step 2. Original-network Fisher (WS's normalised one with separation).
+    fisher_of = fisher_ws if config.separation else fisher_nwv
+    samples = config.fisher_samples or (50 if config.separation else 100)
+    fishers = []
+    bar = tqdm(list(zip(tasks, layouts, weights_of)), "fisher", disable=not progress or None)
+    for t, layout, weights in bar:
+        fisher = fisher_of(t.model, t.splits["train"].x, samples, config.seed, t.objective.fisher)
+        fishers.append(layout.to_pages(fill_missing(fisher, weights)))
+    # Step 3. Separation and matching (or the resumed plan).
     if resume is not None:
-        if sorted(resume.tasks) != sorted(t.name for t in tasks) or any(
-            resume.task(t.name).layout != layout for t, layout in zip(tasks, layouts)
-        ):
-            raise ValueError("the plan to resume does not have these tasks and layouts")
         plan, costs = resume, {t.name: float("nan") for t in tasks}
         anchors = [plan.pages(t.name) for t in tasks]
     else:
-        plan, costs = _initial_plan(tasks, layouts, pages, fishers, config)
+        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, progress)
         anchors = pages
-    # Step 3. Joint retraining of pool and exclusive pages, as one memory.
+    # Step 4. Joint retraining of pool and exclusive pages, as one memory.
     memory, tables = _memory(plan, [t.name for t in tasks])
     pool_tasks = [
         PoolTask(
@@ -115,17 +149,18 @@ def pack_tasks(
             anchor,
             (t.splits["train"].x, t.splits["train"].y),
             (t.splits["val"].x, t.splits["val"].y),
+            t.objective,
         )
         for t, layout, table, fisher, anchor in zip(tasks, layouts, tables, fishers, anchors)
     ]
     decode = decode_latent if config.smartdeal else None
     if config.smartdeal:
-        # Step 3a. Every page becomes C @ B (SED); training sees C projected to powers of two.
+        # Step 4a. Every page becomes C @ B (SED); training sees C projected to powers of two.
         memory = coded_to_latent(encode_pages(memory))
     with torch.no_grad():
         weights = memory if decode is None else decode(torch.from_numpy(memory)).numpy()
     before = {
-        pt.name: pool_accuracy(weights, pt, t.splits["test"].x, t.splits["test"].y)
+        pt.name: pool_metric(weights, pt, t.splits["test"].x, t.splits["test"].y)
         for pt, t in zip(pool_tasks, tasks)
     }
     log = []
@@ -138,8 +173,9 @@ def pack_tasks(
     return PackResult(plan, _report(tasks, pool_tasks, plan, memory, before, costs, log, config))
 
 
-def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dict]:
-    """Exclusive pages (WS), then NWV's matching of the shared ones, one task at a time."""
+def _pool_pages(tasks, layouts, config) -> int:
+    """The pool size: configured, from the level-1 budget, or the largest task's pages (NWV);
+    without separation, a pool too small for the largest task needs sharing within tasks."""
     largest = max(layout.n_pages for layout in layouts)
     sep = config.separation
     if config.pool_pages is not None:
@@ -152,6 +188,20 @@ def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dic
         n_pool = largest
     if n_pool <= 0:
         raise ValueError(f"the pool needs at least one page, got {n_pool}")
+    if sep is None and largest > n_pool and not config.share_within_task:
+        name = next(t.name for t, layout in zip(tasks, layouts) if layout.n_pages == largest)
+        raise ValueError(
+            f"a pool of {n_pool} pages cannot hold task '{name}' ({largest} pages to share): "
+            f"the minimum is {largest} pages, or allow sharing pages within a task"
+        )
+    return n_pool
+
+
+def _initial_plan(
+    tasks, layouts, pages, fishers, n_pool, config, progress
+) -> tuple[PagePlan, dict]:
+    """Exclusive pages (WS), then NWV's matching of the shared ones, one task at a time."""
+    sep = config.separation
     exclusive = [np.zeros(0, np.int64)] * len(tasks)
     if sep is not None:
         max_shared = None if config.share_within_task else n_pool
@@ -160,17 +210,12 @@ def _initial_plan(tasks, layouts, pages, fishers, config) -> tuple[PagePlan, dic
             select_exclusive(f, tpr, sep.margin, max_shared) for f, tpr in zip(fishers, tprs)
         ]
         _check_l2(exclusive, config, layouts, fishers, tprs)
+    # with separation, a task's pages beyond the pool are forced exclusive (`max_shared`)
     shared = [np.setdiff1d(np.arange(layout.n_pages), e) for layout, e in zip(layouts, exclusive)]
-    biggest = max(zip(shared, tasks), key=lambda st: len(st[0]))
-    if len(biggest[0]) > n_pool and not config.share_within_task:
-        raise ValueError(
-            f"a pool of {n_pool} pages cannot hold task '{biggest[1].name}' "
-            f"({len(biggest[0])} pages to share): the minimum is {len(biggest[0])} pages, or "
-            "allow sharing pages within a task"
-        )
     state = PoolState.empty(n_pool, config.page_size, config.init, config.seed)
     shared_tables, costs = [], {}
-    for t, task_pages, fisher, ids in zip(tasks, pages, fishers, shared):
+    matching = list(zip(tasks, pages, fishers, shared))
+    for t, task_pages, fisher, ids in tqdm(matching, "match", disable=not progress or None):
         match = match_task(
             state,
             task_pages[ids],
@@ -206,9 +251,15 @@ def _tprs(tasks, sep: SeparationConfig) -> list[float]:
         return [sep.tpr] * len(tasks)
     tprs = []
     for t in tasks:
-        with torch.no_grad():
-            probs = torch.softmax(t.model(torch.from_numpy(t.splits["train"].x)), 1).numpy()
-        tprs.append(tpr_for_target_accuracy(probs, t.splits["train"].y, sep.target_accuracy))
+        if t.objective.targets != "labels":
+            raise ValueError(
+                f"task '{t.name}': the target-accuracy rule needs class labels "
+                f"(objective '{t.objective.name}'): give a tpr instead"
+            )
+        probs = torch.softmax(torch.from_numpy(model_outputs(t.model, t.splits["train"].x)), 1)
+        tprs.append(
+            tpr_for_target_accuracy(probs.numpy(), t.splits["train"].y, sep.target_accuracy)
+        )
     return tprs
 
 
@@ -269,23 +320,38 @@ def _with_memory(plan: PagePlan, memory: np.ndarray, coded: CodedPages | None) -
 def _report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> dict:
     per_task = {}
     for t, pt in zip(tasks, pool_tasks):
-        separate = t.accuracy("test")
-        packed = pool_accuracy(memory, pt, t.splits["test"].x, t.splits["test"].y)
+        test = t.splits["test"]
+        original = model_outputs(t.model, test.x)
+        table = torch.from_numpy(pt.page_table.astype(np.int64))
+        with torch.no_grad():
+            packed_weights = task_weights(torch.as_tensor(memory), pt.layout, table)
+        packed_outputs = model_outputs(t.model, test.x, packed_weights)
+        separate = t.objective.metric(original, test.y)
+        packed = t.objective.metric(packed_outputs, test.y)
         per_task[t.name] = {
             "params": pt.layout.n_weights,
             "pages": pt.layout.n_pages,
             "exclusive_pages": plan.task(t.name).n_exclusive_pages,
-            "acc_separate": separate,
-            "acc_matched": before[t.name],
-            "acc_packed": packed,
-            "delta_pp": packed - separate,
+            "objective": t.objective.name,
+            "metric": t.objective.metric_name,
+            "higher_is_better": t.objective.higher_is_better,
+            "percent": t.objective.percent,
+            "separate": separate,
+            "matched": before[t.name],
+            "packed": packed,
+            "delta": packed - separate,
+            "extra_metrics": {
+                name: {"separate": f(original, test.y), "packed": f(packed_outputs, test.y)}
+                for name, f in t.objective.extra_metrics.items()
+            },
             "matching_cost": costs[t.name],
         }
     n_params = sum(v["params"] for v in per_task.values())
     bytes_separate = 4 * n_params
     l1_bytes = plan.pool_bytes + plan.page_table_bytes
     l2_bytes = plan.exclusive_bytes
-    deltas = [v["delta_pp"] for v in per_task.values()]
+    # percentage metrics (accuracy, top-1 agreement) summarise in pp; others stay per task
+    deltas = [r["delta"] for t, r in zip(tasks, per_task.values()) if t.objective.percent]
     return {
         "page_size": plan.page_size,
         "pool_pages": plan.n_pool_pages,
@@ -301,8 +367,8 @@ def _report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> dict
         "l2_bytes": l2_bytes,
         "ratio_bytes": bytes_separate / (l1_bytes + l2_bytes),
         "ratio_count": n_params / memory.size,
-        "mean_delta_pp": float(np.mean(deltas)),
-        "worst_delta_pp": float(np.min(deltas)),
+        "mean_delta_pp": float(np.mean(deltas)) if deltas else None,
+        "worst_delta_pp": float(np.min(deltas)) if deltas else None,
         "smartdeal": None if plan.coded is None else _coded_report(plan),
         "optimize_log": log,
     }
@@ -319,41 +385,28 @@ def _coded_report(plan: PagePlan) -> dict:
 
 
 def format_report(report: dict) -> str:
+    """The report as a table: per task its metric as a separate model, after matching and
+    packed; then pool, bytes and the mean/worst change of the percentage metrics."""
     lines = [
-        f"{'task':14s} {'params':>7s} {'pages':>5s} {'excl':>4s} {'separate':>9s} "
-        f"{'matched':>8s} {'packed':>7s} {'delta':>7s}"
+        f"{'task':14s} {'params':>7s} {'pages':>5s} {'excl':>4s} {'metric':16s} "
+        f"{'separate':>9s} {'matched':>9s} {'packed':>9s} {'delta':>9s}"
     ]
     for name, r in report["tasks"].items():
+        unit = "%" if r["percent"] else ""
         lines.append(
             f"{name:14s} {r['params']:7d} {r['pages']:5d} {r.get('exclusive_pages', 0):4d} "
-            f"{r['acc_separate']:8.2f}% {r['acc_matched']:7.2f}% {r['acc_packed']:6.2f}% "
-            f"{r['delta_pp']:+6.2f}pp"
+            f"{r['metric']:16s} {r['separate']:8.4g}{unit:1s} {r['matched']:8.4g}{unit:1s} "
+            f"{r['packed']:8.4g}{unit:1s} {r['delta']:+9.3g}"
         )
+    summary = (
+        f"mean delta {report['mean_delta_pp']:+.2f} pp, worst {report['worst_delta_pp']:+.2f} pp"
+        if report.get("mean_delta_pp") is not None
+        else "no percentage metric to summarise"
+    )
     lines.append(
         f"pool {report['pool_pages']} pages x {report['page_size']}; bytes separate "
         f"{report['bytes_separate']} -> packed {report['bytes_packed']} (level 1 "
-        f"{report.get('l1_bytes', report['bytes_packed'])}, level 2 {report.get('l2_bytes', 0)}; "
-        f"{report['ratio_bytes']:.2f}x bytes, {report['ratio_count']:.2f}x by count); "
-        f"mean delta {report['mean_delta_pp']:+.2f} pp, worst {report['worst_delta_pp']:+.2f} pp"
+        f"{report['l1_bytes']}, level 2 {report['l2_bytes']}; {report['ratio_bytes']:.2f}x "
+        f"bytes, {report['ratio_count']:.2f}x by count); {summary}"
     )
     return "\n".join(lines)
-
-
-def _check_data(task) -> None:
-    """The task's data must fit its model: one forward pass on two training samples."""
-    x = task.splits["train"].x
-    try:
-        with torch.no_grad():
-            out = task.model(torch.from_numpy(x[:2]))
-    except Exception as err:
-        raise ValueError(
-            f"task '{task.name}': training data of shape {tuple(x.shape[1:])} per sample does "
-            f"not fit the model: {err}"
-        ) from err
-    n_classes = int(out.shape[1])
-    labels = np.concatenate([s.y for s in task.splits.values()])
-    if labels.min() < 0 or labels.max() >= n_classes:
-        raise ValueError(
-            f"task '{task.name}': labels span [{labels.min()}, {labels.max()}], "
-            f"the model has {n_classes} classes"
-        )

@@ -1,0 +1,33 @@
+"""Test tiers: `make test` runs everything; `make test-fast` (`-m "not slow"`) runs the tests
+that need no trained suite baseline, no QEMU and no tuning, and fails any that trains one."""
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_trains_nothing(request, monkeypatch):
+    if "not slow" not in (request.config.getoption("markexpr") or ""):
+        return
+    from tvm_weightvirt import suite
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(
+            f"{request.node.nodeid} trains a suite baseline: mark it `slow` (fast tier)"
+        )
+
+    monkeypatch.setattr(suite, "train_baseline", refuse)
+
+
+@pytest.fixture(scope="session")
+def mini_wvpack(tmp_path_factory):
+    """`wvirt pack --suite wine,iris` with a short retraining, shared by the CLI tests."""
+    from tvm_weightvirt.cli import main
+
+    path = tmp_path_factory.mktemp("mini") / "mini.wvpack"
+    assert (
+        main(
+            ["pack", "--suite", "wine,iris", "--rounds", "1", "--iterations", "50", "-o", str(path)]
+        )
+        == 0
+    )
+    return path

@@ -1,0 +1,140 @@
+"""What `wvirt pack` packs, from its command line or a TOML manifest: models, data files,
+objectives and the packing options (one table of options serves both)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+
+# option: (type, default, choices, help); the flag is --option-with-dashes, the manifest key
+# is the option name in its [pack] table.
+PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
+    "page_size": (int, 100, None, "weights per page"),
+    "pool_pages": (int, None, None, "pool size in pages (default: the largest task's, as NWV)"),
+    "share_within_task": (bool, False, None, "allow a pool smaller than the largest task"),
+    "match": (str, "greedy", ("greedy", "optimal", "random"), "page matching"),
+    "init": (str, "fisher_mean", ("random", "weights", "fisher_mean"), "pool initialisation"),
+    "rounds": (int, 4, None, "retraining rounds (0: none)"),
+    "iterations": (int, 300, None, "retraining iterations per task per round"),
+    "lam": (
+        float,
+        None,
+        None,
+        "weight of the sharing loss (default 10 as NWV, 0.1 with separation as WS)",
+    ),
+    "fisher_samples": (
+        int,
+        None,
+        None,
+        "training samples for the Fisher (default 100; 50 with separation)",
+    ),
+    "seed": (int, 0, None, "seed of splits, matching and retraining"),
+    "resume": (str, None, None, "continue retraining from this .wvpack's plan"),
+    "separate": (
+        bool,
+        False,
+        None,
+        "weight separation: critical pages exclusive in level-2 storage (WS)",
+    ),
+    "l1_budget": (
+        str,
+        None,
+        None,
+        "shared pool + page tables in RAM, e.g. 256KiB (sets the pool size)",
+    ),
+    "l2_budget": (str, None, None, "all exclusive pages, e.g. 4MiB"),
+    "tpr": (float, 1.0, None, "separation: target protection ratio"),
+    "margin": (float, 0.1, None, "separation: margin"),
+    "target_accuracy": (
+        float,
+        None,
+        None,
+        "separation: per-task tpr from WS's target-accuracy rule (e.g. 0.95)",
+    ),
+    "smartdeal": (
+        bool,
+        False,
+        None,
+        "store pool pages as power-of-two codes x a 3x3 basis per page (page size: a multiple of 3)",
+    ),
+    "lossless": (bool, False, None, "no sharing, no data: every task on pages of its own"),
+}
+TASK_KEYS = ("model", "data", "objective")
+
+
+@dataclass
+class PackSpec:
+    """Models, data files and objectives by task name; options by name (unset: absent)."""
+
+    models: dict[str, str] = field(default_factory=dict)
+    data: dict[str, str] = field(default_factory=dict)
+    objectives: dict[str, str] = field(default_factory=dict)
+    options: dict[str, object] = field(default_factory=dict)
+
+    def option(self, name: str):
+        return self.options.get(name, PACK_OPTIONS[name][1])
+
+
+def read_manifest(path: str) -> PackSpec:
+    """A manifest: `[tasks.NAME]` tables with `model`, `data` (optional) and `objective`
+    (optional), and a `[pack]` table of options; paths are relative to the manifest."""
+    try:
+        with open(path, "rb") as f:
+            manifest = tomllib.load(f)
+    except FileNotFoundError:
+        raise ValueError(f"manifest '{path}' does not exist") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"manifest '{path}' is not valid TOML: {err}") from err
+    where = f"manifest '{path}'"
+    unknown = sorted(set(manifest) - {"tasks", "pack"})
+    if unknown:
+        raise ValueError(f"{where}: unknown tables {unknown} (valid: tasks, pack)")
+    tasks = manifest.get("tasks")
+    if not isinstance(tasks, dict) or not tasks:
+        raise ValueError(f"{where}: no [tasks.NAME] tables")
+    folder = os.path.dirname(os.path.abspath(path))
+    spec = PackSpec()
+    for name, entry in tasks.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where}: tasks.{name} must be a table with {', '.join(TASK_KEYS)}")
+        bad = sorted(set(entry) - set(TASK_KEYS))
+        if bad:
+            raise ValueError(
+                f"{where}: tasks.{name} has unknown keys {bad} (valid: {', '.join(TASK_KEYS)})"
+            )
+        if "model" not in entry:
+            raise ValueError(f"{where}: tasks.{name} has no 'model'")
+        spec.models[name] = os.path.join(folder, str(entry["model"]))
+        if "data" in entry:
+            spec.data[name] = os.path.join(folder, str(entry["data"]))
+        if "objective" in entry:
+            spec.objectives[name] = check_objective(
+                str(entry["objective"]), f"{where}: tasks.{name}"
+            )
+    options = manifest.get("pack", {})
+    bad = sorted(set(options) - set(PACK_OPTIONS))
+    if bad:
+        raise ValueError(
+            f"{where}: [pack] has unknown keys {bad} (valid: {', '.join(PACK_OPTIONS)})"
+        )
+    for key, value in options.items():
+        kind, _, choices, _ = PACK_OPTIONS[key]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if kind is str and key in ("resume",) and ok:
+            value = os.path.join(folder, value)
+        if not ok or (choices and value not in choices):
+            expected = f"one of {list(choices)}" if choices else kind.__name__
+            raise ValueError(f"{where}: [pack] {key} = {value!r}, expected {expected}")
+        spec.options[key] = value
+    return spec
+
+
+def check_objective(name: str, where: str) -> str:
+    from .objectives import NAMES as OBJECTIVES  # torch: not for `wvirt --help`
+
+    if name not in OBJECTIVES:
+        raise ValueError(f"{where}: unknown objective {name!r} (valid: {', '.join(OBJECTIVES)})")
+    return name
