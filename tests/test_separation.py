@@ -125,6 +125,7 @@ def test_overlap_loss_covers_shared_positions_only(separated):
             np.zeros((len(tables[i]), 100)),
             None,
             None,
+            None,
         )
         for i, n in enumerate(TASKS)
     ]
@@ -236,13 +237,13 @@ def test_suggested_budgets_fed_back_pack_and_the_pool_is_the_smallest_that_does(
     Fisher of the trained nets, so the test checks the suggestion, not a figure."""
     tasks = suite.load_suite(TASKS)
 
-    def pack(l1: int, l2: int):
+    def pack_with(l1: int, l2: int):
         separation = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l2)
         config = PackConfig(separation=separation, optimize=OptimizeConfig(rounds=0))
         return pack(*suite.packable(tasks), config, progress=False).plan
 
     with pytest.raises(ValueError) as err:
-        pack(parse_bytes("64KiB"), 100_000)
+        pack_with(parse_bytes("64KiB"), 100_000)
     found = re.fullmatch(
         r"the exclusive pages need (\d+) B of level-2 storage, over its budget of 100000 B: a "
         r"level-1 budget of (\d+) B \((\d+) pool pages\) or a level-2 budget of (\d+) B would work",
@@ -252,17 +253,17 @@ def test_suggested_budgets_fed_back_pack_and_the_pool_is_the_smallest_that_does(
     needed, l1, n_pool, l2 = map(int, found.groups())
     assert l2 == needed >= 400 * (112 + 101 + 52) and needed % 400 == 0
     assert l1 == 4 * (268 + 257 + 208) + 400 * n_pool  # tables + pool pages
-    plan = pack(l1, 100_000)
+    plan = pack_with(l1, 100_000)
     assert plan.n_pool_pages == n_pool and plan.exclusive_bytes <= 100_000
     with pytest.raises(ValueError, match="over its budget of 100000 B"):
-        pack(l1 - 400, 100_000)  # one pool page fewer does not fit
-    assert pack(parse_bytes("64KiB"), l2).exclusive_bytes == needed
+        pack_with(l1 - 400, 100_000)  # one pool page fewer does not fit
+    assert pack_with(parse_bytes("64KiB"), l2).exclusive_bytes == needed
     # at least one page per task is exclusive at tpr 1.0 (WS's rule), so 1,000 B never fits
     with pytest.raises(
         ValueError,
         match="over its budget of 1000 B, at any pool size: lower tpr or raise the budget",
     ):
-        pack(parse_bytes("64KiB"), 1000)
+        pack_with(parse_bytes("64KiB"), 1000)
 
 
 @pytest.mark.slow

@@ -72,3 +72,14 @@ def test_cli_errors_name_the_culprit(tmp_path, onnx_files, capsys):
     out.write_bytes(out.read_bytes()[:100])
     assert main(["inspect", str(out)]) == 2
     assert "not a readable safetensors file" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tutorial_02_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["02_pack_your_models.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "02_pack_your_models.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    for name in ["sensors", "gestures", "friedman"]:
+        assert printed.count(f"{name}: output") == 2
+    assert "pool 130 pages x 100" in printed and "top1_agreement" in printed
+    assert (tmp_path / "packed.wvpack").exists() and (tmp_path / "report.png").exists()

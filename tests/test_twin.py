@@ -7,10 +7,9 @@ from onnx import TensorProto, helper
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples, suite
+from tvm_weightvirt import examples
 from tvm_weightvirt.importance import fisher_nwv
 from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.packing import pack
 from tvm_weightvirt.pipeline import PackConfig
 from tvm_weightvirt.twin import TorchTwin
 
@@ -37,37 +36,33 @@ def test_twin_of_a_torch_model_matches_torch(kind):
         np.testing.assert_allclose(twin(x).numpy(), model(x).numpy(), atol=1e-5, rtol=0)
 
 
-@pytest.mark.slow
-def test_fisher_and_packing_of_an_onnx_task():
-    """Fisher over the twin covers every ONNX weight; a packed plan of an ONNX task and a suite
-    task compiles, and the ONNX task's compiled output equals its twin with the plan's weights."""
-    model, example = examples.onnx_inception_block()
-    task = wv.Task.from_onnx(model, name="onnx_net")
-    twin = TorchTwin(task)
+def test_fisher_and_packing_of_onnx_tasks_without_labels():
+    """Fisher over the twin covers every ONNX weight; two ONNX tasks with unlabelled data
+    (distilled) pack into one pool, and each compiled output equals its twin with the plan's
+    weights."""
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(120, 3, 10, 10)).astype(np.float32)
-    with torch.no_grad():
-        y = twin(torch.from_numpy(x)).argmax(1).numpy()  # labels: the model's own predictions
-    fisher = fisher_nwv(twin, x, n_samples=20)
-    assert set(fisher) == set(task.weights) and all(f.sum() > 0 for f in fisher.values())
-    splits = {
-        "train": suite.Split(x[:80], y[:80]),
-        "val": suite.Split(x[80:100], y[80:100]),
-        "test": suite.Split(x[100:], y[100:]),
-    }
-    onnx_task = suite.SuiteTask("onnx_net", twin, splits)
-    wine = suite.load_task("wine")
-    plan = pack(
-        *suite.packable([wine, onnx_task]),
-        PackConfig(optimize=OptimizeConfig(rounds=0)),
-        progress=False,
-    ).plan
-    graphs = [wv.Task.from_torch(wine.model, (wine.example_input(),), name="wine"), task]
-    runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
-    weights = {k: torch.from_numpy(v) for k, v in plan.read("onnx_net").items()}
-    with torch.no_grad():
-        expected = torch.func.functional_call(twin, weights, (torch.from_numpy(example),)).numpy()
-    np.testing.assert_allclose(runtime.run("onnx_net", example)[0], expected, atol=1e-5, rtol=0)
+    tasks, data, examples_in = [], {}, {}
+    for name, make, shape in [
+        ("incep", examples.onnx_inception_block, (3, 10, 10)),
+        ("res", examples.onnx_resnet_block, (3, 12, 12)),
+    ]:
+        model, examples_in[name] = make()
+        tasks.append(wv.Task.from_onnx(model, name=name))
+        data[name] = wv.TaskData(rng.normal(size=(120, *shape)).astype(np.float32))
+    fisher = fisher_nwv(TorchTwin(tasks[0]), data["incep"].train, n_samples=20)
+    assert set(fisher) == set(tasks[0].weights) and all(f.sum() > 0 for f in fisher.values())
+    result = wv.pack(tasks, data, PackConfig(optimize=OptimizeConfig(rounds=0)), progress=False)
+    assert result.report["tasks"]["res"]["objective"] == "distill"
+    plan = result.plan
+    runtime = MultitaskRuntime(plan, wv.build(wv.lower(tasks, plan)))
+    for task in tasks:
+        weights = {k: torch.from_numpy(v) for k, v in plan.read(task.name).items()}
+        x = examples_in[task.name]
+        with torch.no_grad():
+            expected = torch.func.functional_call(TorchTwin(task), weights, (torch.from_numpy(x),))
+        np.testing.assert_allclose(
+            runtime.run(task.name, x)[0], expected.numpy(), atol=1e-5, rtol=0
+        )
 
 
 def test_twin_names_the_ops_it_cannot_run():

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="out/demo", help="folder for the .wvpack")
 
     args = parser.parse_args(argv)
+    _log_to_stderr()
     try:
         return {
             "pack": _pack,
@@ -127,6 +128,18 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # the user's input: say what is wrong, no traceback
         print(f"wvirt {args.command}: error: {err}", file=sys.stderr)
         return 2
+
+
+def _log_to_stderr() -> None:
+    """The library's notes (e.g. splits held out of train) on stderr, once per process."""
+    import logging
+
+    logger = logging.getLogger("tvm_weightvirt")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _pack(args) -> int:

@@ -182,3 +182,124 @@ def onnx_inception_block(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 5])
     example = rng.normal(size=(1, 3, 10, 10)).astype(np.float32)
     return _model(nodes, [x], [y], inits), example
+
+
+# **** a user's own models ****
+
+
+def _onnx_mlp(layers: list[tuple[np.ndarray, np.ndarray]], name: str) -> onnx.ModelProto:
+    """An ONNX MLP (Gemm -> Relu ... -> Gemm, logits out) from (weight [in, out], bias) pairs,
+    as skl2onnx writes a scikit-learn MLP; the batch dimension is symbolic."""
+    inits, nodes, current = [], [], "x"
+    for i, (w, b) in enumerate(layers):
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"{name}.fc{i}.weight"),
+            numpy_helper.from_array(b.astype(np.float32), f"{name}.fc{i}.bias"),
+        ]
+        out = "y" if i == len(layers) - 1 else f"h{i}"
+        nodes.append(
+            helper.make_node("Gemm", [current, f"{name}.fc{i}.weight", f"{name}.fc{i}.bias"], [out])
+        )
+        if out != "y":
+            nodes.append(helper.make_node("Relu", [out], [f"r{i}"]))
+            out = f"r{i}"
+        current = out
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", layers[0][0].shape[0]])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", layers[-1][0].shape[1]])
+    return _model(nodes, [x], [y], inits)
+
+
+def _sklearn_onnx_classifier(x: np.ndarray, y: np.ndarray, name: str) -> onnx.ModelProto:
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier((64, 64), max_iter=200, random_state=0).fit(x, y)
+    return _onnx_mlp(list(zip(clf.coefs_, clf.intercepts_)), name)
+
+
+def write_user_models(folder: str) -> dict[str, dict[str, str]]:
+    """Three trained models a user might bring, none of them in the suite, with their data, in
+    `folder`: `sensors` (ONNX MLP, 4 classes, labelled splits), `gestures` (ONNX MLP, 3 classes,
+    only unlabelled training samples: packed by distillation) and `friedman` (a torch
+    regression MLP on Friedman's nonlinear benchmark, saved by `torch.export.save`; train and
+    test splits). Also writes `suite.toml`, the manifest for `wvirt pack`. Returns
+    `{name: {"model": path, "data": path}}`."""
+    import os
+
+    from sklearn.datasets import make_classification, make_friedman1
+    from sklearn.model_selection import train_test_split
+
+    os.makedirs(folder, exist_ok=True)
+    files = {}
+
+    def write(name: str, model_file: str, **arrays) -> None:
+        data_file = os.path.join(folder, f"{name}.npz")
+        np.savez(
+            data_file,
+            **{k: v.astype(np.float32 if k[0] == "x" else v.dtype) for k, v in arrays.items()},
+        )
+        files[name] = {"model": os.path.join(folder, model_file), "data": data_file}
+
+    # sensors: labelled train / val / test
+    x, y = make_classification(
+        2000, 20, n_informative=12, n_classes=4, class_sep=1.5, random_state=0
+    )
+    x = (x - x.mean(0)) / x.std(0)
+    x_tr, x_rest, y_tr, y_rest = train_test_split(x, y, test_size=0.4, stratify=y, random_state=0)
+    x_va, x_te, y_va, y_te = train_test_split(
+        x_rest, y_rest, test_size=0.5, stratify=y_rest, random_state=0
+    )
+    onnx.save(_sklearn_onnx_classifier(x_tr, y_tr, "sensors"), os.path.join(folder, "sensors.onnx"))
+    write(
+        "sensors",
+        "sensors.onnx",
+        x_train=x_tr,
+        y_train=y_tr,
+        x_val=x_va,
+        y_val=y_va,
+        x_test=x_te,
+        y_test=y_te,
+    )
+    # gestures: the user has the model and unlabelled samples only
+    x, y = make_classification(
+        1500, 16, n_informative=10, n_classes=3, class_sep=1.2, random_state=1
+    )
+    x = (x - x.mean(0)) / x.std(0)
+    onnx.save(_sklearn_onnx_classifier(x, y, "gestures"), os.path.join(folder, "gestures.onnx"))
+    write("gestures", "gestures.onnx", x_train=x)
+    # friedman: torch regression on Friedman's nonlinear benchmark; no validation split given
+    x, y = make_friedman1(1500, n_features=10, noise=0.5, random_state=2)
+    x, y = (x - x.mean(0)) / x.std(0), (y - y.mean()) / y.std()
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(10, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 64),
+        torch.nn.ReLU(),
+        torch.nn.Linear(64, 1),
+    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    xt, yt = torch.from_numpy(x_tr.astype(np.float32)), torch.from_numpy(y_tr.astype(np.float32))
+    for _ in range(300):
+        loss = torch.nn.functional.mse_loss(model(xt)[:, 0], yt)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    from .task import quiet_torch_export
+
+    with quiet_torch_export():
+        program = torch.export.export(model.eval(), (xt[:1],))
+    torch.export.save(program, os.path.join(folder, "friedman.pt2"))
+    write("friedman", "friedman.pt2", x_train=x_tr, y_train=y_tr, x_test=x_te, y_test=y_te)
+    with open(os.path.join(folder, "suite.toml"), "w") as f:
+        for name, objective in [
+            ("sensors", "classification"),
+            ("gestures", "distill"),
+            ("friedman", "regression"),
+        ]:
+            model_file = os.path.basename(files[name]["model"])
+            f.write(
+                f'[tasks.{name}]\nmodel = "{model_file}"\ndata = "{name}.npz"\nobjective = "{objective}"\n\n'
+            )
+        f.write("[pack]\nrounds = 2\niterations = 200\n")
+    return files

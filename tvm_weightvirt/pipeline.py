@@ -388,14 +388,14 @@ def format_report(report: dict) -> str:
     """The report as a table: per task its metric as a separate model, after matching and
     packed; then pool, bytes and the mean/worst change of the percentage metrics."""
     lines = [
-        f"{'task':14s} {'params':>7s} {'pages':>5s} {'excl':>4s} {'metric':16s} "
+        f"{'task':14s} {'params':>7s} {'pages':>5s} {'excl':>4s} {'objective':14s} {'metric':16s} "
         f"{'separate':>9s} {'matched':>9s} {'packed':>9s} {'delta':>9s}"
     ]
     for name, r in report["tasks"].items():
         unit = "%" if r["percent"] else ""
         lines.append(
             f"{name:14s} {r['params']:7d} {r['pages']:5d} {r.get('exclusive_pages', 0):4d} "
-            f"{r['metric']:16s} {r['separate']:8.4g}{unit:1s} {r['matched']:8.4g}{unit:1s} "
+            f"{r['objective']:14s} {r['metric']:16s} {r['separate']:8.4g}{unit:1s} {r['matched']:8.4g}{unit:1s} "
             f"{r['packed']:8.4g}{unit:1s} {r['delta']:+9.3g}"
         )
     summary = (

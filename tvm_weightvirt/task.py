@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -96,9 +98,7 @@ class Task:
 
         check_task_name(name)
         try:
-            with warnings.catch_warnings():
-                # torch's own pytree deprecation inside export: nothing a user can act on
-                warnings.filterwarnings("ignore", r".*LeafSpec.*", FutureWarning)
+            with quiet_torch_export():
                 program = torch.export.export(model.eval(), tuple(example_inputs))
         except Exception as err:
             raise IntakeError(f"task '{name}': cannot export the torch model: {err}") from err
@@ -114,8 +114,7 @@ class Task:
         if not os.path.isfile(path):
             raise IntakeError(f"task '{name}': .pt2 file '{path}' does not exist")
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", r".*LeafSpec.*", FutureWarning)
+            with quiet_torch_export():
                 program = torch.export.load(path)
         except Exception as err:
             raise IntakeError(
@@ -130,8 +129,7 @@ class Task:
 
         check_task_name(name)
         try:
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", r".*LeafSpec.*", FutureWarning)
+            with quiet_torch_export():
                 mod = from_exported_program(program, keep_params_as_input=True)
         except Exception as err:
             raise IntakeError(f"task '{name}': cannot import the torch model: {err}") from err
@@ -182,6 +180,15 @@ class Task:
         if len(renamed) == len(task.weights):
             task.weights = renamed
         return task
+
+
+@contextmanager
+def quiet_torch_export() -> Iterator[None]:
+    """torch.export's own pytree deprecation (a FutureWarning per export): nothing a user can
+    act on, so it is filtered where we export, not globally."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*LeafSpec.*", FutureWarning)
+        yield
 
 
 def check_task_name(name: str) -> None:

@@ -102,7 +102,7 @@ def _batch_norm(x, gamma, beta, mean, var, attrs):
 
 
 def _layer_norm(x, gamma, beta, attrs):
-    n = len(attrs.axes)  # the trailing axes (checked in _attr_problems)
+    n = len(attrs.axes)  # the trailing axes (see _layer_norm_problems)
     return F.layer_norm(
         x,
         x.shape[-n:],
