@@ -9,7 +9,8 @@ from contextlib import contextmanager
 
 import torch
 
-# Threads for training and Fisher, whatever the machine has: part of the baseline cache key.
+# Threads for training and Fisher, whatever the machine has (2: what the README figures were
+# trained with): part of the baseline cache key.
 TRAIN_THREADS = 1
 
 

@@ -334,7 +334,8 @@ def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
     the trained weights: the torch version and the training thread count)."""
     spec = _spec(name)
     splits = load_splits(name)
-    model = spec.make_model()
+    with deterministic(config.seed):  # initial weights: the seed's, not the process's history
+        model = spec.make_model()
     key = hashlib.sha256(
         json.dumps(
             {
