@@ -273,3 +273,26 @@ def test_shared_pages_matrix_counts_pool_pages_read_by_both_tasks():
     names, matrix = shared_pages(plan)
     assert names == ["a", "b"]
     np.testing.assert_array_equal(matrix, [[2, 2], [2, 3]])
+
+
+def test_reports_saved_before_objectives_still_read():
+    """A pack written by an earlier version (accuracy only, `acc_*` keys) still prints."""
+    from tvm_weightvirt.pipeline import format_report
+
+    row = {"params": 100, "pages": 1, "exclusive_pages": 0, "acc_separate": 90.0}
+    row |= {"acc_matched": 80.0, "acc_packed": 89.0, "delta_pp": -1.0, "matching_cost": 0.1}
+    report = {
+        "tasks": {"old": row},
+        "pool_pages": 1,
+        "page_size": 100,
+        "bytes_separate": 400,
+        "bytes_packed": 404,
+        "l1_bytes": 404,
+        "l2_bytes": 0,
+        "ratio_bytes": 0.99,
+        "ratio_count": 1.0,
+        "mean_delta_pp": -1.0,
+        "worst_delta_pp": -1.0,
+    }
+    table = format_report(report)
+    assert "classification accuracy" in table and "89%" in table and "-1" in table

@@ -301,5 +301,5 @@ def write_user_models(folder: str) -> dict[str, dict[str, str]]:
             f.write(
                 f'[tasks.{name}]\nmodel = "{model_file}"\ndata = "{name}.npz"\nobjective = "{objective}"\n\n'
             )
-        f.write("[pack]\nrounds = 2\niterations = 200\n")
+        f.write("[pack]\npool_pages = 130\nrounds = 4\niterations = 300\n")
     return files

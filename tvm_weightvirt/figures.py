@@ -65,7 +65,9 @@ def plot_pack(plan: PagePlan, report: dict | None, path: str) -> None:
     if report:
         # metrics differ in scale and direction: packed relative to separate, 100 = unchanged
         ax = axes[2]
-        rows = [report["tasks"][n] for n in names]
+        from .pipeline import task_rows  # torch: only with a report
+
+        rows = [task_rows(report)[n] for n in names]
         relative = [100.0 * r["packed"] / r["separate"] if r["separate"] else np.nan for r in rows]
         ax.bar(at, relative, 0.5, color=["C0" if r["higher_is_better"] else "C1" for r in rows])
         ax.axhline(100.0, color="gray", lw=0.8)

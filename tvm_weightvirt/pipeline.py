@@ -384,6 +384,27 @@ def _coded_report(plan: PagePlan) -> dict:
     }
 
 
+def task_rows(report: dict) -> dict[str, dict]:
+    """The report's per-task rows; rows of packs saved before objectives existed (accuracy
+    only, `acc_*` keys) in today's form."""
+    rows = {}
+    for name, r in report["tasks"].items():
+        if "acc_separate" in r:
+            r = {k: v for k, v in r.items() if not k.startswith("acc_") and k != "delta_pp"}
+            r |= {
+                "objective": "classification",
+                "metric": "accuracy",
+                "higher_is_better": True,
+                "percent": True,
+                "separate": report["tasks"][name]["acc_separate"],
+                "matched": report["tasks"][name]["acc_matched"],
+                "packed": report["tasks"][name]["acc_packed"],
+                "delta": report["tasks"][name]["delta_pp"],
+            }
+        rows[name] = r
+    return rows
+
+
 def format_report(report: dict) -> str:
     """The report as a table: per task its metric as a separate model, after matching and
     packed; then pool, bytes and the mean/worst change of the percentage metrics."""
@@ -391,7 +412,7 @@ def format_report(report: dict) -> str:
         f"{'task':14s} {'params':>7s} {'pages':>5s} {'excl':>4s} {'objective':14s} {'metric':16s} "
         f"{'separate':>9s} {'matched':>9s} {'packed':>9s} {'delta':>9s}"
     ]
-    for name, r in report["tasks"].items():
+    for name, r in task_rows(report).items():
         unit = "%" if r["percent"] else ""
         lines.append(
             f"{name:14s} {r['params']:7d} {r['pages']:5d} {r.get('exclusive_pages', 0):4d} "
@@ -406,7 +427,7 @@ def format_report(report: dict) -> str:
     lines.append(
         f"pool {report['pool_pages']} pages x {report['page_size']}; bytes separate "
         f"{report['bytes_separate']} -> packed {report['bytes_packed']} (level 1 "
-        f"{report['l1_bytes']}, level 2 {report['l2_bytes']}; {report['ratio_bytes']:.2f}x "
+        f"{report.get('l1_bytes', report['bytes_packed'])}, level 2 {report.get('l2_bytes', 0)}; {report['ratio_bytes']:.2f}x "
         f"bytes, {report['ratio_count']:.2f}x by count); {summary}"
     )
     return "\n".join(lines)
