@@ -58,13 +58,13 @@ class Objective:
 
 
 def accuracy(outputs: np.ndarray, labels: np.ndarray) -> float:
-    """Percent of samples whose top output is the label."""
-    return 100.0 * float(np.mean(outputs.argmax(1) == labels))
+    """Percent of samples whose top output is the label (100 * correct / n, as people count)."""
+    return 100.0 * int(np.sum(outputs.argmax(1) == labels)) / len(labels)
 
 
 def agreement(outputs: np.ndarray, original: np.ndarray) -> float:
     """Percent of samples whose top class is the original model's top class."""
-    return 100.0 * float(np.mean(outputs.argmax(1) == original.argmax(1)))
+    return 100.0 * int(np.sum(outputs.argmax(1) == original.argmax(1))) / len(original)
 
 
 def rmse(outputs: np.ndarray, values: np.ndarray) -> float:
