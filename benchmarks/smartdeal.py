@@ -70,7 +70,7 @@ def main() -> None:
     )
     paged = pack(*suite.packable(tasks), PackConfig(optimize=budget)).report
     paging = _summary(
-        paged["bytes_packed"], separate_bytes, [r["delta_pp"] for r in paged["tasks"].values()]
+        paged["bytes_packed"], separate_bytes, [r["delta"] for r in paged["tasks"].values()]
     )
     # (d) both: as many coded pool pages as fit 1/16 of the separate bytes beside the tables.
     tables = 4 * sum(
@@ -96,7 +96,7 @@ def main() -> None:
     both = _summary(
         both_report["bytes_packed"],
         separate_bytes,
-        [r["delta_pp"] for r in both_report["tasks"].values()],
+        [r["delta"] for r in both_report["tasks"].values()],
     ) | {
         "formula_bytes": both_report["smartdeal"]["formula_bytes"],
         "ratio_formula": separate_bytes / both_report["smartdeal"]["formula_bytes"],

@@ -4,18 +4,16 @@ that need no trained suite baseline, no QEMU and no tuning, and fails any that t
 import pytest
 
 
-@pytest.fixture(autouse=True)
-def _fast_tier_trains_nothing(request, monkeypatch):
-    if "not slow" not in (request.config.getoption("markexpr") or ""):
+def pytest_configure(config):
+    """In the fast tier, training a suite baseline fails (fixtures of any scope included)."""
+    if "not slow" not in (config.getoption("markexpr") or ""):
         return
     from tvm_weightvirt import suite
 
     def refuse(*args, **kwargs):
-        raise AssertionError(
-            f"{request.node.nodeid} trains a suite baseline: mark it `slow` (fast tier)"
-        )
+        raise AssertionError("a fast test trains a suite baseline: mark it `slow`")
 
-    monkeypatch.setattr(suite, "train_baseline", refuse)
+    suite.train_baseline = refuse
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +22,6 @@ def mini_wvpack(tmp_path_factory):
     from tvm_weightvirt.cli import main
 
     path = tmp_path_factory.mktemp("mini") / "mini.wvpack"
-    assert (
-        main(
-            ["pack", "--suite", "wine,iris", "--rounds", "1", "--iterations", "50", "-o", str(path)]
-        )
-        == 0
-    )
+    argv = ["pack", "--suite", "wine,iris", "--rounds", "1", "--iterations", "50", "-o", str(path)]
+    assert main(argv) == 0
     return path

@@ -296,3 +296,20 @@ def test_reports_saved_before_objectives_still_read():
     }
     table = format_report(report)
     assert "classification accuracy" in table and "89%" in table and "-1" in table
+
+
+def test_a_model_with_two_outputs_is_named_and_separation_takes_ws_lambda(small):
+    from onnx import TensorProto, helper
+
+    folder, model, x, y = small
+    two = onnx.load(model)
+    two.graph.node.append(helper.make_node("Relu", ["y"], ["z"]))
+    two.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4]))
+    task = wv.Task.from_onnx(two, name="two")
+    with pytest.raises(ValueError, match="task 'two' \\(arrays\\): the model has 2 outputs"):
+        wv.pack([task], {"two": wv.TaskData((x, y))})
+    separation = wv.SeparationConfig(l1_budget_bytes=4096)
+    config = wv.PackConfig(separation=separation, optimize=wv.OptimizeConfig(rounds=0))
+    m = wv.Task.from_onnx(model, name="m")
+    report = wv.pack([m], {"m": wv.TaskData((x, y))}, config, progress=False).report
+    assert report["optimize"]["lam"] == 0.1  # WS's, as the CLI gives (NWV's 10 without)

@@ -66,6 +66,9 @@ def test_packing_two_tasks_shares_pages_and_keeps_accuracy(mini_tasks, packed):
     for turn in log:
         assert turn["val_after"] >= turn["val_before"], turn
         assert turn["kept"] == (turn["val_after"] > turn["val_before"]), turn
+    # the plan holds what the last turn kept: its task's validation accuracy, read back
+    last = next(t for t in mini_tasks if t.name == log[-1]["task"])
+    assert last.accuracy("val", last.model_from_plan(plan)) == log[-1]["val_after"]
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -107,11 +107,10 @@ def save_wvpack(
     )
     path = os.fspath(path)
     folder, base = os.path.split(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".tmp")
+    tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
+    # O_EXCL: a fresh file; mode 0o666 less the umask, as open() would create the target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # as open() would create it; mkstemp makes it private
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -130,13 +131,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a note is emitted (callers may replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # not setStream: it flushes the old one, maybe closed
+        super().emit(record)
+
+
 def _log_to_stderr() -> None:
     """The library's notes (e.g. splits held out of train) on stderr, once per process."""
-    import logging
-
     logger = logging.getLogger("tvm_weightvirt")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
+    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+        handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("note: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
@@ -178,7 +185,7 @@ def _pack(args) -> int:
 def _pack_spec(args):
     """Models, data and options from the command line, or a manifest plus command-line flags
     (which win)."""
-    from .manifest import PACK_OPTIONS, PackSpec, check_objective, read_manifest
+    from .manifest import PackSpec, check_objective, read_manifest
 
     if len(args.models) == 1 and args.models[0].endswith(".toml"):
         spec = read_manifest(args.models[0])
@@ -252,12 +259,9 @@ def _pack_config(spec):
     from .separation import SeparationConfig, parse_bytes
 
     option = spec.option
-    separate = bool(
-        option("separate")
-        or option("l1_budget")
-        or option("l2_budget")
-        or option("target_accuracy")
-    )
+    # any separation option asks for separation (none of them is ignored)
+    separating = ("separate", "l1_budget", "l2_budget", "target_accuracy", "tpr", "margin")
+    separate = any(spec.options.get(key) not in (None, False) for key in separating)
     separation = (
         SeparationConfig(
             option("tpr"),
@@ -269,7 +273,6 @@ def _pack_config(spec):
         if separate
         else None
     )
-    lam = option("lam") if option("lam") is not None else (0.1 if separate else 10.0)
     return PackConfig(
         page_size=option("page_size"),
         pool_pages=option("pool_pages"),
@@ -280,7 +283,10 @@ def _pack_config(spec):
         separation=separation,
         smartdeal=option("smartdeal"),
         optimize=OptimizeConfig(
-            rounds=option("rounds"), iterations=option("iterations"), lam=lam, seed=option("seed")
+            rounds=option("rounds"),
+            iterations=option("iterations"),
+            lam=option("lam"),
+            seed=option("seed"),
         ),
         seed=option("seed"),
     )

@@ -89,10 +89,15 @@ class TaskData:
         for split in SPLITS[1:]:
             if split in given:
                 continue
-            given["train"], given[split] = _carve(given["train"], HOLDOUT, seed)
+            try:
+                given["train"], given[split], stratified = _carve(given["train"], HOLDOUT, seed)
+            except ValueError as err:
+                raise ValueError(
+                    f"task '{task}': {self.source} has no {split} split: {err}"
+                ) from err
             notes.append(
                 f"{split}: {len(given[split])} samples held out of train ({HOLDOUT:.0%}, "
-                f"seed {seed}{', stratified' if _stratify(given['train'].y) else ''})"
+                f"seed {seed}{', stratified' if stratified else ''})"
             )
         return {s: given[s] for s in SPLITS}, notes
 
@@ -107,15 +112,15 @@ def _as_split(value: SplitLike | None, task: str, split: str, source: str) -> Sp
         x, y = _from_dataset(value, where)
     elif isinstance(value, tuple) and 1 <= len(value) <= 2:
         x, y = value[0], value[1] if len(value) == 2 else None
-    elif isinstance(value, np.ndarray):
+    elif isinstance(value, np.ndarray | torch.Tensor):
         x, y = value, None
     else:
         raise ValueError(
             f"{where}: expected arrays (x, y), (x,), x, a Split or a torch Dataset, "
             f"got {type(value).__name__}"
         )
-    x = np.asarray(x)
-    y = None if y is None else np.asarray(y)
+    x = x.numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    y = y.numpy() if isinstance(y, torch.Tensor) else (None if y is None else np.asarray(y))
     if x.ndim == 0 or len(x) == 0:
         raise ValueError(f"{where}: x holds no samples (shape {x.shape})")
     if y is not None and len(y) != len(x):
@@ -147,13 +152,14 @@ def _stratify(y: np.ndarray | None) -> bool:
     return bool(np.unique(y, return_counts=True)[1].min() >= 2)
 
 
-def _carve(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+def _carve(train: Split, fraction: float, seed: int) -> tuple[Split, Split, bool]:
+    """`fraction` of `train` held out (at least one sample), and whether by stratifying."""
     from sklearn.model_selection import train_test_split
 
     index = np.arange(len(train))
     n_out = max(1, round(fraction * len(train)))
     if len(train) - n_out < 1:
-        raise ValueError(f"{len(train)} training samples are too few to hold out a split")
+        raise ValueError(f"{len(train)} training samples are too few to hold one out")
     stratify = train.y if _stratify(train.y) and n_out >= len(np.unique(train.y)) else None
     keep, out = train_test_split(index, test_size=n_out, random_state=seed, stratify=stratify)
     keep, out = np.sort(keep), np.sort(out)
@@ -161,4 +167,4 @@ def _carve(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
     def take(ids):
         return Split(train.x[ids], None if train.y is None else train.y[ids])
 
-    return take(keep), take(out)
+    return take(keep), take(out), stratify is not None

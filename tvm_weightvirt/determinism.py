@@ -9,8 +9,8 @@ from contextlib import contextmanager
 
 import torch
 
-# Threads for training and Fisher, whatever the machine has (2: what the README figures were
-# trained with): part of the baseline cache key.
+# Threads for training and Fisher, whatever the machine has: part of the baseline cache key.
+# One thread: no parallel reduction order to differ, so OMP_NUM_THREADS changes nothing.
 TRAIN_THREADS = 1
 
 

@@ -189,7 +189,7 @@ def onnx_inception_block(seed: int = 0) -> tuple[onnx.ModelProto, np.ndarray]:
 
 def _onnx_mlp(layers: list[tuple[np.ndarray, np.ndarray]], name: str) -> onnx.ModelProto:
     """An ONNX MLP (Gemm -> Relu ... -> Gemm, logits out) from (weight [in, out], bias) pairs,
-    as skl2onnx writes a scikit-learn MLP; the batch dimension is symbolic."""
+    e.g. a scikit-learn MLP's `coefs_` and `intercepts_`; the batch dimension is symbolic."""
     inits, nodes, current = [], [], "x"
     for i, (w, b) in enumerate(layers):
         inits += [

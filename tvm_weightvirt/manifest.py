@@ -113,6 +113,8 @@ def read_manifest(path: str) -> PackSpec:
                 str(entry["objective"]), f"{where}: tasks.{name}"
             )
     options = manifest.get("pack", {})
+    if not isinstance(options, dict):
+        raise ValueError(f"{where}: 'pack' must be a table ([pack]) of options")
     bad = sorted(set(options) - set(PACK_OPTIONS))
     if bad:
         raise ValueError(

@@ -26,7 +26,7 @@ class OptimizeConfig:
 
     rounds: int = 4
     iterations: int = 300  # per task per round
-    lam: float = 10.0
+    lam: float | None = None  # None: 10 (NWV), or 0.1 with weight separation (WS)
     lr: float = 1e-3
     batch_size: int = 100
     eval_every: int = 50
@@ -116,6 +116,7 @@ def optimize_pool(
     With `decode`, a pool row is a page's latent form and `decode(pool)` its weights [S, P]
     (e.g. `smartdeal.decode_latent`); the loss, gather and accuracy see the decoded weights."""
     decode = decode or (lambda v: v)
+    lam = 10.0 if config.lam is None else config.lam
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     pool_t = torch.from_numpy(np.array(pool, np.float32))
@@ -137,7 +138,7 @@ def optimize_pool(
                 task.model, task_weights(pool, task.layout, table), (x[idx],)
             )
             penalty = (mask * (a * pool * pool - 2 * b * pool + c) / count).sum()
-            return task.objective.loss(logits, y[idx]) + config.lam * penalty
+            return task.objective.loss(logits, y[idx]) + lam * penalty
 
         with torch.no_grad():
             start_objective = float(objective(pool_t))

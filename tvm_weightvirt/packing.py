@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+import torch
 
 from .data import Split, TaskData
 from .objectives import Objective, objective_named
@@ -28,8 +29,8 @@ def pack(
     resume: PagePlan | None = None,
 ) -> PackResult:
     """Pack `tasks` into one page plan: Fisher -> (separation) -> matching -> joint retraining
-    on each task's `data[task.name]`. Every input is checked before any work, and every
-    problem of every task is reported at once.
+    on each task's `data[task.name]`. Every input is checked before any work; the problems of
+    all tasks are reported together (the first one of each task).
 
     Example:
         result = wv.pack([kws, har], {"kws": wv.TaskData.from_npz("kws.npz"),
@@ -49,11 +50,11 @@ def pack(
     twins = {t.name: TorchTwin(t) for t in tasks}
     # Step 2. Data against models: splits, shapes, dtypes, labels, objectives.
     samples = config.fisher_samples or MIN_FISHER_SAMPLES
-    pack_tasks, notes, problems = [], {}, []
+    prepared, notes, problems = [], {}, []
     for t in tasks:
         try:
             splits, notes[t.name] = data[t.name].resolve(t.name, config.seed)
-            pack_tasks.append(_pack_task(t, twins[t.name], data[t.name], splits, samples))
+            prepared.append(_pack_task(t, twins[t.name], data[t.name], splits, samples))
         except ValueError as err:
             problems.append(str(err))
     if problems:
@@ -62,8 +63,8 @@ def pack(
         for line in lines:
             log.info("task '%s': %s", name, line)
     # Step 3. The algorithm.
-    result = pack_models(pack_tasks, config, progress, resume)
-    for t in pack_tasks:
+    result = pack_models(prepared, config, progress, resume)
+    for t in prepared:
         result.report["tasks"][t.name]["data"] = {
             "source": data[t.name].source,
             "samples": {split: len(s) for split, s in t.splits.items()},
@@ -115,9 +116,16 @@ def _pack_task(
         )
     splits = {k: Split(s.x.astype(dtype, copy=False), s.y) for k, s in splits.items()}
     try:
-        probe = model_outputs(twin, splits["train"].x[:2])
+        with torch.no_grad():
+            probe = twin(torch.from_numpy(splits["train"].x[:2]))
     except Exception as err:
         raise ValueError(f"{where}: the model cannot run on the training data: {err}") from err
+    if not isinstance(probe, torch.Tensor):
+        raise ValueError(
+            f"{where}: the model has {len(probe)} outputs; packing trains models with one "
+            "(export the one its objective is about, e.g. the logits)"
+        )
+    probe = probe.numpy()
     classifier = probe.ndim == 2 and probe.shape[1] >= 2
     labelled = splits["train"].y is not None
     objective = task_data.objective

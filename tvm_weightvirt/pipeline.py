@@ -8,7 +8,7 @@ model with its metric through the packed pages, on the test split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -96,6 +96,9 @@ def pack_models(
     if not tasks:
         raise ValueError("no tasks to pack")
     check_unique_names([t.name for t in tasks])
+    if config.optimize.lam is None:  # NWV's lambda, or WS's with separation
+        lam = 0.1 if config.separation else 10.0
+        config = replace(config, optimize=replace(config.optimize, lam=lam))
     with deterministic(config.seed):
         return _pack(tasks, config, progress, resume)
 
