@@ -41,6 +41,17 @@ def test_fisher_nwv_matches_hand_computation():
     np.testing.assert_allclose(fisher["bias"], fb, rtol=1e-5, atol=1e-8)
 
 
+def test_gaussian_fisher_of_a_linear_model_is_the_mean_squared_input():
+    """Regression (unit-variance Gaussian): F = mean_x sum_k (d f_k / d theta)^2; for a linear
+    model d f_k / d W_jk' = 1[j=k] x_k', so F_W[j, k'] = mean x_k'^2 and F_b = 1."""
+    model = _linear()
+    xs = np.array([[0.5, 1.0], [2.0, -1.0], [-1.0, 0.3]], np.float32)
+    fisher = fisher_nwv(model, xs, n_samples=3, likelihood="outputs")
+    mean_square = (xs.astype(np.float64) ** 2).mean(0)
+    np.testing.assert_allclose(fisher["weight"], np.tile(mean_square, (3, 1)), rtol=1e-6)
+    np.testing.assert_allclose(fisher["bias"], np.ones(3), rtol=1e-6)
+
+
 def test_fisher_uses_n_random_samples():
     model = _linear()
     xs = np.random.default_rng(0).normal(size=(500, 2)).astype(np.float32)

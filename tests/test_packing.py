@@ -313,3 +313,31 @@ def test_a_model_with_two_outputs_is_named_and_separation_takes_ws_lambda(small)
     m = wv.Task.from_onnx(model, name="m")
     report = wv.pack([m], {"m": wv.TaskData((x, y))}, config, progress=False).report
     assert report["optimize"]["lam"] == 0.1  # WS's, as the CLI gives (NWV's 10 without)
+
+
+def test_own_objective_datasets_and_the_same_pack_twice(small):
+    """A user's loss and metric, splits as torch Datasets, and determinism: two packs of the
+    same inputs are bit-identical."""
+    _, model, x, y = small
+    task = wv.Task.from_onnx(model, name="m")
+    margin = wv.Objective(
+        "margin",
+        loss=lambda out, t: torch.nn.functional.multi_margin_loss(out, t),
+        metric=lambda out, t: float((out.argmax(1) == t).mean()),
+        metric_name="hit_rate",
+    )
+    tensors = [torch.from_numpy(x[:160]), torch.from_numpy(y[:160])]
+    data = wv.TaskData(
+        torch.utils.data.TensorDataset(*tensors),
+        val=(x[160:], y[160:]),
+        test=(x[160:], y[160:]),
+        objective=margin,
+    )
+    config = wv.PackConfig(optimize=wv.OptimizeConfig(rounds=1, iterations=20, eval_every=5))
+    first = wv.pack([task], {"m": data}, config, progress=False)
+    second = wv.pack([task], {"m": data}, config, progress=False)
+    row = first.report["tasks"]["m"]
+    assert (row["objective"], row["metric"]) == ("margin", "hit_rate")
+    assert row["data"]["samples"] == {"train": 160, "val": 40, "test": 40}
+    np.testing.assert_array_equal(first.plan.pool, second.plan.pool)
+    assert first.report["optimize_log"] == second.report["optimize_log"]
