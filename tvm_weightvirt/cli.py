@@ -241,12 +241,14 @@ def _load_data(spec) -> dict:
         raise ValueError(
             f"--data/--objective for {unknown}, which are not models (models: {list(spec.models)})"
         )
-    data = {}
+    data, problems = {}, []
     for name, path in spec.data.items():
         try:
             data[name] = TaskData.from_npz(path, objective=spec.objectives.get(name))
         except ValueError as err:
-            raise ValueError(f"task '{name}': {err}") from err
+            problems.append(f"task '{name}': {err}")
+    if problems:  # every unreadable file at once
+        raise ValueError("\n".join(problems))
     without = sorted(set(spec.objectives) - set(spec.data))
     if without:
         raise ValueError(f"--objective for {without}, which have no --data")
