@@ -127,6 +127,8 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
     shape, dtype and sha256, page ids in range, and each graph against its layout."""
     path = os.fspath(path)
     where = f"'{path}'"
+    if os.path.isdir(path):
+        raise ArtifactError(f"{where} is a folder (a `wvirt build` output?), not a .wvpack file")
     if not os.path.isfile(path):
         raise ArtifactError(f"{where}: no such file")
     # Step 1. The container and the manifest.

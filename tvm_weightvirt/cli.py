@@ -3,25 +3,47 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import shutil
 import sys
 
 import numpy as np
 
 from .manifest import PACK_OPTIONS
 
+# Defaults of flags that only some targets or inputs take: None in argparse (so a flag given
+# where it cannot apply is refused), resolved here.
+BUILD_DEFAULTS = {"arch": "sm_87", "mode": "materialize", "tune": 0}
+RUN_DEFAULTS = {"mode": "materialize", "policy": "fifo", "max_wait": 8, "timeout": 60.0}
+
+
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Every option's default in its help (flags whose default depends on the target say so
+    in their text)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="wvirt", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    pack = sub.add_parser(
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=_HelpWithDefaults, **kwargs)
+
+    pack = command(
         "pack",
         help="pack models with their data (Fisher, matching, retraining) into a .wvpack",
         description="wvirt pack NAME=MODEL.onnx|.pt2 ... --data NAME=FILE.npz ... -o OUT, or "
         "wvirt pack MANIFEST.toml -o OUT, or wvirt pack --suite mnist,digits -o OUT. npz keys: "
-        "x_train, y_train, x_val, y_val, x_test, y_test (y and val/test optional).",
+        "x_train, y_train, x_val, y_val, x_test, y_test (y and val/test optional). Every "
+        "option but --lossless and --page-size needs data (or --suite).",
     )
     pack.add_argument(
         "models", nargs="*", help="NAME=MODEL (.onnx or .pt2 from torch.export.save), or a .toml"
@@ -38,9 +60,18 @@ def main(argv: list[str] | None = None) -> int:
         "distill without)",
     )
     pack.add_argument(
+        "--input-shape",
+        action="append",
+        default=[],
+        metavar="NAME=1x3x32x32",
+        help="static shape of an ONNX model's input whose dimensions are symbolic (a symbolic "
+        "batch alone becomes 1)",
+    )
+    pack.add_argument(
         "--suite", help="comma-separated suite tasks, e.g. mnist,digits (or 'five', 'ten')"
     )
-    pack.add_argument("-o", "--output", required=True)
+    pack.add_argument("-o", "--output", required=True, help="the .wvpack to write")
+    pack.add_argument("--force", action="store_true", help="overwrite -o even if not a .wvpack")
     for key, (kind, default, choices, text) in PACK_OPTIONS.items():
         flag = "--" + key.replace("_", "-")
         shown = f"{text} (default: {default})" if default not in (None, False) else text
@@ -49,29 +80,35 @@ def main(argv: list[str] | None = None) -> int:
         else:
             pack.add_argument(flag, type=kind, default=None, choices=choices, help=shown)
 
-    inspect = sub.add_parser("inspect", help="pages, tasks, bytes and accuracy of a .wvpack")
-    inspect.add_argument("pack")
+    inspect = command("inspect", help="pages, tasks, bytes and metrics of a .wvpack")
+    inspect.add_argument("pack", help="a .wvpack")
     inspect.add_argument("--png", help="write the report figure to this PNG file")
+    inspect.add_argument("--force", action="store_true", help="overwrite --png if it is not a PNG")
 
-    build = sub.add_parser("build", help="compile a .wvpack's tasks into one library folder")
-    build.add_argument("pack")
+    build = command("build", help="compile a .wvpack's tasks into one library folder")
+    build.add_argument("pack", help="a .wvpack saved with its task graphs")
     build.add_argument(
         "--target",
         choices=["llvm", "cuda", "cortex-m4", "cortex-m7"],
         default="llvm",
         help="cortex-m*: write a C project (pool in RAM, exclusive pages in flash) to -o",
     )
+    build.add_argument("--arch", help="cuda: GPU architecture (default: sm_87, Jetson Orin)")
     build.add_argument(
-        "--arch", default="sm_87", help="cuda: GPU architecture (sm_87: Jetson Orin)"
+        "--mode",
+        choices=["materialize", "fused"],
+        help="llvm/cuda: gather pages at a switch, or in every call (default: materialize)",
     )
-    build.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
-    build.add_argument("-o", "--output", required=True, help="folder for library.so/.json")
+    build.add_argument(
+        "-o", "--output", required=True, help="folder for library.so/.json (or the C project)"
+    )
+    build.add_argument("--force", action="store_true", help="replace -o even if not ours")
     build.add_argument(
         "--tune",
         type=int,
-        default=0,
         metavar="TRIALS",
-        help="MetaSchedule (XGBoost) trials per kernel not yet in --tuning-db",
+        help="llvm/cuda: MetaSchedule (XGBoost) trials per kernel not yet in --tuning-db "
+        "(default: 0)",
     )
     build.add_argument(
         "--tuning-db", help="MetaSchedule database folder: tuning records go here, builds apply it"
@@ -81,38 +118,51 @@ def main(argv: list[str] | None = None) -> int:
     )
     build.add_argument("--rpc-key", help="the device key registered with --rpc-tracker")
 
-    run = sub.add_parser(
+    run = command(
         "run",
         help="run a task sequence from a .wvpack (built for llvm, or "
-        "with --library from `wvirt build`)",
+        "with --library from `wvirt build`), or a cortex-m project",
     )
     run.add_argument("pack", help="a .wvpack, or a `wvirt build --target cortex-m*` folder")
     run.add_argument(
         "--qemu", action="store_true", help="cortex-m folder: run on QEMU (else a host build)"
     )
-    run.add_argument("--timeout", type=float, default=60.0, help="cortex-m: seconds per run")
+    run.add_argument("--timeout", type=float, help="cortex-m folder: seconds per run (default: 60)")
     run.add_argument("--library", help="a `wvirt build` folder to run instead of building")
     run.add_argument("--tasks", required=True, help="comma-separated, e.g. har,digits,har")
-    run.add_argument("--mode", choices=["materialize", "fused"], default="materialize")
+    run.add_argument(
+        "--inputs",
+        action="append",
+        default=[],
+        metavar="TASK=FILE.npy",
+        help="a task's input (its first input; default: seeded random inputs)",
+    )
+    run.add_argument(
+        "--save-outputs", metavar="DIR", help="write request i's outputs to DIR/i_TASK_k.npy"
+    )
+    run.add_argument(
+        "--mode",
+        choices=["materialize", "fused"],
+        help=".wvpack without --library: how to build it (default: materialize)",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     run.add_argument(
         "--policy",
         choices=["fifo", "group"],
-        default="fifo",
-        help="serve the sequence in order, or grouped by task (bounded wait)",
+        help=".wvpack: serve the sequence in order, or grouped by task (bounded wait) "
+        "(default: fifo)",
     )
     run.add_argument(
         "--max-wait",
         type=int,
-        default=8,
-        help="group: most later requests that may overtake a request",
+        help="--policy group: most later requests that may overtake a request (default: 8)",
     )
 
-    bench = sub.add_parser("bench", help="switch benchmark: packed vs. reload vs. resident")
-    bench.add_argument("--quick", action="store_true")
+    bench = command("bench", help="switch benchmark: packed vs. reload vs. resident")
+    bench.add_argument("--quick", action="store_true", help="CI-sized: 100 requests")
     bench.add_argument("--json", help="write the numbers to this JSON file")
 
-    demo = sub.add_parser("demo", help="pack the 5-task suite, build it, switch between tasks")
+    demo = command("demo", help="pack the 5-task suite, build it, switch between tasks")
     demo.add_argument("--out", default="out/demo", help="folder for the .wvpack")
 
     args = parser.parse_args(argv)
@@ -144,7 +194,7 @@ def _log_to_stderr() -> None:
     logger = logging.getLogger("tvm_weightvirt")
     if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
         handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("note: %(message)s"))
+        handler.setFormatter(logging.Formatter("wvirt: %(message)s"))
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
 
@@ -155,6 +205,9 @@ def _pack(args) -> int:
     from .plan import PagePlan
 
     spec = _pack_spec(args)
+    inputs = [*spec.models.values(), *spec.data.values(), spec.option("resume")]
+    inputs += [m for m in args.models if m.endswith(".toml")]
+    _check_output_file(args.output, inputs, args.force, ".wvpack", _is_wvpack)
     if args.suite:
         from . import suite
 
@@ -162,7 +215,8 @@ def _pack(args) -> int:
         suite_tasks = suite.load_suite(named.get(args.suite) or args.suite.split(","))
         tasks, data = suite.packable(suite_tasks)
     else:
-        tasks = [_load_model(name, path) for name, path in spec.models.items()]
+        shapes = _input_shapes(args.input_shape, spec.models)
+        tasks = [_load_model(name, path, shapes.get(name)) for name, path in spec.models.items()]
         for t in tasks:
             print(f"intake {t.name}: {t.n_weights} weights")
         data = _load_data(spec)
@@ -207,6 +261,10 @@ def _pack_spec(args):
     for key in PACK_OPTIONS:
         if getattr(args, key) is not None:
             spec.options[key] = getattr(args, key)
+    for key, low in (("rounds", 0), ("iterations", 1), ("page_size", 1), ("pool_pages", 1)):
+        value = spec.options.get(key)
+        if value is not None and value < low:
+            raise ValueError(f"--{key.replace('_', '-')} {value}: must be at least {low}")
     if spec.option("lossless"):
         given = [
             f"--{k.replace('_', '-')}" for k in spec.options if k not in ("lossless", "page_size")
@@ -221,11 +279,38 @@ def _pack_spec(args):
     return spec
 
 
-def _load_model(name: str, path: str):
+def _input_shapes(entries: list[str], models: dict[str, str]) -> dict[str, dict]:
+    """--input-shape NAME=1x3x32x32 -> {task: {its ONNX input: [1, 3, 32, 32]}}."""
+    import onnx
+
+    shapes = {}
+    for entry in entries:
+        name, sep, dims = entry.partition("=")
+        if not sep or name not in models or not models[name].endswith(".onnx"):
+            raise ValueError(
+                f"--input-shape {entry!r}: expected NAME=1x3x32x32 for one of the ONNX models "
+                f"{[n for n, p in models.items() if p.endswith('.onnx')]}"
+            )
+        try:
+            shape = [int(d) for d in dims.lower().split("x")]
+        except ValueError:
+            raise ValueError(f"--input-shape {entry!r}: dimensions must be integers") from None
+        graph = onnx.load(models[name], load_external_data=False).graph
+        initializers = {i.name for i in graph.initializer}
+        inputs = [i.name for i in graph.input if i.name not in initializers]
+        if len(inputs) != 1:
+            raise ValueError(f"--input-shape {entry!r}: the model has inputs {inputs}, not one")
+        shapes[name] = {inputs[0]: shape}
+    return shapes
+
+
+def _load_model(name: str, path: str, shape_dict: dict | None = None):
     from .task import Task
 
+    if os.path.isdir(path):
+        raise ValueError(f"task '{name}': '{path}' is a folder, not a model file")
     if path.endswith(".onnx"):
-        return Task.from_onnx(path, name=name)
+        return Task.from_onnx(path, name=name, shape_dict=shape_dict)
     if path.endswith(".pt2"):
         return Task.from_pt2(path, name=name)
     raise ValueError(
@@ -311,7 +396,9 @@ def _inspect(args) -> int:
     if args.png:
         from .figures import plot_pack
 
-        plot_pack(pack.plan, pack.report, args.png)
+        _check_output_file(args.png, [args.pack], args.force, "PNG file", _is_png)
+        with _written_whole(args.png) as tmp:
+            plot_pack(pack.plan, pack.report, tmp)
         print(f"wrote {args.png}")
     return 0
 
@@ -330,11 +417,29 @@ def _pack_with_graphs(path: str):
 def _build(args) -> int:
     from .compiler import build, lower
 
+    mcu = args.target.startswith("cortex-m")
+    _refuse(args, "--target " + args.target, arch=args.target != "cuda")
+    _refuse(
+        args,
+        "--target " + args.target,
+        mode=mcu,
+        tune=mcu,
+        tuning_db=mcu,
+        rpc_tracker=mcu,
+        rpc_key=mcu,
+    )
+    option = {
+        k: v if getattr(args, k) is None else getattr(args, k) for k, v in BUILD_DEFAULTS.items()
+    }
+    if option["tune"] < 0:
+        raise ValueError(f"--tune {option['tune']}: trials must be at least 0")
     pack = _pack_with_graphs(args.pack)
-    if args.target.startswith("cortex-m"):
+    _check_output_folder(args.output, [args.pack], args.force)
+    if mcu:
         from .cortexm import generate_project
 
-        manifest = generate_project(pack.tasks, pack.plan, args.output, target=args.target)
+        with _written_whole(args.output, folder=True) as tmp:
+            manifest = generate_project(pack.tasks, pack.plan, tmp, target=args.target)
         ram, flash = (sum(manifest["data_bytes"][m].values()) for m in ("ram", "flash"))
         print(
             f"wrote a {args.target} C project for {len(pack.tasks)} tasks to {args.output} "
@@ -342,69 +447,84 @@ def _build(args) -> int:
             f"wvirt run {args.output} --qemu --tasks ..."
         )
         return 0
-    target = {"kind": "llvm"} if args.target == "llvm" else {"kind": "cuda", "arch": args.arch}
-    library = build(
-        lower(pack.tasks, pack.plan, mode=args.mode),
-        target=target,
-        tune=args.tune,
-        tuning_db=args.tuning_db,
-        rpc_tracker=args.rpc_tracker,
-        rpc_key=args.rpc_key,
-    )
-    library.export(args.output)
+    target = {"kind": "llvm"} if args.target == "llvm" else {"kind": "cuda", "arch": option["arch"]}
+    with _written_whole(args.output, folder=True) as tmp:
+        library = build(
+            lower(pack.tasks, pack.plan, mode=option["mode"]),
+            target=target,
+            tune=option["tune"],
+            tuning_db=args.tuning_db,
+            rpc_tracker=args.rpc_tracker,
+            rpc_key=args.rpc_key,
+        )
+        library.export(tmp)
+        if args.target == "cuda":
+            from .cuda import compile_fatbin, cuda_source
+
+            with open(os.path.join(tmp, "kernels.cu"), "w") as f:
+                f.write(cuda_source(library))
+            fatbin = f"kernels_{option['arch']}.fatbin"
+            fatbin_bytes = compile_fatbin(library, option["arch"], os.path.join(tmp, fatbin))
     print(
-        f"built {len(pack.tasks)} tasks ({args.mode}, {args.target}) in "
+        f"built {len(pack.tasks)} tasks ({option['mode']}, {args.target}) in "
         f"{library.compile_seconds:.1f} s -> {args.output}/library.so"
     )
     if library.tuning:
         t = library.tuning
         print(
-            f"tuning: {t['trials']} trials in {t['seconds']:.0f} s; {t['scheduled']} of "
-            f"{t['kernels']} kernels scheduled from {args.tuning_db} ({t['database_bytes']} B)"
+            f"tuning: {t['trials']} trials in {t['seconds']:.0f} s (of the build's time); "
+            f"{t['scheduled']} of {t['kernels']} kernels scheduled from {args.tuning_db} "
+            f"({t['database_bytes']} B)"
         )
     if args.target == "cuda":
-        from .cuda import compile_fatbin, cuda_source
-
-        with open(os.path.join(args.output, "kernels.cu"), "w") as f:
-            f.write(cuda_source(library))
-        fatbin = os.path.join(args.output, f"kernels_{args.arch}.fatbin")
-        print(
-            f"kernels compiled ahead of time: {fatbin} ({compile_fatbin(library, args.arch, fatbin)} B)"
-        )
+        print(f"kernels compiled ahead of time: {args.output}/{fatbin} ({fatbin_bytes} B)")
     return 0
 
 
 def _run(args) -> int:
     from .cortexm import is_project
 
-    if is_project(args.pack):
-        return _run_mcu(args)
+    mcu = is_project(args.pack)
+    where = "a cortex-m project" if mcu else "a .wvpack"
+    _refuse(args, where, qemu=not mcu, timeout=not mcu)
+    _refuse(args, where, library=mcu, mode=mcu, policy=mcu, max_wait=mcu)
+    _refuse(args, "--library (its mode was fixed by `wvirt build`)", mode=bool(args.library))
+    option = {
+        k: v if getattr(args, k) is None else getattr(args, k) for k, v in RUN_DEFAULTS.items()
+    }
+    if option["policy"] != "group" and args.max_wait is not None:
+        raise ValueError("--max-wait applies to --policy group")
+    sequence = _task_list(args.tasks)
+    if mcu:
+        return _run_mcu(args, sequence, option["timeout"])
+    import tvm
+
     from tvm_weightvirt.runtime import MultitaskRuntime
 
     from .compiler import build, lower
 
     pack = _pack_with_graphs(args.pack)
     by_name = {t.name: t for t in pack.tasks}
-    sequence = [n for n in args.tasks.split(",") if n]
     unknown = sorted(set(sequence) - set(by_name))
     if unknown:
         raise ValueError(f"tasks {unknown} are not in '{args.pack}' (has {sorted(by_name)})")
+    given = _inputs(args.inputs, {n: t.input_types for n, t in by_name.items()})
     if args.library:
         from .compiler import Library
 
         library = Library.load(args.library)
     else:
-        library = build(lower(pack.tasks, pack.plan, mode=args.mode), target="llvm")
-        print(f"built {len(pack.tasks)} tasks ({args.mode}) in {library.compile_seconds:.1f} s")
-    runtime = MultitaskRuntime(pack.plan, library, level2=args.pack)  # exclusive pages: the file
-    rng = np.random.default_rng(args.seed)
-    requests = [
-        (name, [rng.normal(size=shape).astype(dtype) for shape, dtype in by_name[name].input_types])
-        for name in sequence
-    ]
-    outputs = runtime.run_many(requests, policy=args.policy, max_wait=args.max_wait)
-    for (name, _), out in zip(requests, outputs):
-        print(f"{name}: outputs {[o.shape for o in out]}")
+        library = build(lower(pack.tasks, pack.plan, mode=option["mode"]), target="llvm")
+        print(
+            f"built {len(pack.tasks)} tasks ({option['mode']}) in {library.compile_seconds:.1f} s"
+        )
+    device = tvm.cuda() if library.target.kind.name == "cuda" else tvm.cpu()
+    runtime = MultitaskRuntime(
+        pack.plan, library, device, level2=args.pack
+    )  # exclusive pages: the file
+    requests = _requests(sequence, {n: t.input_types for n, t in by_name.items()}, given, args.seed)
+    outputs = runtime.run_many(requests, policy=option["policy"], max_wait=option["max_wait"])
+    _show_outputs(requests, outputs, args.save_outputs)
     c = runtime.counters
     print(
         f"{c.requests} requests, {c.switches} switches, {c.bytes_gathered} B gathered, "
@@ -414,29 +534,81 @@ def _run(args) -> int:
     return 0
 
 
-def _run_mcu(args) -> int:
+def _task_list(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not text.strip() or any(not n for n in names):
+        raise ValueError(f"--tasks {text!r}: expected task names separated by commas, e.g. a,b,a")
+    return names
+
+
+def _inputs(entries: list[str], input_types: dict[str, list]) -> dict[str, np.ndarray]:
+    """--inputs TASK=FILE.npy, checked against the task's first input."""
+    given = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or name not in input_types:
+            raise ValueError(
+                f"--inputs {entry!r}: expected TASK=FILE.npy, TASK one of {sorted(input_types)}"
+            )
+        try:
+            x = np.load(path, allow_pickle=False)
+        except Exception as err:
+            raise ValueError(f"--inputs {entry!r}: cannot read '{path}' as .npy: {err}") from err
+        (shape, dtype), *rest = input_types[name]
+        if rest:
+            raise ValueError(f"--inputs {entry!r}: task '{name}' takes {1 + len(rest)} inputs")
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(
+                f"--inputs {entry!r}: shape {tuple(x.shape)}, task '{name}' takes {tuple(shape)}"
+            )
+        given[name] = x.astype(dtype, copy=False)
+    return given
+
+
+def _requests(sequence, input_types, given, seed) -> list:
+    rng = np.random.default_rng(seed)
+    return [
+        (
+            name,
+            [given[name]]
+            if name in given
+            else [rng.normal(size=s).astype(d) for s, d in input_types[name]],
+        )
+        for name in sequence
+    ]
+
+
+def _show_outputs(requests, outputs, folder: str | None) -> None:
+    """Each request's outputs (values up to 8 per output), and with `folder` as .npy files."""
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    for i, ((name, _), out) in enumerate(zip(requests, outputs)):
+        shown = [
+            np.array2string(o.ravel()[:8], precision=4) + ("..." if o.size > 8 else "") for o in out
+        ]
+        print(f"{name}: outputs {[o.shape for o in out]} {' '.join(shown)}")
+        for k, o in enumerate(out if folder else []):
+            np.save(os.path.join(folder, f"{i}_{name}_{k}.npy"), o)
+
+
+def _run_mcu(args, sequence: list[str], timeout: float) -> int:
     from .cortexm import McuRunError, load_manifest, memory_report, run_project, write_requests
 
     manifest = load_manifest(args.pack)
-    sequence = [n for n in args.tasks.split(",") if n]
     unknown = sorted(set(sequence) - set(manifest["tasks"]))
     if unknown:
         raise ValueError(
             f"tasks {unknown} are not in '{args.pack}' (has {list(manifest['tasks'])})"
         )
-    rng = np.random.default_rng(args.seed)
-    requests = [
-        (n, [rng.normal(size=s).astype(d) for s, d in manifest["tasks"][n]["inputs"]])
-        for n in sequence
-    ]
+    input_types = {n: t["inputs"] for n, t in manifest["tasks"].items()}
+    requests = _requests(sequence, input_types, _inputs(args.inputs, input_types), args.seed)
     write_requests(args.pack, requests)
     try:
-        result = run_project(args.pack, host=not args.qemu, timeout=args.timeout)
+        result = run_project(args.pack, host=not args.qemu, timeout=timeout)
     except McuRunError as err:  # the firmware faulted or hung: no Python traceback
         print(f"wvirt run: error: {err}", file=sys.stderr)
         return 1
-    for (name, _), outputs in zip(requests, result.outputs):
-        print(f"{name}: {[o.round(4).tolist() for o in outputs]}")
+    _show_outputs(requests, result.outputs, args.save_outputs)
     if args.qemu:
         for name, n in result.switch_instructions:
             print(f"switch to {name}: {n} instructions")
@@ -445,6 +617,87 @@ def _run_mcu(args) -> int:
         report = memory_report(args.pack)
         print(f"app.elf: {report['ram_bytes']} B RAM, {report['flash_bytes']} B flash")
     return 0
+
+
+# **** options that cannot apply, and outputs: written whole or not at all, never over an input
+
+
+def _refuse(args, where: str, **flags: bool) -> None:
+    """Refuse each flag given where it cannot apply (flags[name] True)."""
+    given = [
+        f"--{k.replace('_', '-')}"
+        for k, cannot in flags.items()
+        if cannot and getattr(args, k) not in (None, False)
+    ]
+    if given:
+        raise ValueError(f"{', '.join(given)} cannot apply to {where}")
+
+
+def _is_wvpack(path: str) -> bool:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="np") as f:
+            return "wvpack" in (f.metadata() or {})
+    except Exception:
+        return False
+
+
+def _is_png(path: str) -> bool:
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_output_file(path: str, inputs: list, force: bool, kind: str, is_ours) -> None:
+    """An output file: not one of the inputs, in a folder that exists, and replacing only a
+    file of its own kind unless `force`."""
+    out = os.path.realpath(path)
+    if any(p and os.path.exists(p) and os.path.realpath(p) == out for p in inputs):
+        raise ValueError(f"'{path}' is one of the inputs: writing it would destroy that input")
+    if os.path.isdir(out):
+        raise ValueError(f"'{path}' is a folder: give the {kind} to write")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise ValueError(f"'{path}': folder '{os.path.dirname(path) or '.'}' does not exist")
+    if os.path.exists(out) and not force and not is_ours(out):
+        raise ValueError(f"'{path}' exists and is not a {kind}: --force replaces it")
+
+
+def _check_output_folder(path: str, inputs: list, force: bool) -> None:
+    """A build folder: not an input, its parent exists, and replacing only a `wvirt build`
+    folder (or an empty one) unless `force`."""
+    from .cortexm import is_project
+
+    out = os.path.realpath(path)
+    if any(p and os.path.realpath(p) == out for p in inputs) or os.path.isfile(out):
+        raise ValueError(f"'{path}' is a file: -o takes a folder to build into")
+    if not os.path.isdir(os.path.dirname(out)):
+        raise ValueError(f"'{path}': folder '{os.path.dirname(path) or '.'}' does not exist")
+    ours = os.path.isfile(os.path.join(out, "library.json")) or is_project(out)
+    if os.path.isdir(out) and os.listdir(out) and not ours and not force:
+        raise ValueError(
+            f"'{path}' holds files that are not a `wvirt build` folder: --force replaces it"
+        )
+
+
+@contextlib.contextmanager
+def _written_whole(path: str, folder: bool = False):
+    """Yield a temporary name beside `path`; on success it replaces `path`, on failure it goes."""
+    parent, base = os.path.split(os.path.abspath(path))
+    tmp = os.path.join(parent, f".{base}.{os.getpid()}.tmp")
+    try:
+        if folder:
+            os.makedirs(tmp)
+        else:
+            tmp += os.path.splitext(base)[1]  # matplotlib picks the format by extension
+        yield tmp
+        if folder and os.path.isdir(path):
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
+        elif os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _bench(args) -> int:

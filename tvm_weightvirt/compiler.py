@@ -125,10 +125,16 @@ class Library:
             )
             for n, s in meta["tasks"].items()
         }
+        target = tvm.target.Target(meta["target"])
+        if target.kind.name == "cuda" and not tvm.cuda().exist:
+            raise ValueError(
+                f"'{directory}' was built for cuda and this machine has no CUDA GPU: run it "
+                "on the device, or build for llvm here"
+            )
         executable = tvm.runtime.load_module(os.path.join(directory, "library.so"))
         return Library(
             executable,
-            tvm.target.Target(meta["target"]),
+            target,
             meta["mode"],
             tasks,
             meta["compile_seconds"],
@@ -150,6 +156,7 @@ def build(
     after `tune` trials per kernel it has none for yet (measured here, or on the device behind
     the RPC tracker `rpc_tracker` "HOST:PORT" with `rpc_key`); see `tuning.py`.
     """
+    start = time.perf_counter()  # the build's time includes tuning
     target = tvm.target.Target(target)
     gathers = {GATHER_FUNC, CODED_GATHER_FUNC}
     mode = "materialize" if gathers & set(_names(mod)) else "fused"
@@ -164,7 +171,6 @@ def build(
 
         mod, target, report = tune_and_apply(mod, target, tune, tuning_db, rpc_tracker, rpc_key)
         pipeline, tuning = scheduled_pipeline(target), asdict(report)
-    start = time.perf_counter()
     if mode == "materialize" and target.kind.name == "llvm":
         mod = _vectorize_gather(mod)
     with target:

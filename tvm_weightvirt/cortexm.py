@@ -331,7 +331,9 @@ def generate_project(
     if check_fit and problems:
         raise ValueError(
             f"the plan does not fit a {target.name} part ({target.ram_bytes} B RAM, "
-            f"{target.flash_bytes} B flash): " + "; ".join(problems)
+            f"{target.flash_bytes} B flash): " + "; ".join(problems) + ". Pack for the part: a "
+            "level-1 budget keeps the pool in RAM and the rest in flash (`wvirt pack ... "
+            "--l1-budget 96KiB`), or pack fewer or smaller tasks"
         )
     # Step 3. The files: kernels, executors, weights, runtime, startup, linker script, Makefile.
     os.makedirs(os.path.join(out_dir, "include"), exist_ok=True)

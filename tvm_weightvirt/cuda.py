@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 
 from .compiler import Library
@@ -23,11 +24,19 @@ def compile_fatbin(library: Library, arch: str, path: str) -> int:
     from tvm.support import nvcc
 
     if shutil.which("nvcc") is None:
-        raise RuntimeError("nvcc is not on PATH: install the CUDA toolkit to compile fatbins")
+        raise ValueError("nvcc is not on PATH: install the CUDA toolkit to compile fatbins")
+    if not re.fullmatch(r"sm_\d+[a-z]?", arch):
+        raise ValueError(f"GPU architecture {arch!r}: expected sm_<number>, e.g. sm_87")
     with library.target:  # TVM's nvcc helper reads the compute version from the current target
-        fatbin = nvcc.compile_cuda(
-            cuda_source(library), target_format="fatbin", arch=arch, compiler="nvcc"
-        )
+        try:
+            fatbin = nvcc.compile_cuda(
+                cuda_source(library), target_format="fatbin", arch=arch, compiler="nvcc"
+            )
+        except RuntimeError as err:  # its message carries the whole source: keep nvcc's words
+            said = [line for line in str(err).splitlines() if "nvcc" in line or "error" in line]
+            raise ValueError(
+                f"nvcc cannot compile the kernels for {arch}: {' '.join(said[-3:])}"
+            ) from None
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
         f.write(fatbin)

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .layout import PageLayout
 from .objectives import Objective
+from .progress import steps
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def optimize_pool(
     pool_t = torch.from_numpy(np.array(pool, np.float32))
     log = []
     turns = [(r, t) for r in range(config.rounds) for t in range(len(tasks))]
-    for r, t in tqdm(turns, desc="optimize", disable=not progress or None):
+    for r, t in steps(turns, "retraining turns", progress):
         task = tasks[t]
         weights_shape = (len(pool_t), task.layout.page_size)  # what `decode(pool)` gives
         a, b, c, count, mask = sharing_loss_terms(tasks, t, weights_shape)

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from .data import Split
 from .determinism import deterministic
@@ -29,6 +28,7 @@ from .optimize import (
     task_weights,
 )
 from .plan import PagePlan, TaskPages, check_unique_names
+from .progress import steps
 from .separation import (
     SeparationConfig,
     select_exclusive,
@@ -129,8 +129,7 @@ def _pack(
     fisher_of = fisher_ws if config.separation else fisher_nwv
     samples = config.fisher_samples or (50 if config.separation else 100)
     fishers = []
-    bar = tqdm(list(zip(tasks, layouts, weights_of)), "fisher", disable=not progress or None)
-    for t, layout, weights in bar:
+    for t, layout, weights in steps(zip(tasks, layouts, weights_of), "fisher tasks", progress):
         fisher = fisher_of(t.model, t.splits["train"].x, samples, config.seed, t.objective.fisher)
         fishers.append(layout.to_pages(fill_missing(fisher, weights)))
     # Step 3. Separation and matching (or the resumed plan).
@@ -218,7 +217,7 @@ def _initial_plan(
     state = PoolState.empty(n_pool, config.page_size, config.init, config.seed)
     shared_tables, costs = [], {}
     matching = list(zip(tasks, pages, fishers, shared))
-    for t, task_pages, fisher, ids in tqdm(matching, "match", disable=not progress or None):
+    for t, task_pages, fisher, ids in steps(matching, "matched tasks", progress):
         match = match_task(
             state,
             task_pages[ids],

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 import safetensors.torch
 import torch
-from tqdm import tqdm
 
 from .data import SPLITS, Split, TaskData
 from .determinism import TRAIN_THREADS, deterministic
+from .progress import steps
 
 SPLIT_SEED = 0
 MNIST_TEST = os.path.join("..", "shared", "data", "mnist-test")  # from the project root
@@ -307,7 +307,7 @@ def _train(
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     best = (accuracy(model, splits["val"]), {k: v.clone() for k, v in model.state_dict().items()})
-    for it in tqdm(range(1, config.iterations + 1), desc=desc, leave=False, disable=None):
+    for it in steps(range(1, config.iterations + 1), desc):
         model.train()
         idx = torch.from_numpy(rng.choice(len(y), min(config.batch_size, len(y)), replace=False))
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
@@ -356,7 +356,7 @@ def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:
     if os.path.exists(path):
         model.load_state_dict(safetensors.torch.load_file(path))
     else:
-        model = train_baseline(model, splits, config, desc=f"train {name}")
+        model = train_baseline(model, splits, config, desc=f"training {name} (once, cached)")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
         safetensors.torch.save_file(model.state_dict(), tmp)

@@ -52,6 +52,11 @@ class Task:
                     f"task '{self.name}': weight '{wname}' is {tuple(w.shape)} {w.dtype}, "
                     f"parameter '{param.name}' expects {shape} {dtype}"
                 )
+        bad = [
+            n for n, w in self.weights.items() if w.dtype.kind == "f" and not np.isfinite(w).all()
+        ]
+        if bad:
+            raise IntakeError(f"task '{self.name}': weights {bad} hold NaN or inf")
 
     @property
     def num_inputs(self) -> int:
@@ -162,6 +167,13 @@ class Task:
                 raise IntakeError(
                     f"task '{name}': '{path}' is not a valid ONNX model: {err}"
                 ) from err
+        bad = [
+            i.name
+            for i in model.graph.initializer
+            if i.data_type in _FLOAT_TYPES and not np.isfinite(onnx.numpy_helper.to_array(i)).all()
+        ]
+        if bad:
+            raise IntakeError(f"task '{name}': weights {bad} hold NaN or inf")
         if shape_dict is None:
             shape_dict = _static_batch(model)
         try:
@@ -212,6 +224,9 @@ def _tensor_type(var: relax.Var) -> tuple[tuple[int, ...], str]:
 
 def _value_key(array: np.ndarray) -> tuple:
     return str(array.dtype), array.tobytes()  # shape-free: FoldConstant may reshape a bias
+
+
+_FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
 def _static_batch(model) -> dict[str, list[int]] | None:

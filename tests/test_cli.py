@@ -1,0 +1,223 @@
+"""The CLI as a user meets it: every flag takes effect or is refused, no traceback for a user's
+mistake, outputs written whole or not at all and never over an input."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from tvm_weightvirt.runtime import StandaloneModel
+
+import tvm_weightvirt as wv
+from tvm_weightvirt import examples
+from tvm_weightvirt.cli import main
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Two small ONNX models, their lossless pack, and a folder to write into."""
+    folder = tmp_path_factory.mktemp("cli")
+    paths = {}
+    for name, make in [("res", examples.onnx_resnet_block), ("inc", examples.onnx_inception_block)]:
+        paths[name] = str(folder / f"{name}.onnx")
+        onnx.save(make()[0], paths[name])
+    paths["pack"] = str(folder / "suite.wvpack")
+    assert (
+        main(
+            [
+                "pack",
+                f"res={paths['res']}",
+                f"inc={paths['inc']}",
+                "--lossless",
+                "-o",
+                paths["pack"],
+            ]
+        )
+        == 0
+    )
+    return folder, paths
+
+
+def _bad_onnx(folder) -> str:
+    model, _ = examples.onnx_inception_block()
+    weight = next(i for i in model.graph.initializer if i.name == "b1.weight")
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values[0, 0, 0, 0] = np.nan
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, "b1.weight"))
+    path = str(folder / "nan.onnx")
+    onnx.save(model, path)
+    return path
+
+
+# argv (with {res}, {inc}, {pack}, {dir} filled in) -> words the one-line error must hold
+REFUSED = [
+    (
+        ["pack", "res={res}", "--pool-pages", "45", "-o", "{dir}/a.wvpack"],
+        ["tasks ['res'] have no data", "--lossless"],
+    ),
+    (
+        ["pack", "res={res}", "--lossless", "--rounds", "2", "-o", "{dir}/a.wvpack"],
+        ["shares nothing and trains nothing", "--rounds"],
+    ),
+    (["pack", "res={res}", "--lossless", "-o", "{res}"], ["is one of the inputs"]),
+    (["pack", "res={res}", "--lossless", "-o", "{dir}/nowhere/a.wvpack"], ["does not exist"]),
+    (
+        ["pack", "res={res}", "--lossless", "-o", "{dir}/notes.txt"],
+        ["exists and is not a .wvpack", "--force"],
+    ),
+    (["pack", "res={res}", "--lossless", "-o", "{dir}"], ["is a folder"]),
+    (
+        ["pack", "res={res}", "--rounds", "-1", "-o", "{dir}/a.wvpack"],
+        ["--rounds -1: must be at least 0"],
+    ),
+    (
+        ["pack", "res={res}", "--iterations", "0", "-o", "{dir}/a.wvpack"],
+        ["--iterations 0: must be at least 1"],
+    ),
+    (
+        ["pack", "res={dir}", "--lossless", "-o", "{dir}/a.wvpack"],
+        ["is a folder, not a model file"],
+    ),
+    (
+        ["pack", "nan={nan}", "--lossless", "-o", "{dir}/a.wvpack"],
+        ["task 'nan': weights ['b1.weight'] hold NaN or inf"],
+    ),
+    (
+        ["pack", "res={res}", "--input-shape", "res=1xA", "--lossless", "-o", "{dir}/a.wvpack"],
+        ["dimensions must be integers"],
+    ),
+    (
+        ["build", "{pack}", "--arch", "sm_87", "-o", "{dir}/b"],
+        ["--arch cannot apply to --target llvm"],
+    ),
+    (
+        ["build", "{pack}", "--target", "cortex-m4", "--mode", "fused", "-o", "{dir}/b"],
+        ["--mode cannot apply to --target cortex-m4"],
+    ),
+    (
+        ["build", "{pack}", "--tune", "-2", "-o", "{dir}/b"],
+        ["--tune -2: trials must be at least 0"],
+    ),
+    (["build", "{pack}", "-o", "{pack}"], ["is a file: -o takes a folder"]),
+    (["build", "{pack}", "-o", "{dir}/foreign"], ["not a `wvirt build` folder: --force"]),
+    (["build", "{dir}", "-o", "{dir}/b"], ["is a folder (a `wvirt build` output?), not a .wvpack"]),
+    (["run", "{pack}", "--tasks", ","], ["--tasks ','"]),
+    (["run", "{pack}", "--tasks", "res", "--qemu"], ["--qemu cannot apply to a .wvpack"]),
+    (
+        ["run", "{pack}", "--tasks", "res", "--max-wait", "3"],
+        ["--max-wait applies to --policy group"],
+    ),
+    (["run", "{pack}", "--tasks", "res", "--inputs", "res={dir}/x.npy"], ["cannot read"]),
+    (["inspect", "{pack}", "--png", "{pack}"], ["is one of the inputs"]),
+]
+
+
+@pytest.mark.parametrize("argv, words", REFUSED, ids=[" ".join(a[:3]) for a, _ in REFUSED])
+def test_a_users_mistake_is_one_line_exit_2_and_writes_nothing(files, argv, words, capsys):
+    folder, paths = files
+    (folder / "notes.txt").write_text("mine")
+    (folder / "foreign").mkdir(exist_ok=True)
+    (folder / "foreign" / "thesis.tex").write_text("mine")
+    fill = {**paths, "dir": str(folder), "nan": _bad_onnx(folder)}
+    before = {p: os.path.getmtime(p) for p in folder.rglob("*")}
+    assert main([a.format(**fill) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word.format(**fill) in err, err
+    after = {p: os.path.getmtime(p) for p in folder.rglob("*")}
+    assert after == before  # nothing new, nothing touched (inputs included)
+
+
+def test_force_replaces_a_foreign_file_and_spaces_in_task_lists_are_stripped(files, capsys):
+    folder, paths = files
+    target = folder / "forced.wvpack"
+    target.write_text("not a pack")
+    assert main(["pack", f"res={paths['res']}", "--lossless", "--force", "-o", str(target)]) == 0
+    assert wv.load_wvpack(target).plan.tasks.keys() == {"res"}
+    assert main(["run", paths["pack"], "--tasks", "res, inc ,res", "--mode", "fused"]) == 0
+    assert "3 requests" in capsys.readouterr().out
+
+
+def test_run_takes_inputs_and_saves_outputs_equal_to_the_model_alone(files, tmp_path, capsys):
+    _, paths = files
+    x = np.random.default_rng(3).normal(size=(1, 3, 10, 10)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "outputs"
+    argv = ["run", paths["pack"], "--tasks", "inc,res,inc", "--inputs", f"inc={tmp_path / 'x.npy'}"]
+    assert main([*argv, "--save-outputs", str(out)]) == 0
+    printed = capsys.readouterr().out
+    task = next(t for t in wv.load_wvpack(paths["pack"]).tasks if t.name == "inc")
+    alone = StandaloneModel(task).run(x)[0]
+    np.testing.assert_array_equal(np.load(out / "0_inc_0.npy"), alone)
+    np.testing.assert_array_equal(np.load(out / "2_inc_0.npy"), alone)
+    assert np.array2string(alone.ravel()[:5], precision=4)[1:-1].split()[0] in printed
+    x_bad = np.zeros((2, 3, 10, 10), np.float32)
+    np.save(tmp_path / "bad.npy", x_bad)
+    assert (
+        main(["run", paths["pack"], "--tasks", "inc", "--inputs", f"inc={tmp_path / 'bad.npy'}"])
+        == 2
+    )
+    assert "shape (2, 3, 10, 10), task 'inc' takes (1, 3, 10, 10)" in capsys.readouterr().err
+
+
+def test_input_shape_fixes_a_symbolic_dimension(tmp_path, capsys):
+    model, _ = examples.onnx_inception_block()
+    for axis, name in [(0, "batch"), (2, "height")]:
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    path = str(tmp_path / "sym.onnx")
+    onnx.save(model, path)
+    out = str(tmp_path / "sym.wvpack")
+    assert main(["pack", f"sym={path}", "--lossless", "-o", out]) == 2
+    assert "symbolic shape" in capsys.readouterr().err
+    assert (
+        main(["pack", f"sym={path}", "--input-shape", "sym=1x3x10x10", "--lossless", "-o", out])
+        == 0
+    )
+    assert wv.load_wvpack(out).tasks[0].input_types == [((1, 3, 10, 10), "float32")]
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
+def test_cuda_build_errors_are_short_and_leave_no_folder(files, capsys):
+    folder, paths = files
+    out = folder / "cuda"
+    assert (
+        main(["build", paths["pack"], "--target", "cuda", "--arch", "sm_999", "-o", str(out)]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "nvcc cannot compile the kernels for sm_999" in err and err.count("\n") == 1
+    assert not out.exists() and not list(folder.glob(".cuda.*"))
+    if tvm.cuda().exist:
+        return
+    assert main(["build", paths["pack"], "--target", "cuda", "-o", str(out)]) == 0
+    assert main(["run", paths["pack"], "--library", str(out), "--tasks", "res"]) == 2
+    assert "was built for cuda and this machine has no CUDA GPU" in capsys.readouterr().err
+
+
+_BUILD = "import sys; from tvm_weightvirt.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+@pytest.mark.slow
+def test_a_killed_build_leaves_no_library_folder_under_the_target_name(files, tmp_path):
+    _, paths = files
+    out = tmp_path / "lib"
+    argv = [sys.executable, "-c", _BUILD, "build", paths["pack"], "-o", str(out)]
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, capture_output=True)
+    whole = time.perf_counter() - start
+    shutil.rmtree(out)
+    for delay in np.random.default_rng(0).uniform(0.5 * whole, whole, 5):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if out.exists():  # the rename happened: the folder is whole
+            assert {"library.so", "library.json"} <= set(os.listdir(out))
+            wv.Library.load(str(out))
+            shutil.rmtree(out)
