@@ -83,6 +83,8 @@ def _cli_pack(files, out, extra=()) -> list[str]:
         *models,
         *data,
         *objectives,
+        "--pool-pages",
+        "130",
         "--rounds",
         "1",
         "--iterations",
