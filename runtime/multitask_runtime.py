@@ -129,7 +129,8 @@ class MultitaskRuntime:
         """One 64-byte aligned host buffer for the largest task; per task, the views of it that
         are its page-shaped gather target and its weights (zero-copy, created once)."""
         page_size = plan.page_size
-        max_pages = max(t.layout.n_pages for t in plan.tasks.values())
+        # at least one page: an empty buffer has no aligned address (tasks without weights)
+        max_pages = max(1, *(t.layout.n_pages for t in plan.tasks.values()))
         self.weight_buffer = aligned_zeros((max_pages * page_size,))
         self.weight_buffer_bytes = self.weight_buffer.nbytes
         self._targets, self._weights, self._target_bytes = {}, {}, {}

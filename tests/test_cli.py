@@ -221,3 +221,23 @@ def test_a_killed_build_leaves_no_library_folder_under_the_target_name(files, tm
             assert {"library.so", "library.json"} <= set(os.listdir(out))
             wv.Library.load(str(out))
             shutil.rmtree(out)
+
+
+def test_a_model_without_weights_packs_and_runs(tmp_path, capsys):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        tmp_path / "relu.onnx",
+    )
+    pack = str(tmp_path / "relu.wvpack")
+    assert main(["pack", f"relu={tmp_path / 'relu.onnx'}", "--lossless", "-o", pack]) == 0
+    for mode in ["materialize", "fused"]:
+        assert main(["run", pack, "--tasks", "relu,relu", "--mode", mode]) == 0
+    assert capsys.readouterr().out.count("relu: outputs [(1, 4)]") == 4
