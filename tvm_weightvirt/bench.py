@@ -13,6 +13,7 @@ from .compiler import build, lower
 from .optimize import OptimizeConfig
 from .packing import pack
 from .pipeline import PackConfig
+from .progress import log, steps
 
 
 def _median_p99(values: list[float]) -> dict:
@@ -47,6 +48,7 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
     graphs = [t.task for t in tasks]
     inputs = {t.name: t.example_input().numpy() for t in tasks}
     storage = tempfile.mkdtemp(prefix="wvirt-reload-")
+    log.info("switch benchmark: building the packed (2 modes) and separate systems")
     systems = {
         "materialize": MultitaskRuntime(plan, build(lower(graphs, plan, "materialize"))),
         "fused": MultitaskRuntime(plan, build(lower(graphs, plan, "fused"))),
@@ -64,7 +66,7 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
     times = {label: {"switch": [], "infer": [], "e2e": [], "per_memcpy": []} for label in systems}
     memcpy_us = []
     # Request by request, every system in turn: machine noise hits all of them alike.
-    for i, name in enumerate(sequence):
+    for i, name in steps(list(enumerate(sequence)), "switch benchmark requests"):
         switching = i == 0 or sequence[i - 1] != name
         copy_seconds = memcpy(task_bytes[name])
         if switching:
