@@ -418,19 +418,17 @@ def _build(args) -> int:
     from .compiler import build, lower
 
     mcu = args.target.startswith("cortex-m")
-    _refuse(args, "--target " + args.target, arch=args.target != "cuda")
     _refuse(
         args,
         "--target " + args.target,
+        arch=args.target != "cuda",
         mode=mcu,
         tune=mcu,
         tuning_db=mcu,
         rpc_tracker=mcu,
         rpc_key=mcu,
     )
-    option = {
-        k: v if getattr(args, k) is None else getattr(args, k) for k, v in BUILD_DEFAULTS.items()
-    }
+    option = _with_defaults(args, BUILD_DEFAULTS)
     if option["tune"] < 0:
         raise ValueError(f"--tune {option['tune']}: trials must be at least 0")
     pack = _pack_with_graphs(args.pack)
@@ -486,12 +484,18 @@ def _run(args) -> int:
 
     mcu = is_project(args.pack)
     where = "a cortex-m project" if mcu else "a .wvpack"
-    _refuse(args, where, qemu=not mcu, timeout=not mcu)
-    _refuse(args, where, library=mcu, mode=mcu, policy=mcu, max_wait=mcu)
+    _refuse(
+        args,
+        where,
+        qemu=not mcu,
+        timeout=not mcu,
+        library=mcu,
+        mode=mcu,
+        policy=mcu,
+        max_wait=mcu,
+    )
     _refuse(args, "--library (its mode was fixed by `wvirt build`)", mode=bool(args.library))
-    option = {
-        k: v if getattr(args, k) is None else getattr(args, k) for k, v in RUN_DEFAULTS.items()
-    }
+    option = _with_defaults(args, RUN_DEFAULTS)
     if option["policy"] != "group" and args.max_wait is not None:
         raise ValueError("--max-wait applies to --policy group")
     sequence = _task_list(args.tasks)
@@ -631,6 +635,11 @@ def _refuse(args, where: str, **flags: bool) -> None:
     ]
     if given:
         raise ValueError(f"{', '.join(given)} cannot apply to {where}")
+
+
+def _with_defaults(args, defaults: dict) -> dict:
+    """The value of each flag in `defaults`: given on the command line, else its default."""
+    return {k: v if getattr(args, k) is None else getattr(args, k) for k, v in defaults.items()}
 
 
 def _is_wvpack(path: str) -> bool:

@@ -19,6 +19,9 @@ from .layout import PageLayout
 from .objectives import Objective
 from .progress import steps
 
+NWV_LAMBDA = 10.0  # weight of the sharing loss, NWV's
+WS_LAMBDA = 0.1  # with weight separation, WS's
+
 
 @dataclass(frozen=True)
 class OptimizeConfig:
@@ -26,7 +29,7 @@ class OptimizeConfig:
 
     rounds: int = 4
     iterations: int = 300  # per task per round
-    lam: float | None = None  # None: 10 (NWV), or 0.1 with weight separation (WS)
+    lam: float | None = None  # None: NWV_LAMBDA, or WS_LAMBDA with weight separation
     lr: float = 1e-3
     batch_size: int = 100
     eval_every: int = 50
@@ -72,14 +75,19 @@ def model_outputs(
     return np.concatenate(outputs)
 
 
+def pool_outputs(pool: np.ndarray | torch.Tensor, task: PoolTask, x: np.ndarray) -> np.ndarray:
+    """The task's model outputs on `x` with its weights read from `pool`."""
+    table = torch.from_numpy(task.page_table.astype(np.int64))
+    with torch.no_grad():
+        weights = task_weights(torch.as_tensor(pool), task.layout, table)
+    return model_outputs(task.model, x, weights)
+
+
 def pool_metric(
     pool: np.ndarray | torch.Tensor, task: PoolTask, x: np.ndarray, y: np.ndarray
 ) -> float:
     """The task's metric with its weights read from `pool`."""
-    table = torch.from_numpy(task.page_table.astype(np.int64))
-    with torch.no_grad():
-        weights = task_weights(torch.as_tensor(pool), task.layout, table)
-    return task.objective.metric(model_outputs(task.model, x, weights), y)
+    return task.objective.metric(pool_outputs(pool, task, x), y)
 
 
 def sharing_loss_terms(tasks: list[PoolTask], t: int, pool_shape: tuple[int, int]):
@@ -116,7 +124,7 @@ def optimize_pool(
     With `decode`, a pool row is a page's latent form and `decode(pool)` its weights [S, P]
     (e.g. `smartdeal.decode_latent`); the loss, gather and accuracy see the decoded weights."""
     decode = decode or (lambda v: v)
-    lam = 10.0 if config.lam is None else config.lam
+    lam = NWV_LAMBDA if config.lam is None else config.lam
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     pool_t = torch.from_numpy(np.array(pool, np.float32))

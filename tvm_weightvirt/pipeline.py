@@ -20,12 +20,14 @@ from .layout import PageLayout, check_page_size
 from .matching import PoolState, finalize_pool, match_task
 from .objectives import Objective
 from .optimize import (
+    NWV_LAMBDA,
+    WS_LAMBDA,
     OptimizeConfig,
     PoolTask,
     model_outputs,
     optimize_pool,
     pool_metric,
-    task_weights,
+    pool_outputs,
 )
 from .plan import PagePlan, TaskPages, check_unique_names
 from .progress import steps
@@ -97,7 +99,7 @@ def pack_models(
         raise ValueError("no tasks to pack")
     check_unique_names([t.name for t in tasks])
     if config.optimize.lam is None:  # NWV's lambda, or WS's with separation
-        lam = 0.1 if config.separation else 10.0
+        lam = WS_LAMBDA if config.separation else NWV_LAMBDA
         config = replace(config, optimize=replace(config.optimize, lam=lam))
     with deterministic(config.seed):
         return _pack(tasks, config, progress, resume)
@@ -324,10 +326,7 @@ def _report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> dict
     for t, pt in zip(tasks, pool_tasks):
         test = t.splits["test"]
         original = model_outputs(t.model, test.x)
-        table = torch.from_numpy(pt.page_table.astype(np.int64))
-        with torch.no_grad():
-            packed_weights = task_weights(torch.as_tensor(memory), pt.layout, table)
-        packed_outputs = model_outputs(t.model, test.x, packed_weights)
+        packed_outputs = pool_outputs(memory, pt, test.x)
         separate = t.objective.metric(original, test.y)
         packed = t.objective.metric(packed_outputs, test.y)
         per_task[t.name] = {
