@@ -135,6 +135,26 @@ def test_a_users_mistake_is_one_line_exit_2_and_writes_nothing(files, argv, word
     assert after == before  # nothing new, nothing touched (inputs included)
 
 
+def test_every_model_failing_intake_is_named_at_once(files, capsys):
+    folder, paths = files
+    argv = ["pack", f"nan={_bad_onnx(folder)}", f"dir={folder}", f"res={paths['res']}"]
+    assert main([*argv, "--lossless", "-o", str(folder / "a.wvpack")]) == 2
+    err = capsys.readouterr().err
+    assert "task 'nan': weights ['b1.weight'] hold NaN" in err
+    assert "task 'dir':" in err and "is a folder" in err
+    assert "'res'" not in err and not (folder / "a.wvpack").exists()
+
+
+def test_a_bad_manifest_value_is_named_by_its_key_not_a_flag(files, capsys):
+    folder, paths = files
+    manifest = folder / "m.toml"
+    manifest.write_text(f'[tasks.res]\nmodel = "{paths["res"]}"\n\n[pack]\nrounds = -1\n')
+    assert main(["pack", str(manifest), "-o", str(folder / "a.wvpack")]) == 2
+    assert f"manifest '{manifest}': [pack] rounds -1: must be at least 0" in capsys.readouterr().err
+    assert main(["pack", str(manifest), "--rounds", "-2", "-o", str(folder / "a.wvpack")]) == 2
+    assert "--rounds -2: must be at least 0" in capsys.readouterr().err
+
+
 def test_force_replaces_a_foreign_file_and_spaces_in_task_lists_are_stripped(files, capsys):
     folder, paths = files
     target = folder / "forced.wvpack"
@@ -143,6 +163,12 @@ def test_force_replaces_a_foreign_file_and_spaces_in_task_lists_are_stripped(fil
     assert wv.load_wvpack(target).plan.tasks.keys() == {"res"}
     assert main(["run", paths["pack"], "--tasks", "res, inc ,res", "--mode", "fused"]) == 0
     assert "3 requests" in capsys.readouterr().out
+
+
+def test_fused_build_shows_no_tvm_warning_a_user_cannot_act_on(files, capfd):
+    _, paths = files
+    assert main(["run", paths["pack"], "--tasks", "res", "--mode", "fused"]) == 0
+    assert "Fast mode segfaults" not in capfd.readouterr().err
 
 
 def test_run_takes_inputs_and_saves_outputs_equal_to_the_model_alone(files, tmp_path, capsys):

@@ -162,6 +162,14 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--quick", action="store_true", help="CI-sized: 100 requests")
     bench.add_argument("--json", help="write the numbers to this JSON file")
 
+    examples = command(
+        "examples",
+        help="write three small trained models with their data and a manifest, to try the "
+        "commands on (sensors.onnx, gestures.onnx, friedman.pt2, *.npz, suite.toml, "
+        "sensors_input.npy)",
+    )
+    examples.add_argument("folder", help="a new (or empty) folder")
+
     demo = command("demo", help="pack the 5-task suite, build it, switch between tasks")
     demo.add_argument("--out", default="out/demo", help="folder for the .wvpack")
 
@@ -174,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
             "build": _build,
             "run": _run,
             "bench": _bench,
+            "examples": _examples,
             "demo": _demo,
         }[args.command](args)
     except ValueError as err:  # the user's input: say what is wrong, no traceback
@@ -216,9 +225,15 @@ def _pack(args) -> int:
         tasks, data = suite.packable(suite_tasks)
     else:
         shapes = _input_shapes(args.input_shape, spec.models)
-        tasks = [_load_model(name, path, shapes.get(name)) for name, path in spec.models.items()]
-        for t in tasks:
-            print(f"intake {t.name}: {t.n_weights} weights")
+        tasks, problems = [], []
+        for name, path in spec.models.items():  # every model that fails intake, at once
+            try:
+                tasks.append(_load_model(name, path, shapes.get(name)))
+                print(f"intake {name}: {tasks[-1].n_weights} weights")
+            except ValueError as err:
+                problems.append(str(err))
+        if problems:
+            raise ValueError("\n".join(problems))
         data = _load_data(spec)
     if spec.option("lossless"):
         plan = PagePlan.lossless(tasks, page_size=spec.option("page_size"))
@@ -260,15 +275,13 @@ def _pack_spec(args):
         check_objective(objective, f"--objective {name}")
     for key in PACK_OPTIONS:
         if getattr(args, key) is not None:
-            spec.options[key] = getattr(args, key)
+            spec.set_option(key, getattr(args, key), f"--{key.replace('_', '-')}")
     for key, low in (("rounds", 0), ("iterations", 1), ("page_size", 1), ("pool_pages", 1)):
         value = spec.options.get(key)
         if value is not None and value < low:
-            raise ValueError(f"--{key.replace('_', '-')} {value}: must be at least {low}")
+            raise ValueError(f"{spec.source(key)} {value}: must be at least {low}")
     if spec.option("lossless"):
-        given = [
-            f"--{k.replace('_', '-')}" for k in spec.options if k not in ("lossless", "page_size")
-        ]
+        given = [spec.source(k) for k in spec.options if k not in ("lossless", "page_size")]
         given += ["--data"] * bool(spec.data) + ["--objective"] * bool(spec.objectives)
         if given or args.suite:
             raise ValueError(
@@ -719,6 +732,18 @@ def _bench(args) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(numbers, f, indent=2)
+    return 0
+
+
+def _examples(args) -> int:
+    from .examples import write_user_models
+
+    if os.path.isfile(args.folder) or (os.path.isdir(args.folder) and os.listdir(args.folder)):
+        raise ValueError(f"'{args.folder}' exists and is not an empty folder")
+    with _written_whole(args.folder, folder=True) as tmp:
+        write_user_models(tmp)
+        np.save(os.path.join(tmp, "sensors_input.npy"), np.load(f"{tmp}/sensors.npz")["x_test"][:1])
+    print(f"wrote {', '.join(sorted(os.listdir(args.folder)))} to '{args.folder}'")
     return 0
 
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import tvm
 from tvm import relax
 
+from .native_log import TAKE_FAST_MODE, without_native_lines
 from .passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
 from .passes.add_page_gather import CODED_GATHER_FUNC, GATHER_FUNC
 from .passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
@@ -173,7 +174,7 @@ def build(
         pipeline, tuning = scheduled_pipeline(target), asdict(report)
     if mode == "materialize" and target.kind.name == "llvm":
         mod = _vectorize_gather(mod)
-    with target:
+    with target, without_native_lines(TAKE_FAST_MODE):
         executable = tvm.compile(mod, target, relax_pipeline=pipeline)
     return Library(executable, target, mode, tasks, time.perf_counter() - start, tuning)
 

@@ -71,9 +71,19 @@ class PackSpec:
     data: dict[str, str] = field(default_factory=dict)
     objectives: dict[str, str] = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)  # option -> where it was set
 
     def option(self, name: str):
         return self.options.get(name, PACK_OPTIONS[name][1])
+
+    def set_option(self, name: str, value, source: str) -> None:
+        self.options[name] = value
+        self.sources[name] = source
+
+    def source(self, name: str) -> str:
+        """Where an option was set, for messages: `--pool-pages` or `manifest 'm.toml': [pack]
+        pool_pages`."""
+        return self.sources.get(name, f"--{name.replace('_', '-')}")
 
 
 def read_manifest(path: str) -> PackSpec:
@@ -130,7 +140,7 @@ def read_manifest(path: str) -> PackSpec:
         if not ok or (choices and value not in choices):
             expected = f"one of {list(choices)}" if choices else kind.__name__
             raise ValueError(f"{where}: [pack] {key} = {value!r}, expected {expected}")
-        spec.options[key] = value
+        spec.set_option(key, value, f"{where}: [pack] {key}")
     return spec
 
 

@@ -29,6 +29,7 @@ from tvm.s_tir.meta_schedule.runner import (
 )
 from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
 
+from .native_log import TAKE_FAST_MODE, without_native_lines
 from .passes.add_page_gather import GATHER_FUNC, gather_func
 from .passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
 
@@ -171,7 +172,7 @@ def fuse(mod: tvm.IRModule, target: tvm.target.Target) -> tvm.IRModule:
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]
-    with target:
+    with target, without_native_lines(TAKE_FAST_MODE):
         return tvm.transform.Sequential(pipeline, name="wv.fuse")(mod)
 
 
