@@ -10,6 +10,7 @@ import numpy as np
 
 from benchmarks._common import parse_args, write_json
 from tvm_weightvirt import suite
+from tvm_weightvirt.abi import task_function
 from tvm_weightvirt.compiler import build, lower
 from tvm_weightvirt.plan import PagePlan
 
@@ -63,7 +64,7 @@ def tuning_benchmark(quick: bool = False) -> dict:
         tuned_args = [tvm.runtime.tensor(x) for x in inputs[name]]
         tuned_args += list(runtimes["tuned"]._weights[name])
         plain_args = [tvm.runtime.tensor(x) for x in inputs[name]] + list(model.weights)
-        tuned_func, plain_func = runtimes["tuned"].vm[f"task_{name}"], model.vm["main"]
+        tuned_func, plain_func = runtimes["tuned"].vm[task_function(name)], model.vm["main"]
         calls = {
             **{label: (lambda r=r: r.run(name, *inputs[name])) for label, r in runtimes.items()},
             **{label: (lambda m=m[name]: m.run(*inputs[name])) for label, m in plain.items()},

@@ -5,8 +5,7 @@ from __future__ import annotations
 import tvm
 from tvm import te, tirx
 
-GATHER_FUNC = "wv_gather_pages"
-CODED_GATHER_FUNC = "wv_gather_coded_pages"
+from tvm_weightvirt.abi import CODED_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
 
 
 @tvm.transform.module_pass(opt_level=0, name="AddPageGather")
@@ -78,7 +77,7 @@ def gather_func(
             return pool[page, j]
         return tirx.if_then_else(page < n_pool, pool[page, j], exclusive[page - n_pool, j])
 
-    pages = te.compute((n_pages, page_size), read, name="weight_pages")
+    pages = te.compute((n_pages, page_size), read, name=GATHER_OUTPUT)
     return te.create_prim_func([*inputs, page_table, pages])
 
 
@@ -105,7 +104,7 @@ def coded_gather_func(page_size: int) -> tirx.PrimFunc:
         row = j // 3
         return te.sum(coefficient(page, 3 * row + k) * bases[page, k, j % 3], axis=k)
 
-    pages = te.compute((n_pages, page_size), read, name="weight_pages")
+    pages = te.compute((n_pages, page_size), read, name=GATHER_OUTPUT)
     return te.create_prim_func([codes, bases, page_table, pages])
 
 

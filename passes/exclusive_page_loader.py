@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import tvm
 
-from .add_page_gather import add_gather, gather_func
+from tvm_weightvirt.abi import EXCLUSIVE_GATHER_FUNC
 
-EXCLUSIVE_GATHER_FUNC = "wv_gather_pages_exclusive"
+from .add_page_gather import add_gather, gather_func
 
 
 @tvm.transform.module_pass(opt_level=0, name="ExclusivePageLoader")

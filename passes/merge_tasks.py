@@ -6,6 +6,8 @@ import tvm
 import tvm_ffi
 from tvm import relax, tirx
 
+from tvm_weightvirt.abi import task_function
+
 
 @tvm.transform.module_pass(opt_level=0, name="MergeTasks")
 class MergeTasks:
@@ -54,7 +56,9 @@ class MergeTasks:
                 (gv, f) for gv, f in task_mod.functions_items() if isinstance(f, relax.Function)
             ]
             for gv, func in relax_funcs:
-                new_name = f"task_{name}" if gv.name_hint == "main" else f"{name}_{gv.name_hint}"
+                new_name = (
+                    task_function(name) if gv.name_hint == "main" else f"{name}_{gv.name_hint}"
+                )
                 if new_name in bb.get():
                     raise ValueError(f"task '{name}': function '{new_name}' already in the module")
                 renamed[gv.name_hint] = bb.add_func(func, new_name)

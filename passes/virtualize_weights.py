@@ -6,6 +6,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from tvm_weightvirt.abi import task_function
 from tvm_weightvirt.layout import PageLayout, WeightSpan
 from tvm_weightvirt.plan import PAGE_TABLE_DTYPE, PagePlan
 
@@ -54,13 +55,13 @@ class VirtualizeWeights:
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         out = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs)
         names = [gv.name_hint for gv in mod.get_global_vars()]
-        missing = [n for n in self.plan.tasks if f"task_{n}" not in names]
+        missing = [n for n in self.plan.tasks if task_function(n) not in names]
         if missing:
             raise ValueError(f"tasks {missing} of the page plan have no function in the module")
         pool_ty = relax.TensorType((self.plan.n_pool_pages, self.plan.page_size), "float32")
         for name, task_pages in self.plan.tasks.items():
-            func = mod[f"task_{name}"]
-            out[f"task_{name}"] = _virtualize(func, name, task_pages.layout, pool_ty)
+            func = mod[task_function(name)]
+            out[task_function(name)] = _virtualize(func, name, task_pages.layout, pool_ty)
         # The new SeqExprs carry no types yet; normalization derives them.
         return relax.transform.Normalize()(out)
 

@@ -10,9 +10,13 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import tvm
 from tvm import relax
-from tvm_weightvirt.passes.add_page_gather import CODED_GATHER_FUNC, GATHER_FUNC
-from tvm_weightvirt.passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
 
+from tvm_weightvirt.abi import (
+    CODED_GATHER_FUNC,
+    EXCLUSIVE_GATHER_FUNC,
+    GATHER_FUNC,
+    task_function,
+)
 from tvm_weightvirt.compiler import Library
 from tvm_weightvirt.plan import PagePlan
 
@@ -77,7 +81,7 @@ class MultitaskRuntime:
         self.counters = Counters()
         self.current: str | None = None
         self._lock = threading.RLock()
-        self._functions = {name: self.vm[f"task_{name}"] for name in plan.tasks}
+        self._functions = {name: self.vm[task_function(name)] for name in plan.tasks}
         if library.mode == "materialize":
             if self.device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
                 raise NotImplementedError(

@@ -106,3 +106,10 @@ def test_lower_rejects_an_unknown_mode():
     a = _mlp_task("a")
     with pytest.raises(ValueError, match="mode must be one of .*got 'lazy'"):
         wv.lower([a], wv.PagePlan.lossless([a]), mode="lazy")
+
+
+def test_build_refuses_a_module_not_from_lower():
+    """The mode is the lowered module's `wv.mode` attribute: a task's own module has none."""
+    a = _mlp_task("a")
+    with pytest.raises(ValueError, match="build takes a module from `lower`.*'wv.mode'"):
+        wv.build(a.mod)

@@ -10,6 +10,7 @@ from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import examples
+from tvm_weightvirt.abi import task_function
 
 
 def _suite():
@@ -68,7 +69,7 @@ def test_every_weight_is_paged(suite):
     plan = wv.PagePlan.lossless(tasks, page_size=64)
     mod = wv.lower(tasks, plan, mode="fused")
     for task in tasks:
-        func = mod[f"task_{task.name}"]
+        func = mod[task_function(task.name)]
         assert [p.name for p in func.params[-2:]] == ["pool", "page_table"]
         ops = _op_counts(func)
         assert ops.get("relax.take", 0) == len(task.weights), task.name

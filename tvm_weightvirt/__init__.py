@@ -16,7 +16,7 @@ _LAZY = {
     "load_wvpack": "artifact",
     "save_wvpack": "artifact",
     "Library": "compiler",
-    "MODES": "compiler",
+    "MODES": "abi",
     "build": "compiler",
     "lower": "compiler",
     "IntakeError": "task",

@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 
+from .abi import MODES
 from .manifest import PACK_OPTIONS
 
 # Defaults of flags that only some targets or inputs take: None in argparse (so a flag given
@@ -96,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--arch", help="cuda: GPU architecture (default: sm_87, Jetson Orin)")
     build.add_argument(
         "--mode",
-        choices=["materialize", "fused"],
+        choices=MODES,
         help="llvm/cuda: gather pages at a switch, or in every call (default: materialize)",
     )
     build.add_argument(
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument(
         "--mode",
-        choices=["materialize", "fused"],
+        choices=MODES,
         help=".wvpack without --library: how to build it (default: materialize)",
     )
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")

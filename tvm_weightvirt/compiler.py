@@ -12,14 +12,11 @@ from dataclasses import asdict, dataclass
 import tvm
 from tvm import relax
 
+from .abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT, MODE_ATTR, MODES, task_of
 from .native_log import TAKE_FAST_MODE, without_native_lines
 from .passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
-from .passes.add_page_gather import CODED_GATHER_FUNC, GATHER_FUNC
-from .passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
 from .plan import PagePlan
 from .task import Task
-
-MODES = ("materialize", "fused")
 
 
 def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> tvm.IRModule:
@@ -59,7 +56,8 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     if has_exclusive:
         # Step 3. Exclusive pages come from a level-2 scratch the runtime fills.
         pipeline.append(ExclusivePageLoader(plan.page_size))
-    return tvm.transform.Sequential(pipeline, name="wv.lower")(tvm.IRModule())
+    mod = tvm.transform.Sequential(pipeline, name="wv.lower")(tvm.IRModule())
+    return mod.with_attr(MODE_ATTR, mode)
 
 
 @dataclass(frozen=True)
@@ -159,12 +157,13 @@ def build(
     """
     start = time.perf_counter()  # the build's time includes tuning
     target = tvm.target.Target(target)
-    gathers = {GATHER_FUNC, CODED_GATHER_FUNC}
-    mode = "materialize" if gathers & set(_names(mod)) else "fused"
+    mode = str((mod.attrs or {}).get(MODE_ATTR, ""))
+    if mode not in MODES:
+        raise ValueError(f"build takes a module from `lower` (it has no '{MODE_ATTR}' attribute)")
     tasks = {
-        gv.name_hint[len("task_") :]: _signature(func, mode)
+        task_of(gv.name_hint): _signature(func, mode)
         for gv, func in mod.functions_items()
-        if isinstance(func, relax.Function) and gv.name_hint.startswith("task_")
+        if isinstance(func, relax.Function) and task_of(gv.name_hint)
     }
     pipeline, tuning = relax.get_default_pipeline(target), None
     if tune or tuning_db or rpc_tracker or rpc_key:
@@ -186,7 +185,7 @@ def _vectorize_gather(mod: tvm.IRModule) -> tvm.IRModule:
     for func in (GATHER_FUNC, EXCLUSIVE_GATHER_FUNC):
         if func in _names(mod) and "tirx.is_scheduled" not in (mod[func].attrs or {}):
             sch.work_on(func)
-            _, along_page = sch.get_loops(sch.get_sblock("weight_pages"))
+            _, along_page = sch.get_loops(sch.get_sblock(GATHER_OUTPUT))
             sch.vectorize(along_page)
     return sch.mod
 

@@ -18,6 +18,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .abi import task_function
 from .passes import MergeTasks
 from .plan import PagePlan
 from .smartdeal import decode_codes
@@ -325,7 +326,7 @@ def generate_project(
             kernels, target=tvm.target.Target({"kind": "c"})
         ).inspect_source()
     # Step 2. One executor per task, intermediates in one arena sized for the largest.
-    executors = {n: _executor(n, merged[f"task_{n}"]) for n in names}
+    executors = {n: _executor(n, merged[task_function(n)]) for n in names}
     manifest = _manifest(target, plan, names, executors, packed, _workspace_bytes(kernel_source))
     problems = _misfits(manifest, target)
     if check_fit and problems:

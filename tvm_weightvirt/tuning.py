@@ -29,9 +29,9 @@ from tvm.s_tir.meta_schedule.runner import (
 )
 from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
 
+from .abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
 from .native_log import TAKE_FAST_MODE, without_native_lines
-from .passes.add_page_gather import GATHER_FUNC, gather_func
-from .passes.exclusive_page_loader import EXCLUSIVE_GATHER_FUNC
+from .passes.add_page_gather import gather_func
 
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 # Each candidate is timed for at least this long: enough to rank kernels of microseconds.
@@ -201,7 +201,7 @@ def _static_gather(name: str, func: tvm.tirx.PrimFunc) -> tvm.IRModule:
     """The gather for GATHER_TUNING_PAGES pages of every kind: its schedule (a loop nest over a
     copy of pages) replays onto the gather for any page counts."""
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
-    _, along_page = sch.get_loops(sch.get_sblock("weight_pages"))
+    _, along_page = sch.get_loops(sch.get_sblock(GATHER_OUTPUT))
     page_size = int(sch.get(along_page).extent)
     static = gather_func(page_size, name == EXCLUSIVE_GATHER_FUNC, GATHER_TUNING_PAGES)
     return tvm.IRModule({"main": static})
@@ -271,7 +271,7 @@ def _add_baseline(
     fused into one parallel loop, 5x slower than copying each page with vector instructions)."""
     sch = tvm.s_tir.Schedule(kernel)
     if gather:
-        _, along_page = sch.get_loops(sch.get_sblock("weight_pages"))
+        _, along_page = sch.get_loops(sch.get_sblock(GATHER_OUTPUT))
         sch.vectorize(along_page)
     database.commit_tuning_record(
         ms.database.TuningRecord(

@@ -1,0 +1,38 @@
+"""The names the compiler, tuning and the runtimes agree on: a lowered module's functions, its
+gather kernels and their arguments. Every other module uses these, never string literals.
+
+A module from `wv.lower` holds, for a plan with tasks T:
+
+- `task_<t>` per task t, a Relax function, attribute `num_input` = its input count, then
+  - materialize mode: `(inputs..., weights...)`, the weights in the layout's order;
+  - fused mode: `(inputs..., pool [S, P] float32, page_table [n] int32)`;
+- materialize mode only, the PrimFuncs a switch calls (`weight_pages` [n, P] float32 is the
+  last argument, the output, and the name of the block that writes it):
+  - `wv_gather_pages(pool, page_table, weight_pages)` (float32 pages);
+  - `wv_gather_coded_pages(codes, bases, page_table, weight_pages)` (SmartDeal pages);
+  - `wv_gather_pages_exclusive(pool, exclusive, page_table, weight_pages)` (exclusive pages);
+- the module attribute `wv.mode` = "materialize" or "fused".
+"""
+
+from __future__ import annotations
+
+MODES = ("materialize", "fused")
+MODE_ATTR = "wv.mode"
+
+TASK_PREFIX = "task_"
+
+GATHER_FUNC = "wv_gather_pages"
+CODED_GATHER_FUNC = "wv_gather_coded_pages"
+EXCLUSIVE_GATHER_FUNC = "wv_gather_pages_exclusive"
+GATHER_FUNCS = (GATHER_FUNC, CODED_GATHER_FUNC, EXCLUSIVE_GATHER_FUNC)
+GATHER_OUTPUT = "weight_pages"  # a gather's output buffer and the block that writes it
+
+
+def task_function(task: str) -> str:
+    """The name of task `task`'s Relax function."""
+    return TASK_PREFIX + task
+
+
+def task_of(function: str) -> str | None:
+    """The task whose function this is, or None for any other function."""
+    return function[len(TASK_PREFIX) :] if function.startswith(TASK_PREFIX) else None
