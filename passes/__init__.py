@@ -4,7 +4,6 @@ from .add_page_gather import AddPageGather
 from .exclusive_page_loader import ExclusivePageLoader
 from .lift_weight_constants import LiftWeightConstants
 from .merge_tasks import MergeTasks
-from .smartdeal_weights import SmartDealWeights
 from .virtualize_weights import VirtualizeWeights
 
 __all__ = [
@@ -12,6 +11,5 @@ __all__ = [
     "ExclusivePageLoader",
     "LiftWeightConstants",
     "MergeTasks",
-    "SmartDealWeights",
     "VirtualizeWeights",
 ]

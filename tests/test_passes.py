@@ -1,5 +1,7 @@
-"""The passes' IR rules: VirtualizeWeights' gather, MergeTasks' renaming and kernel dedup,
-LiftWeightConstants' choice of weights."""
+"""The passes' IR rules, one Before/Expected TVMScript test per rule and one "left unchanged"
+test per pass: VirtualizeWeights' gather, MergeTasks' renaming and kernel dedup,
+LiftWeightConstants' choice of weights, AddPageGather's (plain and coded) and
+ExclusivePageLoader's gather kernels."""
 
 import numpy as np
 import pytest
@@ -7,14 +9,31 @@ import tvm
 from tvm import relax
 from tvm.script import ir as I
 from tvm.script import relax as R
-from tvm_weightvirt.passes import LiftWeightConstants, MergeTasks, VirtualizeWeights
+from tvm.script import tirx as T
+from tvm_weightvirt.passes import (
+    AddPageGather,
+    ExclusivePageLoader,
+    LiftWeightConstants,
+    MergeTasks,
+    VirtualizeWeights,
+)
 
 import tvm_weightvirt as wv
 from tvm_weightvirt import examples
 
 
+def _without(mod: tvm.IRModule, name: str) -> tvm.IRModule:
+    """`mod` less its function `name` (which must be there)."""
+    assert name in [gv.name_hint for gv in mod.get_global_vars()]
+    kept = {gv: f for gv, f in mod.functions_items() if gv.name_hint != name}
+    return tvm.IRModule(kept, attrs=mod.attrs)
+
+
+# **** VirtualizeWeights ****
+
+
 @I.ir_module
-class Before:
+class VirtualizeBefore:
     @R.function
     def task_a(x: R.Tensor((2, 30), "float32"), w: R.Tensor((4, 30), "float32")) -> R.Tensor(
         (2, 4), "float32"
@@ -28,7 +47,7 @@ class Before:
 
 
 @I.ir_module
-class Expected:
+class VirtualizeExpected:
     @R.function
     def task_a(
         x: R.Tensor((2, 30), "float32"),
@@ -48,6 +67,32 @@ class Expected:
         return y
 
 
+@I.ir_module
+class VirtualizeOtherTask:
+    """task_a as in VirtualizeBefore, and task_b, which no page plan below names."""
+
+    @R.function
+    def task_a(x: R.Tensor((2, 30), "float32"), w: R.Tensor((4, 30), "float32")) -> R.Tensor(
+        (2, 4), "float32"
+    ):
+        R.func_attr({"num_input": 1})
+        with R.dataflow():
+            wt = R.permute_dims(w, axes=[1, 0])
+            y = R.matmul(x, wt)
+            R.output(y)
+        return y
+
+    @R.function
+    def task_b(x: R.Tensor((2, 4), "float32"), b: R.Tensor((4,), "float32")) -> R.Tensor(
+        (2, 4), "float32"
+    ):
+        R.func_attr({"num_input": 1})
+        with R.dataflow():
+            y = R.add(x, b)
+            R.output(y)
+        return y
+
+
 def _plan_for_before() -> wv.PagePlan:
     layout = wv.PageLayout.from_weights({"w": ((4, 30), "float32")}, page_size=100)
     return wv.PagePlan(100, np.zeros((3, 100), np.float32), {"a": wv.TaskPages(layout, [2, 0])})
@@ -56,9 +101,21 @@ def _plan_for_before() -> wv.PagePlan:
 def test_virtualize_weights_gathers_each_weight_from_the_pool():
     """A weight of 120 floats on 2 pages of 100 becomes take -> reshape -> slice -> reshape,
     with the pool and page table as trailing parameters; num_input is unchanged."""
-    after = VirtualizeWeights(_plan_for_before())(Before)
+    after = VirtualizeWeights(_plan_for_before())(VirtualizeBefore)
     relax.analysis.well_formed(after)
-    tvm.ir.assert_structural_equal(after, Expected)
+    tvm.ir.assert_structural_equal(after, VirtualizeExpected)
+
+
+def test_virtualize_weights_leaves_tasks_not_in_the_plan_unchanged():
+    """Functions of tasks that the page plan does not name keep their weight parameters."""
+    empty_plan = wv.PagePlan(100, np.zeros((3, 100), np.float32), {})
+    after = VirtualizeWeights(empty_plan)(VirtualizeOtherTask)
+    tvm.ir.assert_structural_equal(after, VirtualizeOtherTask)
+    # With task a in the plan, only task_a changes.
+    after = VirtualizeWeights(_plan_for_before())(VirtualizeOtherTask)
+    relax.analysis.well_formed(after)
+    tvm.ir.assert_structural_equal(after["task_b"], VirtualizeOtherTask["task_b"])
+    tvm.ir.assert_structural_equal(after["task_a"], VirtualizeExpected["task_a"])
 
 
 def test_virtualize_weights_rejects_a_layout_that_does_not_fit():
@@ -67,7 +124,7 @@ def test_virtualize_weights_rejects_a_layout_that_does_not_fit():
     with pytest.raises(
         ValueError, match=r"task 'a': weight 'w' is \(4, 31\) float32 in the layout"
     ):
-        VirtualizeWeights(plan)(Before)
+        VirtualizeWeights(plan)(VirtualizeBefore)
 
 
 def test_virtualize_weights_rejects_exclusive_pages_until_they_can_be_lowered():
@@ -77,7 +134,103 @@ def test_virtualize_weights_rejects_exclusive_pages_until_they_can_be_lowered():
         100, np.zeros((3, 100), np.float32), {"a": wv.TaskPages(layout, [2, 3], exclusive)}
     )
     with pytest.raises(NotImplementedError, match="ExclusivePageLoader"):
-        VirtualizeWeights(plan)(Before)
+        VirtualizeWeights(plan)(VirtualizeBefore)
+
+
+# **** MergeTasks ****
+
+
+@I.ir_module
+class MergeTaskA:
+    @T.prim_func
+    def add_one(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        for i in range(4):
+            y[i] = x[i] + T.float32(1)
+
+    @R.function
+    def main(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+        cls = MergeTaskA
+        y = R.call_tir(cls.add_one, (x,), out_ty=R.Tensor((4,), "float32"))
+        return y
+
+
+@I.ir_module
+class MergeTaskB:
+    @T.prim_func
+    def add_one(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        for i in range(4):
+            y[i] = x[i] + T.float32(1)
+
+    @T.prim_func
+    def double(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        for i in range(4):
+            y[i] = x[i] * T.float32(2)
+
+    @R.function
+    def helper(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+        cls = MergeTaskB
+        y = R.call_tir(cls.double, (x,), out_ty=R.Tensor((4,), "float32"))
+        return y
+
+    @R.function
+    def main(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+        cls = MergeTaskB
+        y = R.call_tir(cls.add_one, (x,), out_ty=R.Tensor((4,), "float32"))
+        z = cls.helper(y)
+        return z
+
+
+@I.ir_module
+class MergeExpected:
+    @T.prim_func
+    def a_add_one(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        for i in range(4):
+            y[i] = x[i] + T.float32(1)
+
+    @T.prim_func
+    def b_double(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        for i in range(4):
+            y[i] = x[i] * T.float32(2)
+
+    @R.function
+    def task_a(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+        cls = MergeExpected
+        y = R.call_tir(cls.a_add_one, (x,), out_ty=R.Tensor((4,), "float32"))
+        return y
+
+    @R.function
+    def b_helper(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+        cls = MergeExpected
+        y = R.call_tir(cls.b_double, (x,), out_ty=R.Tensor((4,), "float32"))
+        return y
+
+    @R.function
+    def task_b(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+        cls = MergeExpected
+        y = R.call_tir(cls.a_add_one, (x,), out_ty=R.Tensor((4,), "float32"))
+        z = cls.b_helper(y)
+        return z
+
+
+def test_merge_tasks_renames_functions_and_reuses_identical_kernels():
+    """Each task's `main` becomes `task_<name>` and its other functions `<name>_<function>`;
+    a PrimFunc identical (but for its name) to one already merged is not copied, the task
+    calls the existing one."""
+    after = MergeTasks({"a": MergeTaskA, "b": MergeTaskB})(tvm.IRModule())
+    relax.analysis.well_formed(after)
+    tvm.ir.assert_structural_equal(after, MergeExpected)
+
+
+def test_merge_tasks_leaves_the_modules_own_functions_unchanged():
+    """The functions already in the module the pass runs on are kept as they are: with no task
+    the module is unchanged, and a task whose kernels all exist adds only its `task_<name>`."""
+    tvm.ir.assert_structural_equal(MergeTasks({})(MergeExpected), MergeExpected)
+    after = MergeTasks({"c": MergeTaskA})(MergeExpected)
+    relax.analysis.well_formed(after)
+    tvm.ir.assert_structural_equal(_without(after, "task_c"), MergeExpected)
+    tvm.ir.assert_structural_equal(
+        after["task_c"], MergeExpected["task_a"].with_attr("global_symbol", "task_c")
+    )
 
 
 def _legalized(kind: str, seed: int) -> tvm.IRModule:
@@ -116,6 +269,73 @@ def test_merge_tasks_rejects_a_name_clash():
         MergeTasks({"a": _legalized("mlp", 1)})(mod)
 
 
+# **** LiftWeightConstants ****
+
+LIFT_W = np.arange(8, dtype=np.float32).reshape(4, 2)
+LIFT_B = np.array([0.5, -0.5], np.float32)
+
+
+@I.ir_module
+class LiftBefore:
+    @R.function
+    def main(x: R.Tensor((2, 4), "float32")) -> R.Tensor((2, 2), "float32"):
+        R.func_attr({"num_input": 1})
+        with R.dataflow():
+            y = R.matmul(x, R.const(LIFT_W))
+            z = R.add(y, R.const(LIFT_B))
+            R.output(z)
+        return z
+
+
+@I.ir_module
+class LiftExpected:
+    @R.function
+    def main(
+        x: R.Tensor((2, 4), "float32"),
+        matmul_0_weight: R.Tensor((4, 2), "float32"),
+        add_0_bias: R.Tensor((2,), "float32"),
+    ) -> R.Tensor((2, 2), "float32"):
+        R.func_attr(
+            {"num_input": 1, "params": [tvm.runtime.tensor(LIFT_W), tvm.runtime.tensor(LIFT_B)]}
+        )
+        with R.dataflow():
+            y = R.matmul(x, matmul_0_weight)
+            z = R.add(y, add_0_bias)
+            R.output(z)
+        return z
+
+
+@I.ir_module
+class LiftNoWeights:
+    """Constants that are not weights: a scalar slope, a one-element offset, integer indices."""
+
+    @R.function
+    def main(x: R.Tensor((2, 4), "float32")) -> R.Tensor((2, 2), "float32"):
+        R.func_attr({"num_input": 1})
+        with R.dataflow():
+            y = R.multiply(x, R.const(0.2, "float32"))
+            z = R.add(y, R.const(np.array([1.0], np.float32)))
+            t = R.take(z, R.const(np.array([0, 3], np.int64)), axis=1)
+            R.output(t)
+        return t
+
+
+def test_lift_weight_constants_makes_weights_trailing_parameters():
+    """Each float weight constant (a matmul operand, a multi-element bias) becomes a trailing
+    parameter named `<op>_<k>_<role>`, its value appended to the "params" attribute;
+    num_input is unchanged."""
+    after = LiftWeightConstants()(LiftBefore)
+    relax.analysis.well_formed(after)
+    tvm.ir.assert_structural_equal(after, LiftExpected)
+
+
+def test_lift_weight_constants_leaves_a_function_without_weights_unchanged():
+    """Scalars, one-element elementwise constants and integer constants stay bound: a function
+    with no other constant is not touched."""
+    after = LiftWeightConstants()(LiftNoWeights)
+    tvm.ir.assert_structural_equal(after, LiftNoWeights)
+
+
 def test_lift_weight_constants_lifts_weights_only():
     """A matmul weight and a bias become parameters (values in "params"); an integer index
     constant and a scalar slope stay bound."""
@@ -141,3 +361,156 @@ def test_lift_weight_constants_lifts_weights_only():
     np.testing.assert_array_equal(params[1].numpy(), b)
     mod, detached = relax.frontend.detach_params(after)
     assert len(detached["main"]) == 2
+
+
+# **** AddPageGather and ExclusivePageLoader ****
+# te.create_prim_func gives the dynamic page axis an int32 0 as its start (its extent is the
+# int64 page count): the Expected kernels spell that out as (T.int32(0), n_pages).
+
+
+@I.ir_module
+class GatherBefore:
+    @R.function
+    def task_a(x: R.Tensor((2, 4), "float32"), b: R.Tensor((4,), "float32")) -> R.Tensor(
+        (2, 4), "float32"
+    ):
+        R.func_attr({"num_input": 1})
+        y = R.add(x, b)
+        return y
+
+
+@I.ir_module
+class GatherExpected:
+    @T.prim_func(s_tir=True)
+    def wv_gather_pages(pool_h: T.handle, page_table_h: T.handle, weight_pages_h: T.handle):
+        T.func_attr({"tirx.noalias": True})
+        n_pool_pages, n_pages = T.int64(), T.int64()
+        pool = T.match_buffer(pool_h, (n_pool_pages, 100), "float32")
+        page_table = T.match_buffer(page_table_h, (n_pages,), "int32")
+        weight_pages = T.match_buffer(weight_pages_h, (n_pages, 100), "float32")
+        for i, j in T.grid(n_pages, 100):
+            with T.sblock("weight_pages"):
+                vi = T.axis.spatial((T.int32(0), n_pages), i)
+                vj = T.axis.spatial(100, j)
+                weight_pages[vi, vj] = pool[T.Cast("int64", page_table[vi]), vj]
+
+    @R.function
+    def task_a(x: R.Tensor((2, 4), "float32"), b: R.Tensor((4,), "float32")) -> R.Tensor(
+        (2, 4), "float32"
+    ):
+        R.func_attr({"num_input": 1})
+        y = R.add(x, b)
+        return y
+
+
+@I.ir_module
+class CodedGatherExpected:
+    @T.prim_func(s_tir=True)
+    def wv_gather_coded_pages(
+        codes_h: T.handle, bases_h: T.handle, page_table_h: T.handle, weight_pages_h: T.handle
+    ):
+        T.func_attr({"tirx.noalias": True})
+        n_pool_pages, n_pages = T.int64(), T.int64()
+        codes = T.match_buffer(codes_h, (n_pool_pages, 6), "int8")
+        bases = T.match_buffer(bases_h, (n_pool_pages, 3, 3), "float32")
+        page_table = T.match_buffer(page_table_h, (n_pages,), "int32")
+        weight_pages = T.match_buffer(weight_pages_h, (n_pages, 6), "float32")
+        for i, j, k in T.grid(n_pages, 6, 3):
+            with T.sblock("weight_pages"):
+                vi = T.axis.spatial((T.int32(0), n_pages), i)
+                vj, vk = T.axis.remap("SR", [j, k])
+                # page t, row r = vj // 3 of its codes as a (P/3) x 3 matrix
+                t = T.meta_var(T.Cast("int64", page_table[vi]))
+                code = T.meta_var(T.Cast("int32", codes[t, vj // 3 * 3 + vk]))
+                # c(0) = 0, c(code) = sign(code) 2^(|code| - 64)
+                c = T.meta_var(
+                    T.if_then_else(
+                        code == 0,
+                        T.float32(0),
+                        T.if_then_else(
+                            0 < code,
+                            T.ldexp(T.float32(1), code - 64),
+                            -T.ldexp(T.float32(1), T.Select(0 <= code, code, 0 - code) - 64),
+                        ),
+                    )
+                )
+                with T.init():
+                    weight_pages[vi, vj] = T.float32(0)
+                weight_pages[vi, vj] = weight_pages[vi, vj] + c * bases[t, vk, vj % 3]
+
+    @R.function
+    def task_a(x: R.Tensor((2, 4), "float32"), b: R.Tensor((4,), "float32")) -> R.Tensor(
+        (2, 4), "float32"
+    ):
+        R.func_attr({"num_input": 1})
+        y = R.add(x, b)
+        return y
+
+
+@I.ir_module
+class ExclusiveGatherExpected:
+    @T.prim_func(s_tir=True)
+    def wv_gather_pages_exclusive(
+        pool_h: T.handle, exclusive_h: T.handle, page_table_h: T.handle, weight_pages_h: T.handle
+    ):
+        T.func_attr({"tirx.noalias": True})
+        n_pool_pages, n_exclusive_pages, n_pages = T.int64(), T.int64(), T.int64()
+        pool = T.match_buffer(pool_h, (n_pool_pages, 100), "float32")
+        exclusive = T.match_buffer(exclusive_h, (n_exclusive_pages, 100), "float32")
+        page_table = T.match_buffer(page_table_h, (n_pages,), "int32")
+        weight_pages = T.match_buffer(weight_pages_h, (n_pages, 100), "float32")
+        for i, j in T.grid(n_pages, 100):
+            with T.sblock("weight_pages"):
+                vi = T.axis.spatial((T.int32(0), n_pages), i)
+                vj = T.axis.spatial(100, j)
+                v = T.meta_var(T.Cast("int64", page_table[vi]))
+                weight_pages[vi, vj] = T.if_then_else(
+                    v < n_pool_pages, pool[v, vj], exclusive[v - n_pool_pages, vj]
+                )
+
+    @R.function
+    def task_a(x: R.Tensor((2, 4), "float32"), b: R.Tensor((4,), "float32")) -> R.Tensor(
+        (2, 4), "float32"
+    ):
+        R.func_attr({"num_input": 1})
+        y = R.add(x, b)
+        return y
+
+
+def test_add_page_gather_adds_the_gather_kernel():
+    """Adds one PrimFunc `wv_gather_pages(pool, page_table, weight_pages)` with
+    `weight_pages[i, j] = pool[page_table[i], j]`, for any pool size and table length."""
+    after = AddPageGather(100)(GatherBefore)
+    tvm.ir.assert_structural_equal(after, GatherExpected)
+
+
+def test_add_page_gather_coded_adds_the_decoding_gather_kernel():
+    """With `coded`, adds `wv_gather_coded_pages(codes, bases, page_table, weight_pages)`:
+    each gathered page is C @ B, C its power-of-two codes decoded as a (P/3) x 3 matrix and B
+    its 3x3 bases."""
+    after = AddPageGather(6, coded=True)(GatherBefore)
+    tvm.ir.assert_structural_equal(after, CodedGatherExpected)
+
+
+@pytest.mark.parametrize("coded", [False, True])
+def test_add_page_gather_leaves_relax_functions_unchanged(coded):
+    """The pass only adds its kernel: every function already in the module is kept as is."""
+    after = AddPageGather(6, coded=coded)(GatherBefore)
+    name = "wv_gather_coded_pages" if coded else "wv_gather_pages"
+    tvm.ir.assert_structural_equal(_without(after, name), GatherBefore)
+
+
+def test_exclusive_page_loader_adds_the_exclusive_gather_kernel():
+    """Adds `wv_gather_pages_exclusive(pool, exclusive, page_table, weight_pages)`: a table
+    entry v < S (the pool's page count) reads pool page v, an entry v >= S reads exclusive
+    page v - S."""
+    after = ExclusivePageLoader(100)(GatherBefore)
+    tvm.ir.assert_structural_equal(after, ExclusiveGatherExpected)
+
+
+def test_exclusive_page_loader_leaves_relax_functions_unchanged():
+    """The pass only adds its kernel, beside any gather already there: every function already
+    in the module is kept as is."""
+    with_gather = AddPageGather(100)(GatherBefore)
+    after = ExclusivePageLoader(100)(with_gather)
+    tvm.ir.assert_structural_equal(_without(after, "wv_gather_pages_exclusive"), with_gather)

@@ -94,7 +94,7 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
     """Composition: the pool is stored as power-of-two codes + a basis per page (132 B per page
     of 96 instead of 384 B); trained jointly; the compiled switch kernel decodes exactly the
     weights torch was evaluated with."""
-    from tvm_weightvirt.smartdeal import decode_codes
+    from tvm_weightvirt.coded_pages import decode_codes
 
     config = PackConfig(
         page_size=96,

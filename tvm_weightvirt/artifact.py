@@ -14,9 +14,9 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
+from .coded_pages import CodedPages
 from .layout import PageLayout
 from .plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
-from .smartdeal import CodedPages
 
 FORMAT = "wvpack"
 FORMAT_VERSION = 1
@@ -33,7 +33,6 @@ class WvPack:
     plan: PagePlan
     tasks: list  # list[Task]; empty when the pack was saved without graphs
     report: dict | None = None  # what packing measured (accuracies, bytes), when it was saved
-    encodings: dict | None = None  # task -> weight -> smartdeal.Encoding, when saved with them
 
 
 def save_wvpack(
@@ -41,11 +40,9 @@ def save_wvpack(
     plan: PagePlan,
     tasks: Sequence = (),
     report: dict | None = None,
-    encodings: dict | None = None,
 ) -> int:
-    """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt, the packing
-    `report`, and per-layer SmartDeal `encodings` {task: {weight: Encoding}}: codes, bases and
-    row index as tensors) to `path` atomically (a write killed midway leaves the old file, and
+    """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt, and the
+    packing `report`) to `path` atomically (a write killed midway leaves the old file, and
     a `.<name>.*.tmp` beside it); returns the file size in bytes."""
     if plan.coded is None:
         tensors: dict[str, np.ndarray] = {"pool": plan.pool}
@@ -73,20 +70,6 @@ def save_wvpack(
             graph_json = tvm.ir.save_json(graph_of[name].mod).encode()
             tensors[f"graph.{name}"] = np.frombuffer(graph_json, np.uint8)
         manifest_tasks.append(entry)
-    manifest_encodings = {}
-    for name, per_weight in (encodings or {}).items():
-        layout_names = plan.task(name).layout.names
-        manifest_encodings[name] = {}
-        for weight, e in per_weight.items():
-            if weight not in layout_names:
-                raise ValueError(f"task '{name}': encoding for '{weight}', not in its layout")
-            for part in ("codes", "bases", "row_index"):
-                tensors[f"{part}.{name}.{weight}"] = getattr(e, part)
-            manifest_encodings[name][weight] = {
-                "shape": list(e.shape),
-                "kind": e.kind,
-                "pad": e.pad,
-            }
     manifest = {
         "format": FORMAT,
         "version": FORMAT_VERSION,
@@ -94,7 +77,6 @@ def save_wvpack(
         "n_pool_pages": plan.n_pool_pages,
         "tasks": manifest_tasks,
         "report": report,
-        "encodings": manifest_encodings,
         "tensors": {
             key: {"shape": list(t.shape), "dtype": str(t.dtype), "sha256": _sha256(t)}
             for key, t in tensors.items()
@@ -207,37 +189,7 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
     for name in plan.tasks:
         if f"graph.{name}" in tensors:
             tasks.append(_task_from_graph(where, name, tensors[f"graph.{name}"], plan))
-    return WvPack(plan, tasks, manifest.get("report"), _encodings(where, manifest, tensors, plan))
-
-
-def _encodings(where: str, manifest: dict, tensors: dict, plan: PagePlan) -> dict:
-    """Per-layer SmartDeal encodings, each checked to rebuild a weight of its layout's shape."""
-    from .smartdeal import Encoding
-
-    out = {}
-    for name, per_weight in (manifest.get("encodings") or {}).items():
-        out[name] = {}
-        for weight, spec in per_weight.items():
-            e = Encoding(
-                tuple(spec["shape"]),
-                spec["kind"],
-                spec["pad"],
-                *(tensors[f"{part}.{name}.{weight}"] for part in ("codes", "bases", "row_index")),
-            )
-            try:
-                expected = plan.task(name).layout.span(weight).shape
-                ok = e.reconstruct().shape == expected
-            except Exception as err:
-                raise ArtifactError(
-                    f"{where}: task '{name}': encoding of '{weight}' is broken ({err})"
-                ) from err
-            if not ok:
-                raise ArtifactError(
-                    f"{where}: task '{name}': encoding of '{weight}' does not "
-                    f"rebuild its layout shape {expected}"
-                )
-            out[name][weight] = e
-    return out
+    return WvPack(plan, tasks, manifest.get("report"))
 
 
 def _task_from_graph(where: str, name: str, graph: np.ndarray, plan: PagePlan):

@@ -19,9 +19,9 @@ import tvm
 from tvm import relax
 
 from .abi import task_function
+from .coded_pages import decode_codes
 from .passes import MergeTasks
 from .plan import PagePlan
-from .smartdeal import decode_codes
 from .task import Task
 
 MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project

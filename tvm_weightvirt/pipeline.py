@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from .coded_pages import CodedPages, check_coded_page_size
 from .data import Split
 from .determinism import deterministic
 from .importance import fill_missing, fisher_nwv, fisher_ws
@@ -38,8 +39,6 @@ from .separation import (
     tpr_for_target_accuracy,
 )
 from .smartdeal import (
-    CodedPages,
-    check_coded_page_size,
     coded_to_latent,
     decode_latent,
     encode_pages,

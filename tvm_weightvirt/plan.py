@@ -9,8 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
+from .coded_pages import CodedPages
 from .layout import PageLayout, check_page_size
-from .smartdeal import CodedPages
 
 PAGE_TABLE_DTYPE = np.int32
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -9,10 +9,11 @@ FC and 1x1 conv rows zero-padded to a multiple of 3, in blocks of at most 171 ro
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
+
+from .coded_pages import CodedPages, check_coded_page_size, decode_codes, encode_codes, formula_bits
 
 MAX_C = 32.0  # |C| <= 2^5
 CONV_BLOCK_CHANNELS = 64
@@ -135,36 +136,13 @@ def storage_bits(weights: list[DecomposedWeight]) -> int:
     """SmartDeal's formula (seeds C.5): nnz(C) * b_C + numel(C) (1-bit mask) + 32 numel(B), with
     b_C = ceil(log2(#distinct nonzero |C|)) + 1 sign bit."""
     cs = np.concatenate([f.c.reshape(-1) for w in weights for f in w.fits])
-    return _formula_bits(cs, sum(f.b.size for w in weights for f in w.fits))
-
-
-def _formula_bits(c: np.ndarray, n_basis: int) -> int:
-    """C.5 on coefficients `c` (values or their int8 codes: both have one magnitude per level)
-    and `n_basis` basis values."""
-    levels = np.unique(np.abs(c[c != 0]))
-    bits_per_nonzero = math.ceil(math.log2(max(len(levels), 1))) + 1
-    return int(np.count_nonzero(c) * bits_per_nonzero + c.size + 32 * n_basis)
+    return formula_bits(cs, sum(f.b.size for w in weights for f in w.fits))
 
 
 def stored_bytes(weights: list[DecomposedWeight]) -> int:
     """What we actually store: one int8 code per C entry (sign + exponent, 0 = zero) and each
     basis as float32."""
     return sum(f.c.size + 4 * f.b.size for w in weights for f in w.fits)
-
-
-def encode_codes(c: np.ndarray) -> np.ndarray:
-    """int8 codes: 0 for zero, else sign * (exponent + 64) with |c| = 2^exponent."""
-    exponent = np.zeros(c.shape, np.int64)
-    nonzero = c != 0
-    exponent[nonzero] = np.round(np.log2(np.abs(c[nonzero]))).astype(np.int64) + 64
-    return (np.sign(c).astype(np.int64) * exponent).astype(np.int8)
-
-
-def decode_codes(codes: np.ndarray) -> np.ndarray:
-    codes = codes.astype(np.int64)
-    return np.where(codes == 0, 0.0, np.sign(codes) * 2.0 ** (np.abs(codes) - 64)).astype(
-        np.float32
-    )
 
 
 @dataclass
@@ -286,82 +264,6 @@ def train_then_project(
             best = (history[-1], {k: v.clone() for k, v in model.state_dict().items()}, report)
     model.load_state_dict(best[1])
     return model.eval(), best[2], history
-
-
-@dataclass
-class Encoding:
-    """A decomposed weight as the compiled program takes it: `codes` [blocks, rows, 3] int8
-    (blocks zero-padded to the longest), `bases` [blocks, 3, 3] float32, and `row_index`, the
-    positions of the real rows in the flattened [blocks * rows] products, in weight order."""
-
-    shape: tuple[int, ...]
-    kind: str
-    pad: int
-    codes: np.ndarray
-    bases: np.ndarray
-    row_index: np.ndarray
-
-    @staticmethod
-    def of(d: DecomposedWeight) -> Encoding:
-        rows = max(f.c.shape[0] for f in d.fits)
-        codes = np.zeros((len(d.fits), rows, 3), np.int8)
-        index = []
-        for i, f in enumerate(d.fits):
-            codes[i, : f.c.shape[0]] = encode_codes(f.c)
-            index.extend(range(i * rows, i * rows + f.c.shape[0]))
-        bases = np.stack([f.b for f in d.fits]).astype(np.float32)
-        return Encoding(d.shape, d.kind, d.pad, codes, bases, np.array(index, np.int64))
-
-    def reconstruct(self) -> np.ndarray:
-        """What the compiled program computes, in numpy."""
-        products = np.matmul(decode_codes(self.codes), self.bases).reshape(-1, 3)[self.row_index]
-        per_filter = products.reshape(self.shape[0], -1)
-        if self.kind == "rows":
-            per_filter = per_filter[:, : per_filter.shape[1] - self.pad]
-        return per_filter.reshape(self.shape).astype(np.float32)
-
-
-# **** SmartDeal pages: the composition with weight pages ****
-#
-# A page of P weights is one (P/3) x 3 block A ~ C B with its own 3x3 basis, so a pool page is
-# P power-of-two codes + 9 floats, and a shared page shares its basis too. Per-task bases (one
-# per SmartDeal block) would cost 39 KB on the 5-task suite, more than the whole 16x budget
-# (619 KB / 16 = 39 KB) before any code is stored; per-page bases cost 36 B per pool page.
-
-BASIS = (3, 3)
-
-
-def check_coded_page_size(page_size: int) -> None:
-    if page_size % 3:
-        raise ValueError(
-            f"SmartDeal pages hold rows of 3 coefficients: the page size must be a multiple "
-            f"of 3, got {page_size} (e.g. 96)"
-        )
-
-
-@dataclass
-class CodedPages:
-    """Pages as stored: `codes` [N, P] int8 power-of-two codes of C (0 = zero, see
-    `encode_codes`) and `bases` [N, 3, 3] float32; page i is (C_i as (P/3) x 3) @ B_i."""
-
-    codes: np.ndarray
-    bases: np.ndarray
-
-    def decode(self) -> np.ndarray:
-        """The pages' float32 weights [N, P]."""
-        n, p = self.codes.shape
-        c = decode_codes(self.codes).reshape(n, p // 3, 3)
-        return np.matmul(c, self.bases).reshape(n, p).astype(np.float32)
-
-    @property
-    def stored_bytes(self) -> int:
-        """One byte per code, four per basis value."""
-        return self.codes.size + 4 * self.bases.size
-
-    @property
-    def formula_bytes(self) -> float:
-        """SmartDeal's formula (seeds C.5) on these pages: nnz * b_C + numel(C) + 32 numel(B)."""
-        return _formula_bits(self.codes, self.bases.size) / 8
 
 
 def encode_pages(pages: np.ndarray, **fit_options) -> CodedPages:
