@@ -42,7 +42,7 @@ def _coded(tasks, graphs, inputs, optimize: OptimizeConfig, folder: str) -> dict
     """The tasks packed with SmartDeal pages on M4: memory, QEMU vs. llvm, instructions per
     switch with the decode and with the same pool as float32 pages (a plain gather)."""
     config = PackConfig(page_size=CODED_PAGE_SIZE, smartdeal=True, optimize=optimize)
-    plan = pack(*suite.packable(tasks), config, progress=False).plan
+    plan = pack(*suite.packable(tasks), config).plan
     runtime = MultitaskRuntime(plan, build(lower(graphs, plan)))
     reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
     part = cortexm.TARGETS["cortex-m4"]
@@ -72,7 +72,7 @@ def main() -> None:
     tasks = suite.load_suite(TASKS)
     optimize = OptimizeConfig(rounds=0) if args.quick else OptimizeConfig(rounds=2, iterations=300)
     config = PackConfig(separation=SeparationConfig(l1_budget_bytes=L1_BUDGET), optimize=optimize)
-    result = pack(*suite.packable(tasks), config, progress=False)
+    result = pack(*suite.packable(tasks), config)
     plan = result.plan
     graphs = [t.task for t in tasks]
     inputs = {t.name: t.example_input().numpy() for t in tasks}

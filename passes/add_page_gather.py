@@ -6,6 +6,7 @@ import tvm
 from tvm import te, tirx
 
 from tvm_weightvirt.abi import CODED_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
+from tvm_weightvirt.coded_pages import check_coded_page_size
 
 
 @tvm.transform.module_pass(opt_level=0, name="AddPageGather")
@@ -42,6 +43,8 @@ class AddPageGather:
     """
 
     def __init__(self, page_size: int, coded: bool = False) -> None:
+        if coded:
+            check_coded_page_size(page_size)
         self.page_size = page_size
         self.coded = coded
 

@@ -79,9 +79,12 @@ def _add_prim_func(bb: relax.BlockBuilder, name: str, func: tirx.PrimFunc) -> tv
             _without_symbol(existing), key
         ):
             return gv
+    # A different function may hold the name already (task "a"'s kernel "b_x", task "a_b"'s
+    # "x"): the block builder then picks a fresh name, which the exported symbol must follow.
+    gv = bb.add_func(func, name)
     if func.attrs is not None and "global_symbol" in func.attrs:
-        func = func.with_attr("global_symbol", name)
-    return bb.add_func(func, name)
+        bb.update_func(gv, func.with_attr("global_symbol", gv.name_hint))
+    return gv
 
 
 def _without_symbol(func: tirx.PrimFunc) -> tirx.PrimFunc:

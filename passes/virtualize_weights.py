@@ -47,8 +47,8 @@ class VirtualizeWeights:
         with_exclusive = [n for n, t in plan.tasks.items() if t.n_exclusive_pages]
         if with_exclusive:
             raise NotImplementedError(
-                f"tasks {with_exclusive} have exclusive pages: lowering them needs the "
-                "ExclusivePageLoader pass, which does not exist yet"
+                f"tasks {with_exclusive} have exclusive pages: fused mode gathers from the pool "
+                "only; lower them in materialize mode (AddPageGather, ExclusivePageLoader)"
             )
         self.plan = plan
 

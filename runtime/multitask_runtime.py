@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import tvm
@@ -35,9 +35,6 @@ class Counters:
     prefetch_hits: int = 0  # switches whose exclusive pages were already prefetched
     switch_seconds: float = 0.0
     inference_seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 class MultitaskRuntime:

@@ -51,7 +51,7 @@ def packed(suite_tasks, tmp_path_factory):
     config = PackConfig(
         separation=SeparationConfig(l1_budget_bytes=L1_BUDGET), optimize=OptimizeConfig(rounds=0)
     )
-    plan = pack(*suite.packable(tasks), config, progress=False).plan
+    plan = pack(*suite.packable(tasks), config).plan
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
     reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
     folder = tmp_path_factory.mktemp("cortexm")

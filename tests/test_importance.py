@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from tvm_weightvirt.importance import fill_missing, fisher_nwv, fisher_ws, magnitude
+from tvm_weightvirt.importance import fill_missing, fisher_nwv, fisher_ws
 
 
 def _linear() -> torch.nn.Module:
@@ -76,8 +76,7 @@ def test_ws_fisher_is_min_max_normalised_over_the_network():
     np.testing.assert_allclose(ws["weight"], (raw["weight"] - low) / (high - low), rtol=1e-5)
 
 
-def test_magnitude_and_missing_entries():
+def test_weights_without_a_fisher_get_the_tasks_largest():
     weights = {"w": np.array([[-2.0, 1.0]], np.float32), "running_var": np.ones(3, np.float32)}
-    np.testing.assert_array_equal(magnitude({"w": weights["w"]})["w"], [[1.0, 0.0]])
     filled = fill_missing({"w": np.array([[0.25, 0.5]], np.float32)}, weights)
     np.testing.assert_array_equal(filled["running_var"], [0.5, 0.5, 0.5])  # the task's largest

@@ -37,7 +37,7 @@ def packed(user_files):
     data = {n: wv.TaskData.from_npz(user_files[n]["data"]) for n in NAMES}
     data["friedman"].objective = "regression"
     config = wv.PackConfig(pool_pages=130, optimize=wv.OptimizeConfig(rounds=4, iterations=300))
-    return tasks, wv.pack(tasks, data, config, progress=False)
+    return tasks, wv.pack(tasks, data, config)
 
 
 @pytest.mark.slow
@@ -313,7 +313,7 @@ def test_a_model_with_two_outputs_is_named_and_separation_takes_ws_lambda(small)
     separation = wv.SeparationConfig(l1_budget_bytes=4096)
     config = wv.PackConfig(separation=separation, optimize=wv.OptimizeConfig(rounds=0))
     m = wv.Task.from_onnx(model, name="m")
-    report = wv.pack([m], {"m": wv.TaskData((x, y))}, config, progress=False).report
+    report = wv.pack([m], {"m": wv.TaskData((x, y))}, config).report
     assert report["optimize"]["lam"] == 0.1  # WS's, as the CLI gives (NWV's 10 without)
 
 
@@ -336,8 +336,8 @@ def test_own_objective_datasets_and_the_same_pack_twice(small):
         objective=margin,
     )
     config = wv.PackConfig(optimize=wv.OptimizeConfig(rounds=1, iterations=20, eval_every=5))
-    first = wv.pack([task], {"m": data}, config, progress=False)
-    second = wv.pack([task], {"m": data}, config, progress=False)
+    first = wv.pack([task], {"m": data}, config)
+    second = wv.pack([task], {"m": data}, config)
     row = first.report["tasks"]["m"]
     assert (row["objective"], row["metric"]) == ("margin", "hit_rate")
     assert row["data"]["samples"] == {"train": 160, "val": 40, "test": 40}

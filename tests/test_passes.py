@@ -119,6 +119,7 @@ def test_virtualize_weights_leaves_tasks_not_in_the_plan_unchanged():
 
 
 def test_virtualize_weights_rejects_a_layout_that_does_not_fit():
+    """Each weight parameter must have its layout span's shape and dtype, in layout order."""
     layout = wv.PageLayout.from_weights({"w": ((4, 31), "float32")}, page_size=100)
     plan = wv.PagePlan(100, np.zeros((3, 100), np.float32), {"a": wv.TaskPages(layout, [2, 0])})
     with pytest.raises(
@@ -127,7 +128,9 @@ def test_virtualize_weights_rejects_a_layout_that_does_not_fit():
         VirtualizeWeights(plan)(VirtualizeBefore)
 
 
-def test_virtualize_weights_rejects_exclusive_pages_until_they_can_be_lowered():
+def test_virtualize_weights_refuses_exclusive_pages():
+    """Fused mode gathers from the pool only: a plan with exclusive pages is refused (they
+    are lowered in materialize mode, by ExclusivePageLoader)."""
     layout = wv.PageLayout.from_weights({"w": ((4, 30), "float32")}, page_size=100)
     exclusive = np.zeros((1, 100), np.float32)
     plan = wv.PagePlan(
@@ -264,9 +267,57 @@ def test_merge_tasks_renames_and_deduplicates_kernels():
 
 
 def test_merge_tasks_rejects_a_name_clash():
+    """A task whose renamed Relax function is already in the module is refused."""
     mod = MergeTasks({"a": _legalized("mlp", 0)})(tvm.IRModule())
     with pytest.raises(ValueError, match="task 'a': function 'task_a' already in the module"):
         MergeTasks({"a": _legalized("mlp", 1)})(mod)
+
+
+@I.ir_module
+class ClashA:
+    @T.prim_func
+    def b_add_one(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        T.func_attr({"global_symbol": "b_add_one"})
+        for i in range(4):
+            y[i] = x[i] + T.float32(1)
+
+    @R.function
+    def main(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+        cls = ClashA
+        y = R.call_tir(cls.b_add_one, (x,), out_ty=R.Tensor((4,), "float32"))
+        return y
+
+
+@I.ir_module
+class ClashAB:
+    @T.prim_func
+    def add_one(x: T.Buffer((4,), "float32"), y: T.Buffer((4,), "float32")):
+        T.func_attr({"global_symbol": "add_one"})
+        for i in range(4):
+            y[i] = x[i] * T.float32(2)
+
+    @R.function
+    def main(x: R.Tensor((4,), "float32")) -> R.Tensor((4,), "float32"):
+        cls = ClashAB
+        y = R.call_tir(cls.add_one, (x,), out_ty=R.Tensor((4,), "float32"))
+        return y
+
+
+def test_merge_tasks_gives_clashing_kernels_distinct_exported_names():
+    """Task "a"'s kernel "b_add_one" and task "a_b"'s different kernel "add_one" both become
+    "a_b_add_one": the second gets a fresh name, its exported symbol follows it, and task_a_b
+    calls it."""
+    merged = MergeTasks({"a": ClashA, "a_b": ClashAB})(tvm.IRModule())
+    relax.analysis.well_formed(merged)
+    kernels = {
+        gv.name_hint: f for gv, f in merged.functions_items() if isinstance(f, tvm.tirx.PrimFunc)
+    }
+    assert len(kernels) == 2 and "a_b_add_one" in kernels
+    for name, func in kernels.items():
+        assert str(func.attrs["global_symbol"]) == name
+    (other,) = set(kernels) - {"a_b_add_one"}
+    assert f"call_tir({other}," in merged["task_a_b"].script()
+    assert "call_tir(a_b_add_one," in merged["task_a"].script()
 
 
 # **** LiftWeightConstants ****
@@ -490,6 +541,12 @@ def test_add_page_gather_coded_adds_the_decoding_gather_kernel():
     its 3x3 bases."""
     after = AddPageGather(6, coded=True)(GatherBefore)
     tvm.ir.assert_structural_equal(after, CodedGatherExpected)
+
+
+def test_add_page_gather_coded_refuses_pages_that_are_not_rows_of_3():
+    """A coded page is (P/3) x 3 coefficients: P must be a multiple of 3."""
+    with pytest.raises(ValueError, match="multiple of 3, got 100"):
+        AddPageGather(100, coded=True)
 
 
 @pytest.mark.parametrize("coded", [False, True])

@@ -73,7 +73,7 @@ def separated(tmp_path_factory):
         separation=SeparationConfig(l1_budget_bytes=parse_bytes("64KiB")),
         optimize=OptimizeConfig(rounds=1, iterations=50, lam=0.1),
     )
-    result = pack(*suite.packable(tasks), config, progress=False)
+    result = pack(*suite.packable(tasks), config)
     graphs = [t.task for t in tasks]
     path = str(tmp_path_factory.mktemp("sep") / "suite.wvpack")
     wv.save_wvpack(path, result.plan, graphs, result.report)
@@ -240,7 +240,7 @@ def test_suggested_budgets_fed_back_pack_and_the_pool_is_the_smallest_that_does(
     def pack_with(l1: int, l2: int):
         separation = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l2)
         config = PackConfig(separation=separation, optimize=OptimizeConfig(rounds=0))
-        return pack(*suite.packable(tasks), config, progress=False).plan
+        return pack(*suite.packable(tasks), config).plan
 
     with pytest.raises(ValueError) as err:
         pack_with(parse_bytes("64KiB"), 100_000)
@@ -290,6 +290,6 @@ def test_target_accuracy_sets_each_tasks_tpr():
         config = PackConfig(
             separation=SeparationConfig(target_accuracy=target), optimize=OptimizeConfig(rounds=0)
         )
-        plan = pack(*suite.packable(tasks), config, progress=False).plan
+        plan = pack(*suite.packable(tasks), config).plan
         counts[target] = sum(t.n_exclusive_pages for t in plan.tasks.values())
     assert counts[0.5] < counts[0.99]

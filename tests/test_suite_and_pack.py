@@ -47,7 +47,7 @@ def mini_tasks():
 @pytest.fixture(scope="module")
 def packed(mini_tasks):
     config = PackConfig(optimize=OptimizeConfig(rounds=2, iterations=100, eval_every=25))
-    return pack(*suite.packable(mini_tasks), config, progress=False)
+    return pack(*suite.packable(mini_tasks), config)
 
 
 @pytest.mark.slow
@@ -103,7 +103,7 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
         smartdeal=True,
         optimize=OptimizeConfig(rounds=1, iterations=100, eval_every=25),
     )
-    packed = pack(*suite.packable(mini_tasks), config, progress=False)
+    packed = pack(*suite.packable(mini_tasks), config)
     plan, report = packed.plan, packed.report
     c = decode_codes(plan.coded.codes)
     assert np.allclose(2.0 ** np.round(np.log2(np.abs(c[c != 0]))), np.abs(c[c != 0]))

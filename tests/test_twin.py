@@ -51,7 +51,7 @@ def test_fisher_and_packing_of_onnx_tasks_without_labels():
         data[name] = wv.TaskData(rng.normal(size=(120, *shape)).astype(np.float32))
     fisher = fisher_nwv(TorchTwin(tasks[0]), data["incep"].train, n_samples=20)
     assert set(fisher) == set(tasks[0].weights) and all(f.sum() > 0 for f in fisher.values())
-    result = wv.pack(tasks, data, PackConfig(optimize=OptimizeConfig(rounds=0)), progress=False)
+    result = wv.pack(tasks, data, PackConfig(optimize=OptimizeConfig(rounds=0)))
     assert result.report["tasks"]["res"]["objective"] == "distill"
     plan = result.plan
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(tasks, plan)))

@@ -42,9 +42,7 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
     n_requests = 100 if quick else 400
     tasks = suite.load_suite(suite.FIVE_TASKS)
     # The packed plan: NWV's pool size, matched pages (retraining does not change switch cost).
-    plan = pack(
-        *suite.packable(tasks), PackConfig(optimize=OptimizeConfig(rounds=0)), progress=False
-    ).plan
+    plan = pack(*suite.packable(tasks), PackConfig(optimize=OptimizeConfig(rounds=0))).plan
     graphs = [t.task for t in tasks]
     inputs = {t.name: t.example_input().numpy() for t in tasks}
     storage = tempfile.mkdtemp(prefix="wvirt-reload-")

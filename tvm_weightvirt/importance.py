@@ -1,4 +1,4 @@
-"""Weight importance: diagonal Fisher information as NWV and WS define it; magnitude fallback.
+"""Weight importance: diagonal Fisher information as NWV and WS define it.
 
 Pure torch/numpy (no TVM). Results are dicts `{parameter name: array of its shape}` that
 `PageLayout.flatten` turns into a per-page Fisher vector.
@@ -53,11 +53,6 @@ def fisher_ws(
     """WS's variant (seeds B.2): NWV's formula over 50 samples, min-max normalised to [0, 1]
     over the whole network."""
     return _min_max(fisher_nwv(model, x, n_samples, seed, likelihood))
-
-
-def magnitude(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Fallback when a task has no data: |w|, min-max normalised over the network."""
-    return _min_max({name: np.abs(w).astype(np.float32) for name, w in weights.items()})
 
 
 def fill_missing(

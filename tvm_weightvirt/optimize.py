@@ -113,7 +113,6 @@ def optimize_pool(
     pool: np.ndarray,
     tasks: list[PoolTask],
     config: OptimizeConfig = OptimizeConfig(),
-    progress: bool = True,
     decode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, list[dict]]:
     """Joint retraining in `config.rounds` rounds of one turn per task. Returns the new pool and
@@ -130,7 +129,7 @@ def optimize_pool(
     pool_t = torch.from_numpy(np.array(pool, np.float32))
     log = []
     turns = [(r, t) for r in range(config.rounds) for t in range(len(tasks))]
-    for r, t in steps(turns, "retraining turns", progress):
+    for r, t in steps(turns, "retraining turns"):
         task = tasks[t]
         weights_shape = (len(pool_t), task.layout.page_size)  # what `decode(pool)` gives
         a, b, c, count, mask = sharing_loss_terms(tasks, t, weights_shape)

@@ -25,7 +25,6 @@ def pack(
     tasks: list[Task],
     data: dict[str, TaskData],
     config: PackConfig = PackConfig(),
-    progress: bool = True,
     resume: PagePlan | None = None,
 ) -> PackResult:
     """Pack `tasks` into one page plan: Fisher -> (separation) -> matching -> joint retraining
@@ -63,7 +62,7 @@ def pack(
         for line in lines:
             log.info("task '%s': %s", name, line)
     # Step 3. The algorithm.
-    result = pack_models(prepared, config, progress, resume)
+    result = pack_models(prepared, config, resume)
     for t in prepared:
         result.report["tasks"][t.name]["data"] = {
             "source": data[t.name].source,

@@ -81,7 +81,6 @@ class PackTask:
 def pack_models(
     tasks: list[PackTask],
     config: PackConfig = PackConfig(),
-    progress: bool = True,
     resume: PagePlan | None = None,
 ) -> PackResult:
     """Pack tasks whose data were checked against their models (`packing.pack` does that).
@@ -101,12 +100,10 @@ def pack_models(
         lam = WS_LAMBDA if config.separation else NWV_LAMBDA
         config = replace(config, optimize=replace(config.optimize, lam=lam))
     with deterministic(config.seed):
-        return _pack(tasks, config, progress, resume)
+        return _pack(tasks, config, resume)
 
 
-def _pack(
-    tasks: list[PackTask], config: PackConfig, progress: bool, resume: PagePlan | None
-) -> PackResult:
+def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) -> PackResult:
     # Step 1. Layouts, and the pool size they allow (errors that need no Fisher come first).
     layouts, pages, weights_of = [], [], []
     for t in tasks:
@@ -130,7 +127,7 @@ def _pack(
     fisher_of = fisher_ws if config.separation else fisher_nwv
     samples = config.fisher_samples or (50 if config.separation else 100)
     fishers = []
-    for t, layout, weights in steps(zip(tasks, layouts, weights_of), "fisher tasks", progress):
+    for t, layout, weights in steps(zip(tasks, layouts, weights_of), "fisher tasks"):
         fisher = fisher_of(t.model, t.splits["train"].x, samples, config.seed, t.objective.fisher)
         fishers.append(layout.to_pages(fill_missing(fisher, weights)))
     # Step 3. Separation and matching (or the resumed plan).
@@ -138,7 +135,7 @@ def _pack(
         plan, costs = resume, {t.name: float("nan") for t in tasks}
         anchors = [plan.pages(t.name) for t in tasks]
     else:
-        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, progress)
+        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config)
         anchors = pages
     # Step 4. Joint retraining of pool and exclusive pages, as one memory.
     memory, tables = _memory(plan, [t.name for t in tasks])
@@ -168,7 +165,7 @@ def _pack(
     }
     log = []
     if config.optimize.rounds > 0:
-        memory, log = optimize_pool(memory, pool_tasks, config.optimize, progress, decode)
+        memory, log = optimize_pool(memory, pool_tasks, config.optimize, decode)
     coded = latent_to_coded(memory) if config.smartdeal else None
     if coded is not None:
         memory = coded.decode()
@@ -200,9 +197,7 @@ def _pool_pages(tasks, layouts, config) -> int:
     return n_pool
 
 
-def _initial_plan(
-    tasks, layouts, pages, fishers, n_pool, config, progress
-) -> tuple[PagePlan, dict]:
+def _initial_plan(tasks, layouts, pages, fishers, n_pool, config) -> tuple[PagePlan, dict]:
     """Exclusive pages (WS), then NWV's matching of the shared ones, one task at a time."""
     sep = config.separation
     exclusive = [np.zeros(0, np.int64)] * len(tasks)
@@ -218,7 +213,7 @@ def _initial_plan(
     state = PoolState.empty(n_pool, config.page_size, config.init, config.seed)
     shared_tables, costs = [], {}
     matching = list(zip(tasks, pages, fishers, shared))
-    for t, task_pages, fisher, ids in steps(matching, "matched tasks", progress):
+    for t, task_pages, fisher, ids in steps(matching, "matched tasks"):
         match = match_task(
             state,
             task_pages[ids],

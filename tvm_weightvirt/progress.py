@@ -17,18 +17,30 @@ log = logging.getLogger("tvm_weightvirt")
 LINES = 10  # at most this many log lines per loop, plus the last
 
 
-def steps(items: Iterable[T], desc: str, enabled: bool = True) -> Iterator[T]:
-    """`items` with progress: `desc i/n` lines (elapsed seconds) every n/LINES items when
-    stderr is not a terminal; a tqdm bar when it is; nothing when not `enabled`."""
+def steps(items: Iterable[T], desc: str) -> Iterator[T]:
+    """`items` with progress: a tqdm bar when stderr is a terminal; else `desc i/n` lines
+    (elapsed seconds) every n/LINES items on the `tvm_weightvirt` logger at level INFO (shown
+    by the CLI; in Python, where logging is configured to show them)."""
     items = list(items)
-    if not enabled:
-        yield from items
-        return
     if sys.stderr.isatty():
         yield from tqdm(items, desc)
         return
-    start, every = time.perf_counter(), max(1, math.ceil(len(items) / LINES))
-    for i, item in enumerate(items, 1):
+    lines = LogLines(desc, len(items))
+    for item in items:
         yield item
-        if i % every == 0 or i == len(items):
-            log.info("%s %d/%d (%.1f s)", desc, i, len(items), time.perf_counter() - start)
+        lines.advance(1)
+
+
+class LogLines:
+    """`desc done/total (elapsed s)` lines: one per total/LINES units done, and the last."""
+
+    def __init__(self, desc: str, total: int) -> None:
+        self.desc, self.total, self.done = desc, total, 0
+        self.every = max(1, math.ceil(total / LINES))
+        self.start = time.perf_counter()
+
+    def advance(self, n: int) -> None:
+        before, self.done = self.done, self.done + n
+        if self.done // self.every > before // self.every or self.done >= self.total > before:
+            seconds = time.perf_counter() - self.start
+            log.info("%s %d/%d (%.1f s)", self.desc, self.done, self.total, seconds)

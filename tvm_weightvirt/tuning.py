@@ -7,6 +7,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
 from .abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
 from .native_log import TAKE_FAST_MODE, without_native_lines
 from .passes.add_page_gather import gather_func
+from .progress import LogLines, log
 
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 # Each candidate is timed for at least this long: enough to rank kernels of microseconds.
@@ -216,7 +218,6 @@ def tune(
     trials: int,
     database_dir: str,
     rpc: RPCTracker | None = None,
-    progress: bool = True,
 ) -> TuningReport:
     """Tune each unique kernel of the fused module `mod` that the database has no schedule for,
     `trials` measured candidates per kernel (XGBoost cost model), recording into the database.
@@ -241,18 +242,17 @@ def tune(
     }
     before = len(database)
     if todo:
-        _log(
-            progress,
+        log.info(
             f"tuning {len(todo)} of {len(found)} kernels ({len(found) - len(todo)} from "
             f"'{database_dir}'), {trials} trials each on {target.kind.name}"
             + (f" via RPC {rpc.host}:{rpc.port} key '{rpc.key}'" if rpc else ""),
         )
-        _tune_kernels(todo, target, trials, database, database_dir, rpc, progress)
+        _tune_kernels(todo, target, trials, database, database_dir, rpc)
         if rpc is None:
             for name, kernel in todo.items():
                 _add_baseline(database, kernel, target, name in _gathers(mod))
     else:
-        _log(progress, f"all {len(found)} kernels are tuned in '{database_dir}': no trials")
+        log.info(f"all {len(found)} kernels are tuned in '{database_dir}': no trials")
     return TuningReport(
         kernels=len(found),
         reused=len(found) - len(todo),
@@ -291,7 +291,6 @@ def _tune_kernels(
     database: ms.database.Database,
     database_dir: str,
     rpc: RPCTracker | None,
-    progress: bool,
 ) -> None:
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     loggers = [_kernel_logger(database_dir, name) for name in todo]
@@ -319,11 +318,12 @@ def _tune_kernels(
             EVALUATOR,
             f_alloc_argument=_rpc_alloc_arguments,
         )
-    bar = tqdm(total=trials * len(todo), desc="tuning", unit="trial", disable=not progress)
+    total = trials * len(todo)
+    bar = tqdm(total=total, desc="tuning", unit="trial", disable=not sys.stderr.isatty())
     callbacks = [
         ms.measure_callback.AddToDatabase(),
         ms.measure_callback.UpdateCostModel(),
-        _Progress(bar),
+        _Progress(bar, LogLines("tuning trials", total)),
     ]
     if rpc is not None:  # the exported archives
         callbacks.append(ms.measure_callback.RemoveBuildArtifact())
@@ -359,17 +359,13 @@ def _kernel_logger(database_dir: str, name: str) -> logging.Logger:
     return logger
 
 
-def _log(progress: bool, line: str) -> None:
-    if progress:
-        print(line, flush=True)
-
-
 @derived_object
 class _Progress(PyMeasureCallback):
-    """Advances a progress bar by the candidates measured; shows the kernel and its best time."""
+    """Advances a progress bar (on a terminal) or log lines by the candidates measured; the bar
+    shows the kernel and its best time."""
 
-    def __init__(self, bar: tqdm) -> None:
-        self.bar = bar
+    def __init__(self, bar: tqdm, lines: LogLines) -> None:
+        self.bar, self.lines = bar, lines
         self.best: dict[int, float] = {}
 
     def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
@@ -384,6 +380,8 @@ class _Progress(PyMeasureCallback):
         best = self.best.get(task_id)
         self.bar.set_postfix_str(f"{name}: best {1e6 * best:.1f} us" if best else name)
         self.bar.update(len(measure_candidates))
+        if self.bar.disable:
+            self.lines.advance(len(measure_candidates))
 
 
 # **** in-process measurement ****
