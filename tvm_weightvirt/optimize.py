@@ -18,6 +18,7 @@ import torch
 from .layout import PageLayout
 from .objectives import Objective
 from .progress import steps
+from .training import minibatch_steps, model_outputs
 
 NWV_LAMBDA = 10.0  # weight of the sharing loss, NWV's
 WS_LAMBDA = 0.1  # with weight separation, WS's
@@ -55,24 +56,6 @@ def task_weights(pool: torch.Tensor, layout: PageLayout, page_table: torch.Tenso
     """The task's weights as views of a gather from the pool (NWV A.2's read, in torch)."""
     flat = pool[page_table].reshape(-1)
     return {s.name: flat[s.offset_elems : s.end_elems].view(s.shape) for s in layout.spans}
-
-
-def model_outputs(
-    model: torch.nn.Module, x: np.ndarray, weights: dict | None = None, batch_size: int = 500
-) -> np.ndarray:
-    """The model's outputs on `x` (in batches), with its own weights or `weights` by name."""
-    model.eval()
-    outputs = []
-    with torch.no_grad():
-        for i in range(0, len(x), batch_size):
-            batch = torch.from_numpy(x[i : i + batch_size])
-            out = (
-                model(batch)
-                if weights is None
-                else torch.func.functional_call(model, weights, (batch,))
-            )
-            outputs.append(out.numpy())
-    return np.concatenate(outputs)
 
 
 def pool_outputs(pool: np.ndarray | torch.Tensor, task: PoolTask, x: np.ndarray) -> np.ndarray:
@@ -151,20 +134,20 @@ def optimize_pool(
             start_objective = float(objective(pool_t))
         start_val = best_val = pool_metric(decode(v.detach()), task, *task.val)
         best = None
-        for it in range(1, config.iterations + 1):
-            task.model.train()
-            idx = torch.from_numpy(
-                rng.choice(len(y), min(config.batch_size, len(y)), replace=False)
-            )
-            loss = objective(v, idx)
-            optimizer.zero_grad()
-            loss.backward()
-            v.grad *= mask[:, :1]  # only this task's pages move in its turn
-            optimizer.step()
-            if it % config.eval_every == 0 or it == config.iterations:
-                val = pool_metric(decode(v.detach()), task, *task.val)
-                if task.objective.better(val, best_val):
-                    best_val, best = val, v.detach().clone()
+        v.register_hook(lambda grad: grad * mask[:, :1])  # only this task's pages move
+        for _ in minibatch_steps(
+            optimizer,
+            lambda idx: objective(v, idx),
+            len(y),
+            config.iterations,
+            config.batch_size,
+            rng,
+            task.model,
+            config.eval_every,
+        ):
+            val = pool_metric(decode(v.detach()), task, *task.val)
+            if task.objective.better(val, best_val):
+                best_val, best = val, v.detach().clone()
         # Write back only an improvement over the turn's start (NWV), chosen on validation.
         if best is not None:
             pool_t = best

@@ -10,10 +10,10 @@ import torch
 
 from .data import Split, TaskData
 from .objectives import Objective, objective_named
-from .optimize import model_outputs
 from .pipeline import PackConfig, PackResult, PackTask, pack_models
 from .plan import PagePlan, check_unique_names
 from .task import IntakeError, Task
+from .training import model_outputs
 from .twin import TorchTwin, missing_twin_ops
 
 log = logging.getLogger(__name__)

@@ -25,7 +25,6 @@ from .optimize import (
     WS_LAMBDA,
     OptimizeConfig,
     PoolTask,
-    model_outputs,
     optimize_pool,
     pool_metric,
     pool_outputs,
@@ -44,6 +43,7 @@ from .smartdeal import (
     encode_pages,
     latent_to_coded,
 )
+from .training import model_outputs
 
 
 @dataclass

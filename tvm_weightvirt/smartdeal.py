@@ -231,6 +231,9 @@ def train_then_project(
     accuracy of each round."""
     import torch
 
+    from .objectives import accuracy
+    from .training import minibatch_steps, model_outputs
+
     def project() -> SmartDealReport:
         weights = {k: v.detach().numpy() for k, v in model.state_dict().items()}
         projected, report = smartdeal_weights(weights, row_fractions)
@@ -238,10 +241,7 @@ def train_then_project(
         return report
 
     def val_accuracy() -> float:
-        model.eval()
-        with torch.no_grad():
-            predicted = model(torch.from_numpy(val[0])).argmax(1).numpy()
-        return 100.0 * int((predicted == val[1]).sum()) / len(val[1])
+        return accuracy(model_outputs(model, val[0]), val[1])
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -250,14 +250,18 @@ def train_then_project(
     history = [val_accuracy()]
     best = (history[0], {k: v.clone() for k, v in model.state_dict().items()}, report)
     for _ in range(rounds):
-        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-        model.train()
-        for _ in range(iterations):
-            idx = torch.from_numpy(rng.choice(len(y), min(batch_size, len(y)), replace=False))
-            loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
+        dense_training = minibatch_steps(
+            torch.optim.Adam(model.parameters(), lr=lr),
+            lambda idx: torch.nn.functional.cross_entropy(model(x[idx]), y[idx]),
+            len(y),
+            iterations,
+            batch_size,
+            rng,
+            model,
+            eval_every=iterations,  # the round is evaluated after its projection
+        )
+        for _ in dense_training:
+            pass
         report = project()
         history.append(val_accuracy())
         if history[-1] > best[0]:

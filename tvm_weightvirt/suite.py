@@ -14,9 +14,10 @@ import numpy as np
 import safetensors.torch
 import torch
 
+from . import objectives
 from .data import SPLITS, Split, TaskData
 from .determinism import TRAIN_THREADS, deterministic
-from .progress import steps
+from .training import minibatch_steps, model_outputs
 
 SPLIT_SEED = 0
 # The real MNIST test set, for final evaluation only: beside the project's checkout, or where
@@ -228,14 +229,9 @@ def packable(tasks: list[SuiteTask]) -> tuple[list, dict[str, TaskData]]:
     return [t.task for t in tasks], {t.name: t.data for t in tasks}
 
 
-def accuracy(model: torch.nn.Module, split: Split, batch_size: int = 500) -> float:
-    model.eval()
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(split.y), batch_size):
-            logits = model(torch.from_numpy(split.x[i : i + batch_size]))
-            correct += int((logits.argmax(1).numpy() == split.y[i : i + batch_size]).sum())
-    return 100.0 * correct / len(split.y)
+def accuracy(model: torch.nn.Module, split: Split) -> float:
+    """Accuracy in percent of `model` on a labelled split."""
+    return objectives.accuracy(model_outputs(model, split.x), split.y)
 
 
 def load_splits(name: str) -> dict[str, Split]:
@@ -307,22 +303,23 @@ def train_baseline(
 def _train(
     model: torch.nn.Module, splits: dict[str, Split], config: TrainConfig, desc: str
 ) -> torch.nn.Module:
-    rng = np.random.default_rng(config.seed)
     train = splits["train"]
     x, y = torch.from_numpy(train.x), torch.from_numpy(train.y)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     best = (accuracy(model, splits["val"]), {k: v.clone() for k, v in model.state_dict().items()})
-    for it in steps(range(1, config.iterations + 1), desc):
-        model.train()
-        idx = torch.from_numpy(rng.choice(len(y), min(config.batch_size, len(y)), replace=False))
-        loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if it % config.eval_every == 0 or it == config.iterations:
-            val = accuracy(model, splits["val"])
-            if val > best[0]:
-                best = (val, {k: v.clone() for k, v in model.state_dict().items()})
+    for _ in minibatch_steps(
+        torch.optim.Adam(model.parameters(), lr=config.lr),
+        lambda idx: torch.nn.functional.cross_entropy(model(x[idx]), y[idx]),
+        len(y),
+        config.iterations,
+        config.batch_size,
+        np.random.default_rng(config.seed),
+        model,
+        config.eval_every,
+        desc,
+    ):
+        val = accuracy(model, splits["val"])
+        if val > best[0]:
+            best = (val, {k: v.clone() for k, v in model.state_dict().items()})
     model.load_state_dict(best[1])
     return model.eval()
 
