@@ -13,13 +13,14 @@ import numpy as np
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 from benchmarks._common import parse_args, write_json
-from tvm_weightvirt import cortexm, suite
-from tvm_weightvirt.compiler import build, lower
-from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.packing import pack
-from tvm_weightvirt.pipeline import PackConfig
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.algorithms.separation import SeparationConfig
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.compile.compiler import build, lower
+from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.plan import PagePlan
-from tvm_weightvirt.separation import SeparationConfig
+from tvm_weightvirt.targets.mcu import cortexm
 
 TASKS = ["digits", "wine", "iris", "breast_cancer"]
 L1_BUDGET = 96 * 1024  # pool + page tables in RAM; exclusive pages in flash

@@ -8,11 +8,11 @@ import time
 import numpy as np
 
 from benchmarks._common import parse_args, write_json
-from tvm_weightvirt import suite
-from tvm_weightvirt.matching import METHODS, PoolState, match_task
-from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.packing import pack
-from tvm_weightvirt.pipeline import PackConfig
+from tvm_weightvirt.algorithms.matching import METHODS, PoolState, match_task
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.frontend.packing import pack
 
 PAGE_SIZE = 100
 GROWTH = {"greedy": 2, "optimal": 1, "random": 1}  # time ~ n^k (optimal: blocks of 1024)

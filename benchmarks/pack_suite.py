@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 from benchmarks._common import parse_args, write_json
-from tvm_weightvirt import suite
-from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.packing import pack
-from tvm_weightvirt.pipeline import PackConfig, format_report
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig, format_report
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.frontend.packing import pack
 
 
 def main() -> None:

@@ -11,13 +11,13 @@ import time
 import numpy as np
 
 from benchmarks._common import parse_args, write_json
-from tvm_weightvirt import suite
-from tvm_weightvirt.artifact import load_wvpack, save_wvpack
-from tvm_weightvirt.compiler import build, lower
-from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.packing import pack
-from tvm_weightvirt.pipeline import PackConfig, format_report
-from tvm_weightvirt.separation import SeparationConfig, parse_bytes
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig, format_report
+from tvm_weightvirt.algorithms.separation import SeparationConfig, parse_bytes
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.compile.compiler import build, lower
+from tvm_weightvirt.frontend.artifact import load_wvpack, save_wvpack
+from tvm_weightvirt.frontend.packing import pack
 
 PAGE_SIZE = 512  # WS
 L1_BUDGET = "256KiB"  # WS: 128 shared pages of 512 float32

@@ -11,12 +11,12 @@ import time
 import numpy as np
 
 from benchmarks._common import parse_args, write_json
-from tvm_weightvirt import suite
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.algorithms.smartdeal import train_then_project
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.layout import PageLayout
-from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.packing import pack
-from tvm_weightvirt.pipeline import PackConfig
-from tvm_weightvirt.smartdeal import train_then_project
 
 TARGET_RATIO = 16  # the goal for (d)
 CODED_PAGE_SIZE = 96  # rows of 3 coefficients; 96 + 36 bytes per stored page

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from benchmarks._common import parse_args, write_json
-from tvm_weightvirt.bench import format_switch_table, switch_benchmark
+from tvm_weightvirt.apps.bench import format_switch_table, switch_benchmark
 
 
 def main() -> None:

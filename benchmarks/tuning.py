@@ -9,9 +9,9 @@ import time
 import numpy as np
 
 from benchmarks._common import parse_args, write_json
-from tvm_weightvirt import suite
 from tvm_weightvirt.abi import task_function
-from tvm_weightvirt.compiler import build, lower
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.compile.compiler import build, lower
 from tvm_weightvirt.plan import PagePlan
 
 QUICK_TASKS = ["digits", "breast_cancer"]
@@ -21,7 +21,7 @@ def tuning_benchmark(quick: bool = False) -> dict:
     import tvm
     from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
-    from tvm_weightvirt import tuning
+    from tvm_weightvirt.compile import tuning
 
     trials = 4 if quick else 8
     names = QUICK_TASKS if quick else suite.FIVE_TASKS

@@ -17,7 +17,7 @@ from tvm_weightvirt.abi import (
     GATHER_FUNC,
     task_function,
 )
-from tvm_weightvirt.compiler import Library
+from tvm_weightvirt.compile.compiler import Library
 from tvm_weightvirt.plan import PagePlan
 
 from .page_store import PageStore

@@ -11,7 +11,7 @@ import safetensors.numpy
 import tvm
 from tvm import relax
 
-from tvm_weightvirt.task import Task
+from tvm_weightvirt.frontend.task import Task
 
 from .multitask_runtime import Counters, outputs_to_numpy
 
@@ -27,7 +27,7 @@ class StandaloneModel:
         self.device = device or tvm.cpu()
         mod, pipeline, self.tuning = task.mod, relax.get_default_pipeline(target), None
         if tuning_db:
-            from tvm_weightvirt.tuning import scheduled_pipeline, tune_and_apply
+            from tvm_weightvirt.compile.tuning import scheduled_pipeline, tune_and_apply
 
             mod, target, self.tuning = tune_and_apply(mod, target, 0, tuning_db)
             pipeline = scheduled_pipeline(target)

@@ -8,7 +8,7 @@ def pytest_configure(config):
     """In the fast tier, training a suite baseline fails (fixtures of any scope included)."""
     if "not slow" not in (config.getoption("markexpr") or ""):
         return
-    from tvm_weightvirt import suite
+    from tvm_weightvirt.apps import suite
 
     def refuse(*args, **kwargs):
         raise AssertionError("a fast test trains a suite baseline: mark it `slow`")
@@ -19,7 +19,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def mini_wvpack(tmp_path_factory):
     """`wvirt pack --suite wine,iris` with a short retraining, shared by the CLI tests."""
-    from tvm_weightvirt.cli import main
+    from tvm_weightvirt.apps.cli import main
 
     path = tmp_path_factory.mktemp("mini") / "mini.wvpack"
     argv = ["pack", "--suite", "wine,iris", "--rounds", "1", "--iterations", "50", "-o", str(path)]

@@ -10,8 +10,8 @@ import tvm
 from safetensors import safe_open
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
-from tvm_weightvirt.artifact import _sha256, _sha256_text
+from tvm_weightvirt.apps import examples
+from tvm_weightvirt.frontend.artifact import _sha256, _sha256_text
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +206,7 @@ _KILLED_WRITER = """
 import sys
 import numpy as np
 import tvm_weightvirt as wv
-from tvm_weightvirt.artifact import save_wvpack
+from tvm_weightvirt.frontend.artifact import save_wvpack
 layout = wv.PageLayout.from_weights({"w": ((1024, 1024), "float32")}, 1024, "big")
 pool = np.random.default_rng(1).normal(size=(1024, 1024)).astype(np.float32)
 plan = wv.PagePlan(1024, pool, {"big": wv.TaskPages(layout, np.arange(1024))})

@@ -6,7 +6,7 @@ import torch
 from onnx import TensorProto, helper
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
+from tvm_weightvirt.apps import examples
 
 
 def test_missing_onnx_file(tmp_path):

@@ -15,8 +15,8 @@ import tvm
 from tvm_weightvirt.runtime import StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
-from tvm_weightvirt.cli import main
+from tvm_weightvirt.apps import examples
+from tvm_weightvirt.apps.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -226,7 +226,7 @@ def test_cuda_build_errors_are_short_and_leave_no_folder(files, capsys):
     assert "was built for cuda and this machine has no CUDA GPU" in capsys.readouterr().err
 
 
-_BUILD = "import sys; from tvm_weightvirt.cli import main; sys.exit(main(sys.argv[1:]))"
+_BUILD = "import sys; from tvm_weightvirt.apps.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 @pytest.mark.slow

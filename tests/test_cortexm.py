@@ -10,14 +10,15 @@ import pytest
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import cortexm, suite
-from tvm_weightvirt.cli import main
-from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.packing import pack
-from tvm_weightvirt.pipeline import PackConfig
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.algorithms.separation import SeparationConfig
+from tvm_weightvirt.algorithms.smartdeal import encode_pages
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.apps.cli import main
+from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.plan import TaskPages
-from tvm_weightvirt.separation import SeparationConfig
-from tvm_weightvirt.smartdeal import encode_pages
+from tvm_weightvirt.targets.mcu import cortexm
 
 pytestmark = pytest.mark.slow  # trained suite tasks, cross builds and QEMU runs
 

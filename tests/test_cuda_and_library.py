@@ -10,9 +10,9 @@ import tvm
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
-from tvm_weightvirt.cli import main
-from tvm_weightvirt.cuda import compile_fatbin, cuda_source
+from tvm_weightvirt.apps import examples
+from tvm_weightvirt.apps.cli import main
+from tvm_weightvirt.compile.cuda import compile_fatbin, cuda_source
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from tvm_weightvirt.importance import fill_missing, fisher_nwv, fisher_ws
+from tvm_weightvirt.algorithms.importance import fill_missing, fisher_nwv, fisher_ws
 
 
 def _linear() -> torch.nn.Module:

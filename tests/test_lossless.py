@@ -9,8 +9,8 @@ from tvm_weightvirt.passes.lift_weight_constants import WEIGHT_OPERANDS
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
 from tvm_weightvirt.abi import task_function
+from tvm_weightvirt.apps import examples
 
 
 def _suite():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tvm_weightvirt.matching import PoolState, finalize_pool, match_task
+from tvm_weightvirt.algorithms.matching import PoolState, finalize_pool, match_task
 
 
 def _state(values, fisher, occupancy, init="weights"):

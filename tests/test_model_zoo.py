@@ -9,7 +9,7 @@ import pytest
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
+from tvm_weightvirt.apps import examples
 
 ZOO = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 

@@ -2,7 +2,7 @@
 
 import os
 
-from tvm_weightvirt.native_log import TAKE_FAST_MODE, without_native_lines
+from tvm_weightvirt.compile.native_log import TAKE_FAST_MODE, without_native_lines
 
 
 def test_marked_lines_dropped_others_kept_in_order(capfd, monkeypatch):

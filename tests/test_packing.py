@@ -11,9 +11,9 @@ import torch
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
-from tvm_weightvirt.cli import main
-from tvm_weightvirt.twin import TorchTwin
+from tvm_weightvirt.apps import examples
+from tvm_weightvirt.apps.cli import main
+from tvm_weightvirt.frontend.twin import TorchTwin
 
 NAMES = ["sensors", "gestures", "friedman"]
 
@@ -260,7 +260,7 @@ def test_every_missing_twin_op_of_every_task_in_one_error(small, tmp_path):
 
 
 def test_shared_pages_matrix_counts_pool_pages_read_by_both_tasks():
-    from tvm_weightvirt.figures import shared_pages
+    from tvm_weightvirt.apps.figures import shared_pages
 
     layout = wv.PageLayout.from_weights({"w": ((4, 10), "float32")}, 10, "a")  # 4 pages
     pool = np.zeros((3, 10), np.float32)
@@ -279,7 +279,7 @@ def test_shared_pages_matrix_counts_pool_pages_read_by_both_tasks():
 
 def test_reports_saved_before_objectives_still_read():
     """A pack written by an earlier version (accuracy only, `acc_*` keys) still prints."""
-    from tvm_weightvirt.pipeline import format_report
+    from tvm_weightvirt.algorithms.pipeline import format_report
 
     row = {"params": 100, "pages": 1, "exclusive_pages": 0, "acc_separate": 90.0}
     row |= {"acc_matched": 80.0, "acc_packed": 89.0, "delta_pp": -1.0, "matching_cost": 0.1}

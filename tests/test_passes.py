@@ -19,7 +19,7 @@ from tvm_weightvirt.passes import (
 )
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
+from tvm_weightvirt.apps import examples
 
 
 def _without(mod: tvm.IRModule, name: str) -> tvm.IRModule:

@@ -8,7 +8,7 @@ import pytest
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel, schedule
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
+from tvm_weightvirt.apps import examples
 
 
 @pytest.fixture(scope="module")

@@ -11,16 +11,16 @@ import torch
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import suite
-from tvm_weightvirt.optimize import OptimizeConfig, sharing_loss_terms
-from tvm_weightvirt.packing import pack
-from tvm_weightvirt.pipeline import PackConfig, _memory
-from tvm_weightvirt.separation import (
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig, sharing_loss_terms
+from tvm_weightvirt.algorithms.pipeline import PackConfig, _memory
+from tvm_weightvirt.algorithms.separation import (
     SeparationConfig,
     parse_bytes,
     select_exclusive,
     tpr_for_target_accuracy,
 )
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.frontend.packing import pack
 
 TASKS = ["wine", "iris", "breast_cancer"]
 
@@ -113,7 +113,7 @@ def test_budget_sets_the_pool_and_exclusives_are_their_own(separated):
 def test_overlap_loss_covers_shared_positions_only(separated):
     tasks, result, _ = separated
     memory, tables = _memory(result.plan, TASKS)
-    from tvm_weightvirt.optimize import PoolTask
+    from tvm_weightvirt.algorithms.optimize import PoolTask
 
     pool_tasks = [
         PoolTask(
@@ -208,7 +208,7 @@ def test_level2_file_missing_or_truncated_at_run_time(separated, tmp_path):
 def test_budget_errors_that_need_only_layouts_come_before_fisher(monkeypatch):
     """Untrained nets (nothing trains): an impossible level-1 budget or pool is refused from
     the layouts alone, before any Fisher is computed."""
-    from tvm_weightvirt import pipeline
+    from tvm_weightvirt.algorithms import pipeline
 
     def no_fisher(*args, **kwargs):
         raise AssertionError("Fisher computed before a check that needs only layouts")
@@ -268,7 +268,7 @@ def test_suggested_budgets_fed_back_pack_and_the_pool_is_the_smallest_that_does(
 
 @pytest.mark.slow
 def test_wvirt_pack_separate_then_run(tmp_path, capsys):
-    from tvm_weightvirt.cli import main
+    from tvm_weightvirt.apps.cli import main
 
     pack = tmp_path / "sep.wvpack"
     command = ["pack", "--suite", "wine,iris", "--l1-budget", "48KiB", "--rounds", "0"]

@@ -6,7 +6,7 @@ import torch
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
+from tvm_weightvirt.apps import examples
 
 
 @pytest.mark.parametrize("mode", ["materialize", "fused"])

@@ -4,7 +4,7 @@ formula."""
 import numpy as np
 import pytest
 
-from tvm_weightvirt.smartdeal import (
+from tvm_weightvirt.algorithms.smartdeal import (
     BlockFit,
     DecomposedWeight,
     decode_codes,
@@ -94,8 +94,8 @@ def test_uncovered_weights_stay_dense_and_are_reported():
 def test_train_then_project_keeps_the_best_projected_model_on_validation():
     import copy
 
-    from tvm_weightvirt import suite
-    from tvm_weightvirt.smartdeal import train_then_project
+    from tvm_weightvirt.algorithms.smartdeal import train_then_project
+    from tvm_weightvirt.apps import suite
 
     task = suite.load_task("wine")
     train, val = task.splits["train"], task.splits["val"]
@@ -116,8 +116,8 @@ def test_train_then_project_keeps_the_best_projected_model_on_validation():
 def _coded_plan(page_size: int = 96):
     """Three example tasks on float pages, then every pool page as C @ B (no training)."""
     import tvm_weightvirt as wv
-    from tvm_weightvirt import examples
-    from tvm_weightvirt.smartdeal import encode_pages
+    from tvm_weightvirt.algorithms.smartdeal import encode_pages
+    from tvm_weightvirt.apps import examples
 
     tasks, inputs = [], {}
     for name, kind, seed in [("a", "cnn2d", 0), ("b", "cnn1d", 1), ("m", "mlp", 2)]:
@@ -130,7 +130,12 @@ def _coded_plan(page_size: int = 96):
 
 
 def test_coded_pages_decode_to_powers_of_two_times_a_basis_and_count_their_bytes():
-    from tvm_weightvirt.smartdeal import CodedPages, coded_to_latent, decode_latent, encode_pages
+    from tvm_weightvirt.algorithms.smartdeal import (
+        CodedPages,
+        coded_to_latent,
+        decode_latent,
+        encode_pages,
+    )
 
     torch = pytest.importorskip("torch")
     pages = np.random.default_rng(0).normal(0, 0.1, (5, 96)).astype(np.float32)
@@ -161,7 +166,7 @@ def test_coded_pages_decode_to_powers_of_two_times_a_basis_and_count_their_bytes
 
 
 def test_projection_gives_straight_through_gradients_and_stores_what_training_saw():
-    from tvm_weightvirt.smartdeal import decode_latent, latent_to_coded
+    from tvm_weightvirt.algorithms.smartdeal import decode_latent, latent_to_coded
 
     torch = pytest.importorskip("torch")
     latent = torch.tensor(np.random.default_rng(1).normal(0, 0.5, (2, 12 + 9)), requires_grad=True)
@@ -209,7 +214,7 @@ def _with_weights(tasks, name, plan):
 
 
 def test_structured_row_sparsity_zeroes_the_weakest_rows_of_each_group_of_32_filters():
-    from tvm_weightvirt.smartdeal import prune_rows
+    from tvm_weightvirt.algorithms.smartdeal import prune_rows
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(64, 4, 3, 3)).astype(np.float32)  # 2 groups, 12 rows per filter

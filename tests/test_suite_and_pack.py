@@ -9,11 +9,11 @@ import torch
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import suite
-from tvm_weightvirt.cli import main
-from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.packing import pack
-from tvm_weightvirt.pipeline import PackConfig
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.apps.cli import main
+from tvm_weightvirt.frontend.packing import pack
 
 MINI = ["wine", "iris"]  # trains in seconds
 

@@ -13,7 +13,7 @@ import tvm
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
+from tvm_weightvirt.apps import examples
 
 pytestmark = pytest.mark.slow  # MetaSchedule runs
 
@@ -99,8 +99,8 @@ def test_a_cuda_database_tuned_elsewhere_applies_without_a_gpu(tuned, tmp_path):
     sampled, not timed) schedules a cuda build on this machine."""
     import tvm.s_tir.meta_schedule as ms
 
-    from tvm_weightvirt import tuning
     from tvm_weightvirt.abi import GATHER_FUNCS
+    from tvm_weightvirt.compile import tuning
 
     task, x, plan, mod, database, untuned, library = tuned
     target = tuning.tuning_target(tvm.target.Target({"kind": "cuda", "arch": "sm_87"}))

@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
-from tvm_weightvirt.cli import main
+from tvm_weightvirt.apps import examples
+from tvm_weightvirt.apps.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -7,11 +7,11 @@ from onnx import TensorProto, helper
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
-from tvm_weightvirt.importance import fisher_nwv
-from tvm_weightvirt.optimize import OptimizeConfig
-from tvm_weightvirt.pipeline import PackConfig
-from tvm_weightvirt.twin import TorchTwin
+from tvm_weightvirt.algorithms.importance import fisher_nwv
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.apps import examples
+from tvm_weightvirt.frontend.twin import TorchTwin
 
 
 @pytest.mark.parametrize("make", [examples.onnx_resnet_block, examples.onnx_inception_block])

@@ -15,9 +15,9 @@ from tvm import relax
 from tvm_weightvirt.runtime import StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import twin as twin_module
-from tvm_weightvirt.examples import seeded
-from tvm_weightvirt.twin import TorchTwin, missing_twin_ops
+from tvm_weightvirt.apps.examples import seeded
+from tvm_weightvirt.frontend import twin as twin_module
+from tvm_weightvirt.frontend.twin import TorchTwin, missing_twin_ops
 
 ZOO = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 GRAPHS = [

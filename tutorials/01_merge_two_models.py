@@ -15,7 +15,7 @@ import onnx
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
+from tvm_weightvirt.apps import examples
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 

@@ -19,10 +19,10 @@ import torch
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt import examples
-from tvm_weightvirt.figures import plot_pack
-from tvm_weightvirt.pipeline import format_report
-from tvm_weightvirt.twin import TorchTwin
+from tvm_weightvirt.algorithms.pipeline import format_report
+from tvm_weightvirt.apps import examples
+from tvm_weightvirt.apps.figures import plot_pack
+from tvm_weightvirt.frontend.twin import TorchTwin
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 

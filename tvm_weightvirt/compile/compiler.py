@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass
 import tvm
 from tvm import relax
 
-from .abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT, MODE_ATTR, MODES, task_of
+from ..abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT, MODE_ATTR, MODES, task_of
+from ..frontend.task import Task
+from ..passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
+from ..plan import PagePlan
 from .native_log import TAKE_FAST_MODE, without_native_lines
-from .passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
-from .plan import PagePlan
-from .task import Task
 
 
 def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> tvm.IRModule:

@@ -8,12 +8,12 @@ import logging
 import numpy as np
 import torch
 
-from .data import Split, TaskData
-from .objectives import Objective, objective_named
-from .pipeline import PackConfig, PackResult, PackTask, pack_models
-from .plan import PagePlan, check_unique_names
+from ..algorithms.data import Split, TaskData
+from ..algorithms.objectives import Objective, objective_named
+from ..algorithms.pipeline import PackConfig, PackResult, PackTask, pack_models
+from ..algorithms.training import model_outputs
+from ..plan import PagePlan, check_unique_names
 from .task import IntakeError, Task
-from .training import model_outputs
 from .twin import TorchTwin, missing_twin_ops
 
 log = logging.getLogger(__name__)

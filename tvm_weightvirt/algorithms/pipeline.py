@@ -13,11 +13,13 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .coded_pages import CodedPages, check_coded_page_size
+from ..coded_pages import CodedPages, check_coded_page_size
+from ..layout import PageLayout, check_page_size
+from ..plan import PagePlan, TaskPages, check_unique_names
+from ..progress import steps
 from .data import Split
 from .determinism import deterministic
 from .importance import fill_missing, fisher_nwv, fisher_ws
-from .layout import PageLayout, check_page_size
 from .matching import PoolState, finalize_pool, match_task
 from .objectives import Objective
 from .optimize import (
@@ -29,8 +31,6 @@ from .optimize import (
     pool_metric,
     pool_outputs,
 )
-from .plan import PagePlan, TaskPages, check_unique_names
-from .progress import steps
 from .separation import (
     SeparationConfig,
     select_exclusive,

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator
 import numpy as np
 import torch
 
-from .progress import steps
+from ..progress import steps
 
 
 def minibatch_steps(

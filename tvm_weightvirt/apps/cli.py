@@ -11,7 +11,7 @@ import sys
 
 import numpy as np
 
-from .abi import MODES
+from ..abi import MODES
 from .manifest import PACK_OPTIONS
 
 # Defaults of flags that only some targets or inputs take: None in argparse (so a flag given
@@ -210,9 +210,9 @@ def _log_to_stderr() -> None:
 
 
 def _pack(args) -> int:
-    from .artifact import load_wvpack, save_wvpack
-    from .pipeline import format_report
-    from .plan import PagePlan
+    from ..algorithms.pipeline import format_report
+    from ..frontend.artifact import load_wvpack, save_wvpack
+    from ..plan import PagePlan
 
     spec = _pack_spec(args)
     inputs = [*spec.models.values(), *spec.data.values(), spec.option("resume")]
@@ -241,7 +241,7 @@ def _pack(args) -> int:
         size = save_wvpack(args.output, plan, tasks)
         print(plan.summary())
     else:
-        from .packing import pack
+        from ..frontend.packing import pack
 
         resume = spec.option("resume")
         result = pack(tasks, data, _pack_config(spec), resume=resume and load_wvpack(resume).plan)
@@ -319,7 +319,7 @@ def _input_shapes(entries: list[str], models: dict[str, str]) -> dict[str, dict]
 
 
 def _load_model(name: str, path: str, shape_dict: dict | None = None):
-    from .task import Task
+    from ..frontend.task import Task
 
     if os.path.isdir(path):
         raise ValueError(f"task '{name}': '{path}' is a folder, not a model file")
@@ -333,7 +333,7 @@ def _load_model(name: str, path: str, shape_dict: dict | None = None):
 
 
 def _load_data(spec) -> dict:
-    from .data import TaskData
+    from ..algorithms.data import TaskData
 
     unknown = sorted((set(spec.data) | set(spec.objectives)) - set(spec.models))
     if unknown:
@@ -355,9 +355,9 @@ def _load_data(spec) -> dict:
 
 
 def _pack_config(spec):
-    from .optimize import OptimizeConfig
-    from .pipeline import PackConfig
-    from .separation import SeparationConfig, parse_bytes
+    from ..algorithms.optimize import OptimizeConfig
+    from ..algorithms.pipeline import PackConfig
+    from ..algorithms.separation import SeparationConfig, parse_bytes
 
     option = spec.option
     # any separation option asks for separation (none of them is ignored)
@@ -394,7 +394,7 @@ def _pack_config(spec):
 
 
 def _inspect(args) -> int:
-    from .artifact import load_wvpack
+    from ..frontend.artifact import load_wvpack
 
     pack = load_wvpack(args.pack)
     print(pack.plan.summary())
@@ -404,7 +404,7 @@ def _inspect(args) -> int:
         f"{pack.plan.page_table_bytes} B, exclusive {pack.plan.exclusive_bytes} B"
     )
     if pack.report:
-        from .pipeline import format_report
+        from ..algorithms.pipeline import format_report
 
         print(format_report(pack.report))
     if args.png:
@@ -418,7 +418,7 @@ def _inspect(args) -> int:
 
 
 def _pack_with_graphs(path: str):
-    from .artifact import load_wvpack
+    from ..frontend.artifact import load_wvpack
 
     pack = load_wvpack(path)
     if not pack.tasks:
@@ -429,7 +429,7 @@ def _pack_with_graphs(path: str):
 
 
 def _build(args) -> int:
-    from .compiler import build, lower
+    from ..compile.compiler import build, lower
 
     mcu = args.target.startswith("cortex-m")
     _refuse(
@@ -448,7 +448,7 @@ def _build(args) -> int:
     pack = _pack_with_graphs(args.pack)
     _check_output_folder(args.output, [args.pack], args.force)
     if mcu:
-        from .cortexm import generate_project
+        from ..targets.mcu.cortexm import generate_project
 
         with _written_whole(args.output, folder=True) as tmp:
             manifest = generate_project(pack.tasks, pack.plan, tmp, target=args.target)
@@ -471,7 +471,7 @@ def _build(args) -> int:
         )
         library.export(tmp)
         if args.target == "cuda":
-            from .cuda import compile_fatbin, cuda_source
+            from ..compile.cuda import compile_fatbin, cuda_source
 
             with open(os.path.join(tmp, "kernels.cu"), "w") as f:
                 f.write(cuda_source(library))
@@ -494,7 +494,7 @@ def _build(args) -> int:
 
 
 def _run(args) -> int:
-    from .cortexm import is_project
+    from ..targets.mcu.cortexm import is_project
 
     mcu = is_project(args.pack)
     where = "a cortex-m project" if mcu else "a .wvpack"
@@ -519,7 +519,7 @@ def _run(args) -> int:
 
     from tvm_weightvirt.runtime import MultitaskRuntime
 
-    from .compiler import build, lower
+    from ..compile.compiler import build, lower
 
     pack = _pack_with_graphs(args.pack)
     by_name = {t.name: t for t in pack.tasks}
@@ -528,7 +528,7 @@ def _run(args) -> int:
         raise ValueError(f"tasks {unknown} are not in '{args.pack}' (has {sorted(by_name)})")
     given = _inputs(args.inputs, {n: t.input_types for n, t in by_name.items()})
     if args.library:
-        from .compiler import Library
+        from ..compile.compiler import Library
 
         library = Library.load(args.library)
     else:
@@ -610,7 +610,13 @@ def _show_outputs(requests, outputs, folder: str | None) -> None:
 
 
 def _run_mcu(args, sequence: list[str], timeout: float) -> int:
-    from .cortexm import McuRunError, load_manifest, memory_report, run_project, write_requests
+    from ..targets.mcu.cortexm import (
+        McuRunError,
+        load_manifest,
+        memory_report,
+        run_project,
+        write_requests,
+    )
 
     manifest = load_manifest(args.pack)
     unknown = sorted(set(sequence) - set(manifest["tasks"]))
@@ -688,7 +694,7 @@ def _check_output_file(path: str, inputs: list, force: bool, kind: str, is_ours)
 def _check_output_folder(path: str, inputs: list, force: bool) -> None:
     """A build folder: not an input, its parent exists, and replacing only a `wvirt build`
     folder (or an empty one) unless `force`."""
-    from .cortexm import is_project
+    from ..targets.mcu.cortexm import is_project
 
     out = os.path.realpath(path)
     if any(p and os.path.realpath(p) == out for p in inputs) or os.path.isfile(out):

@@ -145,7 +145,7 @@ def read_manifest(path: str) -> PackSpec:
 
 
 def check_objective(name: str, where: str) -> str:
-    from .objectives import NAMES as OBJECTIVES  # torch: not for `wvirt --help`
+    from ..algorithms.objectives import NAMES as OBJECTIVES  # torch: not for `wvirt --help`
 
     if name not in OBJECTIVES:
         raise ValueError(f"{where}: unknown objective {name!r} (valid: {', '.join(OBJECTIVES)})")

@@ -14,10 +14,10 @@ import numpy as np
 import safetensors.torch
 import torch
 
-from . import objectives
-from .data import SPLITS, Split, TaskData
-from .determinism import TRAIN_THREADS, deterministic
-from .training import minibatch_steps, model_outputs
+from ..algorithms import objectives
+from ..algorithms.data import SPLITS, Split, TaskData
+from ..algorithms.determinism import TRAIN_THREADS, deterministic
+from ..algorithms.training import minibatch_steps, model_outputs
 
 SPLIT_SEED = 0
 # The real MNIST test set, for final evaluation only: beside the project's checkout, or where
@@ -200,7 +200,7 @@ class SuiteTask:
     @functools.cached_property
     def task(self):
         """The baseline as a `wv.Task` (its Relax graph and weights, through torch.export)."""
-        from .task import Task  # the graph needs TVM; loading the suite does not
+        from ..frontend.task import Task  # the graph needs TVM; loading the suite does not
 
         return Task.from_torch(self.model, (self.example_input(),), name=self.name)
 

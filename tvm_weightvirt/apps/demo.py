@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 
+from ..algorithms.optimize import OptimizeConfig
+from ..algorithms.pipeline import PackConfig, format_report
+from ..compile.compiler import build, lower
+from ..frontend.artifact import load_wvpack, save_wvpack
+from ..frontend.packing import pack
 from . import suite
-from .artifact import load_wvpack, save_wvpack
-from .compiler import build, lower
-from .optimize import OptimizeConfig
-from .packing import pack
-from .pipeline import PackConfig, format_report
 
 
 def run_demo(

@@ -8,12 +8,12 @@ import time
 
 import numpy as np
 
+from ..algorithms.optimize import OptimizeConfig
+from ..algorithms.pipeline import PackConfig
+from ..compile.compiler import build, lower
+from ..frontend.packing import pack
+from ..progress import log, steps
 from . import suite
-from .compiler import build, lower
-from .optimize import OptimizeConfig
-from .packing import pack
-from .pipeline import PackConfig
-from .progress import log, steps
 
 
 def _median_p99(values: list[float]) -> dict:

@@ -285,7 +285,7 @@ def write_user_models(folder: str) -> dict[str, dict[str, str]]:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    from .task import quiet_torch_export
+    from ..frontend.task import quiet_torch_export
 
     with quiet_torch_export():
         program = torch.export.export(model.eval(), (xt[:1],))

@@ -12,8 +12,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .passes import LiftWeightConstants
-from .plan import TASK_NAME
+from ..passes import LiftWeightConstants
+from ..plan import TASK_NAME
 
 
 class IntakeError(ValueError):

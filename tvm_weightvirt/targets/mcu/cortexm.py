@@ -18,11 +18,11 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .abi import task_function
-from .coded_pages import decode_codes
-from .passes import MergeTasks
-from .plan import PagePlan
-from .task import Task
+from ...abi import task_function
+from ...coded_pages import decode_codes
+from ...frontend.task import Task
+from ...passes import MergeTasks
+from ...plan import PagePlan
 
 MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project
 RAM_BASE = 0x20000000  # on both mps2 boards: flash (code) below, SRAM from here

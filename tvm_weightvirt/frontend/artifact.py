@@ -14,9 +14,9 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
-from .coded_pages import CodedPages
-from .layout import PageLayout
-from .plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
+from ..coded_pages import CodedPages
+from ..layout import PageLayout
+from ..plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
 
 FORMAT = "wvpack"
 FORMAT_VERSION = 1

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .coded_pages import CodedPages, check_coded_page_size, decode_codes, encode_codes, formula_bits
+from ..coded_pages import (
+    CodedPages,
+    check_coded_page_size,
+    decode_codes,
+    encode_codes,
+    formula_bits,
+)
 
 MAX_C = 32.0  # |C| <= 2^5
 CONV_BLOCK_CHANNELS = 64

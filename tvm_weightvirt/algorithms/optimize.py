@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .layout import PageLayout
+from ..layout import PageLayout
+from ..progress import steps
 from .objectives import Objective
-from .progress import steps
 from .training import minibatch_steps, model_outputs
 
 NWV_LAMBDA = 10.0  # weight of the sharing loss, NWV's

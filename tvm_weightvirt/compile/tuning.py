@@ -30,10 +30,10 @@ from tvm.s_tir.meta_schedule.runner import (
 )
 from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
 
-from .abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
+from ..abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
+from ..passes.add_page_gather import gather_func
+from ..progress import LogLines, log
 from .native_log import TAKE_FAST_MODE, without_native_lines
-from .passes.add_page_gather import gather_func
-from .progress import LogLines, log
 
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 # Each candidate is timed for at least this long: enough to rank kernels of microseconds.
@@ -352,7 +352,7 @@ def _kernel_logger(database_dir: str, name: str) -> logging.Logger:
     """MetaSchedule's log of one kernel's search, in `<database>/logs/<kernel>.log` (TVM's own
     `get_loggers_from_work_dir` fails on a second database in one process)."""
     os.makedirs(os.path.join(database_dir, "logs"), exist_ok=True)
-    logger = logging.getLogger(f"tvm_weightvirt.tuning.{name}")
+    logger = logging.getLogger(f"tvm_weightvirt.compile.tuning.{name}")
     logger.addHandler(logging.FileHandler(os.path.join(database_dir, "logs", f"{name}.log")))
     logger.setLevel(logging.INFO)
     logger.propagate = False

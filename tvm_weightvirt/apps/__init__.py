@@ -1,0 +1,2 @@
+"""What a user runs: the `wvirt` CLI, the demo, the switch benchmark, figures, the bundled
+suite and example models."""
