@@ -20,7 +20,7 @@ from tvm_weightvirt.apps import suite
 from tvm_weightvirt.compile.compiler import build, lower
 from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.plan import PagePlan
-from tvm_weightvirt.targets.mcu import cortexm
+from tvm_weightvirt.targets import mcu
 
 TASKS = ["digits", "wine", "iris", "breast_cancer"]
 L1_BUDGET = 96 * 1024  # pool + page tables in RAM; exclusive pages in flash
@@ -35,7 +35,7 @@ def _medians(counts: list[tuple[str, int]]) -> dict[str, int]:
     return {name: int(np.median(v)) for name, v in per_task.items()}
 
 
-def _max_err(run: cortexm.McuRun, reference: list[np.ndarray]) -> float:
+def _max_err(run: mcu.McuRun, reference: list[np.ndarray]) -> float:
     return max(float(np.abs(o[0] - r).max()) for o, r in zip(run.outputs, reference))
 
 
@@ -46,15 +46,15 @@ def _coded(tasks, graphs, inputs, optimize: OptimizeConfig, folder: str) -> dict
     plan = pack(*suite.packable(tasks), config).plan
     runtime = MultitaskRuntime(plan, build(lower(graphs, plan)))
     reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
-    part = cortexm.TARGETS["cortex-m4"]
+    part = mcu.TARGETS["cortex-m4"]
     numbers: dict = {"page_size": plan.page_size, "pool_pages": plan.n_pool_pages}
     float_pool = PagePlan(plan.page_size, plan.pool, plan.tasks)
     for kind, kind_plan in [("coded", plan), ("float_pool", float_pool)]:
         out = f"{folder}/{kind}"
-        cortexm.generate_project(graphs, kind_plan, out)
-        cortexm.write_requests(out, [(n, [inputs[n]]) for n in SEQUENCE])
-        memory = cortexm.memory_report(out)
-        run = cortexm.run_project(out, timeout=120)
+        mcu.generate_project(graphs, kind_plan, out)
+        mcu.write_requests(out, [(n, [inputs[n]]) for n in SEQUENCE])
+        memory = mcu.memory_report(out)
+        run = mcu.run_project(out, timeout=120)
         suffix = "" if kind == "coded" else "_float_pool"
         numbers |= {
             f"ram_bytes{suffix}": memory["ram_bytes"],
@@ -85,9 +85,9 @@ def main() -> None:
     memory = {}
     for kind, packed in [("packed", True), ("separate", False)]:
         out = f"{folder}/{kind}"
-        cortexm.generate_project(graphs, plan, out, packed=packed, check_fit=False)
-        memory[kind] = cortexm.memory_report(out)
-    part = cortexm.TARGETS["cortex-m4"]
+        mcu.generate_project(graphs, plan, out, packed=packed, check_fit=False)
+        memory[kind] = mcu.memory_report(out)
+    part = mcu.TARGETS["cortex-m4"]
     numbers["ram_bytes"] = {k: m["ram_bytes"] for k, m in memory.items()}
     numbers["flash_bytes"] = {k: m["flash_bytes"] for k, m in memory.items()}
     numbers["fits_256k_ram"] = {k: m["ram_bytes"] <= part.ram_bytes for k, m in memory.items()}
@@ -98,9 +98,9 @@ def main() -> None:
     numbers["max_abs_err_vs_host"] = 0.0
     for target in targets:
         out = f"{folder}/packed-{target}"
-        cortexm.generate_project(graphs, plan, out, target=target)
-        cortexm.write_requests(out, [(n, [inputs[n]]) for n in SEQUENCE])
-        run = cortexm.run_project(out, timeout=120)
+        mcu.generate_project(graphs, plan, out, target=target)
+        mcu.write_requests(out, [(n, [inputs[n]]) for n in SEQUENCE])
+        run = mcu.run_project(out, timeout=120)
         err = _max_err(run, reference)
         numbers["max_abs_err_vs_host"] = max(numbers["max_abs_err_vs_host"], err)
         suffix = "" if target == "cortex-m4" else f"_{target.replace('-', '_')}"

@@ -12,6 +12,7 @@ from benchmarks._common import parse_args, write_json
 from tvm_weightvirt.abi import task_function
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.compile.compiler import build, lower
+from tvm_weightvirt.compile.tuning import TuningOptions
 from tvm_weightvirt.plan import PagePlan
 
 QUICK_TASKS = ["digits", "breast_cancer"]
@@ -31,8 +32,8 @@ def tuning_benchmark(quick: bool = False) -> dict:
     plan = PagePlan.lossless(graphs)  # latency does not depend on which pages are shared
     database = tempfile.mkdtemp(prefix="wvirt-tuning-db-")
     mod = lower(graphs, plan, "materialize")
-    tuned = build(mod, tune=trials, tuning_db=database)
-    again = build(mod, tune=trials, tuning_db=database)  # the database serves a second build
+    tuned = build(mod, tuning=TuningOptions(database, trials))
+    again = build(mod, tuning=TuningOptions(database, trials))  # the database serves a second build
     runtimes = {
         "default": MultitaskRuntime(plan, build(mod)),
         "tuned": MultitaskRuntime(plan, tuned),

@@ -27,9 +27,13 @@ class StandaloneModel:
         self.device = device or tvm.cpu()
         mod, pipeline, self.tuning = task.mod, relax.get_default_pipeline(target), None
         if tuning_db:
-            from tvm_weightvirt.compile.tuning import scheduled_pipeline, tune_and_apply
+            from tvm_weightvirt.compile.tuning import (
+                TuningOptions,
+                scheduled_pipeline,
+                tune_and_apply,
+            )
 
-            mod, target, self.tuning = tune_and_apply(mod, target, 0, tuning_db)
+            mod, target, self.tuning = tune_and_apply(mod, target, TuningOptions(tuning_db))
             pipeline = scheduled_pipeline(target)
         with target:
             self.executable = tvm.compile(mod, target, relax_pipeline=pipeline)

@@ -18,7 +18,7 @@ from tvm_weightvirt.apps import suite
 from tvm_weightvirt.apps.cli import main
 from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.plan import TaskPages
-from tvm_weightvirt.targets.mcu import cortexm
+from tvm_weightvirt.targets import mcu
 
 pytestmark = pytest.mark.slow  # trained suite tasks, cross builds and QEMU runs
 
@@ -27,9 +27,9 @@ SEQUENCE = ["digits", "wine", "digits", "iris"]  # A→B→A→C
 L1_BUDGET = 96 * 1024  # pool + page tables; the rest of each task is exclusive pages in flash
 CODED_PAGE_SIZE = 96  # SmartDeal pages hold rows of 3 coefficients
 
-needs_gcc = pytest.mark.skipif(bool(cortexm.missing_tools(host=True)), reason="no host gcc/make")
+needs_gcc = pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
 needs_arm = pytest.mark.skipif(
-    bool(cortexm.missing_tools()),
+    bool(mcu.missing_tools()),
     reason="no Arm toolchain / QEMU: apt-get install -y --no-install-recommends "
     "gcc-arm-none-eabi libnewlib-arm-none-eabi qemu-system-arm (or `make arm-toolchain`)",
 )
@@ -59,8 +59,8 @@ def packed(suite_tasks, tmp_path_factory):
     projects = {}
     for kind, is_packed in [("packed", True), ("separate", False)]:
         projects[kind] = str(folder / kind)
-        cortexm.generate_project(graphs, plan, projects[kind], packed=is_packed, check_fit=False)
-        cortexm.write_requests(projects[kind], [(n, [inputs[n]]) for n in SEQUENCE])
+        mcu.generate_project(graphs, plan, projects[kind], packed=is_packed, check_fit=False)
+        mcu.write_requests(projects[kind], [(n, [inputs[n]]) for n in SEQUENCE])
     return plan, graphs, reference, projects
 
 
@@ -86,19 +86,19 @@ def coded(suite_tasks, tmp_path_factory):
         ("float_pool", float_pool, "cortex-m4"),
     ]:
         projects[kind] = str(folder / kind)
-        cortexm.generate_project(graphs, kind_plan, projects[kind], target=target)
-        cortexm.write_requests(projects[kind], [(n, [inputs[n]]) for n in SEQUENCE])
+        mcu.generate_project(graphs, kind_plan, projects[kind], target=target)
+        mcu.write_requests(projects[kind], [(n, [inputs[n]]) for n in SEQUENCE])
     return plan, graphs, reference, projects
 
 
-def _max_err(run: cortexm.McuRun, reference: list[np.ndarray]) -> float:
+def _max_err(run: mcu.McuRun, reference: list[np.ndarray]) -> float:
     return max(float(np.abs(out[0] - ref).max()) for out, ref in zip(run.outputs, reference))
 
 
 def test_executor_shares_kernels_and_arena(packed):
     """Identical kernels are emitted once; intermediates reuse the arena; sections as planned."""
     plan, graphs, reference, projects = packed
-    manifest = cortexm.load_manifest(projects["packed"])
+    manifest = mcu.load_manifest(projects["packed"])
     with open(f"{projects['packed']}/kernels.c") as f:
         n_kernels = f.read().count("TVM_DLL int32_t __tvm_ffi_") // 2  # declaration + definition
     calls = {n: t["kernel_calls"] for n, t in manifest["tasks"].items()}
@@ -112,7 +112,7 @@ def test_executor_shares_kernels_and_arena(packed):
 @needs_gcc
 def test_host_build_matches_tvm_llvm(packed):
     plan, graphs, reference, projects = packed
-    run = cortexm.run_project(projects["packed"], host=True)
+    run = mcu.run_project(projects["packed"], host=True)
     assert [len(o) for o in run.outputs] == [1] * len(SEQUENCE)
     assert _max_err(run, reference) <= 1e-5
 
@@ -121,8 +121,8 @@ def test_host_build_matches_tvm_llvm(packed):
 @needs_gcc
 def test_qemu_m4_matches_host_bit_for_bit(packed):
     plan, graphs, reference, projects = packed
-    host = cortexm.run_project(projects["packed"], host=True)
-    qemu = cortexm.run_project(projects["packed"], timeout=60)
+    host = mcu.run_project(projects["packed"], host=True)
+    qemu = mcu.run_project(projects["packed"], timeout=60)
     for on_host, on_m4 in zip(host.outputs, qemu.outputs):
         np.testing.assert_array_equal(on_m4[0], on_host[0])  # -ffp-contract=off on both
     assert _max_err(qemu, reference) <= 1e-5
@@ -131,22 +131,22 @@ def test_qemu_m4_matches_host_bit_for_bit(packed):
     assert [name for name, _ in qemu.switch_instructions] == SEQUENCE
     for counts in (qemu.switch_instructions, qemu.run_instructions):
         first, again = counts[0][1], counts[2][1]
-        assert first > 0 and abs(first - again) <= cortexm.INSTRUCTIONS_PER_TICK
+        assert first > 0 and abs(first - again) <= mcu.INSTRUCTIONS_PER_TICK
 
 
 @needs_arm
 def test_packed_fits_256k_ram_where_separate_does_not(packed):
     plan, graphs, reference, projects = packed
-    packed_memory = cortexm.memory_report(projects["packed"])
-    separate_memory = cortexm.memory_report(projects["separate"])
-    budget = cortexm.TARGETS["cortex-m4"].ram_bytes
+    packed_memory = mcu.memory_report(projects["packed"])
+    separate_memory = mcu.memory_report(projects["separate"])
+    budget = mcu.TARGETS["cortex-m4"].ram_bytes
     assert packed_memory["ram_bytes"] <= budget < separate_memory["ram_bytes"]
     sections = packed_memory["sections"]
     assert sections[".wv_pool"] == plan.pool_bytes  # the pool, in RAM
     assert sections[".wv_exclusive"] == plan.exclusive_bytes  # exclusive pages, in flash
     dense = sum(t.layout.n_elems * 4 for t in plan.tasks.values())
     assert separate_memory["sections"][".data"] >= dense  # every task's weights in RAM
-    assert packed_memory["flash_bytes"] <= cortexm.TARGETS["cortex-m4"].flash_bytes
+    assert packed_memory["flash_bytes"] <= mcu.TARGETS["cortex-m4"].flash_bytes
 
 
 @needs_arm
@@ -158,8 +158,8 @@ def test_crash_or_hang_fails_within_timeout(packed, tmp_path, body, message):
     plan, graphs, reference, projects = packed
     shutil.copytree(projects["packed"], tmp_path / "bad")
     (tmp_path / "bad" / "main.c").write_text(f"int main(void) {{ {body} return 0; }}\n")
-    with pytest.raises(cortexm.McuRunError, match=message):
-        cortexm.run_project(str(tmp_path / "bad"), timeout=5)
+    with pytest.raises(mcu.McuRunError, match=message):
+        mcu.run_project(str(tmp_path / "bad"), timeout=5)
 
 
 def test_plan_that_does_not_fit_fails_with_the_numbers(packed, tmp_path):
@@ -168,7 +168,7 @@ def test_plan_that_does_not_fit_fails_with_the_numbers(packed, tmp_path):
     with pytest.raises(
         ValueError, match=rf"RAM needs \d+ B \(.*dense_weights {dense}\) > 262144 B"
     ):
-        cortexm.generate_project(graphs, plan, str(tmp_path), packed=False)
+        mcu.generate_project(graphs, plan, str(tmp_path), packed=False)
 
 
 @needs_arm
@@ -199,16 +199,16 @@ def test_coded_pool_is_decoded_at_each_switch_as_tvm_llvm_does(coded):
     computes (same products and sums, k = 0, 1, 2 in order): outputs equal llvm's, bit for bit
     between host and M4."""
     plan, graphs, reference, projects = coded
-    manifest = cortexm.load_manifest(projects["m4"])
+    manifest = mcu.load_manifest(projects["m4"])
     assert manifest["coded"] and manifest["data_bytes"]["flash"]["code_values"] == 256 * 4
-    host = cortexm.run_project(projects["m4"], host=True)
-    qemu = cortexm.run_project(projects["m4"], timeout=60)
+    host = mcu.run_project(projects["m4"], host=True)
+    qemu = mcu.run_project(projects["m4"], timeout=60)
     assert _max_err(host, reference) <= 1e-5 and _max_err(qemu, reference) <= 1e-5
     for on_host, on_m4 in zip(host.outputs, qemu.outputs):
         np.testing.assert_array_equal(on_m4[0], on_host[0])
     assert [name for name, _ in qemu.switch_instructions] == SEQUENCE
     first, again = qemu.switch_instructions[0][1], qemu.switch_instructions[2][1]
-    assert first > 0 and abs(first - again) <= cortexm.INSTRUCTIONS_PER_TICK
+    assert first > 0 and abs(first - again) <= mcu.INSTRUCTIONS_PER_TICK
 
 
 @needs_arm
@@ -217,8 +217,8 @@ def test_coded_pool_takes_codes_and_bases_in_ram(coded):
     4P: RAM shrinks by exactly the difference; flash by the same less the 1 KiB code table."""
     plan, graphs, reference, projects = coded
     n_pages = plan.n_pool_pages
-    coded_memory = cortexm.memory_report(projects["m4"])
-    float_memory = cortexm.memory_report(projects["float_pool"])
+    coded_memory = mcu.memory_report(projects["m4"])
+    float_memory = mcu.memory_report(projects["float_pool"])
     assert coded_memory["sections"][".wv_pool"] == plan.pool_bytes == n_pages * (96 + 36)
     assert float_memory["sections"][".wv_pool"] == n_pages * 96 * 4
     saved = n_pages * (96 * 4 - 96 - 36)
@@ -231,9 +231,9 @@ def test_qemu_m7_matches_m4(coded):
     """The same project for Cortex-M7 (fpv5-d16, QEMU mps2-an500, the same memory map) computes
     the M4's outputs bit for bit."""
     plan, graphs, reference, projects = coded
-    m4 = cortexm.run_project(projects["m4"], timeout=60)
-    m7 = cortexm.run_project(projects["m7"], timeout=60)
-    assert cortexm.load_manifest(projects["m7"])["target"] == "cortex-m7"
+    m4 = mcu.run_project(projects["m4"], timeout=60)
+    m7 = mcu.run_project(projects["m7"], timeout=60)
+    assert mcu.load_manifest(projects["m7"])["target"] == "cortex-m7"
     for on_m4, on_m7 in zip(m4.outputs, m7.outputs, strict=True):
         np.testing.assert_array_equal(on_m7[0], on_m4[0])
     assert [name for name, _ in m7.switch_instructions] == SEQUENCE
@@ -248,5 +248,5 @@ def test_coded_pool_with_exclusive_pages_is_refused(coded, tmp_path):
     pages["iris"] = TaskPages(t.layout, table, plan.pool[t.page_table[-1:]])
     mixed = wv.PagePlan.from_coded(plan.page_size, plan.coded, pages)
     with pytest.raises(ValueError, match=r"SmartDeal-coded pool .* \(384 B exclusive\)"):
-        cortexm.generate_project(graphs, mixed, str(tmp_path))
-    cortexm.generate_project(graphs, mixed, str(tmp_path), packed=False, check_fit=False)
+        mcu.generate_project(graphs, mixed, str(tmp_path))
+    mcu.generate_project(graphs, mixed, str(tmp_path), packed=False, check_fit=False)

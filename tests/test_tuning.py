@@ -14,6 +14,7 @@ from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
+from tvm_weightvirt.compile.tuning import RPCTracker, TuningOptions
 
 pytestmark = pytest.mark.slow  # MetaSchedule runs
 
@@ -28,7 +29,7 @@ def tuned(tmp_path_factory):
     plan = wv.PagePlan.lossless([task], page_size=100)
     mod = wv.lower([task], plan, "materialize")
     database = str(tmp_path_factory.mktemp("tuning") / "db")
-    library = wv.build(mod, tune=TRIALS, tuning_db=database)
+    library = wv.build(mod, tuning=wv.TuningOptions(database, TRIALS))
     return task, x.numpy(), plan, mod, database, wv.build(mod), library
 
 
@@ -53,7 +54,7 @@ def test_tuned_build_computes_what_the_untuned_one_does(tuned):
 
 def test_second_build_reuses_the_database_without_trials(tuned):
     task, x, plan, mod, database, untuned, library = tuned
-    again = wv.build(mod, tune=TRIALS, tuning_db=database)
+    again = wv.build(mod, tuning=wv.TuningOptions(database, TRIALS))
     assert again.tuning["trials"] == 0
     assert again.tuning["reused"] == again.tuning["scheduled"] == 5
     np.testing.assert_array_equal(_outputs(plan, again, x), _outputs(plan, library, x))
@@ -70,28 +71,37 @@ def test_corrupt_database_is_a_clear_error(tuned, tmp_path):
     with open(corrupt / "database_tuning_record.json", "a") as f:
         f.write('[0, [["garbage"\n')
     with pytest.raises(ValueError, match=r"database_tuning_record.json' is corrupt: line \d+"):
-        wv.build(mod, tuning_db=str(corrupt))
+        wv.build(mod, tuning=wv.TuningOptions(str(corrupt)))
 
 
 def test_bad_tuning_options_are_clear_errors(tuned, tmp_path):
     task, x, plan, mod, database, untuned, library = tuned
-    with pytest.raises(ValueError, match="tune needs tuning_db"):
-        wv.build(mod, tune=4)
+    with pytest.raises(ValueError, match="--tune needs --tuning-db"):
+        TuningOptions.from_flags(4, None, None, None)
     with pytest.raises(ValueError, match="no tuning database at"):
-        wv.build(mod, tuning_db=str(tmp_path / "missing"))
+        wv.TuningOptions(str(tmp_path / "missing"))
     with pytest.raises(ValueError, match="give --tune TRIALS too"):
-        wv.build(mod, tuning_db=database, rpc_tracker="127.0.0.1:9190", rpc_key="k")
+        TuningOptions.from_flags(0, database, "127.0.0.1:9190", "k")
     with pytest.raises(ValueError, match="needs --rpc-key"):
-        wv.build(mod, tune=4, tuning_db=database, rpc_tracker="127.0.0.1:9190")
+        TuningOptions.from_flags(4, database, "127.0.0.1:9190", None)
+    with pytest.raises(ValueError, match="give --rpc-tracker too"):
+        TuningOptions.from_flags(4, database, None, "k")
+    with pytest.raises(ValueError, match="trials must be at least 0"):
+        wv.TuningOptions(database, -1)
+    assert TuningOptions.from_flags(0, None, None, None) is None
     with pytest.raises(ValueError, match="schedules for \\['llvm'\\], not cuda"):
-        wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, tuning_db=database)
+        wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, tuning=wv.TuningOptions(database))
 
 
 @pytest.mark.skipif(tvm.cuda().exist, reason="checks the message on a machine without a GPU")
 def test_cuda_tuning_without_a_gpu_says_so(tuned, tmp_path):
     task, x, plan, mod, database, untuned, library = tuned
     with pytest.raises(ValueError, match="tuning for cuda needs a GPU"):
-        wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, tune=4, tuning_db=str(tmp_path))
+        wv.build(
+            mod,
+            target={"kind": "cuda", "arch": "sm_87"},
+            tuning=wv.TuningOptions(str(tmp_path), 4),
+        )
 
 
 def test_a_cuda_database_tuned_elsewhere_applies_without_a_gpu(tuned, tmp_path):
@@ -120,7 +130,9 @@ def test_a_cuda_database_tuned_elsewhere_applies_without_a_gpu(tuned, tmp_path):
                 args_info=ms.arg_info.ArgInfo.from_prim_func(kernel["main"]),
             )
         )
-    built = wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, tuning_db=str(tmp_path))
+    built = wv.build(
+        mod, target={"kind": "cuda", "arch": "sm_87"}, tuning=wv.TuningOptions(str(tmp_path))
+    )
     assert built.tuning["trials"] == 0
     assert built.tuning["scheduled"] == 4  # the 4 kernels of the task function
 
@@ -144,10 +156,9 @@ def test_trials_measured_through_a_loopback_rpc_tracker(tuned, tmp_path):
     try:
         remote = wv.build(
             mod,
-            tune=2,
-            tuning_db=str(tmp_path / "db"),
-            rpc_tracker=f"127.0.0.1:{tracker.port}",
-            rpc_key="wv-loopback",
+            tuning=wv.TuningOptions(
+                str(tmp_path / "db"), 2, RPCTracker("127.0.0.1", tracker.port, "wv-loopback")
+            ),
         )
     finally:
         server.terminate()

@@ -443,12 +443,18 @@ def _build(args) -> int:
         rpc_key=mcu,
     )
     option = _with_defaults(args, BUILD_DEFAULTS)
-    if option["tune"] < 0:
-        raise ValueError(f"--tune {option['tune']}: trials must be at least 0")
+    if mcu:
+        tuning = None
+    else:
+        from ..compile.tuning import TuningOptions
+
+        tuning = TuningOptions.from_flags(
+            option["tune"], args.tuning_db, args.rpc_tracker, args.rpc_key
+        )
     pack = _pack_with_graphs(args.pack)
     _check_output_folder(args.output, [args.pack], args.force)
     if mcu:
-        from ..targets.mcu.cortexm import generate_project
+        from ..targets.mcu import generate_project
 
         with _written_whole(args.output, folder=True) as tmp:
             manifest = generate_project(pack.tasks, pack.plan, tmp, target=args.target)
@@ -464,10 +470,7 @@ def _build(args) -> int:
         library = build(
             lower(pack.tasks, pack.plan, mode=option["mode"]),
             target=target,
-            tune=option["tune"],
-            tuning_db=args.tuning_db,
-            rpc_tracker=args.rpc_tracker,
-            rpc_key=args.rpc_key,
+            tuning=tuning,
         )
         library.export(tmp)
         if args.target == "cuda":
@@ -494,7 +497,7 @@ def _build(args) -> int:
 
 
 def _run(args) -> int:
-    from ..targets.mcu.cortexm import is_project
+    from ..targets.mcu import is_project
 
     mcu = is_project(args.pack)
     where = "a cortex-m project" if mcu else "a .wvpack"
@@ -610,7 +613,7 @@ def _show_outputs(requests, outputs, folder: str | None) -> None:
 
 
 def _run_mcu(args, sequence: list[str], timeout: float) -> int:
-    from ..targets.mcu.cortexm import (
+    from ..targets.mcu import (
         McuRunError,
         load_manifest,
         memory_report,
@@ -694,7 +697,7 @@ def _check_output_file(path: str, inputs: list, force: bool, kind: str, is_ours)
 def _check_output_folder(path: str, inputs: list, force: bool) -> None:
     """A build folder: not an input, its parent exists, and replacing only a `wvirt build`
     folder (or an empty one) unless `force`."""
-    from ..targets.mcu.cortexm import is_project
+    from ..targets.mcu import is_project
 
     out = os.path.realpath(path)
     if any(p and os.path.realpath(p) == out for p in inputs) or os.path.isfile(out):

@@ -8,12 +8,16 @@ import re
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import tvm
 from tvm import relax
 
 from ..abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT, MODE_ATTR, MODES, task_of
 from ..frontend.task import Task
+
+if TYPE_CHECKING:
+    from .tuning import TuningOptions
 from ..passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
 from ..plan import PagePlan
 from .native_log import TAKE_FAST_MODE, without_native_lines
@@ -144,16 +148,12 @@ class Library:
 def build(
     mod: tvm.IRModule,
     target: str | dict = "llvm",
-    tune: int = 0,
-    tuning_db: str | None = None,
-    rpc_tracker: str | None = None,
-    rpc_key: str | None = None,
+    tuning: TuningOptions | None = None,
 ) -> Library:
     """Compile a lowered module (fused kernels: TVM's default pipeline for the target).
 
-    With `tuning_db`, the kernels get their best schedules from that MetaSchedule database,
-    after `tune` trials per kernel it has none for yet (measured here, or on the device behind
-    the RPC tracker `rpc_tracker` "HOST:PORT" with `rpc_key`); see `tuning.py`.
+    With `tuning`, the kernels get their best schedules from its MetaSchedule database, after
+    its trials per kernel the database has none for yet (see `compile/tuning`).
     """
     start = time.perf_counter()  # the build's time includes tuning
     target = tvm.target.Target(target)
@@ -165,17 +165,17 @@ def build(
         for gv, func in mod.functions_items()
         if isinstance(func, relax.Function) and task_of(gv.name_hint)
     }
-    pipeline, tuning = relax.get_default_pipeline(target), None
-    if tune or tuning_db or rpc_tracker or rpc_key:
+    pipeline, report = relax.get_default_pipeline(target), None
+    if tuning is not None:
         from .tuning import scheduled_pipeline, tune_and_apply
 
-        mod, target, report = tune_and_apply(mod, target, tune, tuning_db, rpc_tracker, rpc_key)
-        pipeline, tuning = scheduled_pipeline(target), asdict(report)
+        mod, target, tuned = tune_and_apply(mod, target, tuning)
+        pipeline, report = scheduled_pipeline(target), asdict(tuned)
     if mode == "materialize" and target.kind.name == "llvm":
         mod = _vectorize_gather(mod)
     with target, without_native_lines(TAKE_FAST_MODE):
         executable = tvm.compile(mod, target, relax_pipeline=pipeline)
-    return Library(executable, target, mode, tasks, time.perf_counter() - start, tuning)
+    return Library(executable, target, mode, tasks, time.perf_counter() - start, report)
 
 
 def _vectorize_gather(mod: tvm.IRModule) -> tvm.IRModule:

@@ -1,0 +1,81 @@
+"""A build's tuning step: tune what the database lacks, then schedule the fused module from it,
+and the pipeline that lowers the scheduled module."""
+
+from __future__ import annotations
+
+import importlib
+
+import tvm
+from tvm import relax
+from tvm.s_tir import dlight as dl
+
+from .database import database_bytes, open_database
+from .kernels import fuse, gathers, kernels, static_gather, tuning_target
+from .options import TuningOptions, TuningReport
+from .search import tune
+
+
+def tune_and_apply(
+    mod: tvm.IRModule, target: tvm.target.Target, options: TuningOptions
+) -> tuple[tvm.IRModule, tvm.target.Target, TuningReport]:
+    """`wv.build`'s tuning step: the lowered module fused and scheduled from the database after
+    `options.trials` per kernel not in it yet (0: apply only), the target it was tuned for
+    (with the attributes MetaSchedule needs, see `tuning_target`) and what was done."""
+    target = tuning_target(target)
+    fused = fuse(mod, target)
+    if options.trials:
+        report = tune(fused, target, options.trials, options.database, options.rpc)
+    else:
+        report = TuningReport(len(kernels(fused, target)), 0, 0, 0.0, 0)
+    applied, report.scheduled = apply_database(fused, target, options.database)
+    report.database_bytes = database_bytes(options.database)
+    return applied, target, report
+
+
+def apply_database(
+    mod: tvm.IRModule, target: tvm.target.Target, database_dir: str
+) -> tuple[tvm.IRModule, int]:
+    """The fused module `mod` with each kernel the database has a schedule for replaced by its
+    best schedule (the gathers get their static form's); also how many kernels got one."""
+    database = open_database(database_dir)
+    # MetaSchedule looks schedules up by kernel alone: a CPU schedule must not reach a GPU build.
+    kinds = {r.target.kind.name for r in database.get_all_tuning_records() if r.target}
+    if kinds - {target.kind.name}:
+        raise ValueError(
+            f"tuning database '{database_dir}' holds schedules for {sorted(kinds)}, not "
+            f"{target.kind.name}: use one database per target"
+        )
+    with target, database, tvm.transform.PassContext(opt_level=3):
+        applied = relax.transform.MetaScheduleApplyDatabase()(mod)
+    for name, func in gathers(applied).items():
+        record = database.query_tuning_record(static_gather(name, func), target, "main")
+        if record is not None:
+            sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+            applied[name] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+    n_scheduled = sum(
+        1
+        for _, func in applied.functions_items()
+        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "tirx.is_scheduled" in func.attrs
+    )
+    return applied, n_scheduled
+
+
+def scheduled_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's default pipeline for a module already fused and scheduled from a database: on GPUs
+    dlight schedules the kernels the database has nothing for, then Relax is lowered."""
+    passes = []
+    if relax.pipeline.BackendDispatcher.is_gpu_target(target):
+        passes.append(
+            dl.ApplyDefaultSchedule(
+                dl.gpu.Matmul(),
+                dl.gpu.GEMV(),
+                dl.gpu.Reduction(),
+                dl.gpu.GeneralReduction(),
+                dl.gpu.Fallback(),
+            )
+        )
+    backend = {"llvm": "cpu_generic", "cuda": "cuda"}.get(target.kind.name, "gpu_generic")
+    default = importlib.import_module(f"tvm.relax.backend.{backend}.pipeline")
+    passes += default.dataflow_lower_passes(target) + default.finalize_passes(target)
+    return tvm.transform.Sequential(passes, name="wv.scheduled_pipeline")

@@ -1,0 +1,47 @@
+"""The MetaSchedule JSON database a build tunes into and applies from."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import tvm.s_tir.meta_schedule as ms
+
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+def open_database(directory: str) -> ms.database.JSONDatabase:
+    """The JSON database in `directory` (created if missing); a file that is not MetaSchedule's
+    JSON lines raises ValueError naming it."""
+    os.makedirs(directory, exist_ok=True)
+    for name in DATABASE_FILES:
+        path = os.path.join(directory, name)
+        if not os.path.exists(path):
+            continue
+        with open(path, "rb") as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except ValueError as err:
+                        raise ValueError(
+                            f"tuning database '{path}' is corrupt: line {number} is not JSON "
+                            f"({err}); delete the folder to tune again"
+                        ) from err
+                    if not isinstance(row, list):
+                        raise ValueError(
+                            f"tuning database '{path}' is corrupt: line {number} is not a "
+                            "MetaSchedule record; delete the folder to tune again"
+                        )
+    try:
+        return ms.database.JSONDatabase(work_dir=directory)
+    except Exception as err:  # TVM raises its own error types from C++
+        raise ValueError(
+            f"tuning database '{directory}' is corrupt: MetaSchedule cannot read it ({err}); "
+            "delete the folder to tune again"
+        ) from err
+
+
+def database_bytes(directory: str) -> int:
+    paths = [os.path.join(directory, name) for name in DATABASE_FILES]
+    return sum(os.path.getsize(p) for p in paths if os.path.exists(p))

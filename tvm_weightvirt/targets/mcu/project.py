@@ -1,0 +1,317 @@
+"""A page plan's tasks as a self-contained C project: TVM's C kernels, a generated executor per
+task, the weights (pool, page tables, exclusive pages), the `wv_runtime` switch code, startup
+code, linker script and Makefile."""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import math
+import os
+import re
+import shutil
+import string
+from collections.abc import Sequence
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ...abi import task_function
+from ...coded_pages import decode_codes
+from ...frontend.task import Task
+from ...passes import MergeTasks
+from ...plan import PagePlan
+from .boards import QEMU_FLAGS, STACK_BYTES, TARGETS, McuTarget
+from .executor import KERNEL_PIPELINE, Tensor, executor_c, task_executor
+from .templates import c_floats, c_ints, render
+
+MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project
+RUNTIME_DIR = str(importlib.resources.files("tvm_weightvirt.runtime") / "mcu")
+# The TVM and tvm-ffi headers the kernels include, copied so the project builds on its own.
+HEADERS = (
+    "dlpack/dlpack.h",
+    "tvm/ffi/c_api.h",
+    "tvm/ffi/extra/c_env_api.h",
+    "tvm/runtime/base.h",
+    "tvm/runtime/c_backend_api.h",
+)
+RUNTIME_FILES = ("wv_runtime.h", "wv_runtime.c", "wv_requests.h", "main.c", "startup.c", "host.c")
+
+
+def generate_project(
+    tasks: Sequence[Task],
+    plan: PagePlan,
+    out_dir: str,
+    target: str | McuTarget = "cortex-m4",
+    packed: bool = True,
+    check_fit: bool = True,
+) -> dict:
+    """Write a self-contained C project for `tasks` under `plan` to `out_dir`; returns its
+    manifest (also in `out_dir/wvirt-mcu.json`) with the data bytes it needs.
+
+    packed: the pool in RAM, exclusive pages in flash, one weight buffer the switch gathers
+    into (materialize mode); a SmartDeal-coded pool (`plan.coded`) stays coded in RAM, int8
+    codes and 3x3 bases (P + 36 B per page), and the switch decodes it. Not packed: every
+    task's weights resident in RAM, as when the tasks are built separately. With `check_fit`, a project whose data does not fit the part's RAM or
+    flash raises ValueError with the numbers.
+    """
+    target = TARGETS[target] if isinstance(target, str) else target
+    names = [t.name for t in tasks]
+    if sorted(names) != sorted(plan.tasks):
+        raise ValueError(f"tasks {sorted(names)} do not match the page plan's {sorted(plan.tasks)}")
+    if packed and plan.coded is not None and plan.exclusive_bytes:
+        raise ValueError(
+            "the MCU runtime decodes a SmartDeal-coded pool but has no coded exclusive pages: this "
+            f"plan has both ({plan.exclusive_bytes} B exclusive), which the packer does not "
+            "produce; pack with smartdeal and no separation, or build with packed=False"
+        )
+    # Step 1. Kernels: legalized and fused per task, identical ones once (MergeTasks).
+    merged = MergeTasks({t.name: KERNEL_PIPELINE(t.mod) for t in tasks})(tvm.IRModule())
+    merged = relax.transform.AttachGlobalSymbol()(merged)
+    kernels = tvm.IRModule(
+        {gv: f for gv, f in merged.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    )
+    with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
+        kernel_source = tvm.tirx.build(
+            kernels, target=tvm.target.Target({"kind": "c"})
+        ).inspect_source()
+    # Step 2. One executor per task, intermediates in one arena sized for the largest.
+    executors = {n: task_executor(n, merged[task_function(n)]) for n in names}
+    manifest = _manifest(target, plan, names, executors, packed, _workspace_bytes(kernel_source))
+    problems = _misfits(manifest, target)
+    if check_fit and problems:
+        raise ValueError(
+            f"the plan does not fit a {target.name} part ({target.ram_bytes} B RAM, "
+            f"{target.flash_bytes} B flash): " + "; ".join(problems) + ". Pack for the part: a "
+            "level-1 budget keeps the pool in RAM and the rest in flash (`wvirt pack ... "
+            "--l1-budget 96KiB`), or pack fewer or smaller tasks"
+        )
+    # Step 3. The files: kernels, executors, weights, runtime, startup, linker script, Makefile.
+    os.makedirs(os.path.join(out_dir, "include"), exist_ok=True)
+    _write(out_dir, "kernels.c", kernel_source)
+    _write(out_dir, "executor.c", executor_c(executors, plan, packed))
+    _write(out_dir, "weights.c", _weights_c(plan, names, manifest, packed))
+    for filename in RUNTIME_FILES:
+        shutil.copyfile(os.path.join(RUNTIME_DIR, filename), os.path.join(out_dir, filename))
+    for filename in ("link.ld", "Makefile"):
+        with open(os.path.join(RUNTIME_DIR, f"{filename}.in")) as f:
+            text = string.Template(f.read()).substitute(
+                machine=target.qemu_machine,
+                part=target.name,
+                cpu_flags=target.cpu_flags,
+                stack_bytes=STACK_BYTES,
+                qemu_flags=QEMU_FLAGS,
+            )
+        _write(out_dir, filename, text)
+    for header in HEADERS:
+        dest = os.path.join(out_dir, "include", header)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        shutil.copyfile(_find_header(header), dest)
+    with open(os.path.join(out_dir, MARKER), "w") as f:
+        json.dump(manifest, f, indent=1)
+    rng = np.random.default_rng(0)
+    write_requests(
+        out_dir,
+        [
+            (n, [rng.normal(size=s).astype(d) for s, d in manifest["tasks"][n]["inputs"]])
+            for n in names
+        ],
+    )
+    return manifest
+
+
+def _manifest(target, plan, names, executors, packed, workspace_bytes) -> dict:
+    arena_bytes = max(e.arena_bytes for e in executors.values())
+    max_pages = max(plan.task(n).layout.n_pages for n in names)
+    data_ram = {
+        "arena": arena_bytes,
+        "workspace": workspace_bytes,
+        "stack": STACK_BYTES,
+    }
+    data_flash = {}
+    coded = packed and plan.coded is not None
+    if packed:
+        data_ram["pool"] = data_flash["pool_image"] = plan.pool_bytes
+        if coded:
+            data_flash["code_values"] = 256 * 4
+        data_ram["weight_buffer"] = max_pages * plan.page_size * 4
+        data_flash["exclusive"] = plan.exclusive_bytes
+        data_flash["page_tables"] = sum(plan.task(n).layout.n_pages * 2 for n in names)
+    else:
+        dense = sum(plan.task(n).layout.n_elems * 4 for n in names)
+        data_ram["dense_weights"] = data_flash["dense_weights_image"] = dense
+    return {
+        "target": target.name,
+        "packed": packed,
+        "coded": coded,
+        "page_size": plan.page_size,
+        "tasks": {
+            n: {
+                "inputs": [_spec(e.tensors[i]) for i in e.of_kind("input")],
+                "outputs": [_spec(e.tensors[i]) for i in e.of_kind("output")],
+                "kernel_calls": len(e.calls),
+            }
+            for n, e in executors.items()
+        },
+        "data_bytes": {"ram": data_ram, "flash": data_flash},
+    }
+
+
+def _spec(t: Tensor) -> list:
+    return [list(t.shape), t.dtype]
+
+
+def _misfits(manifest: dict, target: McuTarget) -> list[str]:
+    out = []
+    for memory, budget in (("ram", target.ram_bytes), ("flash", target.flash_bytes)):
+        parts = manifest["data_bytes"][memory]
+        total = sum(parts.values())
+        if total > budget:
+            detail = " + ".join(f"{k} {v}" for k, v in parts.items())
+            code = " before code" if memory == "flash" else ""
+            out.append(f"{memory.upper()} needs {total} B{code} ({detail}) > {budget} B")
+    return out
+
+
+def _workspace_bytes(kernel_source: str) -> int:
+    """The most workspace one kernel allocates (its temporaries, each 16-byte aligned)."""
+    per_kernel = [
+        sum(
+            -(-int(n) // 16) * 16
+            for n in re.findall(
+                r"TVMBackendAllocWorkspace\([^,]+, [^,]+, \(uint64_t\)(\d+)ULL", body
+            )
+        )
+        for body in kernel_source.split("__tvm_ffi_")
+    ]
+    assert kernel_source.count("TVMBackendAllocWorkspace(") == len(
+        re.findall(r"TVMBackendAllocWorkspace\([^,]+, [^,]+, \(uint64_t\)\d+ULL", kernel_source)
+    ), "a kernel allocates a workspace of dynamic size"
+    return max(16, *per_kernel)
+
+
+# wv_memory's pool fields when there is no pool of that kind
+_NO_POOL = dict(pool="NULL", codes="NULL", bases="NULL", code_values="NULL")
+
+
+def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -> str:
+    ram = manifest["data_bytes"]["ram"]
+    what = "every task's weights in RAM"
+    if packed:
+        what = "pool in RAM, exclusive pages in flash"
+        if plan.coded is not None:
+            what = "SmartDeal-coded pool in RAM, decoded at a switch"
+    lines = [render("weights_head", what=what)]
+    if packed:
+        if max(plan.n_pool_pages + t.n_exclusive_pages for t in plan.tasks.values()) > 0xFFFF:
+            raise ValueError("page ids do not fit the MCU's uint16 page tables (> 65535 pages)")
+        if plan.coded is None:
+            lines.append(render("pool", n=plan.pool.size, values=c_floats(plan.pool)))
+            pool = dict(_NO_POOL, pool="wv_pool")
+        else:
+            codes, bases = plan.coded.codes, plan.coded.bases
+            lines.append(
+                render(
+                    "coded_pool",
+                    n_codes=codes.size,
+                    codes=c_ints(codes),
+                    n_bases=bases.size,
+                    bases=c_floats(bases),
+                )
+            )
+            every_code = np.arange(256, dtype=np.uint8).view(np.int8)
+            lines.append(render("code_values", values=c_floats(decode_codes(every_code))))
+            pool = dict(_NO_POOL, codes="wv_codes", bases="wv_bases", code_values="wv_code_values")
+        lines.append(render("weight_buffer", n=ram["weight_buffer"] // 4))
+        for n in names:
+            t = plan.task(n)
+            lines.append(
+                render(
+                    "page_table",
+                    task=n,
+                    n=len(t.page_table),
+                    ids=", ".join(map(str, t.page_table.tolist())),
+                )
+            )
+            if t.n_exclusive_pages:
+                lines.append(
+                    render(
+                        "exclusive",
+                        task=n,
+                        n=t.exclusive_pages.size,
+                        values=c_floats(t.exclusive_pages),
+                    )
+                )
+        memory = dict(pool, n_pool_pages=plan.n_pool_pages, weights="wv_weights")
+    else:
+        lines.append(render("no_weight_buffer"))
+        for n in names:
+            layout = plan.task(n).layout
+            flat = layout.flatten(plan.read(n))[: layout.n_elems]
+            lines.append(render("dense", task=n, n=flat.size, values=c_floats(flat)))
+        memory = dict(_NO_POOL, n_pool_pages=0, weights="NULL")
+    lines.append(render("arena", arena_bytes=ram["arena"], workspace_bytes=ram["workspace"]))
+    lines.append(render("memory", page_size=plan.page_size, **memory))
+    return "\n".join(lines) + "\n"
+
+
+def write_requests(out_dir: str, requests: Sequence[tuple[str, Sequence[np.ndarray]]]) -> None:
+    """Write `requests.c`: the (task, inputs) list that main.c serves in order."""
+    manifest = load_manifest(out_dir)
+    names = list(manifest["tasks"])
+    lines = [render("requests_head")]
+    for r, (task, inputs) in enumerate(requests):
+        if task not in manifest["tasks"]:
+            raise ValueError(f"no task '{task}' in the project '{out_dir}' (has {names})")
+        expected = [(tuple(s), d) for s, d in manifest["tasks"][task]["inputs"]]
+        found = [(tuple(x.shape), str(x.dtype)) for x in inputs]
+        if found != expected:
+            raise ValueError(f"task '{task}': request {r} has inputs {found}, expected {expected}")
+        for k, x in enumerate(inputs):
+            lines.append(render("input", r=r, k=k, n=x.size, values=c_floats(x)))
+        items = ", ".join(f"(void*)request{r}_input{k}" for k in range(len(inputs)))
+        lines.append(render("inputs", r=r, items=items))
+    for task, spec in manifest["tasks"].items():
+        sizes = [math.prod(s) for s, _ in spec["outputs"]]
+        lines += [render("output", task=task, k=k, n=n) for k, n in enumerate(sizes)]
+        items = ", ".join(f"{task}_output{k}" for k in range(len(sizes)))
+        lines.append(render("outputs", task=task, items=items, words=", ".join(map(str, sizes))))
+    lines.append(render("requests_head_table"))
+    for r, (task, _) in enumerate(requests):
+        n_out = len(manifest["tasks"][task]["outputs"])
+        lines.append(render("request", task_index=names.index(task), r=r, task=task, n=n_out))
+    lines.append(render("requests_tail", n=len(requests)))
+    _write(out_dir, "requests.c", "\n".join(lines) + "\n")
+
+
+def _write(out_dir: str, filename: str, text: str) -> None:
+    with open(os.path.join(out_dir, filename), "w") as f:
+        f.write(text)
+
+
+def _find_header(header: str) -> str:
+    import tvm_ffi
+
+    roots = [
+        os.path.join(os.path.dirname(tvm.__file__), "include"),
+        os.path.join(os.path.dirname(tvm_ffi.__file__), "include"),
+    ]
+    for root in roots:
+        if os.path.isfile(os.path.join(root, header)):
+            return os.path.join(root, header)
+    raise FileNotFoundError(f"header '{header}' not found under {roots}")
+
+
+def load_manifest(out_dir: str) -> dict:
+    path = os.path.join(out_dir, MARKER)
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"'{out_dir}' holds no {MARKER}: not a `wvirt build --target cortex-m*` folder"
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def is_project(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, MARKER))

@@ -1,0 +1,114 @@
+"""Build a project with make (arm-none-eabi-gcc, or the host's gcc), run it on QEMU or the host,
+read back its outputs and instruction counts, and measure its sections."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+import numpy as np
+
+from .boards import INSTRUCTIONS_PER_TICK, LOADED_RAM_SECTIONS, QEMU_FLAGS, RAM_BASE, TARGETS
+from .project import load_manifest
+
+
+class McuRunError(RuntimeError):
+    """The firmware faulted, hung, or printed something other than its protocol."""
+
+
+@dataclass
+class McuRun:
+    """What one run of the firmware printed: outputs per request, instructions (QEMU) per
+    switch and per inference, in request order."""
+
+    outputs: list[list[np.ndarray]]
+    switch_instructions: list[tuple[str, int]]
+    run_instructions: list[tuple[str, int]]
+
+
+def missing_tools(host: bool = False) -> list[str]:
+    tools = (
+        ["make", "gcc"]
+        if host
+        else ["make", "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"]
+    )
+    return [t for t in tools if shutil.which(t) is None]
+
+
+def compile_project(out_dir: str, host: bool = False) -> str:
+    """`make` the firmware (app.elf) or the host program (app_host); returns its path."""
+    missing = missing_tools(host)
+    if missing:
+        raise RuntimeError(
+            f"missing {missing}: apt-get install -y --no-install-recommends gcc-arm-none-eabi "
+            "libnewlib-arm-none-eabi qemu-system-arm"
+        )
+    program = "app_host" if host else "app.elf"
+    done = subprocess.run(["make", "-C", out_dir, program], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"building {program} in '{out_dir}' failed:\n{done.stderr[-4000:]}")
+    return os.path.join(out_dir, program)
+
+
+def run_project(out_dir: str, host: bool = False, timeout: float = 60.0) -> McuRun:
+    """Build and run the project's requests: on QEMU (`-icount shift=0`) or as a host program."""
+    manifest = load_manifest(out_dir)
+    program = compile_project(out_dir, host)
+    if host:
+        command = [os.path.abspath(program)]
+    else:
+        machine = TARGETS[manifest["target"]].qemu_machine
+        command = ["qemu-system-arm", "-M", machine, *QEMU_FLAGS.split(), "-kernel", program]
+    where = "host program" if host else f"QEMU {command[2]}"
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        raise McuRunError(f"{where}: no exit within {timeout} s (a hang?)") from err
+    lines = done.stdout.splitlines()
+    if done.returncode != 0 or "FAULT" in lines or lines[-1:] != ["done"]:
+        tail = "\n".join(lines[-5:])
+        raise McuRunError(f"{where}: exit code {done.returncode}, output ends with:\n{tail}")
+    return _parse_run(lines, manifest, 0 if host else INSTRUCTIONS_PER_TICK)
+
+
+def _parse_run(lines: list[str], manifest: dict, per_tick: int) -> McuRun:
+    run = McuRun([], [], [])
+    for line in lines[:-1]:
+        kind, *fields = line.split()
+        if kind == "switch":
+            run.switch_instructions.append((fields[0], int(fields[1]) * per_tick))
+        elif kind == "run":
+            run.run_instructions.append((fields[0], int(fields[1]) * per_tick))
+            run.outputs.append([])
+        else:
+            k, words = int(fields[1]), np.array([int(w, 16) for w in fields[2:]], np.uint32)
+            shape, dtype = manifest["tasks"][run.run_instructions[-1][0]]["outputs"][k]
+            run.outputs[-1].append(words.view(dtype).reshape(shape))
+    return run
+
+
+def memory_report(out_dir: str) -> dict:
+    """Bytes per section of app.elf (`arm-none-eabi-size -A`), RAM and flash totals (a RAM
+    section with initial values also takes its image's bytes in flash)."""
+    elf = compile_project(out_dir)
+    done = subprocess.run(
+        ["arm-none-eabi-size", "-A", elf], capture_output=True, text=True, check=True
+    )
+    sections = {}
+    for line in done.stdout.splitlines():
+        fields = line.split()
+        if len(fields) == 3 and fields[0].startswith(".") and fields[1].isdigit():
+            sections[fields[0]] = (int(fields[1]), int(fields[2]))
+    ram = sum(size for size, addr in sections.values() if addr >= RAM_BASE)
+    flash = sum(
+        size
+        for name, (size, addr) in sections.items()
+        if (0 < addr < RAM_BASE or name == ".vectors") or name in LOADED_RAM_SECTIONS
+    )
+    return {
+        "ram_bytes": ram,
+        "flash_bytes": flash,
+        "sections": {k: v[0] for k, v in sections.items()},
+    }
