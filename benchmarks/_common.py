@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 
 
 def parse_args(description: str) -> argparse.Namespace:
@@ -24,3 +25,15 @@ def write_json(path: str | None, numbers: dict, started: float) -> None:
         with open(path, "w") as f:
             json.dump(numbers, f, indent=2)
         print(f"wrote {path}")
+
+
+def run(description: str, measure: Callable[[bool], dict], table=None) -> None:
+    """A benchmark's main: `--quick` and `--json PATH` from the command line; `measure(quick)`
+    gives the numbers (printed by `table` when given), written as JSON with the machine and the
+    wall time."""
+    args = parse_args(description)
+    started = time.time()
+    numbers = measure(args.quick)
+    if table is not None:
+        print(table(numbers))
+    write_json(args.json, numbers, started)

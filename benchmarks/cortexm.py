@@ -7,12 +7,11 @@ decoded at each switch, beside the same plan with its pool as float32 pages (pla
 from __future__ import annotations
 
 import tempfile
-import time
 
 import numpy as np
 from tvm_weightvirt.runtime import MultitaskRuntime
 
-from benchmarks._common import parse_args, write_json
+from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import SeparationConfig
@@ -67,11 +66,9 @@ def _coded(tasks, graphs, inputs, optimize: OptimizeConfig, folder: str) -> dict
     return numbers
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    started = time.time()
+def measure(quick: bool) -> dict:
     tasks = suite.load_suite(TASKS)
-    optimize = OptimizeConfig(rounds=0) if args.quick else OptimizeConfig(rounds=2, iterations=300)
+    optimize = OptimizeConfig(rounds=0) if quick else OptimizeConfig(rounds=2, iterations=300)
     config = PackConfig(separation=SeparationConfig(l1_budget_bytes=L1_BUDGET), optimize=optimize)
     result = pack(*suite.packable(tasks), config)
     plan = result.plan
@@ -94,7 +91,7 @@ def main() -> None:
     numbers["fits_1m_flash"] = {k: m["flash_bytes"] <= part.flash_bytes for k, m in memory.items()}
     numbers["sections"] = {k: m["sections"] for k, m in memory.items()}
 
-    targets = ["cortex-m4"] if args.quick else ["cortex-m4", "cortex-m7"]
+    targets = ["cortex-m4"] if quick else ["cortex-m4", "cortex-m7"]
     numbers["max_abs_err_vs_host"] = 0.0
     for target in targets:
         out = f"{folder}/packed-{target}"
@@ -114,8 +111,8 @@ def main() -> None:
     for key in sorted(k for k in numbers if k.startswith("instr_per")):
         print(f"{key}: {numbers[key]}")
     print(f"coded: {numbers['coded']}")
-    write_json(args.json, numbers, started)
+    return numbers
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, measure)

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 
-from benchmarks._common import parse_args, write_json
+from benchmarks._common import run
 from tvm_weightvirt.algorithms.matching import METHODS, PoolState, match_task
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig
@@ -31,11 +31,9 @@ def _scale_case(n_pages: int, seed: int = 0):
     return state, pages, fisher
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    started = time.time()
-    sizes = [1_000, 10_000] if args.quick else [1_000, 10_000, 100_000, 1_000_000]
-    time_cap = 60.0 if args.quick else 600.0
+def measure(quick: bool) -> dict:
+    sizes = [1_000, 10_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
+    time_cap = 60.0 if quick else 600.0
     # Part 1. Speed: pages per second, skipping sizes projected past the time cap.
     speed = {m: {} for m in METHODS}
     for method in METHODS:
@@ -59,7 +57,7 @@ def main() -> None:
     # Part 2. Quality on the suite: matching cost and accuracy after the same retraining.
     budget = (
         OptimizeConfig(rounds=1, iterations=100)
-        if args.quick
+        if quick
         else OptimizeConfig(rounds=4, iterations=300)
     )
     tasks = suite.load_suite(suite.FIVE_TASKS)
@@ -75,8 +73,8 @@ def main() -> None:
             "worst_delta_pp": report["worst_delta_pp"],
         }
         print(f"{method:8s} suite: {quality[method]}")
-    write_json(args.json, {"speed": speed, "suite": quality, "optimize": vars(budget)}, started)
+    return {"speed": speed, "suite": quality, "optimize": vars(budget)}
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, measure)

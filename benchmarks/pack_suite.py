@@ -3,23 +3,16 @@ it; compare pool initialisations. Accuracy in percent on each task's test split.
 
 from __future__ import annotations
 
-import time
-
-from benchmarks._common import parse_args, write_json
+from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig, format_report
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.frontend.packing import pack
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    started = time.time()
-    budget = (
-        OptimizeConfig(rounds=2, iterations=100)
-        if args.quick
-        else OptimizeConfig(rounds=4, iterations=300)
-    )
+def measure(quick: bool) -> dict:
+    rounds, iterations = (2, 100) if quick else (4, 300)
+    budget = OptimizeConfig(rounds=rounds, iterations=iterations)
     tasks = suite.load_suite(suite.FIVE_TASKS)
     largest = max(-(-t.n_params // 100) for t in tasks)
     runs = {}
@@ -72,8 +65,8 @@ def main() -> None:
     if real is not None:
         numbers["mnist_real_test"] = real
         print(f"\nreal MNIST test set: {real}")
-    write_json(args.json, numbers, started)
+    return numbers
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, measure)

@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 
-from benchmarks._common import parse_args, write_json
+from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig, format_report
 from tvm_weightvirt.algorithms.separation import SeparationConfig, parse_bytes
@@ -67,14 +67,9 @@ def _switch_latency(tasks, plan, report, requests: int, seed: int = 0) -> dict:
     return {f"{k}_us": 1e6 * float(np.median(v)) for k, v in times.items()}
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    started = time.time()
-    budget = (
-        OptimizeConfig(rounds=1, iterations=100)
-        if args.quick
-        else OptimizeConfig(rounds=3, iterations=300)
-    )
+def measure(quick: bool) -> dict:
+    rounds, iterations = (1, 100) if quick else (3, 300)
+    budget = OptimizeConfig(rounds=rounds, iterations=iterations)
     tasks = suite.load_suite(suite.TEN_TASKS)
     l1_bytes = parse_bytes(L1_BUDGET)
     separated = pack(
@@ -125,11 +120,11 @@ def main() -> None:
             for n, r in rep["tasks"].items()
         },
         "optimize": vars(budget),
-        "switch": _switch_latency(tasks, separated.plan, rep, 20 if args.quick else 60),
+        "switch": _switch_latency(tasks, separated.plan, rep, 20 if quick else 60),
     }
     print(f"\nswitch with exclusive pages: {numbers['switch']}")
-    write_json(args.json, numbers, started)
+    return numbers
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, measure)

@@ -6,11 +6,10 @@ for 1/16 of (a)'s bytes, trained jointly with straight-through projection."""
 from __future__ import annotations
 
 import copy
-import time
 
 import numpy as np
 
-from benchmarks._common import parse_args, write_json
+from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.smartdeal import train_then_project
@@ -31,13 +30,11 @@ def _summary(bytes_total: float, separate_bytes: int, deltas: list[float]) -> di
     }
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    started = time.time()
+def measure(quick: bool) -> dict:
     tasks = suite.load_suite(suite.FIVE_TASKS)
     separate_bytes = sum(4 * sum(p.numel() for p in t.model.state_dict().values()) for t in tasks)
     # (b) SmartDeal alone: every covered weight projected to C @ B, then recovery rounds.
-    rounds = 1 if args.quick else 4
+    rounds = 1 if quick else 4
     formula, stored, deltas, per_task = 0.0, 0, [], {}
     for t in tasks:
         model, report, history = train_then_project(
@@ -65,7 +62,7 @@ def main() -> None:
     # (c) paging alone at NWV's pool size.
     budget = (
         OptimizeConfig(rounds=1, iterations=100)
-        if args.quick
+        if quick
         else OptimizeConfig(rounds=4, iterations=300)
     )
     paged = pack(*suite.packable(tasks), PackConfig(optimize=budget)).report
@@ -122,8 +119,8 @@ def main() -> None:
             f"{key:10s} {r['bytes']:10.0f} B  {r['ratio']:5.2f}x  mean {r['mean_delta_pp']:+.2f} pp  "
             f"worst {r['worst_delta_pp']:+.2f} pp"
         )
-    write_json(args.json, numbers, started)
+    return numbers
 
 
 if __name__ == "__main__":
-    main()
+    run(__doc__, measure)

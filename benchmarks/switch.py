@@ -2,19 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
-from benchmarks._common import parse_args, write_json
+from benchmarks._common import run
 from tvm_weightvirt.apps.bench import format_switch_table, switch_benchmark
 
-
-def main() -> None:
-    args = parse_args(__doc__)
-    started = time.time()
-    numbers = switch_benchmark(quick=args.quick)
-    print(format_switch_table(numbers))
-    write_json(args.json, numbers, started)
-
-
 if __name__ == "__main__":
-    main()
+    run(__doc__, switch_benchmark, format_switch_table)

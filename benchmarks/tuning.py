@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from benchmarks._common import parse_args, write_json
+from benchmarks._common import run
 from tvm_weightvirt.abi import task_function
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.compile.compiler import build, lower
@@ -144,13 +144,5 @@ def format_tuning_table(numbers: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    args = parse_args(__doc__)
-    started = time.time()
-    numbers = tuning_benchmark(quick=args.quick)
-    print(format_tuning_table(numbers))
-    write_json(args.json, numbers, started)
-
-
 if __name__ == "__main__":
-    main()
+    run(__doc__, tuning_benchmark, format_tuning_table)

@@ -160,31 +160,29 @@ def test_wrong_format_version(pack):
         wv.load_wvpack(path)
 
 
-def test_layout_shape_mismatch_with_page_table(pack):
+def _grow_fc1(entry):
+    entry["layout"][0]["shape"] = [64, 300]  # fc1.weight 64x30 -> 64x300: 2114 + 17280 weights
+    for e in entry["layout"][1:]:
+        e["offset"] += 64 * 270
+
+
+def _transpose_fc1(entry):
+    entry["layout"][0]["shape"] = [30, 64]  # same size, other shape than the graph's
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (_grow_fc1, "task 'mlp': layout needs 194 pages, the manifest says 22"),
+        (_transpose_fc1, "task 'mlp': graph does not match its layout"),
+    ],
+    ids=["page table", "graph"],
+)
+def test_layout_that_does_not_match(pack, edit, message):
+    """A layout is checked against the page table's length and against the task's graph."""
     path, _ = pack
-
-    def grow(m):
-        entry = next(t for t in m["tasks"] if t["name"] == "mlp")
-        entry["layout"][0]["shape"] = [64, 300]  # fc1.weight 64x30 -> 64x300: 2114 + 17280 weights
-        for e in entry["layout"][1:]:
-            e["offset"] += 64 * 270
-
-    _rewrite(path, edit_manifest=grow)
-    with pytest.raises(
-        wv.ArtifactError, match="task 'mlp': layout needs 194 pages, the manifest says 22"
-    ):
-        wv.load_wvpack(path)
-
-
-def test_layout_shape_mismatch_with_graph(pack):
-    path, _ = pack
-
-    def transpose(m):
-        entry = next(t for t in m["tasks"] if t["name"] == "mlp")
-        entry["layout"][0]["shape"] = [30, 64]  # same size, other shape than the graph's
-
-    _rewrite(path, edit_manifest=transpose)
-    with pytest.raises(wv.ArtifactError, match="task 'mlp': graph does not match its layout"):
+    _rewrite(path, edit_manifest=lambda m: edit(next(t for t in m["tasks"] if t["name"] == "mlp")))
+    with pytest.raises(wv.ArtifactError, match=message):
         wv.load_wvpack(path)
 
 

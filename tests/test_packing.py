@@ -218,14 +218,14 @@ def test_bad_names_models_and_manifests_are_refused(small, tmp_path, capsys):
         ["pack", str(manifest)],
         out,
         capsys,
-        "tasks.m has unknown keys ['labels'] (valid: model, data, objective)",
+        "tasks.m: unknown keys ['labels'] (valid: model, data, objective)",
     )
     manifest.write_text(f'[tasks.m]\nmodel = "{model}"\n[pack]\npool = 3\n')
     _refused(
         ["pack", str(manifest)],
         out,
         capsys,
-        "[pack] has unknown keys ['pool'] (valid: page_size, pool_pages",
+        "[pack]: unknown keys ['pool'] (valid: page_size, pool_pages",
     )
     manifest.write_text(
         f'[tasks.m]\nmodel = "{model}"\ndata = "{good}"\n[pack]\npool_pages = "many"\n'

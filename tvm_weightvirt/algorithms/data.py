@@ -57,11 +57,7 @@ class TaskData:
                 arrays = {key: npz[key] for key in npz.files}
         except Exception as err:
             raise ValueError(f"data file '{path}' is not a readable .npz: {err}") from err
-        unknown = sorted(set(arrays) - set(NPZ_KEYS))
-        if unknown:
-            raise ValueError(
-                f"data file '{path}': unknown keys {unknown} (valid: {', '.join(NPZ_KEYS)})"
-            )
+        check_known(f"data file '{path}'", arrays, NPZ_KEYS)
         if "x_train" not in arrays:
             raise ValueError(f"data file '{path}': no 'x_train' (has {sorted(arrays)})")
         splits = {}
@@ -168,3 +164,10 @@ def _carve(train: Split, fraction: float, seed: int) -> tuple[Split, Split, bool
         return Split(train.x[ids], None if train.y is None else train.y[ids])
 
     return take(keep), take(out), stratify is not None
+
+
+def check_known(where: str, found, valid, what: str = "keys") -> None:
+    """Refuse names in `found` that are not in `valid`, naming them all and the valid ones."""
+    unknown = sorted(set(found) - set(valid))
+    if unknown:
+        raise ValueError(f"{where}: unknown {what} {unknown} (valid: {', '.join(valid)})")

@@ -43,16 +43,10 @@ def fisher_nwv(
     return {name: (f / len(picks)).numpy().astype(np.float32) for name, f in fisher.items()}
 
 
-def fisher_ws(
-    model: torch.nn.Module,
-    x: np.ndarray,
-    n_samples: int = 50,
-    seed: int = 0,
-    likelihood: str = "predicted_class",
-) -> dict[str, np.ndarray]:
-    """WS's variant (seeds B.2): NWV's formula over 50 samples, min-max normalised to [0, 1]
-    over the whole network."""
-    return _min_max(fisher_nwv(model, x, n_samples, seed, likelihood))
+def fisher_ws(model: torch.nn.Module, x: np.ndarray, n_samples: int = 50, **options) -> dict:
+    """WS's variant (seeds B.2): NWV's formula (`fisher_nwv`, same options) over 50 samples,
+    min-max normalised to [0, 1] over the whole network."""
+    return _min_max(fisher_nwv(model, x, n_samples, **options))
 
 
 def fill_missing(

@@ -128,7 +128,8 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
     samples = config.fisher_samples or (50 if config.separation else 100)
     fishers = []
     for t, layout, weights in steps(zip(tasks, layouts, weights_of), "fisher tasks"):
-        fisher = fisher_of(t.model, t.splits["train"].x, samples, config.seed, t.objective.fisher)
+        x = t.splits["train"].x
+        fisher = fisher_of(t.model, x, samples, seed=config.seed, likelihood=t.objective.fisher)
         fishers.append(layout.to_pages(fill_missing(fisher, weights)))
     # Step 3. Separation and matching (or the resumed plan).
     if resume is not None:

@@ -17,47 +17,17 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     "init": (str, "fisher_mean", ("random", "weights", "fisher_mean"), "pool initialisation"),
     "rounds": (int, 4, None, "retraining rounds (0: none)"),
     "iterations": (int, 300, None, "retraining iterations per task per round"),
-    "lam": (
-        float,
-        None,
-        None,
-        "weight of the sharing loss (default 10 as NWV, 0.1 with separation as WS)",
-    ),
-    "fisher_samples": (
-        int,
-        None,
-        None,
-        "training samples for the Fisher (default 100; 50 with separation)",
-    ),
+    "lam": (float, None, None, "sharing-loss weight (default 10 as NWV; 0.1 with separation)"),
+    "fisher_samples": (int, None, None, "samples for the Fisher (default 100; 50 with separation)"),
     "seed": (int, 0, None, "seed of splits, matching and retraining"),
     "resume": (str, None, None, "continue retraining from this .wvpack's plan"),
-    "separate": (
-        bool,
-        False,
-        None,
-        "weight separation: critical pages exclusive in level-2 storage (WS)",
-    ),
-    "l1_budget": (
-        str,
-        None,
-        None,
-        "shared pool + page tables in RAM, e.g. 256KiB (sets the pool size)",
-    ),
+    "separate": (bool, False, None, "weight separation: critical pages exclusive in level 2 (WS)"),
+    "l1_budget": (str, None, None, "pool + page tables in RAM, e.g. 256KiB (sets the pool size)"),
     "l2_budget": (str, None, None, "all exclusive pages, e.g. 4MiB"),
     "tpr": (float, 1.0, None, "separation: target protection ratio"),
     "margin": (float, 0.1, None, "separation: margin"),
-    "target_accuracy": (
-        float,
-        None,
-        None,
-        "separation: per-task tpr from WS's target-accuracy rule (e.g. 0.95)",
-    ),
-    "smartdeal": (
-        bool,
-        False,
-        None,
-        "store pool pages as power-of-two codes x a 3x3 basis per page (page size: a multiple of 3)",
-    ),
+    "target_accuracy": (float, None, None, "separation: per-task tpr by WS's rule (e.g. 0.95)"),
+    "smartdeal": (bool, False, None, "pool pages as power-of-two codes x a 3x3 basis (P: 3k)"),
     "lossless": (bool, False, None, "no sharing, no data: every task on pages of its own"),
 }
 TASK_KEYS = ("model", "data", "objective")
@@ -89,6 +59,8 @@ class PackSpec:
 def read_manifest(path: str) -> PackSpec:
     """A manifest: `[tasks.NAME]` tables with `model`, `data` (optional) and `objective`
     (optional), and a `[pack]` table of options; paths are relative to the manifest."""
+    from ..algorithms.data import check_known
+
     try:
         with open(path, "rb") as f:
             manifest = tomllib.load(f)
@@ -97,9 +69,7 @@ def read_manifest(path: str) -> PackSpec:
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"manifest '{path}' is not valid TOML: {err}") from err
     where = f"manifest '{path}'"
-    unknown = sorted(set(manifest) - {"tasks", "pack"})
-    if unknown:
-        raise ValueError(f"{where}: unknown tables {unknown} (valid: tasks, pack)")
+    check_known(where, manifest, ("tasks", "pack"), "tables")
     tasks = manifest.get("tasks")
     if not isinstance(tasks, dict) or not tasks:
         raise ValueError(f"{where}: no [tasks.NAME] tables")
@@ -108,11 +78,7 @@ def read_manifest(path: str) -> PackSpec:
     for name, entry in tasks.items():
         if not isinstance(entry, dict):
             raise ValueError(f"{where}: tasks.{name} must be a table with {', '.join(TASK_KEYS)}")
-        bad = sorted(set(entry) - set(TASK_KEYS))
-        if bad:
-            raise ValueError(
-                f"{where}: tasks.{name} has unknown keys {bad} (valid: {', '.join(TASK_KEYS)})"
-            )
+        check_known(f"{where}: tasks.{name}", entry, TASK_KEYS)
         if "model" not in entry:
             raise ValueError(f"{where}: tasks.{name} has no 'model'")
         spec.models[name] = os.path.join(folder, str(entry["model"]))
@@ -125,11 +91,7 @@ def read_manifest(path: str) -> PackSpec:
     options = manifest.get("pack", {})
     if not isinstance(options, dict):
         raise ValueError(f"{where}: 'pack' must be a table ([pack]) of options")
-    bad = sorted(set(options) - set(PACK_OPTIONS))
-    if bad:
-        raise ValueError(
-            f"{where}: [pack] has unknown keys {bad} (valid: {', '.join(PACK_OPTIONS)})"
-        )
+    check_known(f"{where}: [pack]", options, PACK_OPTIONS)
     for key, value in options.items():
         kind, _, choices, _ = PACK_OPTIONS[key]
         ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))

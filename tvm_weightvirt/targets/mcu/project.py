@@ -226,14 +226,8 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
         lines.append(render("weight_buffer", n=ram["weight_buffer"] // 4))
         for n in names:
             t = plan.task(n)
-            lines.append(
-                render(
-                    "page_table",
-                    task=n,
-                    n=len(t.page_table),
-                    ids=", ".join(map(str, t.page_table.tolist())),
-                )
-            )
+            ids = ", ".join(map(str, t.page_table.tolist()))
+            lines.append(render("page_table", task=n, n=len(t.page_table), ids=ids))
             if t.n_exclusive_pages:
                 lines.append(
                     render(
