@@ -1,13 +1,14 @@
 """`PagePlan.pages` / `PagePlan.read` are the one reference of what a task's weights are: every
 backend that gathers pages (the Relax gather of fused mode, the TIR gathers of materialize
-mode for float, exclusive and SmartDeal pages, the runtime's weight views) gives those exact
-bits. The tasks here return their weights (each times an input of ones, which is exact), so a
+mode for float, exclusive and SmartDeal pages, the runtime's weight views, the generated C of a
+Cortex-M project built for the host) gives those exact bits. The tasks here return their weights (each times an input of ones, which is exact), so a
 backend's output is what it gathered."""
 
 import numpy as np
 import pytest
 from tvm import relax
 from tvm_weightvirt.runtime import MultitaskRuntime
+from tvm_weightvirt.targets import mcu
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.coded_pages import CodedPages
@@ -91,3 +92,22 @@ def test_every_backend_gathers_the_plans_pages_bit_for_bit(backend):
         if mode == "materialize":  # the runtime's views are the plan's pages, in order
             n = plan.task(name).layout.n_pages * page_size
             np.testing.assert_array_equal(runtime.weight_buffer[:n], plan.pages(name).reshape(-1))
+
+
+@pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
+@pytest.mark.parametrize("make_plan", [_with_exclusive, _coded], ids=["exclusive", "smartdeal"])
+def test_the_generated_c_gathers_the_plans_pages_bit_for_bit(make_plan, tmp_path):
+    """The C runtime's switch (pool in RAM, exclusive pages in flash, or a coded pool decoded)
+    built by the host's gcc: the tasks return the plan's weights exactly."""
+    page_size = 96 if make_plan is _coded else 100
+    tasks = [_echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = make_plan(tasks, page_size)
+    mcu.generate_project(tasks, plan, str(tmp_path), check_fit=False)
+    sequence = ["a", "b", "a"]
+    mcu.write_requests(
+        str(tmp_path), [(n, [np.ones(s, np.float32) for s in SHAPES[n]]) for n in sequence]
+    )
+    run = mcu.run_project(str(tmp_path), host=True)
+    for name, outputs in zip(sequence, run.outputs):
+        for out, (weight, value) in zip(outputs, plan.read(name).items()):
+            np.testing.assert_array_equal(out, value, err_msg=f"task {name}, {weight}")
