@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from tvm import relax
 from tvm_weightvirt.runtime import MultitaskRuntime
-from tvm_weightvirt.targets import mcu
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.coded_pages import CodedPages
+from tvm_weightvirt.targets import mcu
 
 # Spans that start mid-page, cross pages and end mid-page, at page sizes 100 and 96.
 SHAPES = {"a": [(3, 70), (130,), (5,)], "b": [(2, 2, 40), (77,)]}
