@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import time
@@ -32,6 +33,9 @@ def run(description: str, measure: Callable[[bool], dict], table=None) -> None:
     gives the numbers (printed by `table` when given), written as JSON with the machine and the
     wall time."""
     args = parse_args(description)
+    logger = logging.getLogger("tvm_weightvirt")  # progress lines of packing and tuning
+    logger.addHandler(logging.StreamHandler())
+    logger.setLevel(logging.INFO)
     started = time.time()
     numbers = measure(args.quick)
     if table is not None:

@@ -115,6 +115,8 @@ REFUSED = [
     ),
     (["run", "{pack}", "--tasks", "res", "--inputs", "res={dir}/x.npy"], ["cannot read"]),
     (["inspect", "{pack}", "--png", "{pack}"], ["is one of the inputs"]),
+    (["examples", "{dir}"], ["'{dir}' exists and is not an empty folder"]),
+    (["examples", "{res}"], ["exists and is not an empty folder"]),
 ]
 
 

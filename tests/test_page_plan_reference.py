@@ -6,10 +6,12 @@ backend's output is what it gathered."""
 
 import numpy as np
 import pytest
+import torch
 from tvm import relax
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
+from tvm_weightvirt.algorithms.optimize import task_weights
 from tvm_weightvirt.coded_pages import CodedPages
 from tvm_weightvirt.targets import mcu
 
@@ -92,6 +94,21 @@ def test_every_backend_gathers_the_plans_pages_bit_for_bit(backend):
         if mode == "materialize":  # the runtime's views are the plan's pages, in order
             n = plan.task(name).layout.n_pages * page_size
             np.testing.assert_array_equal(runtime.weight_buffer[:n], plan.pages(name).reshape(-1))
+
+
+@pytest.mark.parametrize("make_plan", [_shared, _coded], ids=["float pages", "smartdeal"])
+def test_retraining_reads_the_plans_weights_bit_for_bit(make_plan):
+    """The torch gather that joint retraining trains through (`optimize.task_weights`), on the
+    pool as the plan stores it."""
+    page_size = 96 if make_plan is _coded else 100
+    tasks = [_echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = make_plan(tasks, page_size)
+    pool = torch.from_numpy(plan.pool)
+    for name in SHAPES:
+        table = torch.from_numpy(plan.task(name).page_table.astype(np.int64))
+        read = task_weights(pool, plan.task(name).layout, table)
+        for weight, value in plan.read(name).items():
+            np.testing.assert_array_equal(read[weight].numpy(), value, err_msg=f"{name}, {weight}")
 
 
 @pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")

@@ -2,6 +2,8 @@
 compiled accuracy equals torch accuracy of the same weights; bad input."""
 
 import hashlib
+import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,6 +31,12 @@ def test_splits_are_disjoint_and_deterministic(name):
         assert len(first[split].y) > 0
     assert not rows["train"] & rows["val"] and not rows["train"] & rows["test"]
     assert not rows["val"] & rows["test"]
+
+
+@pytest.mark.skipif("WVIRT_MNIST_TEST" in os.environ, reason="the path is set by the environment")
+def test_the_real_mnist_test_set_is_looked_for_beside_the_checkout():
+    expected = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist-test"
+    assert Path(suite.MNIST_TEST).resolve() == expected
 
 
 def test_suite_models_have_the_intended_sizes():

@@ -78,16 +78,22 @@ def test_bad_tuning_options_are_clear_errors(tuned, tmp_path):
     task, x, plan, mod, database, untuned, library = tuned
     with pytest.raises(ValueError, match="--tune needs --tuning-db"):
         TuningOptions.from_flags(4, None, None, None)
-    with pytest.raises(ValueError, match="no tuning database at"):
+    with pytest.raises(ValueError, match=r"no tuning database at .*missing.*\(trials > 0\)"):
         wv.TuningOptions(str(tmp_path / "missing"))
+    with pytest.raises(ValueError, match=r"no tuning database at .*missing.*\(--tune\)"):
+        TuningOptions.from_flags(0, str(tmp_path / "missing"), None, None)
     with pytest.raises(ValueError, match="give --tune TRIALS too"):
         TuningOptions.from_flags(0, database, "127.0.0.1:9190", "k")
     with pytest.raises(ValueError, match="needs --rpc-key"):
         TuningOptions.from_flags(4, database, "127.0.0.1:9190", None)
     with pytest.raises(ValueError, match="give --rpc-tracker too"):
         TuningOptions.from_flags(4, database, None, "k")
-    with pytest.raises(ValueError, match="trials must be at least 0"):
+    with pytest.raises(ValueError, match="--tune -1: trials must be at least 0"):
+        TuningOptions.from_flags(-1, database, None, None)
+    with pytest.raises(ValueError, match="tuning trials must be at least 0, got -1"):
         wv.TuningOptions(database, -1)
+    with pytest.raises(ValueError, match="an RPC device measures tuning trials"):
+        wv.TuningOptions(database, 0, RPCTracker("127.0.0.1", 9190, "k"))
     assert TuningOptions.from_flags(0, None, None, None) is None
     with pytest.raises(ValueError, match="schedules for \\['llvm'\\], not cuda"):
         wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, tuning=wv.TuningOptions(database))

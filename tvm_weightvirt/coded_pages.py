@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-BASIS = (3, 3)
-
 
 def check_coded_page_size(page_size: int) -> None:
     if page_size % 3:

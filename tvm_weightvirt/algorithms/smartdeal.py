@@ -1,7 +1,7 @@
 """SmartDeal (seeds C): each weight block A ~ C @ B, C sparse with power-of-two entries, B a
 small dense 3x3 basis; and SmartDeal's storage accounting.
 
-Pure numpy (no TVM). Covered (seeds C.1): 3x3 conv filters as (3 cin) x 3 matrices in blocks of
+numpy and torch, no TVM. Covered (seeds C.1): 3x3 conv filters as (3 cin) x 3 matrices in blocks of
 at most 64 input channels (192 rows); 1-D convs with kernel 3 as cin x 3 matrices, same blocking;
 FC and 1x1 conv rows zero-padded to a multiple of 3, in blocks of at most 171 rows. Anything else
 (other kernel sizes, biases, norms) stays dense and is reported as such.
@@ -247,7 +247,7 @@ def train_then_project(
         return report
 
     def val_accuracy() -> float:
-        return accuracy(model_outputs(model, val[0]), val[1])
+        return accuracy(model_outputs(model, val[0], batch_size=len(val[0])), val[1])
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

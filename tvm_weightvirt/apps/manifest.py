@@ -27,7 +27,12 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     "tpr": (float, 1.0, None, "separation: target protection ratio"),
     "margin": (float, 0.1, None, "separation: margin"),
     "target_accuracy": (float, None, None, "separation: per-task tpr by WS's rule (e.g. 0.95)"),
-    "smartdeal": (bool, False, None, "pool pages as power-of-two codes x a 3x3 basis (P: 3k)"),
+    "smartdeal": (
+        bool,
+        False,
+        None,
+        "pool pages as power-of-two codes x a 3x3 basis per page (page size: a multiple of 3)",
+    ),
     "lossless": (bool, False, None, "no sharing, no data: every task on pages of its own"),
 }
 TASK_KEYS = ("model", "data", "objective")

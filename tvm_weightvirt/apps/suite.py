@@ -20,11 +20,12 @@ from ..algorithms.determinism import TRAIN_THREADS, deterministic
 from ..algorithms.training import minibatch_steps, model_outputs
 
 SPLIT_SEED = 0
-# The real MNIST test set, for final evaluation only: beside the project's checkout, or where
-# WVIRT_MNIST_TEST says.
+# The real MNIST test set, for final evaluation only: `../shared/data/mnist-test` beside the
+# project's checkout, or where WVIRT_MNIST_TEST says.
+REPOSITORY = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MNIST_TEST = os.environ.get(
     "WVIRT_MNIST_TEST",
-    os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "mnist-test"),
+    os.path.join(os.path.dirname(REPOSITORY), "shared", "data", "mnist-test"),
 )
 FIVE_TASKS = ["mnist", "digits", "basicmotions", "gunpoint", "breast_cancer"]
 TEN_TASKS = FIVE_TASKS + ["trace", "coffee", "pigcvp", "wine", "iris"]

@@ -13,7 +13,15 @@ from typing import TYPE_CHECKING
 import tvm
 from tvm import relax
 
-from ..abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT, MODE_ATTR, MODES, task_of
+from ..abi import (
+    EXCLUSIVE_GATHER_FUNC,
+    GATHER_FUNC,
+    GATHER_OUTPUT,
+    MODE_ATTR,
+    MODES,
+    TASK_PREFIX,
+    task_of,
+)
 from ..frontend.task import Task
 
 if TYPE_CHECKING:
@@ -89,7 +97,7 @@ class Library:
         """The compiled kernels each `task_<name>` function calls, in call order."""
         calls, task = {}, None
         for line in self.executable.as_text().splitlines():
-            header = re.match(r"@task_(\w+):", line)
+            header = re.match(rf"@{TASK_PREFIX}(\w+):", line)
             if header:
                 task = header.group(1) if header.group(1) in self.tasks else None
                 continue

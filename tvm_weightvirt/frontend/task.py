@@ -217,7 +217,7 @@ def _tensor_type(var: relax.Var) -> tuple[tuple[int, ...], str]:
     if not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
         raise IntakeError(
             f"'{var.name}' has a symbolic shape {list(dims)}: give static input shapes "
-            "(e.g. shape_dict for ONNX)"
+            "(`wvirt pack --input-shape NAME=1x3x32x32`; in Python, `shape_dict` of from_onnx)"
         )
     return tuple(int(d) for d in dims), str(ty.dtype)
 

@@ -50,12 +50,12 @@ class TuningOptions:
 
     def __post_init__(self) -> None:
         if self.trials < 0:
-            raise ValueError(f"--tune {self.trials}: trials must be at least 0")
+            raise ValueError(f"tuning trials must be at least 0, got {self.trials}")
         if self.rpc is not None and not self.trials:
-            raise ValueError("--rpc-tracker measures tuning trials: give --tune TRIALS too")
+            raise ValueError("an RPC device measures tuning trials: give trials > 0")
         if not self.trials and not os.path.isdir(self.database):
             raise ValueError(
-                f"no tuning database at '{self.database}': tune into it first (--tune)"
+                f"no tuning database at '{self.database}': tune into it first (trials > 0)"
             )
 
     @staticmethod
@@ -63,12 +63,18 @@ class TuningOptions:
         trials: int, database: str | None, rpc_tracker: str | None, rpc_key: str | None
     ) -> TuningOptions | None:
         """From `wvirt build`'s --tune, --tuning-db, --rpc-tracker and --rpc-key (None: no
-        tuning)."""
+        tuning); a problem is named by the flags given."""
         if not (trials or database or rpc_tracker or rpc_key):
             return None
-        if database is None:
-            raise ValueError("--tune needs --tuning-db: the folder records go to")
+        if trials < 0:
+            raise ValueError(f"--tune {trials}: trials must be at least 0")
         if rpc_key and not rpc_tracker:
             raise ValueError("--rpc-key names a device of an RPC tracker: give --rpc-tracker too")
+        if rpc_tracker and not trials:
+            raise ValueError("--rpc-tracker measures tuning trials: give --tune TRIALS too")
+        if database is None:
+            raise ValueError("--tune needs --tuning-db: the folder tuning records go to")
+        if not trials and not os.path.isdir(database):
+            raise ValueError(f"no tuning database at '{database}': tune into it first (--tune)")
         rpc = RPCTracker.parse(rpc_tracker, rpc_key or "") if rpc_tracker else None
         return TuningOptions(database, trials, rpc)
