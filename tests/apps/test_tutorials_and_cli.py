@@ -11,7 +11,7 @@ import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.apps.cli import main
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_tutorial_01_runs(tmp_path, monkeypatch, capsys):
