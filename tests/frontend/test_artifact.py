@@ -11,7 +11,7 @@ from safetensors import safe_open
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
-from tvm_weightvirt.frontend.artifact import _sha256, _sha256_text
+from tvm_weightvirt.frontend.artifact import _manifest_and_digest, _sha256, _sha256_text
 
 
 @pytest.fixture(scope="module")
@@ -46,6 +46,28 @@ def test_round_trip_is_bit_exact(pack, tasks):
         tvm.ir.assert_structural_equal(task.mod, original.mod)
         for key, w in original.weights.items():
             assert task.weights[key].tobytes() == w.tobytes()
+
+
+def test_the_same_pack_is_the_same_bytes(pack, tasks, tmp_path):
+    path, plan = pack
+    again = tmp_path / "again.wvpack"
+    for _ in range(3):  # safetensors would order several metadata entries differently
+        wv.save_wvpack(again, plan, tasks)
+        assert again.read_bytes() == path.read_bytes()
+
+
+def test_a_format_1_pack_still_loads(pack, tasks):
+    """Format 1 kept the manifest's digest in a second metadata entry."""
+    path, plan = pack
+    with safe_open(str(path), framework="np") as f:
+        text = _manifest_and_digest(f.metadata())[0]
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    text = json.dumps({**json.loads(text), "version": 1})
+    path.write_bytes(
+        safetensors.numpy.save(tensors, {"wvpack": text, "wvpack_sha256": _sha256_text(text)})
+    )
+    loaded = wv.load_wvpack(path)
+    assert loaded.plan.pool.tobytes() == plan.pool.tobytes() and len(loaded.tasks) == len(tasks)
 
 
 def test_plan_only_pack_has_no_graphs(tmp_path, tasks):
@@ -94,8 +116,8 @@ def test_flipped_byte_in_pool_data(pack):
 def test_flipped_byte_in_manifest(pack):
     path, _ = pack
     blob = bytearray(path.read_bytes())
-    at = blob.index(b'\\"page_size\\": 100')  # JSON inside the JSON header
-    blob[at + len(b'\\"page_size\\": 1')] = ord("2")  # 100 -> 120
+    at = blob.index(b"100", blob.index(b"page_size"))  # JSON inside the JSON header
+    blob[at + 1] = ord("2")  # page size 100 -> 120
     path.write_bytes(bytes(blob))
     with pytest.raises(wv.ArtifactError, match="manifest checksum mismatch"):
         wv.load_wvpack(path)
@@ -105,7 +127,7 @@ def _rewrite(path, edit_manifest=None, edit_tensors=None):
     """Re-save the pack after an edit, with checksums recomputed: damage that checksums cannot
     see, which only the structural checks can catch."""
     with safe_open(str(path), framework="np") as f:
-        manifest = json.loads(f.metadata()["wvpack"])
+        manifest = json.loads(_manifest_and_digest(f.metadata())[0])
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     if edit_tensors:
         edit_tensors(tensors)
@@ -118,9 +140,8 @@ def _rewrite(path, edit_manifest=None, edit_tensors=None):
     if edit_manifest:
         edit_manifest(manifest)
     text = json.dumps(manifest)
-    path.write_bytes(
-        safetensors.numpy.save(tensors, {"wvpack": text, "wvpack_sha256": _sha256_text(text)})
-    )
+    envelope = json.dumps({"sha256": _sha256_text(text), "manifest": text})
+    path.write_bytes(safetensors.numpy.save(tensors, {"wvpack": envelope}))
 
 
 def test_page_id_out_of_range(pack):
@@ -155,7 +176,7 @@ def test_wrong_format_version(pack):
     path, _ = pack
     _rewrite(path, edit_manifest=lambda m: m.update(version=99))
     with pytest.raises(
-        wv.ArtifactError, match="format version 99 is not supported .*reads version 1"
+        wv.ArtifactError, match="format version 99 is not supported .*reads versions 1, 2"
     ):
         wv.load_wvpack(path)
 
@@ -265,8 +286,7 @@ def test_save_killed_at_a_random_point_leaves_the_old_file_or_the_new_one(tmp_pa
         proc.wait()
         if path.read_bytes() == old_bytes:
             outcomes.add("old")
-        else:  # complete: it loads, checksums and all, with the new pool (safetensors orders
-            # the header's metadata differently from one write to the next, so not by bytes)
+        else:  # complete: it loads, checksums and all, with the new pool
             np.testing.assert_array_equal(wv.load_wvpack(path).plan.pool, new_pool)
             outcomes.add("new")
     assert "old" in outcomes  # some kills landed before the rename

@@ -19,7 +19,8 @@ from ..layout import PageLayout
 from ..plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
 
 FORMAT = "wvpack"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest and its digest in one metadata entry (byte-reproducible)
+READS_VERSIONS = (1, 2)  # 1: the digest in a second entry, whose order safetensors varies
 
 
 class ArtifactError(ValueError):
@@ -83,7 +84,10 @@ def save_wvpack(
         },
     }
     manifest_json = json.dumps(manifest)
-    metadata = {"wvpack": manifest_json, "wvpack_sha256": _sha256_text(manifest_json)}
+    # One metadata entry: safetensors writes several in a varying order, and the same pack must
+    # be the same bytes.
+    envelope = {"sha256": _sha256_text(manifest_json), "manifest": manifest_json}
+    metadata = {"wvpack": json.dumps(envelope)}
     blob = safetensors.numpy.save(
         {k: np.ascontiguousarray(t) for k, t in tensors.items()}, metadata
     )
@@ -122,16 +126,16 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
         raise ArtifactError(f"{where}: not a readable safetensors file ({err})") from err
     if "wvpack" not in metadata:
         raise ArtifactError(f"{where}: no wvpack manifest in the file's metadata")
-    manifest_json = metadata["wvpack"]
-    if _sha256_text(manifest_json) != metadata.get("wvpack_sha256"):
+    manifest_json, digest = _manifest_and_digest(metadata)
+    if manifest_json is None or _sha256_text(manifest_json) != digest:
         raise ArtifactError(f"{where}: manifest checksum mismatch (the header is corrupt)")
     manifest = json.loads(manifest_json)
     if manifest.get("format") != FORMAT:
         raise ArtifactError(f"{where}: format {manifest.get('format')!r} is not {FORMAT!r}")
-    if manifest.get("version") != FORMAT_VERSION:
+    if manifest.get("version") not in READS_VERSIONS:
         raise ArtifactError(
             f"{where}: format version {manifest.get('version')!r} is not supported "
-            f"(this tvm-weightvirt reads version {FORMAT_VERSION})"
+            f"(this tvm-weightvirt reads versions {', '.join(map(str, READS_VERSIONS))})"
         )
     # Step 2. Every tensor as the manifest declares it.
     declared = manifest["tensors"]
@@ -204,6 +208,17 @@ def _task_from_graph(where: str, name: str, graph: np.ndarray, plan: PagePlan):
         raise ArtifactError(
             f"{where}: task '{name}': graph does not match its layout ({err})"
         ) from err
+
+
+def _manifest_and_digest(metadata: dict) -> tuple[str | None, str | None]:
+    """The manifest's JSON and its recorded sha256 (format 2: one entry; 1: two entries)."""
+    if "wvpack_sha256" in metadata:
+        return metadata["wvpack"], metadata["wvpack_sha256"]
+    try:
+        envelope = json.loads(metadata["wvpack"])
+        return envelope["manifest"], envelope["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return None, None
 
 
 def _sha256(array: np.ndarray) -> str:
