@@ -1,10 +1,11 @@
 """SmartDeal (seeds C): each weight block A ~ C @ B, C sparse with power-of-two entries, B a
 small dense 3x3 basis; and SmartDeal's storage accounting.
 
-numpy and torch, no TVM. Covered (seeds C.1): 3x3 conv filters as (3 cin) x 3 matrices in blocks of
-at most 64 input channels (192 rows); 1-D convs with kernel 3 as cin x 3 matrices, same blocking;
-FC and 1x1 conv rows zero-padded to a multiple of 3, in blocks of at most 171 rows. Anything else
-(other kernel sizes, biases, norms) stays dense and is reported as such.
+numpy and torch, no TVM. Covered (seeds C.1): 3x3 conv filters as (3 cin) x 3 matrices in
+blocks of at most 64 input channels (192 rows); 1-D convs with kernel 3 as cin x 3 matrices,
+same blocking; FC and 1x1 conv rows zero-padded to a multiple of 3, in blocks of at most 171
+rows. Anything else (other kernel sizes, biases, norms) stays dense and is reported as such.
+SmartDeal pages as stored are `coded_pages`; encoding and training them is here.
 """
 
 from __future__ import annotations

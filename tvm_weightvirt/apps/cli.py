@@ -1,4 +1,5 @@
-"""`wvirt`: pack models into a .wvpack, inspect it, run tasks from it, run the demo."""
+"""`wvirt`: pack models into a .wvpack, inspect it, build and run it, write example models, run
+the demo."""
 
 from __future__ import annotations
 
