@@ -20,10 +20,9 @@ from tvm_weightvirt.abi import (
 from tvm_weightvirt.compile.compiler import Library
 from tvm_weightvirt.plan import PagePlan
 
+from .io import InputBuffers, aligned_zeros, outputs_to_numpy
 from .page_store import PageStore
 from .scheduler import schedule
-
-ALIGN_BYTES = 64  # what TVM accepts for a zero-copy tensor
 
 
 @dataclass
@@ -79,6 +78,9 @@ class MultitaskRuntime:
         self.current: str | None = None
         self._lock = threading.RLock()
         self._functions = {name: self.vm[task_function(name)] for name in plan.tasks}
+        self._inputs = {
+            name: InputBuffers(library.tasks[name].inputs, self.device) for name in plan.tasks
+        }
         if library.mode == "materialize":
             if self.device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
                 raise NotImplementedError(
@@ -204,7 +206,7 @@ class MultitaskRuntime:
         """Outputs of `task` on `inputs` (numpy arrays in the model's input order)."""
         with self._lock:
             self._check_task(task)
-            args = self._check_inputs(task, inputs)
+            args = self._inputs[task].fill(task, inputs)
             if task != self.current:
                 self.switch(task)
             start = time.perf_counter()
@@ -238,29 +240,6 @@ class MultitaskRuntime:
         if task not in self._functions:
             raise KeyError(f"no task '{task}' in this runtime (has {sorted(self._functions)})")
 
-    def _check_inputs(self, task: str, inputs: tuple) -> list:
-        expected = self.library.tasks[task].inputs
-        if len(inputs) != len(expected):
-            raise ValueError(f"task '{task}' takes {len(expected)} inputs, got {len(inputs)}")
-        args = []
-        for i, (x, (shape, dtype)) in enumerate(zip(inputs, expected)):
-            x = np.asarray(x)
-            if tuple(x.shape) != shape or str(x.dtype) != dtype:
-                raise ValueError(
-                    f"task '{task}': input {i} must be {shape} {dtype}, "
-                    f"got {tuple(x.shape)} {x.dtype}"
-                )
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(x), self.device))
-        return args
-
-
-def aligned_zeros(shape: tuple[int, ...]) -> np.ndarray:
-    """A zeroed float32 array whose data starts on a 64-byte boundary (what TVM accepts)."""
-    n = int(np.prod(shape))
-    raw = np.zeros(n + ALIGN_BYTES // 4, np.float32)
-    start = (-raw.ctypes.data % ALIGN_BYTES) // 4
-    return raw[start : start + n].reshape(shape)
-
 
 def _check_belongs(plan: PagePlan, library: Library) -> None:
     """The library was lowered from this plan's tasks and layouts, or say where they differ."""
@@ -279,13 +258,3 @@ def _check_belongs(plan: PagePlan, library: Library) -> None:
             )
     if problems:
         raise ValueError("library and page plan do not belong together: " + "; ".join(problems))
-
-
-def outputs_to_numpy(result) -> list[np.ndarray]:
-    """A VM result (a tensor or nested tuples of tensors) as a flat list of numpy arrays."""
-    if isinstance(result, tvm.runtime.Tensor):
-        return [result.numpy()]
-    out = []
-    for item in result:
-        out.extend(outputs_to_numpy(item))
-    return out

@@ -4,6 +4,7 @@ two baselines built from it: all models resident, or each reloaded from storage 
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import numpy as np
@@ -13,7 +14,8 @@ from tvm import relax
 
 from tvm_weightvirt.frontend.task import Task
 
-from .multitask_runtime import Counters, outputs_to_numpy
+from .io import InputBuffers, outputs_to_numpy
+from .multitask_runtime import Counters
 
 
 class StandaloneModel:
@@ -40,10 +42,14 @@ class StandaloneModel:
         self.vm = relax.VirtualMachine(self.executable, self.device)
         self.weights = [tvm.runtime.tensor(w, self.device) for w in task.weights.values()]
         self.weight_bytes = sum(w.nbytes for w in task.weights.values())
+        self.name = task.name
+        self._inputs = InputBuffers(task.input_types, self.device)
+        self._lock = threading.Lock()
 
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
-        return outputs_to_numpy(self.vm["main"](*args, *self.weights))
+        with self._lock:
+            args = self._inputs.fill(self.name, inputs)
+            return outputs_to_numpy(self.vm["main"](*args, *self.weights))
 
 
 class ResidentModels:
@@ -89,7 +95,7 @@ class ReloadModels:
     ) -> None:
         self.device = device or tvm.cpu()
         self.cold = cold
-        self.files = {}
+        self.files, self._inputs = {}, {}
         os.makedirs(directory, exist_ok=True)
         for t in tasks:
             model = StandaloneModel(t, target, self.device)
@@ -103,6 +109,7 @@ class ReloadModels:
                 with open(path, "rb+") as f:
                     os.fsync(f.fileno())  # clean pages, so DONTNEED can drop them
             self.files[t.name] = (library, params)
+            self._inputs[t.name] = InputBuffers(t.input_types, self.device)
         self.resident_bytes = max(sum(w.nbytes for w in t.weights.values()) for t in tasks)
         self.current: str | None = None
         self.counters = Counters()
@@ -129,7 +136,7 @@ class ReloadModels:
         if task != self.current:
             self.switch(task)
         start = time.perf_counter()
-        args = [tvm.runtime.tensor(np.ascontiguousarray(x), self.device) for x in inputs]
+        args = self._inputs[task].fill(task, inputs)
         out = outputs_to_numpy(self._vm["main"](*args, *self._weights))
         self.counters.requests += 1
         self.counters.inference_seconds += time.perf_counter() - start

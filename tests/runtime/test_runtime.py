@@ -138,6 +138,27 @@ def test_bad_calls_leave_the_runtime_usable(setup):
     np.testing.assert_array_equal(runtime.run("a", inputs["a"])[0], alone["a"])
 
 
+@pytest.mark.parametrize("mode", ["materialize", "fused"])
+def test_outputs_and_inputs_are_the_callers_own(setup, mode):
+    """Inputs are copied into buffers made once and outputs are views of the VM's per-call
+    tensors: a later request overwrites neither an earlier output nor the caller's input, and a
+    wrong input shape is refused, never broadcast."""
+    tasks, inputs, plan, alone, libraries = setup
+    runtime = MultitaskRuntime(plan, libraries[mode])
+    x = inputs["a"].copy()
+    first = runtime.run("a", x)[0]
+    x[:] = 0
+    zeros = runtime.run("a", x)[0]
+    again = runtime.run("b", inputs["b"])[0]
+    np.testing.assert_array_equal(first, alone["a"])
+    np.testing.assert_array_equal(again, alone["b"])
+    assert not np.array_equal(zeros, first) and (x == 0).all()
+    model = StandaloneModel(tasks[2])
+    np.testing.assert_array_equal(model.run(inputs["m"])[0], alone["m"])
+    with pytest.raises(ValueError, match=r"task 'm': input 0 must be \(3, 30\) float32"):
+        model.run(inputs["m"][:1])
+
+
 def test_library_and_plan_that_do_not_belong_together(setup):
     tasks, inputs, plan, alone, libraries = setup
     other = wv.PagePlan.lossless(tasks[:2], page_size=100)

@@ -25,7 +25,7 @@ class _Memcpy:
     limit of a materialize switch, timed in the same loop as the systems."""
 
     def __init__(self, max_bytes: int) -> None:
-        from tvm_weightvirt.runtime.multitask_runtime import aligned_zeros
+        from tvm_weightvirt.runtime.io import aligned_zeros
 
         self.src, self.dst = aligned_zeros((max_bytes // 4,)), aligned_zeros((max_bytes // 4,))
 
