@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import time
 from collections.abc import Callable
+
+from tvm_weightvirt.progress import log_to_stderr
 
 
 def parse_args(description: str) -> argparse.Namespace:
@@ -33,9 +34,7 @@ def run(description: str, measure: Callable[[bool], dict], table=None) -> None:
     gives the numbers (printed by `table` when given), written as JSON with the machine and the
     wall time."""
     args = parse_args(description)
-    logger = logging.getLogger("tvm_weightvirt")  # progress lines of packing and tuning
-    logger.addHandler(logging.StreamHandler())
-    logger.setLevel(logging.INFO)
+    log_to_stderr()  # progress lines of packing and tuning
     started = time.time()
     numbers = measure(args.quick)
     if table is not None:

@@ -36,7 +36,9 @@ class InputBuffers:
         self.types = [(tuple(shape), str(dtype)) for shape, dtype in types]
         self.device = device
         self.host = [aligned_zeros(s, d) for s, d in self.types] if on_cpu(device) else None
-        self.tensors = [tvm.runtime.from_dlpack(h) for h in self.host] if self.host else None
+        self.tensors = (
+            None if self.host is None else [tvm.runtime.from_dlpack(h) for h in self.host]
+        )
 
     def fill(self, name: str, inputs) -> list[tvm.runtime.Tensor]:
         if len(inputs) != len(self.types):

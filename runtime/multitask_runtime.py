@@ -20,7 +20,7 @@ from tvm_weightvirt.abi import (
 from tvm_weightvirt.compile.compiler import Library
 from tvm_weightvirt.plan import PagePlan
 
-from .io import InputBuffers, aligned_zeros, outputs_to_numpy
+from .io import InputBuffers, aligned_zeros, on_cpu, outputs_to_numpy
 from .page_store import PageStore
 from .scheduler import schedule
 
@@ -82,7 +82,7 @@ class MultitaskRuntime:
             name: InputBuffers(library.tasks[name].inputs, self.device) for name in plan.tasks
         }
         if library.mode == "materialize":
-            if self.device.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+            if not on_cpu(self.device):
                 raise NotImplementedError(
                     f"materialize mode on {self.device} needs device-side weight views, which "
                     "are not implemented yet: use fused mode there"

@@ -44,3 +44,21 @@ class LogLines:
         if self.done // self.every > before // self.every or self.done >= self.total > before:
             seconds = time.perf_counter() - self.start
             log.info("%s %d/%d (%.1f s)", self.desc, self.done, self.total, seconds)
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a line is emitted (callers may replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr  # not setStream: it flushes the old one, maybe closed
+        super().emit(record)
+
+
+def log_to_stderr(prefix: str = "") -> None:
+    """Show the library's notes and progress lines (level INFO) on stderr, once per process:
+    what the CLI and the benchmarks do; a Python user configures logging as they like."""
+    if not any(isinstance(h, _CurrentStderr) for h in log.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter(prefix + "%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

@@ -179,3 +179,13 @@ def test_library_and_plan_that_do_not_belong_together(setup):
         ValueError, match="task 'm': the library's weights are not the plan's layout"
     ):
         MultitaskRuntime(swapped, libraries["materialize"])
+
+
+def test_input_buffers_of_a_function_without_inputs():
+    """A function may take no inputs at all: nothing to fill, an empty argument list."""
+    import tvm
+    from tvm_weightvirt.runtime.io import InputBuffers
+
+    assert InputBuffers([], tvm.cpu()).fill("t", ()) == []
+    with pytest.raises(ValueError, match="task 't' takes 0 inputs, got 1"):
+        InputBuffers([], tvm.cpu()).fill("t", (np.zeros(1, np.float32),))

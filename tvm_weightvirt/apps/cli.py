@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import logging
 import os
 import shutil
 import sys
@@ -13,6 +12,7 @@ import sys
 import numpy as np
 
 from ..abi import MODES
+from ..progress import log_to_stderr
 from .manifest import PACK_OPTIONS
 
 # Defaults of flags that only some targets or inputs take: None in argparse (so a flag given
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="out/demo", help="folder for the .wvpack")
 
     args = parser.parse_args(argv)
-    _log_to_stderr()
+    log_to_stderr("wvirt: ")
     try:
         return {
             "pack": _pack,
@@ -190,24 +190,6 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as err:  # the user's input: say what is wrong, no traceback
         print(f"wvirt {args.command}: error: {err}", file=sys.stderr)
         return 2
-
-
-class _CurrentStderr(logging.StreamHandler):
-    """Writes to whatever `sys.stderr` is when a note is emitted (callers may replace it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stderr  # not setStream: it flushes the old one, maybe closed
-        super().emit(record)
-
-
-def _log_to_stderr() -> None:
-    """The library's notes (e.g. splits held out of train) on stderr, once per process."""
-    logger = logging.getLogger("tvm_weightvirt")
-    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
-        handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("wvirt: %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
 
 
 def _pack(args) -> int:
@@ -753,7 +735,8 @@ def _examples(args) -> int:
         raise ValueError(f"'{args.folder}' exists and is not an empty folder")
     with _written_whole(args.folder, folder=True) as tmp:
         write_user_models(tmp)
-        np.save(os.path.join(tmp, "sensors_input.npy"), np.load(f"{tmp}/sensors.npz")["x_test"][:1])
+        with np.load(os.path.join(tmp, "sensors.npz")) as data:
+            np.save(os.path.join(tmp, "sensors_input.npy"), data["x_test"][:1])
     print(f"wrote {', '.join(sorted(os.listdir(args.folder)))} to '{args.folder}'")
     return 0
 

@@ -23,12 +23,12 @@ from ..abi import (
     task_of,
 )
 from ..frontend.task import Task
-
-if TYPE_CHECKING:
-    from .tuning import TuningOptions
 from ..passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
 from ..plan import PagePlan
 from .native_log import TAKE_FAST_MODE, without_native_lines
+
+if TYPE_CHECKING:
+    from .tuning import TuningOptions
 
 
 def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> tvm.IRModule:
