@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm.runtime.vm import VirtualMachine
 
 from tvm_weightvirt.abi import (
     CODED_GATHER_FUNC,
@@ -17,10 +17,11 @@ from tvm_weightvirt.abi import (
     GATHER_FUNC,
     task_function,
 )
-from tvm_weightvirt.compile.compiler import Library
+from tvm_weightvirt.compile.library import Library
 from tvm_weightvirt.plan import PagePlan
 
-from .io import InputBuffers, aligned_zeros, on_cpu, outputs_to_numpy
+from .device_memory import as_numpy, check_device, host_staging, offset_view
+from .io import InputBuffers, on_cpu, outputs_to_numpy
 from .page_store import PageStore
 from .scheduler import schedule
 
@@ -44,7 +45,11 @@ class MultitaskRuntime:
 
     Exclusive pages (weight separation) stay in level-2 storage (`level2`: the .wvpack file, or
     the plan's arrays) until a switch loads them into a level-1 scratch; `run_many` prefetches
-    the next task's exclusive pages on a background thread while the current task runs.
+    the next task's exclusive pages on a background thread while the current task runs. On a
+    GPU the pages are read into page-locked host memory and copied to a device scratch.
+
+    The same holds on the CPU and on a GPU (`device=tvm.cuda()`): pool, page tables, weight
+    buffer and scratches live on the device, and the weights are views of the weight buffer.
 
     Thread safety: one lock. Concurrent `run` calls are served one at a time, each with the
     weights of its own task (a switch and the run that needs it never interleave with another
@@ -62,7 +67,8 @@ class MultitaskRuntime:
         self.device = device or tvm.cpu()
         self.library = library
         _check_belongs(plan, library)
-        self.vm = relax.VirtualMachine(library.executable, self.device)
+        check_device(library, self.device)
+        self.vm = VirtualMachine(library.executable, self.device)
         if plan.coded is None:
             self.pool = tvm.runtime.tensor(plan.pool, self.device)
             self._pool_inputs = (self.pool,)
@@ -82,11 +88,6 @@ class MultitaskRuntime:
             name: InputBuffers(library.tasks[name].inputs, self.device) for name in plan.tasks
         }
         if library.mode == "materialize":
-            if not on_cpu(self.device):
-                raise NotImplementedError(
-                    f"materialize mode on {self.device} needs device-side weight views, which "
-                    "are not implemented yet: use fused mode there"
-                )
             gather = GATHER_FUNC if plan.coded is None else CODED_GATHER_FUNC
             self._gather = self._kernel(gather)
             if self._gather is None:
@@ -106,7 +107,8 @@ class MultitaskRuntime:
 
     def _setup_exclusive(self, plan: PagePlan, level2: str | None) -> None:
         """Two level-1 scratches for exclusive pages, each sized for the largest task's: one
-        for loads at a switch, one for prefetches."""
+        for loads at a switch, one for prefetches; off the CPU, each with a host staging
+        buffer that level 2 is read into."""
         self._exclusive_counts = {n: t.n_exclusive_pages for n, t in plan.tasks.items()}
         most = max(self._exclusive_counts.values())
         self.scratch_bytes = 0
@@ -119,34 +121,45 @@ class MultitaskRuntime:
                 "ExclusivePageLoader"
             )
         self.store = PageStore(plan, level2)
-        self._scratch = [aligned_zeros((most, plan.page_size)) for _ in range(2)]
-        self.scratch_bytes = 2 * self._scratch[0].nbytes
-        self._scratch_views = [
-            {n: tvm.runtime.from_dlpack(buf[:e]) for n, e in self._exclusive_counts.items() if e}
-            for buf in self._scratch
-        ]
+        shape = (most, plan.page_size)
+        scratch = [tvm.runtime.empty(shape, "float32", self.device) for _ in range(2)]
+        staging = (
+            scratch if on_cpu(self.device) else [host_staging(shape, self.device) for _ in range(2)]
+        )
+        self._scratch, self._staging = scratch, staging  # the views below need these alive
+        self._staging_arrays = [as_numpy(t) for t in staging]
+        self.scratch_bytes = 2 * most * plan.page_size * 4
+
+        def views(buffers):
+            return [
+                {
+                    n: offset_view(b, 0, (e, plan.page_size))
+                    for n, e in self._exclusive_counts.items()
+                    if e
+                }
+                for b in buffers
+            ]
+
+        self._scratch_views, self._staging_views = views(scratch), views(staging)
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wv-prefetch")
         self._prefetched: tuple[str, Future] | None = None
 
     def _setup_weight_buffer(self, plan: PagePlan) -> None:
-        """One 64-byte aligned host buffer for the largest task; per task, the views of it that
-        are its page-shaped gather target and its weights (zero-copy, created once)."""
+        """One weight buffer on the device for the largest task; per task, the views of it that
+        are its page-shaped gather target and its weights (zero-copy, created once; the layout
+        aligns every weight to 64 bytes)."""
         page_size = plan.page_size
         # at least one page: an empty buffer has no aligned address (tasks without weights)
         max_pages = max(1, *(t.layout.n_pages for t in plan.tasks.values()))
-        self.weight_buffer = aligned_zeros((max_pages * page_size,))
-        self.weight_buffer_bytes = self.weight_buffer.nbytes
+        self.weight_buffer = tvm.runtime.empty((max_pages * page_size,), "float32", self.device)
+        self.weight_buffer_bytes = max_pages * page_size * 4
         self._targets, self._weights, self._target_bytes = {}, {}, {}
         for name, t in plan.tasks.items():
-            pages = self.weight_buffer[: t.layout.n_pages * page_size]
-            self._target_bytes[name] = pages.nbytes
-            self._targets[name] = tvm.runtime.from_dlpack(
-                pages.reshape(t.layout.n_pages, page_size)
-            )
+            shape = (t.layout.n_pages, page_size)
+            self._target_bytes[name] = t.layout.n_pages * page_size * 4
+            self._targets[name] = offset_view(self.weight_buffer, 0, shape)
             self._weights[name] = [
-                tvm.runtime.from_dlpack(
-                    self.weight_buffer[s.offset_elems : s.end_elems].reshape(s.shape)
-                )
+                offset_view(self.weight_buffer, 4 * s.offset_elems, s.shape, s.dtype)
                 for s in t.layout.spans
             ]
 
@@ -184,8 +197,18 @@ class MultitaskRuntime:
             self.counters.bytes_read_l2 += future.result()  # re-raises a failed read
             self.counters.prefetch_hits += 1
             return self._scratch_views[1][task]
-        self.counters.bytes_read_l2 += self.store.load(task, self._scratch[0])
+        self.counters.bytes_read_l2 += self._load_exclusive(task, 0)
         return self._scratch_views[0][task]
+
+    def _load_exclusive(self, task: str, slot: int) -> int:
+        """Read `task`'s exclusive pages from level 2 into scratch `slot` (0: switch, 1:
+        prefetch); returns the bytes read. Off the CPU the read lands in page-locked staging
+        and is copied to the device scratch, finished before this returns."""
+        n_bytes = self.store.load(task, self._staging_arrays[slot])
+        if not on_cpu(self.device):
+            self._scratch_views[slot][task].copyfrom(self._staging_views[slot][task])
+            self.device.sync()  # the staging buffer is free again, the scratch is ready
+        return n_bytes
 
     def prefetch(self, task: str) -> Future | None:
         """Start reading `task`'s exclusive pages into the prefetch scratch in the background;
@@ -198,7 +221,7 @@ class MultitaskRuntime:
                 if self._prefetched[0] == task:
                     return self._prefetched[1]
                 self._prefetched[1].exception()  # wait: the scratch is about to be reused
-            future = self._prefetcher.submit(self.store.load, task, self._scratch[1])
+            future = self._prefetcher.submit(self._load_exclusive, task, 1)
             self._prefetched = (task, future)
             return future
 

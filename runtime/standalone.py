@@ -6,16 +6,18 @@ from __future__ import annotations
 import os
 import threading
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import safetensors.numpy
 import tvm
-from tvm import relax
-
-from tvm_weightvirt.frontend.task import Task
+from tvm.runtime.vm import VirtualMachine
 
 from .io import InputBuffers, outputs_to_numpy
 from .multitask_runtime import Counters
+
+if TYPE_CHECKING:
+    from tvm_weightvirt.frontend.task import Task
 
 
 class StandaloneModel:
@@ -25,6 +27,8 @@ class StandaloneModel:
     def __init__(
         self, task: Task, target: str | dict = "llvm", device=None, tuning_db: str | None = None
     ) -> None:
+        from tvm import relax  # compiling: TVM's compiler, not only its runtime
+
         target = tvm.target.Target(target)
         self.device = device or tvm.cpu()
         mod, pipeline, self.tuning = task.mod, relax.get_default_pipeline(target), None
@@ -39,7 +43,7 @@ class StandaloneModel:
             pipeline = scheduled_pipeline(target)
         with target:
             self.executable = tvm.compile(mod, target, relax_pipeline=pipeline)
-        self.vm = relax.VirtualMachine(self.executable, self.device)
+        self.vm = VirtualMachine(self.executable, self.device)
         self.weights = [tvm.runtime.tensor(w, self.device) for w in task.weights.values()]
         self.weight_bytes = sum(w.nbytes for w in task.weights.values())
         self.name = task.name
@@ -124,7 +128,7 @@ class ReloadModels:
                 fd = os.open(path, os.O_RDONLY)
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
                 os.close(fd)
-        self._vm = relax.VirtualMachine(tvm.runtime.load_module(library), self.device)
+        self._vm = VirtualMachine(tvm.runtime.load_module(library), self.device)
         loaded = safetensors.numpy.load_file(params)
         self._weights = [tvm.runtime.tensor(loaded[k], self.device) for k in sorted(loaded)]
         self.current = task

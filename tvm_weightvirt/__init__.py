@@ -15,7 +15,7 @@ _LAZY = {
     "WvPack": "frontend.artifact",
     "load_wvpack": "frontend.artifact",
     "save_wvpack": "frontend.artifact",
-    "Library": "compile.compiler",
+    "Library": "compile.library",
     "MODES": "abi",
     "build": "compile.compiler",
     "lower": "compile.compiler",

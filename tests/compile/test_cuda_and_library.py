@@ -1,18 +1,24 @@
 """CUDA: merged tasks compile for Jetson Orin (sm_87) and sm_90 without a GPU, every kernel of
-every task is in the CUDA module, and nvcc compiles them ahead of time. Libraries export and
-load back."""
+every task (the gathers of exclusive and SmartDeal pages included) is in the CUDA module, and
+an exported library carries nvcc's machine code for each listed arch instead of source.
+Libraries export and load back; a library runs only on the device kind it was built for."""
 
 import shutil
 
 import numpy as np
 import pytest
 import tvm
+from page_plans import SHAPES, coded_plan, echo_task, exclusive_plan
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
+from tvm_weightvirt.abi import CODED_GATHER_FUNC, EXCLUSIVE_GATHER_FUNC
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.apps.cli import main
-from tvm_weightvirt.compile.cuda import compile_fatbin, cuda_source
+from tvm_weightvirt.compile import cuda
+from tvm_weightvirt.compile.cuda import cuda_source, fatbin_entries, library_cuda_binaries
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc is not installed")
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +48,58 @@ def test_suite_compiles_for_cuda_with_every_kernel(small_nets, arch, mode):
         assert " wv_gather_pages_kernel" in source
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
-def test_kernels_compile_ahead_of_time_to_an_sm87_fatbin(small_nets, tmp_path):
+@pytest.mark.parametrize("make_plan", [exclusive_plan, coded_plan], ids=["exclusive", "coded"])
+def test_gathers_of_exclusive_and_coded_pages_compile_for_cuda(make_plan):
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = make_plan(tasks, 96 if make_plan is coded_plan else 100)
+    library = wv.build(wv.lower(tasks, plan), target={"kind": "cuda", "arch": "sm_87"})
+    kernel = EXCLUSIVE_GATHER_FUNC if make_plan is exclusive_plan else CODED_GATHER_FUNC
+    assert f" {kernel}_kernel" in cuda_source(library)
+
+
+@needs_nvcc
+def test_exported_library_holds_machine_code_for_each_arch_and_no_source(small_nets, tmp_path):
     tasks, _, _ = small_nets
+    plan = wv.PagePlan.lossless(tasks[:2])
     library = wv.build(
-        wv.lower(tasks[:2], wv.PagePlan.lossless(tasks[:2])),
+        wv.lower(tasks[:2], plan),
         target={"kind": "cuda", "arch": "sm_87"},
+        archs=["sm_87", "sm_90"],
     )
-    size = compile_fatbin(library, "sm_87", str(tmp_path / "kernels.fatbin"))
-    assert size == (tmp_path / "kernels.fatbin").stat().st_size > 1000
+    library.export(str(tmp_path))
+    [(fmt, code)] = library_cuda_binaries(str(tmp_path / "library.so"))
+    assert fmt == "fatbin"
+    assert fatbin_entries(code) == [("elf", "sm_87"), ("elf", "sm_90")]
+    assert b"__global__" not in code and b"extern" not in code  # no CUDA source inside
+    listed = cuda.cuobjdump_elves(code)  # where the toolkit has cuobjdump: its word too
+    assert listed is None or [name.rsplit(".", 2)[-2] for name in listed] == ["sm_87", "sm_90"]
+
+
+def test_cuda_build_errors_name_the_fix(small_nets, tmp_path, monkeypatch):
+    tasks, _, _ = small_nets
+    mod = wv.lower(tasks[:1], wv.PagePlan.lossless(tasks[:1]))
+    with pytest.raises(ValueError, match="below the target's arch sm_87.*lowest arch \\(sm_80\\)"):
+        wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, archs=["sm_87", "sm_80"])
+    with pytest.raises(ValueError, match="'sm87': expected sm_<number>"):
+        wv.build(mod, target={"kind": "cuda", "arch": "sm_87"}, archs=["sm87"])
+    with pytest.raises(ValueError, match="apply to cuda targets, not llvm"):
+        wv.build(mod, archs=["sm_87"])
+    library = wv.build(mod, target={"kind": "cuda", "arch": "sm_87"})
+    monkeypatch.setattr(cuda.shutil, "which", lambda name: None)
+    with pytest.raises(
+        ValueError, match="nvcc is not on PATH.*cuda-toolkit.*needs only the CUDA driver"
+    ):
+        library.export(str(tmp_path / "out"))
+
+
+def test_a_library_runs_only_on_the_device_kind_it_was_built_for(small_nets):
+    tasks, plan, _ = small_nets
+    mod = wv.lower(tasks, plan)
+    on_gpu = wv.build(mod, target={"kind": "cuda", "arch": "sm_87"})
+    with pytest.raises(ValueError, match="built for cuda \\(sm_87\\): run it on a GPU.*not on cpu"):
+        MultitaskRuntime(plan, on_gpu, tvm.cpu())
+    with pytest.raises(ValueError, match="built for llvm \\(the CPU\\).*not cuda:0"):
+        MultitaskRuntime(plan, wv.build(mod), tvm.cuda())
 
 
 @pytest.mark.skipif(not tvm.cuda().exist, reason="no CUDA GPU on this machine")

@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         default="llvm",
         help="cortex-m*: write a C project (pool in RAM, exclusive pages in flash) to -o",
     )
-    build.add_argument("--arch", help="cuda: GPU architecture (default: sm_87, Jetson Orin)")
+    build.add_argument(
+        "--arch",
+        help="cuda: GPU architectures whose machine code the library carries, comma-separated "
+        "(e.g. sm_87,sm_90); kernels are generated for the lowest (default: sm_87, Jetson Orin)",
+    )
     build.add_argument(
         "--mode",
         choices=MODES,
@@ -131,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--timeout", type=float, help="cortex-m folder: seconds per run (default: 60)")
     run.add_argument("--library", help="a `wvirt build` folder to run instead of building")
+    run.add_argument(
+        "--device",
+        choices=["cpu", "cuda"],
+        help="--library: where to run it (default: the device kind it was built for)",
+    )
     run.add_argument("--tasks", required=True, help="comma-separated, e.g. har,digits,har")
     run.add_argument(
         "--inputs",
@@ -448,21 +457,22 @@ def _build(args) -> int:
             f"wvirt run {args.output} --qemu --tasks ..."
         )
         return 0
-    target = {"kind": "llvm"} if args.target == "llvm" else {"kind": "cuda", "arch": option["arch"]}
+    if args.target == "cuda":
+        from ..compile.library import check_archs
+
+        archs = check_archs(option["arch"].split(","))
+        lowest = min(archs, key=lambda a: int(a[3:].rstrip("abcdefghijklmnopqrstuvwxyz")))
+        target = {"kind": "cuda", "arch": lowest}
+    else:
+        archs, target = None, {"kind": "llvm"}
     with _written_whole(args.output, folder=True) as tmp:
         library = build(
             lower(pack.tasks, pack.plan, mode=option["mode"]),
             target=target,
             tuning=tuning,
+            archs=archs,
         )
         library.export(tmp)
-        if args.target == "cuda":
-            from ..compile.cuda import compile_fatbin, cuda_source
-
-            with open(os.path.join(tmp, "kernels.cu"), "w") as f:
-                f.write(cuda_source(library))
-            fatbin = f"kernels_{option['arch']}.fatbin"
-            fatbin_bytes = compile_fatbin(library, option["arch"], os.path.join(tmp, fatbin))
     print(
         f"built {len(pack.tasks)} tasks ({option['mode']}, {args.target}) in "
         f"{library.compile_seconds:.1f} s -> {args.output}/library.so"
@@ -475,7 +485,10 @@ def _build(args) -> int:
             f"({t['database_bytes']} B)"
         )
     if args.target == "cuda":
-        print(f"kernels compiled ahead of time: {args.output}/{fatbin} ({fatbin_bytes} B)")
+        print(
+            f"kernels compiled ahead of time by nvcc for {', '.join(archs)}, inside library.so: "
+            "the device needs the CUDA driver and TVM's runtime, no compiler"
+        )
     return 0
 
 
@@ -493,8 +506,10 @@ def _run(args) -> int:
         mode=mcu,
         policy=mcu,
         max_wait=mcu,
+        device=mcu,
     )
     _refuse(args, "--library (its mode was fixed by `wvirt build`)", mode=bool(args.library))
+    _refuse(args, "a .wvpack without --library (it is built for llvm)", device=not args.library)
     option = _with_defaults(args, RUN_DEFAULTS)
     if option["policy"] != "group" and args.max_wait is not None:
         raise ValueError("--max-wait applies to --policy group")
@@ -505,28 +520,30 @@ def _run(args) -> int:
 
     from tvm_weightvirt.runtime import MultitaskRuntime
 
-    from ..compile.compiler import build, lower
-
-    pack = _pack_with_graphs(args.pack)
-    by_name = {t.name: t for t in pack.tasks}
-    unknown = sorted(set(sequence) - set(by_name))
-    if unknown:
-        raise ValueError(f"tasks {unknown} are not in '{args.pack}' (has {sorted(by_name)})")
-    given = _inputs(args.inputs, {n: t.input_types for n, t in by_name.items()})
-    if args.library:
-        from ..compile.compiler import Library
+    if args.library:  # a device runs a built folder: TVM's runtime is enough, no task graphs
+        from ..compile.library import Library
+        from ..frontend.artifact import load_wvpack
 
         library = Library.load(args.library)
+        plan = load_wvpack(args.pack, graphs=False).plan
+        input_types = {n: s.inputs for n, s in library.tasks.items()}
     else:
-        library = build(lower(pack.tasks, pack.plan, mode=option["mode"]), target="llvm")
+        from ..compile.compiler import build, lower
+
+        pack = _pack_with_graphs(args.pack)
+        plan, input_types = pack.plan, {t.name: t.input_types for t in pack.tasks}
+        library = build(lower(pack.tasks, plan, mode=option["mode"]), target="llvm")
         print(
             f"built {len(pack.tasks)} tasks ({option['mode']}) in {library.compile_seconds:.1f} s"
         )
-    device = tvm.cuda() if library.target.kind.name == "cuda" else tvm.cpu()
-    runtime = MultitaskRuntime(
-        pack.plan, library, device, level2=args.pack
-    )  # exclusive pages: the file
-    requests = _requests(sequence, {n: t.input_types for n, t in by_name.items()}, given, args.seed)
+    unknown = sorted(set(sequence) - set(input_types))
+    if unknown:
+        raise ValueError(f"tasks {unknown} are not in '{args.pack}' (has {sorted(input_types)})")
+    given = _inputs(args.inputs, input_types)
+    device_kind = args.device or ("cuda" if library.kind == "cuda" else "cpu")
+    device = tvm.cuda() if device_kind == "cuda" else tvm.cpu()
+    runtime = MultitaskRuntime(plan, library, device, level2=args.pack)  # exclusive: the file
+    requests = _requests(sequence, input_types, given, args.seed)
     outputs = runtime.run_many(requests, policy=option["policy"], max_wait=option["max_wait"])
     _show_outputs(requests, outputs, args.save_outputs)
     c = runtime.counters

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-import re
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import TYPE_CHECKING
 
 import tvm
@@ -19,12 +16,12 @@ from ..abi import (
     GATHER_OUTPUT,
     MODE_ATTR,
     MODES,
-    TASK_PREFIX,
     task_of,
 )
 from ..frontend.task import Task
 from ..passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
 from ..plan import PagePlan
+from .library import Library, TaskSignature, check_archs
 from .native_log import TAKE_FAST_MODE, without_native_lines
 
 if TYPE_CHECKING:
@@ -72,99 +69,24 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     return mod.with_attr(MODE_ATTR, mode)
 
 
-@dataclass(frozen=True)
-class TaskSignature:
-    """What a compiled task function takes: its inputs and, per mode, its weights or pages."""
-
-    inputs: tuple[tuple[tuple[int, ...], str], ...]
-    weights: tuple[tuple[tuple[int, ...], str], ...]  # materialize mode
-    n_pages: int | None  # fused mode: page table length
-    pool_shape: tuple[int, int] | None  # fused mode: the pool the module was lowered for
-
-
-@dataclass
-class Library:
-    """A compiled multitask module and what a runtime needs to call it."""
-
-    executable: relax.VMExecutable
-    target: tvm.target.Target
-    mode: str
-    tasks: dict[str, TaskSignature]
-    compile_seconds: float
-    tuning: dict | None = None  # a tuned build's TuningReport fields
-
-    def kernels(self) -> dict[str, list[str]]:
-        """The compiled kernels each `task_<name>` function calls, in call order."""
-        calls, task = {}, None
-        for line in self.executable.as_text().splitlines():
-            header = re.match(rf"@{TASK_PREFIX}(\w+):", line)
-            if header:
-                task = header.group(1) if header.group(1) in self.tasks else None
-                continue
-            call = re.match(r"\s+call\s+(\S+)\s+in:", line)
-            if task and call and not call.group(1).startswith("vm.builtin."):
-                calls.setdefault(task, []).append(call.group(1))
-        return calls
-
-    def export(self, directory: str) -> None:
-        """`library.so` (TVM's export) and `library.json` (mode, target, task signatures)."""
-        os.makedirs(directory, exist_ok=True)
-        self.executable.export_library(os.path.join(directory, "library.so"))
-        meta = {
-            "mode": self.mode,
-            "target": str(self.target),
-            "tasks": {n: asdict(s) for n, s in self.tasks.items()},
-            "compile_seconds": self.compile_seconds,
-            "tuning": self.tuning,
-        }
-        with open(os.path.join(directory, "library.json"), "w") as f:
-            json.dump(meta, f, indent=1)
-
-    @staticmethod
-    def load(directory: str) -> Library:
-        path = os.path.join(directory, "library.json")
-        if not os.path.isfile(path):
-            raise ValueError(f"'{directory}' holds no library.json: not a `wvirt build` folder")
-        with open(path) as f:
-            meta = json.load(f)
-        tasks = {
-            n: TaskSignature(
-                tuple((tuple(shape), dtype) for shape, dtype in s["inputs"]),
-                tuple((tuple(shape), dtype) for shape, dtype in s["weights"]),
-                s["n_pages"],
-                tuple(s["pool_shape"]) if s["pool_shape"] else None,
-            )
-            for n, s in meta["tasks"].items()
-        }
-        target = tvm.target.Target(meta["target"])
-        if target.kind.name == "cuda" and not tvm.cuda().exist:
-            raise ValueError(
-                f"'{directory}' was built for cuda and this machine has no CUDA GPU: run it "
-                "on the device, or build for llvm here"
-            )
-        executable = tvm.runtime.load_module(os.path.join(directory, "library.so"))
-        return Library(
-            executable,
-            target,
-            meta["mode"],
-            tasks,
-            meta["compile_seconds"],
-            meta.get("tuning"),
-        )
-
-
 def build(
     mod: tvm.IRModule,
     target: str | dict = "llvm",
     tuning: TuningOptions | None = None,
+    archs: Sequence[str] | None = None,
 ) -> Library:
     """Compile a lowered module (fused kernels: TVM's default pipeline for the target).
 
     With `tuning`, the kernels get their best schedules from its MetaSchedule database, after
     its trials per kernel the database has none for yet (see `compile/tuning`).
+
+    For cuda, the kernels are generated for the target's `arch`; `archs` (default: that arch)
+    are the GPUs whose machine code `Library.export` puts in the library, each at or above it:
+    e.g. target arch sm_72 with archs sm_72, sm_87, sm_90.
     """
     start = time.perf_counter()  # the build's time includes tuning
     target = tvm.target.Target(target)
+    archs = _cuda_archs(target, archs)
     mode = str((mod.attrs or {}).get(MODE_ATTR, ""))
     if mode not in MODES:
         raise ValueError(f"build takes a module from `lower` (it has no '{MODE_ATTR}' attribute)")
@@ -183,7 +105,30 @@ def build(
         mod = _vectorize_gather(mod)
     with target, without_native_lines(TAKE_FAST_MODE):
         executable = tvm.compile(mod, target, relax_pipeline=pipeline)
-    return Library(executable, target, mode, tasks, time.perf_counter() - start, report)
+    seconds = time.perf_counter() - start
+    return Library(executable, str(target), mode, tasks, seconds, report, archs)
+
+
+def _cuda_archs(target: tvm.target.Target, archs: Sequence[str] | None) -> tuple[str, ...]:
+    if target.kind.name != "cuda":
+        if archs:
+            raise ValueError(f"archs {list(archs)} apply to cuda targets, not {target.kind.name}")
+        return ()
+    generated = str(target.attrs.get("arch", ""))
+    if not generated:
+        raise ValueError("a cuda target needs its arch, e.g. {'kind': 'cuda', 'arch': 'sm_87'}")
+    archs = check_archs(archs or [generated])
+    below = [a for a in archs if _sm(a) < _sm(generated)]
+    if below:
+        raise ValueError(
+            f"archs {below} are below the target's arch {generated}, for which the kernels are "
+            f"generated: build for the lowest arch ({min(archs, key=_sm)})"
+        )
+    return archs
+
+
+def _sm(arch: str) -> int:
+    return int(arch[3:].rstrip("abcdefghijklmnopqrstuvwxyz"))
 
 
 def _vectorize_gather(mod: tvm.IRModule) -> tvm.IRModule:

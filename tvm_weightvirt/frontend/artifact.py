@@ -108,9 +108,12 @@ def save_wvpack(
     return len(blob)
 
 
-def load_wvpack(path: str | os.PathLike) -> WvPack:
+def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
     """Read and validate a .wvpack: format and version, manifest checksum, every tensor's
-    shape, dtype and sha256, page ids in range, and each graph against its layout."""
+    shape, dtype and sha256, page ids in range, and each graph against its layout.
+
+    `graphs=False` leaves the task graphs unread (`tasks` empty): what a device running a
+    built library needs, without TVM's compiler."""
     path = os.fspath(path)
     where = f"'{path}'"
     if os.path.isdir(path):
@@ -190,7 +193,7 @@ def load_wvpack(path: str | os.PathLike) -> WvPack:
         raise ArtifactError(f"{where}: {err}") from err
     # Step 4. The task graphs, whose weights are read back through the plan.
     tasks = []
-    for name in plan.tasks:
+    for name in plan.tasks if graphs else ():
         if f"graph.{name}" in tensors:
             tasks.append(_task_from_graph(where, name, tensors[f"graph.{name}"], plan))
     return WvPack(plan, tasks, manifest.get("report"))
