@@ -40,7 +40,7 @@ def _switch_latency(tasks, plan, report, requests: int, seed: int = 0) -> dict:
     save_wvpack(path, plan, graphs, report)
     pack = load_wvpack(path)
     runtime = MultitaskRuntime(pack.plan, build(lower(pack.tasks, pack.plan)), level2=path)
-    reload = ReloadModels(pack.tasks, os.path.join(folder, "reload"), cold=True)
+    reload = ReloadModels.compile(pack.tasks, os.path.join(folder, "reload"), cold=True)
     inputs = {t.name: t.example_input().numpy() for t in tasks}
     rng = np.random.default_rng(seed)
     names = [t.name for t in tasks]

@@ -3,8 +3,9 @@ weights times its inputs, so with inputs of ones it returns exactly its weights)
 are shared, exclusive (level 2) or SmartDeal-coded. Spans start mid-page, cross pages and end
 mid-page."""
 
+from __future__ import annotations
+
 import numpy as np
-from tvm import relax
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.coded_pages import CodedPages
@@ -15,6 +16,8 @@ SHAPES = {"a": [(3, 70), (130,), (5,)], "b": [(2, 2, 40), (77,)]}
 
 def echo_task(name: str, shapes: list[tuple[int, ...]]) -> wv.Task:
     """`main(x_0.., w_0..) = (x_0 * w_0, ...)`: with ones as inputs, the outputs are the weights."""
+    from tvm import relax  # TVM's compiler: the plans alone need only numpy
+
     ty = [relax.TensorType(s, "float32") for s in shapes]
     xs = [relax.Var(f"x{i}", t) for i, t in enumerate(ty)]
     ws = [relax.Var(f"w{i}", t) for i, t in enumerate(ty)]
@@ -64,3 +67,12 @@ def coded_plan(tasks, page_size: int) -> wv.PagePlan:
     codes = (signs * (exponents + 64)).astype(np.int8)
     bases = rng.normal(size=(n, 3, 3)).astype(np.float32)
     return wv.PagePlan.from_coded(page_size, CodedPages(codes, bases), shared.tasks)
+
+
+# backend -> (mode, page size, plan)
+BACKENDS = {
+    "relax gather (fused)": ("fused", 100, shared_plan),
+    "tir gather (materialize)": ("materialize", 100, shared_plan),
+    "tir gather, exclusive pages": ("materialize", 100, exclusive_plan),
+    "tir gather, smartdeal pages": ("materialize", 96, coded_plan),
+}

@@ -7,19 +7,12 @@ backend's output is what it gathered."""
 import numpy as np
 import pytest
 import torch
-from page_plans import SHAPES, coded_plan, echo_task, exclusive_plan, shared_plan
+from page_plans import BACKENDS, SHAPES, coded_plan, echo_task, exclusive_plan, shared_plan
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.algorithms.optimize import task_weights
 from tvm_weightvirt.targets import mcu
-
-BACKENDS = {
-    "relax gather (fused)": ("fused", 100, shared_plan),
-    "tir gather (materialize)": ("materialize", 100, shared_plan),
-    "tir gather, exclusive pages": ("materialize", 100, exclusive_plan),
-    "tir gather, smartdeal pages": ("materialize", 96, coded_plan),
-}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,19 +1,17 @@
 """The switch benchmark: packed (materialize, fused) vs. reload-from-storage vs. all-resident,
-on the suite, over one seeded random request sequence, all in one process."""
+over one seeded random request sequence, all in one process: on the CPU with the suite, or on a
+GPU with the small nets of the GPU check's artifacts (loaded with TVM's runtime alone)."""
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 
 import numpy as np
+import tvm
 
-from ..algorithms.optimize import OptimizeConfig
-from ..algorithms.pipeline import PackConfig
-from ..compile.compiler import build, lower
-from ..frontend.packing import pack
 from ..progress import log, steps
-from . import suite
 
 
 def _median_p99(values: list[float]) -> dict:
@@ -21,25 +19,49 @@ def _median_p99(values: list[float]) -> dict:
 
 
 class _Memcpy:
-    """Copies a task's page bytes once between two 64-byte aligned buffers: the physical
-    limit of a materialize switch, timed in the same loop as the systems."""
+    """Copies a task's page bytes once between two buffers on the device (64-byte aligned
+    numpy arrays on the CPU), finished before it returns: the physical limit of a materialize
+    switch, timed in the same loop as the systems."""
 
-    def __init__(self, max_bytes: int) -> None:
-        from tvm_weightvirt.runtime.io import aligned_zeros
+    def __init__(self, max_bytes: int, device: tvm.runtime.Device) -> None:
+        from tvm_weightvirt.runtime.io import aligned_zeros, on_cpu
 
-        self.src, self.dst = aligned_zeros((max_bytes // 4,)), aligned_zeros((max_bytes // 4,))
+        self.device, self.on_cpu, n = device, on_cpu(device), max_bytes // 4
+        if self.on_cpu:
+            self.src, self.dst = aligned_zeros((n,)), aligned_zeros((n,))
+        else:
+            self.src, self.dst = (tvm.runtime.empty((n,), "float32", device) for _ in "ab")
+        self._views = {}
 
     def __call__(self, n_bytes: int) -> float:
-        a, b = self.src[: n_bytes // 4], self.dst[: n_bytes // 4]
+        if self.on_cpu:
+            a, b = self.src[: n_bytes // 4], self.dst[: n_bytes // 4]
+            start = time.perf_counter()
+            np.copyto(b, a)
+            return time.perf_counter() - start
+        from tvm_weightvirt.runtime.device_memory import offset_view
+
+        if n_bytes not in self._views:
+            self._views[n_bytes] = [
+                offset_view(t, 0, (n_bytes // 4,)) for t in (self.src, self.dst)
+            ]
+        a, b = self._views[n_bytes]
         start = time.perf_counter()
-        np.copyto(b, a)
+        b.copyfrom(a)
+        self.device.sync()
         return time.perf_counter() - start
 
 
 def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
+    """On the CPU: the suite's five tasks on NWV's pool size with matched pages."""
     from tvm_weightvirt.runtime import MultitaskRuntime, ReloadModels, ResidentModels
 
-    n_requests = 100 if quick else 400
+    from ..algorithms.optimize import OptimizeConfig
+    from ..algorithms.pipeline import PackConfig
+    from ..compile.compiler import build, lower
+    from ..frontend.packing import pack
+    from . import suite
+
     tasks = suite.load_suite(suite.FIVE_TASKS)
     # The packed plan: NWV's pool size, matched pages (retraining does not change switch cost).
     plan = pack(*suite.packable(tasks), PackConfig(optimize=OptimizeConfig(rounds=0))).plan
@@ -50,20 +72,54 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
     systems = {
         "materialize": MultitaskRuntime(plan, build(lower(graphs, plan, "materialize"))),
         "fused": MultitaskRuntime(plan, build(lower(graphs, plan, "fused"))),
-        "reload": ReloadModels(graphs, storage, cold=True),
-        "reload_warm": ReloadModels(graphs, storage, cold=False),
-        "resident": ResidentModels(graphs),
+        "reload": ReloadModels.compile(graphs, storage, cold=True),
+        "reload_warm": ReloadModels.compile(graphs, storage, cold=False),
+        "resident": ResidentModels.compile(graphs),
     }
+    return measure_switches(systems, plan, inputs, tvm.cpu(), 100 if quick else 400, seed)
+
+
+def gpu_switch_benchmark(artifacts: str, quick: bool = False, seed: int = 0) -> dict:
+    """On the GPU: the three small nets of `tests/gpu/gpu_artifacts.py` (lossless plan), each
+    system loaded from the artifacts folder `artifacts`."""
+    from tvm_weightvirt.runtime import MultitaskRuntime, ReloadModels, ResidentModels
+
+    from ..compile.library import Library
+    from ..frontend.artifact import load_wvpack
+
+    nets = os.path.join(artifacts, "nets")
+    plan = load_wvpack(os.path.join(nets, "plan.wvpack"), graphs=False).plan
+    reference = np.load(os.path.join(nets, "reference.npz"))
+    inputs = {name: reference[f"{name}.input"] for name in plan.tasks}
+    device = tvm.cuda()
+    packed = {m: Library.load(os.path.join(nets, m)) for m in ("materialize", "fused")}
+    files = {
+        n: tuple(os.path.join(nets, "plain", f"{n}.{ext}") for ext in ("so", "safetensors"))
+        for n in plan.tasks
+    }
+    input_types = {n: packed["materialize"].tasks[n].inputs for n in plan.tasks}
+    systems = {
+        **{m: MultitaskRuntime(plan, library, device) for m, library in packed.items()},
+        "reload": ReloadModels(files, input_types, device, cold=True),
+        "reload_warm": ReloadModels(files, input_types, device, cold=False),
+        "resident": ResidentModels.load(files, input_types, device),
+    }
+    return measure_switches(systems, plan, inputs, device, 100 if quick else 400, seed)
+
+
+def measure_switches(systems: dict, plan, inputs: dict, device, n_requests: int, seed: int) -> dict:
+    """Every system serves one seeded random sequence of `n_requests`, request by request in
+    turn (machine noise hits all alike); medians and p99 of switch, inference and end-to-end
+    time, and ratios to a device memcpy of the task's page bytes and to the resident models."""
     rng = np.random.default_rng(seed)
-    sequence = rng.choice([t.name for t in tasks], n_requests).tolist()
+    sequence = rng.choice(list(inputs), n_requests).tolist()
     task_bytes = {n: t.layout.n_pages * plan.page_size * 4 for n, t in plan.tasks.items()}
-    memcpy = _Memcpy(max(task_bytes.values()))
+    memcpy = _Memcpy(max(task_bytes.values()), device)
     for system in systems.values():  # warm-up: every task once
         for name in inputs:
             system.run(name, inputs[name])
     times = {label: {"switch": [], "infer": [], "e2e": [], "per_memcpy": []} for label in systems}
     memcpy_us = []
-    # Request by request, every system in turn: machine noise hits all of them alike.
     for i, name in steps(list(enumerate(sequence)), "switch benchmark requests"):
         switching = i == 0 or sequence[i - 1] != name
         copy_seconds = memcpy(task_bytes[name])
@@ -73,8 +129,10 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
             start = time.perf_counter()
             if switching:
                 system.switch(name)
+                if not memcpy.on_cpu:
+                    device.sync()  # a GPU switch is done when its kernels are
             switched = time.perf_counter()
-            system.run(name, inputs[name])
+            system.run(name, inputs[name])  # outputs on the host: finished on any device
             done = time.perf_counter()
             t = times[label]
             if switching:
@@ -96,8 +154,9 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
     switch = {k: v["switch_us"]["median"] for k, v in results.items()}
     infer = {k: v["infer_us"]["median"] for k, v in results.items()}
     return {
+        "device": str(device),
         "requests": n_requests,
-        "tasks": [t.name for t in tasks],
+        "tasks": list(inputs),
         "systems": results,
         "switch_us_materialize": switch["materialize"],
         "switch_us_fused": switch["fused"],
@@ -118,7 +177,8 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
 
 def format_switch_table(numbers: dict) -> str:
     lines = [
-        f"{numbers['requests']} requests over {', '.join(numbers['tasks'])} (batch 1, llvm)",
+        f"{numbers['requests']} requests over {', '.join(numbers['tasks'])} "
+        f"(batch 1, {numbers['device']})",
         f"{'system':12s} {'switch med':>11s} {'p99':>9s} {'infer med':>10s} {'p99':>9s} "
         f"{'e2e med':>9s} {'p99':>9s} {'weights B':>10s}",
     ]

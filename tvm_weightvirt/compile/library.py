@@ -9,10 +9,33 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import tvm
 
 from ..abi import TASK_PREFIX
+
+
+def _load_cuda_runtime() -> None:
+    """TVM 0.27 with its runtime alone (`TVM_USE_RUNTIME_LIB=1`, or no compiler library) does
+    not load its CUDA runtime library, which `import tvm` loads with the compiler: load it
+    here, so that a device without TVM's compiler runs cuda libraries. Without a CUDA driver
+    it does not load, and the CPU is all there is."""
+    from tvm.base import _LOADED_LIBS, _RUNTIME_ONLY
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    if not _RUNTIME_ONLY or "tvm_runtime_cuda" in _LOADED_LIBS:
+        return
+    runtime_dir = Path(_LOADED_LIBS["tvm_runtime"]._name).resolve().parent
+    try:
+        _LOADED_LIBS["tvm_runtime_cuda"] = load_lib_ctypes(
+            "tvm", "tvm_runtime_cuda", "RTLD_LOCAL", extra_lib_paths=[runtime_dir]
+        )
+    except (OSError, FileNotFoundError, RuntimeError):
+        pass
+
+
+_load_cuda_runtime()
 
 
 @dataclass(frozen=True)
