@@ -493,9 +493,7 @@ def _build(args) -> int:
 
 
 def _run(args) -> int:
-    from ..targets.mcu import is_project
-
-    mcu = is_project(args.pack)
+    mcu = os.path.isdir(args.pack) and _is_mcu_project(args.pack)  # a .wvpack is a file
     where = "a cortex-m project" if mcu else "a .wvpack"
     _refuse(
         args,
@@ -663,6 +661,12 @@ def _refuse(args, where: str, **flags: bool) -> None:
 def _with_defaults(args, defaults: dict) -> dict:
     """The value of each flag in `defaults`: given on the command line, else its default."""
     return {k: v if getattr(args, k) is None else getattr(args, k) for k, v in defaults.items()}
+
+
+def _is_mcu_project(path: str) -> bool:
+    from ..targets.mcu import is_project  # TVM's compiler: only where the folder is one
+
+    return is_project(path)
 
 
 def _is_wvpack(path: str) -> bool:
