@@ -9,7 +9,7 @@ import ctypes
 import numpy as np
 import tvm
 
-from tvm_weightvirt.compile.library import Library
+from tvm_weightvirt.compile.library import Library, sm_number
 
 CPU, CUDA, CUDA_HOST = 1, 2, 3  # DLPack device types
 
@@ -126,8 +126,7 @@ def check_device(library: Library, device: tvm.runtime.Device) -> None:
                 f"GPU (device=tvm.cuda(), `wvirt run --device cuda`), not on {device}"
             )
         arch = "sm_" + device.compute_version.replace(".", "")
-        numbers = {a.rstrip("abcdefghijklmnopqrstuvwxyz") for a in library.archs}
-        if library.archs and arch not in numbers:
+        if library.archs and sm_number(arch) not in {sm_number(a) for a in library.archs}:
             raise ValueError(
                 f"the library holds machine code for {', '.join(library.archs)}, this GPU "
                 f"({device.device_name}) is {arch}: build with --arch {arch}"

@@ -140,7 +140,8 @@ class MultitaskRuntime:
                 for b in buffers
             ]
 
-        self._scratch_views, self._staging_views = views(scratch), views(staging)
+        self._scratch_views = views(scratch)
+        self._staging_views = None if on_cpu(self.device) else views(staging)
         self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wv-prefetch")
         self._prefetched: tuple[str, Future] | None = None
 

@@ -86,10 +86,11 @@ def save_alone(
     executable, _ = compile_alone(task, target)
     library = os.path.join(directory, f"{task.name}.so")
     params = os.path.join(directory, f"{task.name}.safetensors")
-    if tvm.target.Target(target).kind.name == "cuda":
+    target = tvm.target.Target(target)
+    if target.kind.name == "cuda":
         from tvm_weightvirt.compile.cuda import export_with_fatbin
 
-        export_with_fatbin(executable, library, archs or [tvm.target.Target(target).attrs["arch"]])
+        export_with_fatbin(executable, library, archs or [str(target.attrs["arch"])])
     else:
         executable.export_library(library)
     weights = {f"{i:04d}": w for i, w in enumerate(task.weights.values())}

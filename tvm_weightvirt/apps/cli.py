@@ -458,11 +458,10 @@ def _build(args) -> int:
         )
         return 0
     if args.target == "cuda":
-        from ..compile.library import check_archs
+        from ..compile.library import check_archs, sm_number
 
         archs = check_archs(option["arch"].split(","))
-        lowest = min(archs, key=lambda a: int(a[3:].rstrip("abcdefghijklmnopqrstuvwxyz")))
-        target = {"kind": "cuda", "arch": lowest}
+        target = {"kind": "cuda", "arch": min(archs, key=sm_number)}
     else:
         archs, target = None, {"kind": "llvm"}
     with _written_whole(args.output, folder=True) as tmp:

@@ -21,7 +21,7 @@ from ..abi import (
 from ..frontend.task import Task
 from ..passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
 from ..plan import PagePlan
-from .library import Library, TaskSignature, check_archs
+from .library import Library, TaskSignature, check_archs, sm_number
 from .native_log import TAKE_FAST_MODE, without_native_lines
 
 if TYPE_CHECKING:
@@ -118,17 +118,13 @@ def _cuda_archs(target: tvm.target.Target, archs: Sequence[str] | None) -> tuple
     if not generated:
         raise ValueError("a cuda target needs its arch, e.g. {'kind': 'cuda', 'arch': 'sm_87'}")
     archs = check_archs(archs or [generated])
-    below = [a for a in archs if _sm(a) < _sm(generated)]
+    below = [a for a in archs if sm_number(a) < sm_number(generated)]
     if below:
         raise ValueError(
             f"archs {below} are below the target's arch {generated}, for which the kernels are "
-            f"generated: build for the lowest arch ({min(archs, key=_sm)})"
+            f"generated: build for the lowest arch ({min(archs, key=sm_number)})"
         )
     return archs
-
-
-def _sm(arch: str) -> int:
-    return int(arch[3:].rstrip("abcdefghijklmnopqrstuvwxyz"))
 
 
 def _vectorize_gather(mod: tvm.IRModule) -> tvm.IRModule:

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import tvm
 
 from .library import Library
-from .library_blob import LibraryBlob, Reader, read_blob
+from .library_blob import LibraryBlob, Reader, pack_string, read_blob
 
 NVCC_MISSING = (
     "nvcc is not on PATH: building for cuda compiles the kernels ahead of time, which needs the "
@@ -119,9 +119,7 @@ def split_cuda_module(data: bytes) -> tuple[str, bytes, bytes]:
 
 
 def join_cuda_module(fmt: str, table: bytes, code: bytes) -> bytes:
-    return b"".join(
-        [struct.pack("<Q", len(fmt)), fmt.encode(), table, struct.pack("<Q", len(code)), code]
-    )
+    return pack_string(fmt.encode()) + table + pack_string(code)
 
 
 def library_cuda_binaries(library_path: str) -> list[tuple[str, bytes]]:

@@ -154,3 +154,8 @@ def check_archs(archs: Sequence[str]) -> tuple[str, ...]:
             f"GPU architecture {bad[0] if bad else '(none)'!r}: expected sm_<number>, e.g. sm_87"
         )
     return archs
+
+
+def sm_number(arch: str) -> int:
+    """The compute capability an nvcc arch names: sm_87 -> 87, sm_90a -> 90."""
+    return int(arch[3:].rstrip("abcdefghijklmnopqrstuvwxyz"))

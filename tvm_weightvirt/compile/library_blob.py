@@ -40,16 +40,16 @@ class LibraryBlob:
     def to_bytes(self) -> bytes:
         body = _u64_vector(self.indptr) + _u64_vector(self.children)
         for kind, data in self.modules:
-            body += _string(kind.encode()) + (b"" if data is None else _string(data))
+            body += pack_string(kind.encode()) + (b"" if data is None else pack_string(data))
         return struct.pack("<Q", len(body)) + body
 
 
 def read_blob(library_path: str) -> bytes:
     """The packed module tree of an exported library, read from its exported symbol (the host
     code is loaded, as a shared library, but none of the modules in the tree is)."""
-    lib = ctypes.CDLL(library_path)
-    (n_bytes,) = struct.unpack("<Q", ctypes.string_at(ctypes.addressof(_symbol(lib)), 8))
-    return ctypes.string_at(ctypes.addressof(_symbol(lib)), 8 + n_bytes)
+    address = ctypes.addressof(_symbol(ctypes.CDLL(library_path)))
+    (n_bytes,) = struct.unpack("<Q", ctypes.string_at(address, 8))
+    return ctypes.string_at(address, 8 + n_bytes)
 
 
 def _symbol(lib: ctypes.CDLL) -> ctypes.c_ubyte:
@@ -82,7 +82,8 @@ class Reader:
         return self.take(self.u64())
 
 
-def _string(data: bytes) -> bytes:
+def pack_string(data: bytes) -> bytes:
+    """`str` as TVM's serializer writes it: u64 length, then the bytes."""
     return struct.pack("<Q", len(data)) + data
 
 
