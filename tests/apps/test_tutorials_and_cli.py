@@ -1,6 +1,7 @@
 """The tutorials run, and the `wvirt` commands do what they say."""
 
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +21,14 @@ def test_tutorial_01_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "max |merged - alone| = 0.0" in printed
     assert (tmp_path / "suite.wvpack").exists()
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")
+def test_tutorial_03_builds_a_library_for_two_gpu_archs(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["03_deploy_to_a_gpu.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "03_deploy_to_a_gpu.py"), run_name="__main__")
+    assert "[('elf', 'sm_87'), ('elf', 'sm_90')]" in capsys.readouterr().out
+    assert (tmp_path / "build-gpu" / "library.so").exists()
 
 
 @pytest.fixture
