@@ -28,10 +28,10 @@ def measure(quick: bool) -> dict:
     numbers: dict = {"calls": calls, "tasks": {}}
     for t in tasks:
         x = t.example_input().numpy()
-        # the same function on the same weight views that `run` calls
-        function, weights = runtime.vm[task_function(t.name)], runtime._weights[t.name]
         x_tensor = tvm.runtime.tensor(x)
-        runtime.run(t.name, x)  # switched in; weights are views of the buffer from here on
+        runtime.run(t.name, x)  # switched in: the task's (transformed) weights are ready
+        # the same function on the same weights that `run` calls
+        function, weights = runtime.vm[task_function(t.name)], runtime._arguments
         times = {"run": [], "vm_call": []}
         for _ in range(calls):
             start = time.perf_counter()

@@ -62,8 +62,9 @@ def tuning_benchmark(quick: bool = False) -> dict:
         model = plain["plain_tuned"][name]
         # the direct calls bind function and arguments beforehand, alike for both: a function
         # lookup or a dict access inside the timed call costs ~2 us, 5 % of a 40 us task
+        runtimes["tuned"].switch(name)
         tuned_args = [tvm.runtime.tensor(x) for x in inputs[name]]
-        tuned_args += list(runtimes["tuned"]._weights[name])
+        tuned_args += runtimes["tuned"]._arguments
         plain_args = [tvm.runtime.tensor(x) for x in inputs[name]] + list(model.weights)
         tuned_func, plain_func = runtimes["tuned"].vm[task_function(name)], model.vm["main"]
         calls = {

@@ -3,6 +3,7 @@
 from .add_page_gather import AddPageGather
 from .exclusive_page_loader import ExclusivePageLoader
 from .lift_weight_constants import LiftWeightConstants
+from .lift_weight_transforms import LiftWeightTransforms
 from .merge_tasks import MergeTasks
 from .virtualize_weights import VirtualizeWeights
 
@@ -10,6 +11,7 @@ __all__ = [
     "AddPageGather",
     "ExclusivePageLoader",
     "LiftWeightConstants",
+    "LiftWeightTransforms",
     "MergeTasks",
     "VirtualizeWeights",
 ]

@@ -24,6 +24,7 @@ from .device_memory import as_numpy, check_device, host_staging, offset_view
 from .io import InputBuffers, on_cpu, outputs_to_numpy
 from .page_store import PageStore
 from .scheduler import schedule
+from .weight_transform import weight_transform
 
 
 @dataclass
@@ -39,9 +40,9 @@ class Counters:
 
 class MultitaskRuntime:
     """The pool and page tables made resident once; `switch(task)` gathers the task's pages into
-    one weight buffer sized for the largest task, whose views are the task's weights
-    (materialize mode), or does nothing (fused mode); `run(task, *inputs)` switches if needed
-    and runs.
+    one weight buffer sized for the largest task, whose views are the task's weights, and runs
+    the task's weight-only ops on them once (materialize mode), or does nothing (fused mode);
+    `run(task, *inputs)` switches if needed and runs.
 
     Exclusive pages (weight separation) stay in level-2 storage (`level2`: the .wvpack file, or
     the plan's arrays) until a switch loads them into a level-1 scratch; `run_many` prefetches
@@ -98,6 +99,8 @@ class MultitaskRuntime:
                     f"the library was lowered for {theirs} (it has no '{gather}')"
                 )
             self._setup_weight_buffer(plan)
+            self._transforms = {n: weight_transform(self.vm, task_function(n)) for n in plan.tasks}
+        self._arguments: list[tvm.runtime.Tensor] = []  # the current task's, after its inputs
         self._setup_exclusive(plan, level2)
 
     def _kernel(self, name: str):
@@ -172,7 +175,8 @@ class MultitaskRuntime:
         return self._pool_and_table_bytes + buffer + self.scratch_bytes
 
     def switch(self, task: str) -> None:
-        """Make `task` current: in materialize mode, one gather kernel moves its pages."""
+        """Make `task` current: in materialize mode, one gather kernel moves its pages and the
+        task's weight transform runs on them."""
         with self._lock:
             self._check_task(task)
             start = time.perf_counter()
@@ -185,6 +189,10 @@ class MultitaskRuntime:
             elif self.library.mode == "materialize":
                 self._gather(*self._pool_inputs, self.page_tables[task], self._targets[task])
                 self.counters.bytes_gathered += self._target_bytes[task]
+            if self.library.mode == "materialize":
+                self._arguments = self._transforms[task](self._weights[task])
+            else:
+                self._arguments = [self.pool, self.page_tables[task]]
             self.current = task
             self.counters.switches += 1
             self.counters.switch_seconds += time.perf_counter() - start
@@ -234,10 +242,7 @@ class MultitaskRuntime:
             if task != self.current:
                 self.switch(task)
             start = time.perf_counter()
-            if self.library.mode == "materialize":
-                result = self._functions[task](*args, *self._weights[task])
-            else:
-                result = self._functions[task](*args, self.pool, self.page_tables[task])
+            result = self._functions[task](*args, *self._arguments)
             outputs = outputs_to_numpy(result)
             self.counters.requests += 1
             self.counters.inference_seconds += time.perf_counter() - start

@@ -16,6 +16,7 @@ from tvm.runtime.vm import VirtualMachine
 
 from .io import InputBuffers, outputs_to_numpy
 from .multitask_runtime import Counters
+from .weight_transform import weight_transform
 
 if TYPE_CHECKING:
     from tvm_weightvirt.frontend.task import Task
@@ -25,7 +26,8 @@ InputTypes = list[tuple[tuple[int, ...], str]]
 
 class StandaloneModel:
     """`task.mod` compiled alone with TVM's default pipeline (its kernels scheduled from the
-    MetaSchedule database `tuning_db` if given); `run` feeds the task's weights."""
+    MetaSchedule database `tuning_db` if given), its weight-only ops run once at load; `run`
+    feeds the transformed weights."""
 
     def __init__(
         self, task: Task, target: str | dict = "llvm", device=None, tuning_db: str | None = None
@@ -49,7 +51,9 @@ class StandaloneModel:
         self.name, self.executable = name, executable
         self.device = device or tvm.cpu()
         self.vm = VirtualMachine(executable, self.device)
-        self.weights = [tvm.runtime.tensor(w, self.device) for w in weights]
+        self._main = self.vm["main"]
+        tensors = [tvm.runtime.tensor(w, self.device) for w in weights]
+        self.weights = weight_transform(self.vm, "main")(tensors)
         self.weight_bytes = sum(w.nbytes for w in weights)
         self._inputs = InputBuffers(input_types, self.device)
         self._lock = threading.Lock()
@@ -57,16 +61,21 @@ class StandaloneModel:
     def run(self, *inputs: np.ndarray) -> list[np.ndarray]:
         with self._lock:
             args = self._inputs.fill(self.name, inputs)
-            return outputs_to_numpy(self.vm["main"](*args, *self.weights))
+            return outputs_to_numpy(self._main(*args, *self.weights))
 
 
 def compile_alone(task: Task, target: str | dict = "llvm", tuning_db: str | None = None):
     """`task.mod` compiled by itself (weights as inputs): the executable and, with
     `tuning_db`, the TuningReport of its kernels."""
     from tvm import relax  # compiling: TVM's compiler, not only its runtime
+    from tvm_weightvirt.passes import LiftWeightTransforms
 
     target = tvm.target.Target(target)
-    mod, pipeline, tuning = task.mod, relax.get_default_pipeline(target), None
+    mod, pipeline, tuning = (
+        LiftWeightTransforms()(task.mod),
+        relax.get_default_pipeline(target),
+        None,
+    )
     if tuning_db:
         from tvm_weightvirt.compile.tuning import TuningOptions, scheduled_pipeline, tune_and_apply
 
@@ -195,7 +204,8 @@ class ReloadModels:
                 os.close(fd)
         executable, weights = _load_alone(self.files[task])
         self._vm = VirtualMachine(executable, self.device)
-        self._weights = [tvm.runtime.tensor(w, self.device) for w in weights]
+        tensors = [tvm.runtime.tensor(w, self.device) for w in weights]
+        self._weights = weight_transform(self._vm, "main")(tensors)
         self.current = task
         self.counters.switches += 1
         self.counters.switch_seconds += time.perf_counter() - start

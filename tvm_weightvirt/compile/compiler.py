@@ -17,9 +17,16 @@ from ..abi import (
     MODE_ATTR,
     MODES,
     task_of,
+    weight_transform_function,
 )
 from ..frontend.task import Task
-from ..passes import AddPageGather, ExclusivePageLoader, MergeTasks, VirtualizeWeights
+from ..passes import (
+    AddPageGather,
+    ExclusivePageLoader,
+    LiftWeightTransforms,
+    MergeTasks,
+    VirtualizeWeights,
+)
 from ..plan import PagePlan
 from .library import Library, TaskSignature, check_archs, sm_number
 from .native_log import TAKE_FAST_MODE, without_native_lines
@@ -31,9 +38,10 @@ if TYPE_CHECKING:
 def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> tvm.IRModule:
     """One module with `task_<name>` per task whose weights come from the page pool.
 
-    mode "materialize" (NWV's design): `task_<name>(inputs..., weights...)` is the plain model
-    and `wv_gather_pages(pool, page_table, weight_pages)` gathers a task's pages into one
-    contiguous buffer at a context switch; the weights are views of that buffer. When the plan
+    mode "materialize" (NWV's design): `wv_gather_pages(pool, page_table, weight_pages)` gathers
+    a task's pages into one contiguous buffer at a context switch; the weights are views of that
+    buffer, and `wv_transform_task_<name>(weights)` then runs the model's weight-only ops
+    (transposes, ...) once, so that `task_<name>(inputs..., transformed...)` does not. When the plan
     has exclusive pages, `wv_gather_pages_exclusive` also reads them from a level-2 scratch;
     with SmartDeal pages (`plan.coded`), `wv_gather_coded_pages` decodes them as it gathers.
     mode "fused": `task_<name>(inputs..., pool, page_table)` gathers inside every call; a
@@ -65,6 +73,9 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     if has_exclusive:
         # Step 3. Exclusive pages come from a level-2 scratch the runtime fills.
         pipeline.append(ExclusivePageLoader(plan.page_size))
+    if mode == "materialize":
+        # Step 4. Weight-only ops run once per switch, not per inference.
+        pipeline.append(LiftWeightTransforms())
     mod = tvm.transform.Sequential(pipeline, name="wv.lower")(tvm.IRModule())
     return mod.with_attr(MODE_ATTR, mode)
 
@@ -91,7 +102,7 @@ def build(
     if mode not in MODES:
         raise ValueError(f"build takes a module from `lower` (it has no '{MODE_ATTR}' attribute)")
     tasks = {
-        task_of(gv.name_hint): _signature(func, mode)
+        task_of(gv.name_hint): _signature(mod, gv.name_hint, mode)
         for gv, func in mod.functions_items()
         if isinstance(func, relax.Function) and task_of(gv.name_hint)
     }
@@ -143,10 +154,17 @@ def _names(mod: tvm.IRModule) -> list[str]:
     return [gv.name_hint for gv in mod.get_global_vars()]
 
 
-def _signature(func: relax.Function, mode: str) -> TaskSignature:
+def _signature(mod: tvm.IRModule, name: str, mode: str) -> TaskSignature:
+    func = mod[name]
     n_in = int(func.attrs["num_input"])
-    types = [(tuple(int(d) for d in p.ty.shape.values), str(p.ty.dtype)) for p in func.params]
-    if mode == "materialize":
-        return TaskSignature(tuple(types[:n_in]), tuple(types[n_in:]), None, None)
+    types = [_tensor_type(p.ty) for p in func.params]
+    if mode == "materialize":  # the weights the switch's transform takes (see abi)
+        (weights,) = mod[weight_transform_function(name)].params
+        weight_types = tuple(map(_tensor_type, weights.ty.fields))
+        return TaskSignature(tuple(types[:n_in]), weight_types, None, None)
     pool_shape, (table_shape, _) = types[n_in][0], types[n_in + 1]
     return TaskSignature(tuple(types[:n_in]), (), table_shape[0], pool_shape)
+
+
+def _tensor_type(ty) -> tuple[tuple[int, ...], str]:
+    return tuple(int(d) for d in ty.shape.values), str(ty.dtype)
