@@ -1,6 +1,7 @@
 """Relax module passes of tvm-weightvirt, one per file."""
 
 from .add_page_gather import AddPageGather
+from .conv_weights_output_channels_last import ConvWeightsOutputChannelsLast
 from .exclusive_page_loader import ExclusivePageLoader
 from .lift_weight_constants import LiftWeightConstants
 from .lift_weight_transforms import LiftWeightTransforms
@@ -9,6 +10,7 @@ from .virtualize_weights import VirtualizeWeights
 
 __all__ = [
     "AddPageGather",
+    "ConvWeightsOutputChannelsLast",
     "ExclusivePageLoader",
     "LiftWeightConstants",
     "LiftWeightTransforms",

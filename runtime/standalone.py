@@ -65,17 +65,16 @@ class StandaloneModel:
 
 
 def compile_alone(task: Task, target: str | dict = "llvm", tuning_db: str | None = None):
-    """`task.mod` compiled by itself (weights as inputs): the executable and, with
-    `tuning_db`, the TuningReport of its kernels."""
-    from tvm import relax  # compiling: TVM's compiler, not only its runtime
-    from tvm_weightvirt.passes import LiftWeightTransforms
+    """`task.mod` compiled by itself (weights as inputs) with the same passes and schedules as
+    a multitask build: the executable and, with `tuning_db`, the TuningReport of its kernels."""
+    # compiling: TVM's compiler, not only its runtime
+    from tvm_weightvirt.passes import ConvWeightsOutputChannelsLast, LiftWeightTransforms
+
+    from tvm_weightvirt.compile.cpu_schedule import default_pipeline
 
     target = tvm.target.Target(target)
-    mod, pipeline, tuning = (
-        LiftWeightTransforms()(task.mod),
-        relax.get_default_pipeline(target),
-        None,
-    )
+    mod = LiftWeightTransforms()(ConvWeightsOutputChannelsLast()(task.mod))
+    pipeline, tuning = default_pipeline(target), None
     if tuning_db:
         from tvm_weightvirt.compile.tuning import TuningOptions, scheduled_pipeline, tune_and_apply
 

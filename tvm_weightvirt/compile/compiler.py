@@ -22,12 +22,14 @@ from ..abi import (
 from ..frontend.task import Task
 from ..passes import (
     AddPageGather,
+    ConvWeightsOutputChannelsLast,
     ExclusivePageLoader,
     LiftWeightTransforms,
     MergeTasks,
     VirtualizeWeights,
 )
 from ..plan import PagePlan
+from .cpu_schedule import default_pipeline
 from .library import Library, TaskSignature, check_archs, sm_number
 from .native_log import TAKE_FAST_MODE, without_native_lines
 
@@ -65,8 +67,10 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     if coded and mode == "fused":
         raise NotImplementedError("SmartDeal pages are lowered for materialize mode only")
     pipeline = [
-        # Step 1. One Relax function per task, identical kernels once.
+        # Step 1. One Relax function per task, identical kernels once; convolution weights
+        # read as vectors of output channels (the permute is a weight transform).
         MergeTasks({t.name: t.mod for t in tasks}),
+        ConvWeightsOutputChannelsLast(),
         # Step 2. The pool reaches the weights: one gather per switch, or per call.
         AddPageGather(plan.page_size, coded) if mode == "materialize" else VirtualizeWeights(plan),
     ]
@@ -86,7 +90,8 @@ def build(
     tuning: TuningOptions | None = None,
     archs: Sequence[str] | None = None,
 ) -> Library:
-    """Compile a lowered module (fused kernels: TVM's default pipeline for the target).
+    """Compile a lowered module (fused kernels: TVM's default pipeline for the target, on CPUs
+    with the project's default schedules, see `compile/cpu_schedule.py`).
 
     With `tuning`, the kernels get their best schedules from its MetaSchedule database, after
     its trials per kernel the database has none for yet (see `compile/tuning`).
@@ -106,7 +111,7 @@ def build(
         for gv, func in mod.functions_items()
         if isinstance(func, relax.Function) and task_of(gv.name_hint)
     }
-    pipeline, report = relax.get_default_pipeline(target), None
+    pipeline, report = default_pipeline(target), None
     if tuning is not None:
         from .tuning import scheduled_pipeline, tune_and_apply
 

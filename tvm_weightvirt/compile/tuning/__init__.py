@@ -6,7 +6,7 @@ candidate); search uses all four, apply (the build's tuning step) uses search.
 """
 
 from .apply import scheduled_pipeline, tune_and_apply
-from .database import open_database
+from .database import default_database, default_database_folder, open_database
 from .kernels import fuse, kernels, tuning_target
 from .measurement import measure
 from .options import RPCTracker, TuningOptions
@@ -14,6 +14,8 @@ from .options import RPCTracker, TuningOptions
 __all__ = [
     "RPCTracker",
     "TuningOptions",
+    "default_database",
+    "default_database_folder",
     "fuse",
     "kernels",
     "measure",

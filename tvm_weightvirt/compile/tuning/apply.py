@@ -9,6 +9,7 @@ import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
+from ..cpu_schedule import OutputChannelVectors
 from .database import database_bytes, open_database
 from .kernels import fuse, gathers, kernels, static_gather, tuning_target
 from .options import TuningOptions, TuningReport
@@ -62,9 +63,12 @@ def apply_database(
 
 
 def scheduled_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's default pipeline for a module already fused and scheduled from a database: on GPUs
-    dlight schedules the kernels the database has nothing for, then Relax is lowered."""
+    """TVM's default pipeline for a module already fused and scheduled from a database: the
+    kernels the database has nothing for get dlight's schedules on GPUs and the project's
+    default ones on CPUs (`compile/cpu_schedule.py`), then Relax is lowered."""
     passes = []
+    if target.kind.name == "llvm":
+        passes.append(dl.ApplyDefaultSchedule(OutputChannelVectors()))
     if relax.pipeline.BackendDispatcher.is_gpu_target(target):
         passes.append(
             dl.ApplyDefaultSchedule(

@@ -8,6 +8,28 @@ import os
 import tvm.s_tir.meta_schedule as ms
 
 DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+DATABASE_ENV = "WVIRT_TUNING_DB"
+
+
+def default_database_folder(target: str | dict) -> str:
+    """Where a target's tuning database lives unless a build names one: `$WVIRT_TUNING_DB`, or
+    `~/.cache/tvm_weightvirt/tuning/<target kind>-<cpu or arch>` (schedules tuned for one CPU
+    or GPU model are the ones to reuse on it)."""
+    if os.environ.get(DATABASE_ENV):
+        return os.environ[DATABASE_ENV]
+    import tvm
+
+    target = tvm.target.Target(target)
+    model = target.attrs.get("mcpu") or target.attrs.get("arch") or "generic"
+    return os.path.join(
+        os.path.expanduser("~/.cache/tvm_weightvirt/tuning"), f"{target.kind.name}-{model}"
+    )
+
+
+def default_database(target: str | dict) -> str | None:
+    """The default folder (see `default_database_folder`) when it holds tuning records."""
+    folder = default_database_folder(target)
+    return folder if database_bytes(folder) else None
 
 
 def open_database(directory: str) -> ms.database.JSONDatabase:

@@ -1,0 +1,171 @@
+"""Default CPU schedules for the kernels that hold the time of a small model at batch 1:
+dense layers and convolutions whose weights are read with the output channel last.
+
+TVM's default llvm pipeline leaves every kernel unscheduled (scalar loops in the order
+legalization wrote them). `OutputChannelVectors` gives a kernel with one reduction over a weight
+`W[..., o]` (a dense layer after its weight transpose, a convolution after
+`ConvWeightsOutputChannelsLast`) the classic register-blocked loop nest:
+
+    for the other output positions (blocked by up to 4 rows):
+        acc[rows][o-vectors] = 0                          # registers
+        for each reduction index r:                       # k, or (ci, ky, kx)
+            acc[row][o-vector] += input[row, r] * W[r, o-vector]   # broadcast x vector FMA
+        output[..., o, ...] = epilogue(acc)               # bias, activation fused in
+
+so every weight vector is loaded once per block of rows and every input value once per vector
+of output channels. The reduction runs in the same order as the unscheduled kernel (r in
+order, one accumulator per output), so the sums are bitwise those of TVM's default kernels
+unless LLVM contracts a multiply-add into an FMA (it does where the target has FMA).
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight as dl
+from tvm.target import Target
+
+MAX_ROWS = 4  # rows of outputs that share each weight vector load
+MAX_ACCUMULATORS = 12  # vector registers holding sums (16 on AVX2 / AVX-512 / NEON)
+
+
+class OutputChannelVectors(dl.ScheduleRule):
+    """See the module's docstring. Applies to a PrimFunc whose blocks are: spatial producers
+    that can be inlined (padding), one reduction block, then elementwise consumers; the
+    reduction reads a buffer whose last index is one of the block's spatial iterators and
+    whose other indices use a reduction iterator (the weight). Anything else: None (the
+    kernel keeps TVM's default)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return _schedule(func, target)
+        except (s_tir.ScheduleError, _DoesNotApply):
+            return None
+
+
+class _DoesNotApply(Exception):
+    pass
+
+
+def vector_lanes(target: Target) -> int:
+    """float32 lanes of the target's vector registers (4 on plain x86-64 and Arm)."""
+    bits = tvm.target.codegen.llvm_get_vector_width(target)
+    return max(4, int(bits) // 32) if bits > 0 else 4
+
+
+def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root") if _has_root(sch) else None)
+    reductions = [b for b in blocks if _is_reduction(sch, b)]
+    if len(reductions) != 1:
+        raise _DoesNotApply
+    (reduction,) = reductions
+    position = [sch.get(b).name_hint for b in blocks].index(sch.get(reduction).name_hint)
+    for producer in blocks[:position]:
+        sch.compute_inline(producer)
+    consumers = blocks[position + 1 :]
+
+    block = sch.get(reduction)
+    spatial = [iv for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
+    reduce = [iv for iv in block.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
+    loops = sch.get_loops(reduction)
+    if len(loops) != len(block.iter_vars) or list(block.iter_vars[: len(spatial)]) != spatial:
+        raise _DoesNotApply  # legalization writes spatial iterators first, one loop each
+    vector = _vector_iterator(block, spatial, reduce)
+    v = spatial.index(vector)
+    extent = int(vector.dom.extent)
+    lanes = _largest_divisor(extent, vector_lanes(target))
+    n_vectors = _largest_divisor(extent // lanes, MAX_ACCUMULATORS)
+    # the innermost other spatial loop with extent > 1 gives rows that share weight loads
+    others = [i for i in range(len(spatial)) if i != v and int(spatial[i].dom.extent) > 1]
+    row = others[-1] if others else None
+    rows = 1
+    if row is not None:
+        rows = _largest_divisor(int(spatial[row].dom.extent), MAX_ROWS)
+        rows = _largest_divisor(rows, max(1, MAX_ACCUMULATORS // n_vectors))
+
+    outer, inner = [], []
+    for i, loop in enumerate(loops[: len(spatial)]):
+        if i == v:
+            o, b, lane = sch.split(loop, [None, n_vectors, lanes])
+            outer.append(o)
+            inner += [b, lane]
+        elif i == row:
+            o, r = sch.split(loop, [None, rows])
+            outer.append(o)
+            inner.insert(0, r)
+        else:
+            outer.append(loop)
+    reduction_loops = list(loops[len(spatial) :])
+    sch.reorder(*outer, *reduction_loops, *inner)
+
+    accumulate = sch.cache_write(reduction, 0, "local")
+    sch.reverse_compute_at(accumulate, outer[-1])
+    for consumer in consumers:
+        sch.reverse_compute_inline(consumer)
+    *unrolled, lane_loop = sch.get_loops(reduction)[-len(inner) :]
+    sch.vectorize(lane_loop)  # before the init is split off: a reduction block may be vectorized
+    for loop in unrolled:
+        sch.unroll(loop)
+    sch.decompose_reduction(reduction, reduction_loops[0])  # the init keeps the loop kinds
+    return sch
+
+
+def _has_root(sch: s_tir.Schedule) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except s_tir.ScheduleError:
+        return False
+
+
+def _is_reduction(sch: s_tir.Schedule, block) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _vector_iterator(block, spatial, reduce):
+    """The spatial iterator that is the last index of a read that also uses a reduction
+    iterator (the weight, read as vectors of output channels)."""
+    reduce_vars = {iv.var for iv in reduce}
+    spatial_vars = {iv.var: iv for iv in spatial}
+    for region in block.reads:
+        indices = [r.min for r in region.region]
+        uses_reduce = any(_uses(i, var) for i in indices[:-1] for var in reduce_vars)
+        last = indices[-1] if indices else None
+        if uses_reduce and isinstance(last, tirx.Var) and last in spatial_vars:
+            return spatial_vars[last]
+    raise _DoesNotApply
+
+
+def _uses(expr, var) -> bool:
+    return any(v.same_as(var) for v in tirx.analysis.undefined_vars(expr))
+
+
+def _largest_divisor(n: int, at_most: int) -> int:
+    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+
+
+def default_pipeline(target: Target) -> tvm.transform.Pass:
+    """TVM's default pipeline for `target`; on llvm with `OutputChannelVectors` applied to the
+    fused kernels."""
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    if target.kind.name != "llvm":
+        return relax.get_default_pipeline(target)
+
+    @tvm.transform.module_pass(opt_level=0, name="wv.cpu_pipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            passes = [
+                *cpu.library_dispatch_passes(target),
+                *cpu.legalize_passes(target),
+                dl.ApplyDefaultSchedule(OutputChannelVectors()),
+                *cpu.dataflow_lower_passes(target),
+                *cpu.finalize_passes(target),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
