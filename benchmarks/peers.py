@@ -126,7 +126,7 @@ def format_table(numbers: dict) -> str:
         for stat in ("geomean", "worst"):
             ratios = numbers[key]
             lines.append(
-                f"{key + " " + stat:20s}"
+                f"{key + ' ' + stat:20s}"
                 + "".join(
                     f"{ratios[s][stat]:{width - 1}.2f}x" if s in ratios else f"{'':>{width}s}"
                     for s in systems
