@@ -34,6 +34,7 @@ class InputBuffers:
 
     def __init__(self, types: list[tuple[tuple[int, ...], str]], device: tvm.runtime.Device):
         self.types = [(tuple(shape), str(dtype)) for shape, dtype in types]
+        self.dtypes = [np.dtype(dtype) for _, dtype in self.types]
         self.device = device
         self.host = [aligned_zeros(s, d) for s, d in self.types] if on_cpu(device) else None
         self.tensors = (
@@ -44,9 +45,9 @@ class InputBuffers:
         if len(inputs) != len(self.types):
             raise ValueError(f"task '{name}' takes {len(self.types)} inputs, got {len(inputs)}")
         arrays = []
-        for i, (x, (shape, dtype)) in enumerate(zip(inputs, self.types)):
+        for i, (x, (shape, dtype), np_dtype) in enumerate(zip(inputs, self.types, self.dtypes)):
             x = np.asarray(x)
-            if tuple(x.shape) != shape or str(x.dtype) != dtype:
+            if x.shape != shape or x.dtype != np_dtype:  # str(dtype) alone costs 2.5 us
                 raise ValueError(
                     f"task '{name}': input {i} must be {shape} {dtype}, "
                     f"got {tuple(x.shape)} {x.dtype}"

@@ -24,6 +24,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
+from tvm.tirx import IndexMap
 
 MAX_ROWS = 4  # rows of outputs that share each weight vector load
 MAX_ACCUMULATORS = 12  # vector registers holding sums (16 on AVX2 / AVX-512 / NEON)
@@ -50,9 +51,12 @@ class _DoesNotApply(Exception):
 
 
 def vector_lanes(target: Target) -> int:
-    """float32 lanes of the target's vector registers (4 on plain x86-64 and Arm)."""
-    bits = tvm.target.codegen.llvm_get_vector_width(target)
-    return max(4, int(bits) // 32) if bits > 0 else 4
+    """float32 lanes of the target's vector registers: 16 with AVX-512, 8 with AVX, else 4
+    (SSE, NEON); a target without `mcpu` is compiled for this machine's CPU."""
+    features = tvm.target.codegen.llvm_get_cpu_features(target)
+    if not features:
+        return max(4, int(tvm.target.codegen.llvm_get_vector_width(target)) // 32)
+    return 16 if "avx512f" in features else 8 if "avx" in features else 4
 
 
 def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
@@ -102,6 +106,18 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     sch.reorder(*outer, *reduction_loops, *inner)
 
     accumulate = sch.cache_write(reduction, 0, "local")
+    # the accumulators' output channels innermost: each vector of them is one register
+    (write,) = sch.get(reduction).writes
+    channel = [_uses(r.min, vector.var) for r in write.region].index(True)
+    ndim = len(write.region)
+    sch.transform_layout(
+        reduction,
+        ("write", 0),
+        IndexMap.from_func(
+            lambda *i: [*i[:channel], *i[channel + 1 :], i[channel]],
+            ndim=ndim,
+        ),
+    )
     sch.reverse_compute_at(accumulate, outer[-1])
     for consumer in consumers:
         sch.reverse_compute_inline(consumer)

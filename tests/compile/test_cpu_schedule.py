@@ -1,0 +1,102 @@
+"""The default CPU schedules (`compile/cpu_schedule.py`) and the conv weight layout they read:
+which kernels they schedule, the loop nest they give, and outputs equal to TVM's unscheduled
+kernels up to float rounding."""
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu
+from tvm.s_tir import dlight as dl
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm_weightvirt.passes import ConvWeightsOutputChannelsLast
+from tvm_weightvirt.runtime import StandaloneModel
+from tvm_weightvirt.runtime.io import outputs_to_numpy
+
+import tvm_weightvirt as wv
+from tvm_weightvirt.apps import examples
+from tvm_weightvirt.compile.cpu_schedule import OutputChannelVectors
+
+
+def _example_tasks():
+    for seed, kind in enumerate(examples.TORCH_MODELS):
+        model, x = examples.torch_model(kind, seed)
+        yield wv.Task.from_torch(model, (x,), name=kind), x.numpy()
+    for make in (examples.onnx_resnet_block, examples.onnx_inception_block):
+        onnx_model, x = make()
+        yield wv.Task.from_onnx(onnx_model, name=make.__name__), x
+
+
+@pytest.mark.parametrize("task, x", list(_example_tasks()), ids=lambda v: getattr(v, "name", ""))
+def test_scheduled_outputs_equal_tvms_default_kernels(task, x):
+    """Same sums in the same order: only FMA contraction may move the last bits (padded,
+    residual, batch-normed and pooled nets included)."""
+    target = tvm.target.Target("llvm")
+    default = relax.VirtualMachine(
+        tvm.compile(task.mod, target, relax_pipeline=relax.get_default_pipeline(target)),
+        tvm.cpu(),
+    )
+    weights = [tvm.runtime.tensor(w) for w in task.weights.values()]
+    expected = outputs_to_numpy(default["main"](tvm.runtime.tensor(x), *weights))
+    for out, want in zip(StandaloneModel(task).run(x), expected, strict=True):
+        np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
+
+
+@I.ir_module
+class DenseAndConv:
+    @R.function
+    def main(
+        x: R.Tensor((1, 8, 10, 10), "float32"),
+        w: R.Tensor((32, 8, 3, 3), "float32"),
+        d: R.Tensor((64, 512), "float32"),
+    ) -> R.Tensor((1, 64), "float32"):
+        R.func_attr({"num_input": 1})
+        with R.dataflow():
+            y = R.nn.conv2d(x, w)
+            z = R.nn.leakyrelu(y, 0.2)
+            p = R.nn.max_pool2d(z, pool_size=[2, 2], strides=[2, 2])
+            f = R.reshape(p, [1, 512])
+            o = R.matmul(f, R.permute_dims(d, [1, 0]))
+            R.output(o)
+        return o
+
+
+def _scheduled(mcpu: str) -> dict[str, tvm.tirx.PrimFunc]:
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+    mod = ConvWeightsOutputChannelsLast()(DenseAndConv)
+    with target:
+        mod = tvm.transform.Sequential(
+            [*cpu.legalize_passes(target), dl.ApplyDefaultSchedule(OutputChannelVectors())]
+        )(mod)
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+@pytest.mark.parametrize("mcpu, lanes", [("haswell", 8), ("skylake-avx512", 16)])
+def test_dense_and_conv_get_vectors_of_output_channels(mcpu, lanes):
+    """The conv (weights HWIO) and the dense kernel (weight transposed) accumulate vectors of
+    the target's width of output channels in registers, their epilogue fused in; max pooling
+    (no weight) keeps TVM's default."""
+    funcs = _scheduled(mcpu)
+    scheduled = {n for n, f in funcs.items() if (f.attrs or {}).get("tirx.is_scheduled")}
+    conv = next(n for n in funcs if "conv2d" in n)
+    dense = next(n for n in funcs if "matmul" in n)
+    assert scheduled == {conv, dense}, sorted(funcs)
+    assert "leaky" in conv  # the activation is fused into the conv's kernel
+    for name in (conv, dense):
+        script = funcs[name].script()
+        assert f"T.vectorized(T.int64({lanes}))" in script
+        assert 'scope="local"' in script  # the accumulators
+        assert "T.init()" not in script  # zeroed once per block of outputs, before the sums
+
+
+def test_grouped_convolutions_keep_their_layout():
+    """Only one-group NC.../OI... convolutions are rewritten (depthwise ones are not)."""
+    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
+    w = relax.Var("w", relax.TensorType((4, 1, 3, 3), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, w]):
+        out = bb.emit(relax.op.nn.conv2d(x, w, groups=4))
+        bb.emit_func_output(out)
+    mod = bb.get()
+    tvm.ir.assert_structural_equal(ConvWeightsOutputChannelsLast()(mod), mod)
