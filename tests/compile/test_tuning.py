@@ -44,7 +44,9 @@ def test_tuned_build_computes_what_the_untuned_one_does(tuned):
     assert report["kernels"] == 5
     assert report["reused"] == 0
     assert 0 < report["trials"] <= (TRIALS + 1) * 5  # + each kernel's untuned schedule
-    assert report["scheduled"] == 5  # every kernel, the gather too, runs a tuned schedule
+    # every kernel, the gather too, runs a tuned schedule or keeps its default one, which the
+    # best tuned one did not beat by the margin (which of the two depends on the machine)
+    assert report["scheduled"] + report["kept_default"] == 5
     assert report["database_bytes"] > 0
     # Tuned reductions sum in another order: equal up to float32 rounding, not bit for bit.
     np.testing.assert_allclose(
@@ -56,11 +58,12 @@ def test_second_build_reuses_the_database_without_trials(tuned):
     task, x, plan, mod, database, untuned, library = tuned
     again = wv.build(mod, tuning=wv.TuningOptions(database, TRIALS))
     assert again.tuning["trials"] == 0
-    assert again.tuning["reused"] == again.tuning["scheduled"] == 5
+    assert again.tuning["reused"] == 5
+    assert again.tuning["scheduled"] + again.tuning["kept_default"] == 5
     np.testing.assert_array_equal(_outputs(plan, again, x), _outputs(plan, library, x))
     # the plain model compiled alone finds its 4 kernels in the same database
     plain = StandaloneModel(task, tuning_db=database)
-    assert plain.tuning.scheduled == 4
+    assert plain.tuning.scheduled + plain.tuning.kept_default == 4
     np.testing.assert_array_equal(plain.run(x)[0], _outputs(plan, library, x))
 
 

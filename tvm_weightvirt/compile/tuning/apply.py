@@ -5,15 +5,20 @@ from __future__ import annotations
 
 import importlib
 
+import numpy as np
 import tvm
+import tvm.s_tir.meta_schedule as ms
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
 from ..cpu_schedule import OutputChannelVectors
 from .database import database_bytes, open_database
-from .kernels import fuse, gathers, kernels, static_gather, tuning_target
+from .kernels import default_schedule, fuse, gathers, kernels, static_gather, tuning_target
 from .options import TuningOptions, TuningReport
 from .search import tune
+
+# a tuned kernel replaces the default schedule only when its timing is this much lower
+MARGIN = 0.10
 
 
 def tune_and_apply(
@@ -28,16 +33,19 @@ def tune_and_apply(
         report = tune(fused, target, options.trials, options.database, options.rpc)
     else:
         report = TuningReport(len(kernels(fused, target)), 0, 0, 0.0, 0)
-    applied, report.scheduled = apply_database(fused, target, options.database)
+    applied, report.scheduled, report.kept_default = apply_database(fused, target, options.database)
     report.database_bytes = database_bytes(options.database)
     return applied, target, report
 
 
 def apply_database(
     mod: tvm.IRModule, target: tvm.target.Target, database_dir: str
-) -> tuple[tvm.IRModule, int]:
+) -> tuple[tvm.IRModule, int, int]:
     """The fused module `mod` with each kernel the database has a schedule for replaced by its
-    best schedule (the gathers get their static form's); also how many kernels got one."""
+    best schedule (the gathers get their static form's), unless that schedule is not
+    `MARGIN` faster than the kernel's default one timed in the same tuning run (the pipeline
+    then gives it the default); also how many kernels got a tuned schedule, and how many kept
+    the default."""
     database = open_database(database_dir)
     # MetaSchedule looks schedules up by kernel alone: a CPU schedule must not reach a GPU build.
     kinds = {r.target.kind.name for r in database.get_all_tuning_records() if r.target}
@@ -54,12 +62,42 @@ def apply_database(
             sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
             record.trace.apply_to_schedule(sch, remove_postproc=False)
             applied[name] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
-    n_scheduled = sum(
-        1
-        for _, func in applied.functions_items()
-        if isinstance(func, tvm.tirx.PrimFunc) and func.attrs and "tirx.is_scheduled" in func.attrs
+    kept_default = 0
+    for gv, func in applied.functions_items():
+        if _is_scheduled(func) and not _beats_default(mod, gv.name_hint, target, database):
+            applied[gv] = mod[gv]
+            kept_default += 1
+    n_scheduled = sum(1 for _, func in applied.functions_items() if _is_scheduled(func))
+    return applied, n_scheduled, kept_default
+
+
+def _is_scheduled(func) -> bool:
+    return isinstance(func, tvm.tirx.PrimFunc) and "tirx.is_scheduled" in (func.attrs or {})
+
+
+def _beats_default(
+    mod: tvm.IRModule, name: str, target: tvm.target.Target, database: ms.database.Database
+) -> bool:
+    """Whether the database's best schedule for kernel `name` of the fused module `mod` runs
+    `MARGIN` faster than its default schedule's record (measured in the same tuning run by
+    `search._add_baseline`). Timings vary between runs and the best of many candidates is
+    the luckiest of them: a tuned schedule must win clearly to replace the default. A
+    database without the default's record (tuned over RPC, or before it was recorded) keeps
+    its best."""
+    func = mod[name]
+    kernel = (
+        static_gather(name, func)
+        if name in gathers(mod)
+        else tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
     )
-    return applied, n_scheduled
+    workload = database.commit_workload(kernel)
+    records = database.get_top_k(workload, len(database))
+    default = str(default_schedule(kernel, target).trace)
+    baseline = [r for r in records if str(r.trace) == default]
+    if not records or not baseline:
+        return True
+    best, default_seconds = (float(np.mean(r.run_secs)) for r in (records[0], baseline[0]))
+    return best < (1 - MARGIN) * default_seconds
 
 
 def scheduled_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:

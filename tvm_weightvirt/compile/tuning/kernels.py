@@ -9,6 +9,7 @@ from tvm import relax
 
 from ...abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
 from ...passes.add_page_gather import gather_func
+from ..cpu_schedule import OutputChannelVectors
 from ..fusion import legalize_and_fuse
 from ..native_log import TAKE_FAST_MODE, without_native_lines
 
@@ -54,6 +55,29 @@ def gathers(mod: tvm.IRModule) -> dict[str, tvm.tirx.PrimFunc]:
         for gv, func in mod.functions_items()
         if gv.name_hint in (GATHER_FUNC, EXCLUSIVE_GATHER_FUNC)
     }
+
+
+def default_schedule(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.s_tir.Schedule:
+    """The schedule an untuned build gives a kernel (one-function module): a gather copies each
+    page with vector instructions on CPUs; other kernels get the project's default CPU
+    schedule where it applies (`compile/cpu_schedule.py`), else stay as TVM legalized them."""
+    func = kernel["main"]
+    if target.kind.name == "llvm":
+        blocks = [b.name_hint for b in _blocks(func)]
+        if GATHER_OUTPUT in blocks:
+            sch = tvm.s_tir.Schedule(kernel)
+            _, along_page = sch.get_loops(sch.get_sblock(GATHER_OUTPUT))
+            sch.vectorize(along_page)
+            return sch
+        scheduled = OutputChannelVectors().apply(func, target, False)
+        if scheduled is not None:
+            return scheduled
+    return tvm.s_tir.Schedule(kernel)
+
+
+def _blocks(func: tvm.tirx.PrimFunc) -> list:
+    sch = tvm.s_tir.Schedule(func)
+    return [sch.get(b) for b in sch.get_child_blocks(sch.get_sblock("root"))]
 
 
 def static_gather(name: str, func: tvm.tirx.PrimFunc) -> tvm.IRModule:

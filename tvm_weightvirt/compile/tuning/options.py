@@ -36,6 +36,7 @@ class TuningReport:
     seconds: float  # tuning (0 when the database only applies)
     database_bytes: int
     scheduled: int = 0  # kernels built with a schedule from the database
+    kept_default: int = 0  # kernels whose tuned schedule did not beat the default by the margin
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,9 @@ from tqdm import tqdm
 from tvm.ir.utils import derived_object
 from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
 
-from ...abi import GATHER_OUTPUT
 from ...progress import LogLines, log
 from .database import database_bytes, open_database
-from .kernels import gathers, kernels
+from .kernels import default_schedule, kernels
 from .measurement import (
     EVALUATOR,
     RPC_SESSION_SECONDS,
@@ -70,8 +69,8 @@ def tune(
         )
         _tune_kernels(todo, target, trials, database, database_dir, rpc)
         if rpc is None:
-            for name, kernel in todo.items():
-                _add_baseline(database, kernel, target, name in gathers(mod))
+            for kernel in todo.values():
+                _add_baseline(database, kernel, target)
     else:
         log.info(f"all {len(found)} kernels are tuned in '{database_dir}': no trials")
     return TuningReport(
@@ -84,16 +83,14 @@ def tune(
 
 
 def _add_baseline(
-    database: ms.database.Database, kernel: tvm.IRModule, target: tvm.target.Target, gather: bool
+    database: ms.database.Database, kernel: tvm.IRModule, target: tvm.target.Target
 ) -> None:
-    """Time the schedule an untuned build gives the kernel like a trial and record it, so the
-    database keeps the faster: a few trials can leave only candidates slower than it (for a
-    tiny matmul, parallel ones 25x slower here; for a gather, MetaSchedule's one design, pages
-    fused into one parallel loop, 5x slower than copying each page with vector instructions)."""
-    sch = tvm.s_tir.Schedule(kernel)
-    if gather:
-        _, along_page = sch.get_loops(sch.get_sblock(GATHER_OUTPUT))
-        sch.vectorize(along_page)
+    """Time the schedule an untuned build gives the kernel (`default_schedule`) like a trial
+    and record it: a build then keeps it unless a tuned one beats it by a margin (see
+    `apply_database`). A few trials can leave only candidates slower than it (for a tiny
+    matmul, parallel ones 25x slower here; for a gather, MetaSchedule's one design, pages fused
+    into one parallel loop, 5x slower than copying each page with vector instructions)."""
+    sch = default_schedule(kernel, target)
     database.commit_tuning_record(
         ms.database.TuningRecord(
             sch.trace,
