@@ -1,11 +1,17 @@
 """Test tiers: `make test` runs everything; `make test-fast` (`-m "not slow"`) runs the tests
 that need no trained suite baseline, no QEMU and no tuning, and fails any that trains one."""
 
+import os
+import tempfile
+
 import pytest
 
 
 def pytest_configure(config):
-    """In the fast tier, training a suite baseline fails (fixtures of any scope included)."""
+    """Builds never apply the machine's default tuning database (`wvirt tune`'s), only one a
+    test makes. In the fast tier, training a suite baseline fails (fixtures of any scope
+    included)."""
+    os.environ["WVIRT_TUNING_DB"] = tempfile.mkdtemp(prefix="wvirt-test-tuning-")
     if "not slow" not in (config.getoption("markexpr") or ""):
         return
     from tvm_weightvirt.apps import suite

@@ -1,5 +1,6 @@
 """The tutorials run, and the `wvirt` commands do what they say."""
 
+import re
 import runpy
 import shutil
 import sys
@@ -21,6 +22,14 @@ def test_tutorial_01_runs(tmp_path, monkeypatch, capsys):
     printed = capsys.readouterr().out
     assert "max |merged - alone| = 0.0" in printed
     assert (tmp_path / "suite.wvpack").exists()
+
+
+def test_tutorial_04_times_a_request(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["04_inference_speed.py"])
+    runpy.run_path(str(ROOT / "tutorials" / "04_inference_speed.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "['wv_transform_task_cnn2d', 'wv_transform_task_cnn1d']" in printed
+    assert re.search(r"cnn1d: packed [\d.]+ us", printed)
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")

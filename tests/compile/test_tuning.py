@@ -5,6 +5,7 @@ or a bad option is a clear error, and trials can be measured through a loopback 
 The first tuning in a process imports TVM's tensor intrinsics (about a minute here): every
 tuning test shares the module's one tuned build."""
 
+import os
 import shutil
 
 import numpy as np
@@ -177,3 +178,23 @@ def test_trials_measured_through_a_loopback_rpc_tracker(tuned, tmp_path):
     np.testing.assert_allclose(
         _outputs(plan, remote, x), _outputs(plan, untuned, x), rtol=1e-5, atol=1e-6
     )
+
+
+def test_wvirt_tune_fills_the_default_database_that_builds_apply(mini_wvpack, tmp_path, capsys):
+    """`wvirt tune` writes the target's default database ($WVIRT_TUNING_DB here); `wvirt build`
+    then applies it without a flag, and --no-tuning-db builds with the default schedules."""
+    from tvm_weightvirt.apps.cli import main
+    from tvm_weightvirt.compile.tuning import default_database
+
+    assert default_database("llvm") is None  # conftest: an empty folder
+    assert main(["tune", str(mini_wvpack), "--trials", "1"]) == 0
+    tuned = capsys.readouterr().out
+    assert default_database("llvm") == os.environ["WVIRT_TUNING_DB"]
+    assert f"database {os.environ['WVIRT_TUNING_DB']}" in tuned
+    assert main(["build", str(mini_wvpack), "-o", str(tmp_path / "tuned")]) == 0
+    built = capsys.readouterr().out
+    assert "tuning: 0 trials" in built and "kept the default one" in built
+    assert main(["build", str(mini_wvpack), "--no-tuning-db", "-o", str(tmp_path / "plain")]) == 0
+    assert "tuning:" not in capsys.readouterr().out
+    assert main(["build", str(mini_wvpack), "--no-tuning-db", "--tune", "2", "-o", "x"]) == 2
+    assert "--tune cannot apply to --no-tuning-db" in capsys.readouterr().err

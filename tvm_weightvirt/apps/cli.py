@@ -113,16 +113,30 @@ def main(argv: list[str] | None = None) -> int:
         "--tune",
         type=int,
         metavar="TRIALS",
-        help="llvm/cuda: MetaSchedule (XGBoost) trials per kernel not yet in --tuning-db "
-        "(default: 0)",
+        help="llvm/cuda: MetaSchedule (XGBoost) trials per kernel not yet in the tuning "
+        "database (default: 0)",
     )
+    _tuning_flags(build)
     build.add_argument(
-        "--tuning-db", help="MetaSchedule database folder: tuning records go here, builds apply it"
+        "--no-tuning-db",
+        action="store_true",
+        help="default schedules only, even where the target's default tuning database exists",
     )
-    build.add_argument(
-        "--rpc-tracker", metavar="HOST:PORT", help="measure tuning trials on a device via RPC"
+
+    tune = command(
+        "tune",
+        help="tune a .wvpack's kernels into the target's tuning database once; later builds "
+        "for the target apply it",
+        description="MetaSchedule tuning of every kernel the database lacks. A kernel keeps its "
+        "default schedule unless a tuned one is 10%% faster. The database: --tuning-db, else "
+        "$WVIRT_TUNING_DB, else ~/.cache/tvm_weightvirt/tuning/<target>-<cpu or arch>.",
     )
-    build.add_argument("--rpc-key", help="the device key registered with --rpc-tracker")
+    tune.add_argument("pack", help="a .wvpack from `wvirt pack`")
+    tune.add_argument("--target", choices=["llvm", "cuda"], default="llvm")
+    tune.add_argument("--arch", help="cuda: the GPU architecture (default: sm_87)")
+    tune.add_argument("--mode", choices=MODES, help="the mode builds use (default: materialize)")
+    tune.add_argument("--trials", type=int, default=64, help="candidates measured per kernel")
+    _tuning_flags(tune)
 
     run = command(
         "run",
@@ -191,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             "pack": _pack,
             "inspect": _inspect,
             "build": _build,
+            "tune": _tune,
             "run": _run,
             "bench": _bench,
             "examples": _examples,
@@ -433,15 +448,22 @@ def _build(args) -> int:
         tuning_db=mcu,
         rpc_tracker=mcu,
         rpc_key=mcu,
+        no_tuning_db=mcu,
     )
+    _refuse(args, "--no-tuning-db", tune=args.no_tuning_db, tuning_db=args.no_tuning_db)
     option = _with_defaults(args, BUILD_DEFAULTS)
     if mcu:
         tuning = None
     else:
         from ..compile.tuning import TuningOptions
 
+        target, archs = _compile_target(args.target, option["arch"])
         tuning = TuningOptions.from_flags(
-            option["tune"], args.tuning_db, args.rpc_tracker, args.rpc_key
+            option["tune"],
+            args.tuning_db,
+            args.rpc_tracker,
+            args.rpc_key,
+            None if args.no_tuning_db else target,
         )
     pack = _pack_with_graphs(args.pack)
     _check_output_folder(args.output, [args.pack], args.force)
@@ -457,13 +479,6 @@ def _build(args) -> int:
             f"wvirt run {args.output} --qemu --tasks ..."
         )
         return 0
-    if args.target == "cuda":
-        from ..compile.library import check_archs, sm_number
-
-        archs = check_archs(option["arch"].split(","))
-        target = {"kind": "cuda", "arch": min(archs, key=sm_number)}
-    else:
-        archs, target = None, {"kind": "llvm"}
     with _written_whole(args.output, folder=True) as tmp:
         library = build(
             lower(pack.tasks, pack.plan, mode=option["mode"]),
@@ -477,17 +492,64 @@ def _build(args) -> int:
         f"{library.compile_seconds:.1f} s -> {args.output}/library.so"
     )
     if library.tuning:
-        t = library.tuning
-        print(
-            f"tuning: {t['trials']} trials in {t['seconds']:.0f} s (of the build's time); "
-            f"{t['scheduled']} of {t['kernels']} kernels scheduled from {args.tuning_db} "
-            f"({t['database_bytes']} B)"
-        )
+        _print_tuning(library.tuning, tuning.database)
     if args.target == "cuda":
         print(
             f"kernels compiled ahead of time by nvcc for {', '.join(archs)}, inside library.so: "
             "the device needs the CUDA driver and TVM's runtime, no compiler"
         )
+    return 0
+
+
+def _tuning_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--tuning-db",
+        help="MetaSchedule database folder: tuning records go here, builds apply it (default: "
+        "$WVIRT_TUNING_DB, else ~/.cache/tvm_weightvirt/tuning/<target>-<cpu or arch>)",
+    )
+    parser.add_argument(
+        "--rpc-tracker", metavar="HOST:PORT", help="measure tuning trials on a device via RPC"
+    )
+    parser.add_argument("--rpc-key", help="the device key registered with --rpc-tracker")
+
+
+def _compile_target(kind: str, arch: str | None) -> tuple[dict, list[str] | None]:
+    """TVM's target for --target llvm|cuda (cuda: the lowest of --arch's), and the archs."""
+    if kind != "cuda":
+        return {"kind": "llvm"}, None
+    from ..compile.library import check_archs, sm_number
+
+    archs = check_archs((arch or BUILD_DEFAULTS["arch"]).split(","))
+    return {"kind": "cuda", "arch": min(archs, key=sm_number)}, archs
+
+
+def _print_tuning(t: dict, database: str) -> None:
+    print(
+        f"tuning: {t['trials']} trials in {t['seconds']:.0f} s; of {t['kernels']} kernels, "
+        f"{t['scheduled']} run a tuned schedule, {t['kept_default']} kept the default one "
+        f"(not beaten by 10 %); database {database} ({t['database_bytes']} B)"
+    )
+
+
+def _tune(args) -> int:
+    import tvm
+
+    from ..compile.compiler import lower
+    from ..compile.tuning import TuningOptions, tune_and_apply
+
+    if args.trials < 1:
+        raise ValueError(f"--trials {args.trials}: tuning measures at least 1 candidate")
+    _refuse(args, "--target llvm", arch=args.target != "cuda")
+    target, _ = _compile_target(args.target, args.arch)
+    options = TuningOptions.from_flags(
+        args.trials, args.tuning_db, args.rpc_tracker, args.rpc_key, target
+    )
+    pack = _pack_with_graphs(args.pack)
+    mode = args.mode or BUILD_DEFAULTS["mode"]
+    mod = lower(pack.tasks, pack.plan, mode=mode)
+    _, _, report = tune_and_apply(mod, tvm.target.Target(target), options)
+    _print_tuning(vars(report), options.database)
+    print(f"`wvirt build --target {args.target}` now applies it (--no-tuning-db: it does not)")
     return 0
 
 

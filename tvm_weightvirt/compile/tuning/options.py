@@ -61,10 +61,20 @@ class TuningOptions:
 
     @staticmethod
     def from_flags(
-        trials: int, database: str | None, rpc_tracker: str | None, rpc_key: str | None
+        trials: int,
+        database: str | None,
+        rpc_tracker: str | None,
+        rpc_key: str | None,
+        target: str | dict | None = None,
     ) -> TuningOptions | None:
         """From `wvirt build`'s --tune, --tuning-db, --rpc-tracker and --rpc-key (None: no
-        tuning); a problem is named by the flags given."""
+        tuning); a problem is named by the flags given. Without --tuning-db, the `target`'s
+        default database (see `default_database_folder`): tuned into with --tune, applied
+        when it exists."""
+        if database is None and target is not None:
+            from .database import default_database, default_database_folder
+
+            database = default_database_folder(target) if trials else default_database(target)
         if not (trials or database or rpc_tracker or rpc_key):
             return None
         if trials < 0:
