@@ -16,7 +16,7 @@ from tvm_weightvirt.runtime.io import outputs_to_numpy
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
-from tvm_weightvirt.compile.cpu_schedule import OutputChannelVectors
+from tvm_weightvirt.compile.cpu_schedule import DEFAULT_RULES
 
 
 def _example_tasks():
@@ -67,7 +67,7 @@ def _scheduled(mcpu: str) -> dict[str, tvm.tirx.PrimFunc]:
     mod = ConvWeightsOutputChannelsLast()(DenseAndConv)
     with target:
         mod = tvm.transform.Sequential(
-            [*cpu.legalize_passes(target), dl.ApplyDefaultSchedule(OutputChannelVectors())]
+            [*cpu.legalize_passes(target), dl.ApplyDefaultSchedule(*DEFAULT_RULES)]
         )(mod)
     return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
@@ -75,13 +75,16 @@ def _scheduled(mcpu: str) -> dict[str, tvm.tirx.PrimFunc]:
 @pytest.mark.parametrize("mcpu, lanes", [("haswell", 8), ("skylake-avx512", 16)])
 def test_dense_and_conv_get_vectors_of_output_channels(mcpu, lanes):
     """The conv (weights HWIO) and the dense kernel (weight transposed) accumulate vectors of
-    the target's width of output channels in registers, their epilogue fused in; max pooling
-    (no weight) keeps TVM's default."""
+    the target's width of output channels in registers, their epilogue fused in; the two
+    weight permutes copy tiles; max pooling (no weight) keeps TVM's default."""
     funcs = _scheduled(mcpu)
     scheduled = {n for n, f in funcs.items() if (f.attrs or {}).get("tirx.is_scheduled")}
     conv = next(n for n in funcs if "conv2d" in n)
     dense = next(n for n in funcs if "matmul" in n)
-    assert scheduled == {conv, dense}, sorted(funcs)
+    permutes = {n for n in funcs if n.startswith("transpose")}
+    assert len(permutes) == 2 and scheduled == {conv, dense, *permutes}, sorted(funcs)
+    for name in permutes:  # written a vector of the output's innermost dimension at a time
+        assert f"T.vectorized(T.int64({lanes}))" in funcs[name].script()
     assert "leaky" in conv  # the activation is fused into the conv's kernel
     for name in (conv, dense):
         script = funcs[name].script()

@@ -46,8 +46,66 @@ class OutputChannelVectors(dl.ScheduleRule):
             return None
 
 
+class TransposeTiles(dl.ScheduleRule):
+    """A kernel that only permutes a tensor's dimensions (the weight transposes and conv
+    weight permutes a context switch runs, see `LiftWeightTransforms`): square tiles of
+    `lanes` x `lanes` elements, whose reads stay in a few cache lines, written one vector at a
+    time. A copy that keeps the innermost dimension is vectorized as is. Anything else: None."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return _schedule_transpose(func, target)
+        except (s_tir.ScheduleError, _DoesNotApply):
+            return None
+
+
+DEFAULT_RULES = (OutputChannelVectors(), TransposeTiles())
+
+
 class _DoesNotApply(Exception):
     pass
+
+
+def _schedule_transpose(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
+    sch = s_tir.Schedule(func)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    if len(blocks) != 1:
+        raise _DoesNotApply
+    block = sch.get(blocks[0])
+    loops = sch.get_loops(blocks[0])
+    iters = list(block.iter_vars)
+    if (
+        len(block.reads) != 1
+        or len(iters) < 2
+        or len(loops) != len(iters)
+        or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters)
+    ):
+        raise _DoesNotApply
+    (read,) = block.reads
+    (write,) = block.writes
+    if len(write.region) != len(iters) or not all(
+        r.min.same_as(iv.var) for r, iv in zip(write.region, iters)
+    ):
+        raise _DoesNotApply  # the output written in loop order
+    last_read = read.region[-1].min
+    inner = [i for i, iv in enumerate(iters) if iv.var.same_as(last_read)]
+    if len(inner) != 1 or any(not isinstance(r.min, tirx.Var) for r in read.region):
+        raise _DoesNotApply  # a pure permutation
+    lanes = vector_lanes(target)
+    (a,) = inner  # the loop that walks the input's rows
+    b = len(iters) - 1  # the loop that walks the output's rows
+    if a == b:
+        _, lane = sch.split(loops[b], [None, _largest_divisor(int(iters[b].dom.extent), lanes)])
+        sch.vectorize(lane)
+        return sch
+    a_out, a_in = sch.split(loops[a], [None, _largest_divisor(int(iters[a].dom.extent), lanes)])
+    b_out, b_in = sch.split(loops[b], [None, _largest_divisor(int(iters[b].dom.extent), lanes)])
+    others = [loop for i, loop in enumerate(loops) if i not in (a, b)]
+    sch.reorder(*others, a_out, b_out, a_in, b_in)
+    sch.vectorize(b_in)
+    return sch
 
 
 def vector_lanes(target: Target) -> int:
@@ -178,7 +236,7 @@ def default_pipeline(target: Target) -> tvm.transform.Pass:
             passes = [
                 *cpu.library_dispatch_passes(target),
                 *cpu.legalize_passes(target),
-                dl.ApplyDefaultSchedule(OutputChannelVectors()),
+                dl.ApplyDefaultSchedule(*DEFAULT_RULES),
                 *cpu.dataflow_lower_passes(target),
                 *cpu.finalize_passes(target),
             ]

@@ -11,7 +11,7 @@ import tvm.s_tir.meta_schedule as ms
 from tvm import relax
 from tvm.s_tir import dlight as dl
 
-from ..cpu_schedule import OutputChannelVectors
+from ..cpu_schedule import DEFAULT_RULES
 from .database import database_bytes, open_database
 from .kernels import default_schedule, fuse, gathers, kernels, static_gather, tuning_target
 from .options import TuningOptions, TuningReport
@@ -106,7 +106,7 @@ def scheduled_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
     default ones on CPUs (`compile/cpu_schedule.py`), then Relax is lowered."""
     passes = []
     if target.kind.name == "llvm":
-        passes.append(dl.ApplyDefaultSchedule(OutputChannelVectors()))
+        passes.append(dl.ApplyDefaultSchedule(*DEFAULT_RULES))
     if relax.pipeline.BackendDispatcher.is_gpu_target(target):
         passes.append(
             dl.ApplyDefaultSchedule(

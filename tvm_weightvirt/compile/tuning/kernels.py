@@ -9,7 +9,7 @@ from tvm import relax
 
 from ...abi import EXCLUSIVE_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
 from ...passes.add_page_gather import gather_func
-from ..cpu_schedule import OutputChannelVectors
+from ..cpu_schedule import DEFAULT_RULES
 from ..fusion import legalize_and_fuse
 from ..native_log import TAKE_FAST_MODE, without_native_lines
 
@@ -69,9 +69,10 @@ def default_schedule(kernel: tvm.IRModule, target: tvm.target.Target) -> tvm.s_t
             _, along_page = sch.get_loops(sch.get_sblock(GATHER_OUTPUT))
             sch.vectorize(along_page)
             return sch
-        scheduled = OutputChannelVectors().apply(func, target, False)
-        if scheduled is not None:
-            return scheduled
+        for rule in DEFAULT_RULES:
+            scheduled = rule.apply(func, target, False)
+            if scheduled is not None:
+                return scheduled
     return tvm.s_tir.Schedule(kernel)
 
 
