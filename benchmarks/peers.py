@@ -10,7 +10,8 @@ interleaved in one process:
   a tuning database exists (`$WVIRT_TUNING_DB` or the default folder, see `wvirt tune`), tuned,
 - virtualized: all tasks packed in one library, `MultitaskRuntime.run` in materialize and
   fused mode (each task's own weights, a lossless plan: latency does not depend on which pages
-  are shared).
+  are shared), built for TVM's generic `llvm` target (x86-64 baseline: SSE2) and, in
+  materialize mode, for this machine's CPU too (`{"kind": "llvm", "mcpu": <host cpu>}`).
 Each round calls every system once, in a fresh seeded random order, so no system always runs
 right after a particular other one (whose weights went through the caches, or whose threads
 still spin). `vs_ort` compares with ONNX Runtime's defaults, `vs_best_ort` with the faster of
@@ -48,6 +49,7 @@ def ort_session(model, example, threads: int = 0):
 
 def measure(quick: bool) -> dict:
     import torch
+    import tvm
     from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
     import tvm_weightvirt as wv
@@ -61,10 +63,19 @@ def measure(quick: bool) -> dict:
         f"virtualized_{mode}": MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan, mode)))
         for mode in wv.MODES
     }
+    host = {"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu()}
+    runtimes["virtualized_materialize_host_cpu"] = MultitaskRuntime(
+        plan, wv.build(wv.lower(graphs, plan), target=host)
+    )
     database = default_database("llvm")
     rounds = 100 if quick else 1000
     rng = np.random.default_rng(0)
-    numbers: dict = {"rounds": rounds, "tuning_database": database, "tasks": {}}
+    numbers: dict = {
+        "rounds": rounds,
+        "tuning_database": database,
+        "host_cpu": host["mcpu"],
+        "tasks": {},
+    }
     for t in tasks:
         x = t.example_input().numpy()
         sessions = {

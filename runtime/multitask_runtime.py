@@ -237,15 +237,17 @@ class MultitaskRuntime:
     def run(self, task: str, *inputs: np.ndarray) -> list[np.ndarray]:
         """Outputs of `task` on `inputs` (numpy arrays in the model's input order)."""
         with self._lock:
-            self._check_task(task)
-            args = self._inputs[task].fill(task, inputs)
+            buffers = self._inputs.get(task)
+            if buffers is None:
+                self._check_task(task)
+            args = buffers.fill(task, inputs)
             if task != self.current:
                 self.switch(task)
             start = time.perf_counter()
-            result = self._functions[task](*args, *self._arguments)
-            outputs = outputs_to_numpy(result)
-            self.counters.requests += 1
-            self.counters.inference_seconds += time.perf_counter() - start
+            outputs = outputs_to_numpy(self._functions[task](*args, *self._arguments))
+            counters = self.counters
+            counters.requests += 1
+            counters.inference_seconds += time.perf_counter() - start
             return outputs
 
     def run_many(
