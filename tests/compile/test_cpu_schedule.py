@@ -91,15 +91,3 @@ def test_dense_and_conv_get_vectors_of_output_channels(mcpu, lanes):
         assert f"T.vectorized(T.int64({lanes}))" in script
         assert 'scope="local"' in script  # the accumulators
         assert "T.init()" not in script  # zeroed once per block of outputs, before the sums
-
-
-def test_grouped_convolutions_keep_their_layout():
-    """Only one-group NC.../OI... convolutions are rewritten (depthwise ones are not)."""
-    x = relax.Var("x", relax.TensorType((1, 4, 8, 8), "float32"))
-    w = relax.Var("w", relax.TensorType((4, 1, 3, 3), "float32"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [x, w]):
-        out = bb.emit(relax.op.nn.conv2d(x, w, groups=4))
-        bb.emit_func_output(out)
-    mod = bb.get()
-    tvm.ir.assert_structural_equal(ConvWeightsOutputChannelsLast()(mod), mod)
