@@ -1,7 +1,9 @@
-"""Per-request overhead: `MultitaskRuntime.run` (numpy in, numpy out) against a direct call of
-the task's VM function on tensors made beforehand, interleaved in one process (batch 1, llvm,
-materialize mode, each task's own weights). The difference is what the runtime adds per request:
-input checks and copies, the lock, counters, outputs to numpy."""
+"""Where the time of one request goes: `MultitaskRuntime.run` (numpy in, numpy out) against a
+direct call of the task's VM function on tensors made beforehand, and each kernel of that call
+timed alone (TVM's `time_evaluator` on the arguments the VM passed it), for the 5-task suite
+(batch 1, llvm, materialize mode, each task's own weights). run - VM call is what the runtime
+adds per request (input checks and copies, the lock, counters, outputs to numpy); VM call -
+the kernels' sum is the VM's dispatch and its intermediate allocations."""
 
 from __future__ import annotations
 
@@ -10,6 +12,32 @@ import time
 import numpy as np
 
 from benchmarks._common import run
+
+
+def kernel_times(executable, function: str, args: list, repeat: int) -> dict[str, float]:
+    """Each kernel a call of `function(*args)` launches, timed alone on the arguments it got
+    (median us over `repeat` runs of 100 calls; a kernel launched twice is summed)."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine
+
+    launched: list[tuple[str, list]] = []
+
+    def record(func, symbol, before, result, *arguments):
+        if before and not symbol.startswith("vm.builtin"):
+            copies = [a.numpy() if isinstance(a, tvm.runtime.Tensor) else a for a in arguments]
+            launched.append((symbol, copies))
+        return 0  # VMInstrumentReturnKind.NoOp
+
+    vm = VirtualMachine(executable, tvm.cpu())
+    vm.set_instrument(record)
+    vm[function](*args)
+    library = executable.mod.imports[0]
+    times: dict[str, float] = {}
+    for symbol, arguments in launched:
+        tensors = [tvm.runtime.tensor(a) if isinstance(a, np.ndarray) else a for a in arguments]
+        timer = library.time_evaluator(symbol, tvm.cpu(), number=100, repeat=repeat)
+        times[symbol] = times.get(symbol, 0.0) + 1e6 * float(np.median(timer(*tensors).results))
+    return times
 
 
 def measure(quick: bool) -> dict:
@@ -23,7 +51,8 @@ def measure(quick: bool) -> dict:
     tasks = suite.load_suite(suite.FIVE_TASKS)
     graphs = [t.task for t in tasks]
     plan = wv.PagePlan.lossless(graphs)
-    runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
+    library = wv.build(wv.lower(graphs, plan))
+    runtime = MultitaskRuntime(plan, library)
     calls = 300 if quick else 3000
     numbers: dict = {"calls": calls, "tasks": {}}
     for t in tasks:
@@ -41,20 +70,33 @@ def measure(quick: bool) -> dict:
             function(x_tensor, *weights)
             times["vm_call"].append(time.perf_counter() - start)
         run_us, vm_us = (1e6 * float(np.median(times[k])) for k in ("run", "vm_call"))
+        kernels = kernel_times(
+            library.executable, task_function(t.name), [x_tensor, *weights], 3 if quick else 10
+        )
         numbers["tasks"][t.name] = {
             "run_us": run_us,
             "vm_call_us": vm_us,
             "overhead_us": run_us - vm_us,
+            "kernels_us": kernels,
+            "vm_dispatch_us": vm_us - sum(kernels.values()),
         }
     return numbers
 
 
 def format_table(numbers: dict) -> str:
-    lines = [f"{'task':14s} {'run':>9s} {'vm call':>9s} {'overhead':>9s}  (medians, us)"]
+    lines = [
+        f"{'task':14s} {'run':>8s} {'VM call':>8s} {'kernels':>8s} {'dispatch':>9s} "
+        f"{'run overhead':>13s}  (medians, us)"
+    ]
     for name, t in numbers["tasks"].items():
         lines.append(
-            f"{name:14s} {t['run_us']:9.1f} {t['vm_call_us']:9.1f} {t['overhead_us']:9.1f}"
+            f"{name:14s} {t['run_us']:8.1f} {t['vm_call_us']:8.1f} "
+            f"{sum(t['kernels_us'].values()):8.1f} {t['vm_dispatch_us']:9.1f} "
+            f"{t['overhead_us']:13.1f}"
         )
+    for name, t in numbers["tasks"].items():
+        slowest = sorted(t["kernels_us"].items(), key=lambda kv: -kv[1])[:3]
+        lines.append(f"{name}: " + ", ".join(f"{k} {us:.1f}" for k, us in slowest))
     return "\n".join(lines)
 
 

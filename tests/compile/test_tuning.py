@@ -196,5 +196,3 @@ def test_wvirt_tune_fills_the_default_database_that_builds_apply(mini_wvpack, tm
     assert "tuning: 0 trials" in built and "kept the default one" in built
     assert main(["build", str(mini_wvpack), "--no-tuning-db", "-o", str(tmp_path / "plain")]) == 0
     assert "tuning:" not in capsys.readouterr().out
-    assert main(["build", str(mini_wvpack), "--no-tuning-db", "--tune", "2", "-o", "x"]) == 2
-    assert "--tune cannot apply to --no-tuning-db" in capsys.readouterr().err
