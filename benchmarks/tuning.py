@@ -45,7 +45,7 @@ def tuning_benchmark(quick: bool = False) -> dict:
     }
     # Step 1. Each conv/dense kernel alone: default schedule vs. the database's best (the build
     # keeps the default unless the best beats it by the margin: that choice, not the best, runs).
-    target = tuned.target
+    target = tvm.target.Target(tuned.target)
     db = tuning.open_database(database)
     kernel_speedup = {}
     for name, kernel in tuning.kernels(tuning.fuse(mod, target), target).items():
