@@ -174,7 +174,8 @@ def test_trials_measured_through_a_loopback_rpc_tracker(tuned, tmp_path):
         server.terminate()
         tracker.terminate()
     assert 0 < remote.tuning["trials"] <= 2 * 5
-    assert remote.tuning["scheduled"] == 5
+    # a loopback device is this machine: its kernels are timed against the defaults here too
+    assert remote.tuning["scheduled"] + remote.tuning["kept_default"] == 5
     np.testing.assert_allclose(
         _outputs(plan, remote, x), _outputs(plan, untuned, x), rtol=1e-5, atol=1e-6
     )
