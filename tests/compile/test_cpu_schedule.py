@@ -10,13 +10,14 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu
 from tvm.s_tir import dlight as dl
 from tvm.script import ir as I
 from tvm.script import relax as R
+from tvm.script import tirx as T
 from tvm_weightvirt.passes import ConvWeightsOutputChannelsLast
 from tvm_weightvirt.runtime import StandaloneModel
 from tvm_weightvirt.runtime.io import outputs_to_numpy
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
-from tvm_weightvirt.compile.cpu_schedule import DEFAULT_RULES
+from tvm_weightvirt.compile.cpu_schedule import DEFAULT_RULES, default_pipeline
 
 
 def _example_tasks():
@@ -91,3 +92,35 @@ def test_dense_and_conv_get_vectors_of_output_channels(mcpu, lanes):
         assert f"T.vectorized(T.int64({lanes}))" in script
         assert 'scope="local"' in script  # the accumulators
         assert "T.init()" not in script  # zeroed once per block of outputs, before the sums
+
+
+@I.ir_module
+class SymbolicBatch:
+    @R.function
+    def main(x: R.Tensor(("n", 8), "float32"), w: R.Tensor((8, 16), "float32")) -> R.Tensor(
+        ("n", 16), "float32"
+    ):
+        n = T.int64()
+        with R.dataflow():
+            y: R.Tensor((n, 16), "float32") = R.matmul(x, w)
+            R.output(y)
+        return y
+
+
+def test_a_kernel_with_symbolic_shapes_keeps_tvms_default():
+    """Tiles need known extents: a dense layer over a symbolic batch is left unscheduled, and
+    the module still builds and computes."""
+    target = tvm.target.Target("llvm")
+    with target:
+        mod = tvm.transform.Sequential(
+            [*cpu.legalize_passes(target), dl.ApplyDefaultSchedule(*DEFAULT_RULES)]
+        )(SymbolicBatch)
+    funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert funcs and not any((f.attrs or {}).get("tirx.is_scheduled") for f in funcs)
+    vm = relax.VirtualMachine(
+        tvm.compile(SymbolicBatch, target, relax_pipeline=default_pipeline(target)), tvm.cpu()
+    )
+    x, w = np.ones((3, 8), "float32"), np.ones((8, 16), "float32")
+    np.testing.assert_array_equal(
+        vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy(), x @ w
+    )

@@ -16,6 +16,11 @@ so every weight vector is loaded once per block of rows and every input value on
 of output channels. The reduction runs in the same order as the unscheduled kernel (r in
 order, one accumulator per output), so the sums are bitwise those of TVM's default kernels
 unless LLVM contracts a multiply-add into an FMA (it does where the target has FMA).
+
+`TransposeTiles` schedules the weight permutes a context switch runs (`LiftWeightTransforms`).
+A kernel neither rule fits (pooling, a kernel with symbolic shapes, ...) keeps TVM's default.
+`DEFAULT_RULES` is what every llvm build applies (`default_pipeline`), and what tuning times as
+each kernel's baseline.
 """
 
 from __future__ import annotations
@@ -83,6 +88,7 @@ def _schedule_transpose(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
         or any(iv.iter_type != tirx.IterVar.DataPar for iv in iters)
     ):
         raise _DoesNotApply
+    _check_static(iters)
     (read,) = block.reads
     (write,) = block.writes
     if len(write.region) != len(iters) or not all(
@@ -119,7 +125,7 @@ def vector_lanes(target: Target) -> int:
 
 def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
-    blocks = sch.get_child_blocks(sch.get_sblock("root") if _has_root(sch) else None)
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
     reductions = [b for b in blocks if _is_reduction(sch, b)]
     if len(reductions) != 1:
         raise _DoesNotApply
@@ -133,8 +139,11 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     spatial = [iv for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
     reduce = [iv for iv in block.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
     loops = sch.get_loops(reduction)
-    if len(loops) != len(block.iter_vars) or list(block.iter_vars[: len(spatial)]) != spatial:
+    if len(loops) != len(block.iter_vars) or any(
+        not iv.same_as(block.iter_vars[i]) for i, iv in enumerate(spatial)
+    ):
         raise _DoesNotApply  # legalization writes spatial iterators first, one loop each
+    _check_static(block.iter_vars)
     vector = _vector_iterator(block, spatial, reduce)
     v = spatial.index(vector)
     extent = int(vector.dom.extent)
@@ -187,12 +196,9 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     return sch
 
 
-def _has_root(sch: s_tir.Schedule) -> bool:
-    try:
-        sch.get_sblock("root")
-        return True
-    except s_tir.ScheduleError:
-        return False
+def _check_static(iters) -> None:
+    if not all(isinstance(iv.dom.extent, tirx.IntImm) for iv in iters):
+        raise _DoesNotApply  # symbolic shapes: tiles need known extents
 
 
 def _is_reduction(sch: s_tir.Schedule, block) -> bool:
