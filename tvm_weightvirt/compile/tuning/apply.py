@@ -4,10 +4,13 @@ and the pipeline that lowers the scheduled module."""
 from __future__ import annotations
 
 import importlib
+import json
+import os
 
 import tvm
 from tvm import relax
 from tvm.s_tir import dlight as dl
+from tvm_ffi import structural_hash
 
 from ..cpu_schedule import DEFAULT_RULES
 from .database import database_bytes, open_database
@@ -18,6 +21,7 @@ from .search import tune
 
 # a tuned kernel replaces the default schedule only when its timing is this much lower
 MARGIN = 0.10
+CHOICES_FILE = "tuned_or_default.json"
 
 
 def tune_and_apply(
@@ -63,15 +67,14 @@ def apply_database(
             applied[name] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     kept_default = 0
     if _runs_here(target):
+        choices = KernelChoices(database_dir)
         for gv, func in applied.functions_items():
             name = gv.name_hint
-            if (
-                _is_scheduled(func)
-                and name not in gathers(mod)
-                and not _beats_default(mod[name], func, target)
-            ):
-                applied[gv] = mod[gv]
-                kept_default += 1
+            if _is_scheduled(func) and name not in gathers(mod):
+                if not choices.tuned_wins(mod[name], func, target):
+                    applied[gv] = mod[gv]
+                    kept_default += 1
+        choices.save()
     n_scheduled = sum(1 for _, func in applied.functions_items() if _is_scheduled(func))
     return applied, n_scheduled, kept_default
 
@@ -87,19 +90,42 @@ def _runs_here(target: tvm.target.Target) -> bool:
     return target.kind.name == "llvm" and triple in ("", host)
 
 
-def _beats_default(
-    unscheduled: tvm.tirx.PrimFunc, tuned: tvm.tirx.PrimFunc, target: tvm.target.Target
-) -> bool:
-    """Whether a kernel's schedule from the database runs `MARGIN` faster than its default
-    schedule, both timed now, alternately, twice each (best of each). The database's own
-    timings do not decide: they come from other runs, and the best of many candidates is
-    the luckiest of them (a parallel max pool recorded at 1 us took 12 us inside a task)."""
-    default = default_schedule(_kernel(unscheduled), target).mod
-    seconds = {"tuned": [], "default": []}
-    for _ in range(2):
-        seconds["tuned"].append(measure(_kernel(tuned), target))
-        seconds["default"].append(measure(default, target))
-    return min(seconds["tuned"]) < (1 - MARGIN) * min(seconds["default"])
+class KernelChoices:
+    """Per kernel and database schedule, whether the schedule runs `MARGIN` faster than the
+    kernel's default one, both timed on this machine, alternately, twice each (best of each).
+    The database's own timings do not decide: they come from other runs, and the best of many
+    candidates is the luckiest of them (a parallel max pool recorded at 1 us took 12 us inside
+    a task). Each choice is timed once and kept in the database folder (`CHOICES_FILE`, keyed
+    by the two kernels' structural hashes), so every build from the database (a multitask
+    build, each plain model alone) makes the same choice."""
+
+    def __init__(self, database_dir: str) -> None:
+        self.path = os.path.join(database_dir, CHOICES_FILE)
+        self.choices: dict[str, bool] = {}
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.choices = json.load(f)
+        self.changed = False
+
+    def tuned_wins(
+        self, unscheduled: tvm.tirx.PrimFunc, tuned: tvm.tirx.PrimFunc, target: tvm.target.Target
+    ) -> bool:
+        key = f"{structural_hash(_kernel(unscheduled))}:{structural_hash(_kernel(tuned))}"
+        if key not in self.choices:
+            default = default_schedule(_kernel(unscheduled), target).mod
+            seconds = {"tuned": [], "default": []}
+            for _ in range(2):
+                seconds["tuned"].append(measure(_kernel(tuned), target))
+                seconds["default"].append(measure(default, target))
+            self.choices[key] = min(seconds["tuned"]) < (1 - MARGIN) * min(seconds["default"])
+            self.changed = True
+        return self.choices[key]
+
+    def save(self) -> None:
+        if self.changed:
+            with open(self.path + ".tmp", "w") as f:
+                json.dump(self.choices, f, indent=0)
+            os.replace(self.path + ".tmp", self.path)
 
 
 def _kernel(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
