@@ -3,7 +3,9 @@ direct call of the task's VM function on tensors made beforehand, and each kerne
 timed alone (TVM's `time_evaluator` on the arguments the VM passed it), for the 5-task suite
 (batch 1, llvm, materialize mode, each task's own weights). run - VM call is what the runtime
 adds per request (input checks and copies, the lock, counters, outputs to numpy); VM call -
-the kernels' sum is the VM's dispatch and its intermediate allocations."""
+the kernels' sum is the VM's dispatch and its intermediate allocations. The plain model
+(`StandaloneModel`, the task compiled alone) is timed the same two ways, interleaved, for
+virtualized / plain."""
 
 from __future__ import annotations
 
@@ -42,7 +44,7 @@ def kernel_times(executable, function: str, args: list, repeat: int) -> dict[str
 
 def measure(quick: bool) -> dict:
     import tvm
-    from tvm_weightvirt.runtime import MultitaskRuntime
+    from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
     import tvm_weightvirt as wv
     from tvm_weightvirt.abi import task_function
@@ -61,15 +63,22 @@ def measure(quick: bool) -> dict:
         runtime.run(t.name, x)  # switched in: the task's (transformed) weights are ready
         # the same function on the same weights that `run` calls
         function, weights = runtime.vm[task_function(t.name)], runtime._arguments
-        times = {"run": [], "vm_call": []}
-        for _ in range(calls):
-            start = time.perf_counter()
-            runtime.run(t.name, x)
-            times["run"].append(time.perf_counter() - start)
-            start = time.perf_counter()
-            function(x_tensor, *weights)
-            times["vm_call"].append(time.perf_counter() - start)
-        run_us, vm_us = (1e6 * float(np.median(times[k])) for k in ("run", "vm_call"))
+        plain = StandaloneModel(t.task)
+        plain_function = plain.vm["main"]
+        systems = {
+            "run": lambda: runtime.run(t.name, x),
+            "vm_call": lambda: function(x_tensor, *weights),
+            "plain_run": lambda: plain.run(x),
+            "plain_vm_call": lambda: plain_function(x_tensor, *plain.weights),
+        }
+        times = {k: [] for k in systems}
+        for i in range(calls):  # every other round backwards: none always follows another
+            for label, call in list(systems.items())[:: 1 if i % 2 else -1]:
+                start = time.perf_counter()
+                call()
+                times[label].append(time.perf_counter() - start)
+        median = {k: 1e6 * float(np.median(v)) for k, v in times.items()}
+        run_us, vm_us = median["run"], median["vm_call"]
         kernels = kernel_times(
             library.executable, task_function(t.name), [x_tensor, *weights], 3 if quick else 10
         )
@@ -79,6 +88,12 @@ def measure(quick: bool) -> dict:
             "overhead_us": run_us - vm_us,
             "kernels_us": kernels,
             "vm_dispatch_us": vm_us - sum(kernels.values()),
+            "plain_run_us": median["plain_run"],
+            "plain_vm_call_us": median["plain_vm_call"],
+            "virtualized_vs_plain": {
+                "run": run_us / median["plain_run"],
+                "vm_call": vm_us / median["plain_vm_call"],
+            },
         }
     return numbers
 
@@ -86,13 +101,14 @@ def measure(quick: bool) -> dict:
 def format_table(numbers: dict) -> str:
     lines = [
         f"{'task':14s} {'run':>8s} {'VM call':>8s} {'kernels':>8s} {'dispatch':>9s} "
-        f"{'run overhead':>13s}  (medians, us)"
+        f"{'run overhead':>13s} {'virt/plain run':>15s} {'VM call':>8s}  (medians, us)"
     ]
     for name, t in numbers["tasks"].items():
+        ratio = t["virtualized_vs_plain"]
         lines.append(
             f"{name:14s} {t['run_us']:8.1f} {t['vm_call_us']:8.1f} "
             f"{sum(t['kernels_us'].values()):8.1f} {t['vm_dispatch_us']:9.1f} "
-            f"{t['overhead_us']:13.1f}"
+            f"{t['overhead_us']:13.1f} {ratio['run']:15.3f} {ratio['vm_call']:8.3f}"
         )
     for name, t in numbers["tasks"].items():
         slowest = sorted(t["kernels_us"].items(), key=lambda kv: -kv[1])[:3]
