@@ -15,7 +15,8 @@ interleaved in one process:
 Each round calls every system once, in a fresh seeded random order, so no system always runs
 right after a particular other one (whose weights went through the caches, or whose threads
 still spin). `vs_ort` compares with ONNX Runtime's defaults, `vs_best_ort` with the faster of
-its two configurations per task."""
+its two configurations per task. `tasks_alone` and `alone_vs_best_ort`: each system called
+back to back, as a process serving one model would (ONNX Runtime's threads keep spinning)."""
 
 from __future__ import annotations
 
@@ -75,6 +76,7 @@ def measure(quick: bool) -> dict:
         "tuning_database": database,
         "host_cpu": host["mcpu"],
         "tasks": {},
+        "tasks_alone": {},
     }
     for t in tasks:
         x = t.example_input().numpy()
@@ -107,11 +109,20 @@ def measure(quick: bool) -> dict:
                     start = time.perf_counter()
                     call()
                     times[label].append(time.perf_counter() - start)
+            alone = {}
+            for label, call in calls.items():
+                seconds = []
+                for _ in range(rounds):
+                    start = time.perf_counter()
+                    call()
+                    seconds.append(time.perf_counter() - start)
+                alone[label] = 1e6 * float(np.median(seconds))
         numbers["tasks"][t.name] = {k: 1e6 * float(np.median(v)) for k, v in times.items()}
+        numbers["tasks_alone"][t.name] = alone
     systems = [s for s in next(iter(numbers["tasks"].values())) if s not in ORT_SYSTEMS]
     for key, ort_us in [
         ("vs_ort", lambda us: us["onnxruntime"]),
-        ("vs_best_ort", lambda us: min(us[s] for s in ORT_SYSTEMS)),
+        ("vs_best_ort", _best_ort),
     ]:
         numbers[key] = {}
         for system in systems:
@@ -120,6 +131,16 @@ def measure(quick: bool) -> dict:
                 "geomean": float(np.exp(np.mean(np.log(ratios)))),
                 "worst": float(max(ratios)),
             }
+    numbers["alone_vs_best_ort"] = {
+        system: {
+            "geomean": float(
+                np.exp(np.mean(np.log([us[system] / _best_ort(us) for us in alone_tasks])))
+            ),
+            "worst": float(max(us[system] / _best_ort(us) for us in alone_tasks)),
+        }
+        for system in systems
+        for alone_tasks in [list(numbers["tasks_alone"].values())]
+    }
     numbers["virtualized_vs_plain"] = {
         name: us["virtualized_materialize"] / us["plain_tvm"]
         for name, us in numbers["tasks"].items()
@@ -127,17 +148,21 @@ def measure(quick: bool) -> dict:
     return numbers
 
 
+def _best_ort(us: dict) -> float:
+    return min(us[s] for s in ORT_SYSTEMS)
+
+
 def format_table(numbers: dict) -> str:
     systems = list(next(iter(numbers["tasks"].values())))
     width = max(map(len, systems)) + 1
-    lines = [f"{'task':20s}" + "".join(f"{s:>{width}s}" for s in systems) + "   (median us)"]
+    lines = [f"{'task':26s}" + "".join(f"{s:>{width}s}" for s in systems) + "   (median us)"]
     for name, us in numbers["tasks"].items():
-        lines.append(f"{name:20s}" + "".join(f"{us[s]:{width}.1f}" for s in systems))
-    for key in ("vs_ort", "vs_best_ort"):
+        lines.append(f"{name:26s}" + "".join(f"{us[s]:{width}.1f}" for s in systems))
+    for key in ("vs_ort", "vs_best_ort", "alone_vs_best_ort"):
         for stat in ("geomean", "worst"):
             ratios = numbers[key]
             lines.append(
-                f"{key + ' ' + stat:20s}"
+                f"{key + ' ' + stat:26s}"
                 + "".join(
                     f"{ratios[s][stat]:{width - 1}.2f}x" if s in ratios else f"{'':>{width}s}"
                     for s in systems
