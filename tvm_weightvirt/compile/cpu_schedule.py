@@ -35,35 +35,40 @@ MAX_ROWS = 4  # rows of outputs that share each weight vector load
 MAX_ACCUMULATORS = 12  # vector registers holding sums (16 on AVX2 / AVX-512 / NEON)
 
 
-class OutputChannelVectors(dl.ScheduleRule):
+class _CPURule(dl.ScheduleRule):
+    """A rule for llvm targets: `schedule` raises `_DoesNotApply` (or a schedule primitive
+    fails) where the kernel is not one it fits, and the kernel keeps TVM's default."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return self.schedule(func, target)
+        except (s_tir.ScheduleError, _DoesNotApply):
+            return None
+
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
+        raise NotImplementedError
+
+
+class OutputChannelVectors(_CPURule):
     """See the module's docstring. Applies to a PrimFunc whose blocks are: spatial producers
     that can be inlined (padding), one reduction block, then elementwise consumers; the
     reduction reads a buffer whose last index is one of the block's spatial iterators and
-    whose other indices use a reduction iterator (the weight). Anything else: None (the
-    kernel keeps TVM's default)."""
+    whose other indices use a reduction iterator (the weight)."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        try:
-            return _schedule(func, target)
-        except (s_tir.ScheduleError, _DoesNotApply):
-            return None
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
+        return _schedule(func, target)
 
 
-class TransposeTiles(dl.ScheduleRule):
+class TransposeTiles(_CPURule):
     """A kernel that only permutes a tensor's dimensions (the weight transposes and conv
     weight permutes a context switch runs, see `LiftWeightTransforms`): square tiles of
     `lanes` x `lanes` elements, whose reads stay in a few cache lines, written one vector at a
-    time. A copy that keeps the innermost dimension is vectorized as is. Anything else: None."""
+    time. A copy that keeps the innermost dimension is vectorized as is."""
 
-    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
-            return None
-        try:
-            return _schedule_transpose(func, target)
-        except (s_tir.ScheduleError, _DoesNotApply):
-            return None
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
+        return _schedule_transpose(func, target)
 
 
 DEFAULT_RULES = (OutputChannelVectors(), TransposeTiles())
