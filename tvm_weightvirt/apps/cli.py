@@ -128,11 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         help="tune a .wvpack's kernels into the target's tuning database once; later builds "
         "for the target apply it",
         description="MetaSchedule tuning of every kernel the database lacks. A kernel keeps its "
-        "default schedule unless a tuned one is 10%% faster. The database: --tuning-db, else "
+        "default schedule unless a tuned one is 10 % faster. The database: --tuning-db, else "
         "$WVIRT_TUNING_DB, else ~/.cache/tvm_weightvirt/tuning/<target>-<cpu or arch>.",
     )
     tune.add_argument("pack", help="a .wvpack from `wvirt pack`")
-    tune.add_argument("--target", choices=["llvm", "cuda"], default="llvm")
+    tune.add_argument(
+        "--target", choices=["llvm", "cuda"], default="llvm", help="what builds will target"
+    )
     tune.add_argument("--arch", help="cuda: the GPU architecture (default: sm_87)")
     tune.add_argument("--mode", choices=MODES, help="the mode builds use (default: materialize)")
     tune.add_argument("--trials", type=int, default=64, help="candidates measured per kernel")
