@@ -106,46 +106,36 @@ def measure(quick: bool) -> dict:
             for _ in range(rounds):
                 for k in rng.permutation(len(order)):
                     label, call = order[k]
-                    start = time.perf_counter()
-                    call()
-                    times[label].append(time.perf_counter() - start)
-            alone = {}
-            for label, call in calls.items():
-                seconds = []
-                for _ in range(rounds):
-                    start = time.perf_counter()
-                    call()
-                    seconds.append(time.perf_counter() - start)
-                alone[label] = 1e6 * float(np.median(seconds))
-        numbers["tasks"][t.name] = {k: 1e6 * float(np.median(v)) for k, v in times.items()}
-        numbers["tasks_alone"][t.name] = alone
+                    times[label].append(_seconds(call))
+            alone = {
+                label: [_seconds(call) for _ in range(rounds)] for label, call in calls.items()
+            }
+        for key, seconds in (("tasks", times), ("tasks_alone", alone)):
+            numbers[key][t.name] = {k: 1e6 * float(np.median(v)) for k, v in seconds.items()}
     systems = [s for s in next(iter(numbers["tasks"].values())) if s not in ORT_SYSTEMS]
-    for key, ort_us in [
-        ("vs_ort", lambda us: us["onnxruntime"]),
-        ("vs_best_ort", _best_ort),
+    for key, tasks, ort_us in [
+        ("vs_ort", "tasks", lambda us: us["onnxruntime"]),
+        ("vs_best_ort", "tasks", _best_ort),
+        ("alone_vs_best_ort", "tasks_alone", _best_ort),
     ]:
         numbers[key] = {}
         for system in systems:
-            ratios = [us[system] / ort_us(us) for us in numbers["tasks"].values()]
+            ratios = [us[system] / ort_us(us) for us in numbers[tasks].values()]
             numbers[key][system] = {
                 "geomean": float(np.exp(np.mean(np.log(ratios)))),
                 "worst": float(max(ratios)),
             }
-    numbers["alone_vs_best_ort"] = {
-        system: {
-            "geomean": float(
-                np.exp(np.mean(np.log([us[system] / _best_ort(us) for us in alone_tasks])))
-            ),
-            "worst": float(max(us[system] / _best_ort(us) for us in alone_tasks)),
-        }
-        for system in systems
-        for alone_tasks in [list(numbers["tasks_alone"].values())]
-    }
     numbers["virtualized_vs_plain"] = {
         name: us["virtualized_materialize"] / us["plain_tvm"]
         for name, us in numbers["tasks"].items()
     }
     return numbers
+
+
+def _seconds(call) -> float:
+    start = time.perf_counter()
+    call()
+    return time.perf_counter() - start
 
 
 def _best_ort(us: dict) -> float:

@@ -67,10 +67,10 @@ def apply_database(
             applied[name] = sch.mod["main"].with_attr("tirx.is_scheduled", True)
     kept_default = 0
     if _runs_here(target):
-        choices = KernelChoices(database_dir)
+        choices, gather_names = KernelChoices(database_dir), set(gathers(mod))
         for gv, func in applied.functions_items():
             name = gv.name_hint
-            if _is_scheduled(func) and name not in gathers(mod):
+            if _is_scheduled(func) and name not in gather_names:
                 if not choices.tuned_wins(mod[name], func, target):
                     applied[gv] = mod[gv]
                     kept_default += 1
