@@ -9,6 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..progress import steps
+
+FISHER_BATCH_BYTES = 256 * 2**20  # default bound on the per-sample gradients held at once
+
 
 def fisher_nwv(
     model: torch.nn.Module,
@@ -16,30 +20,59 @@ def fisher_nwv(
     n_samples: int = 100,
     seed: int = 0,
     likelihood: str = "predicted_class",
+    batch_size: int | None = None,
+    desc: str | None = None,
 ) -> dict[str, np.ndarray]:
-    """NWV's diagonal Fisher (seeds A.3): over `n_samples` random samples of `x`, one at a time,
+    """NWV's diagonal Fisher (seeds A.3): over `n_samples` random samples of `x`,
     `F_i = 1/S * sum_x p(y^|x) * (d log p(y^|x) / d theta_i)^2` with y^ the predicted class
     (no labels needed). With `likelihood="outputs"` (regression, a Gaussian likelihood of unit
     variance), the Fisher of one sample is `sum_k (d f_k(x) / d theta_i)^2` over its outputs.
-    Covers `model.named_parameters()`; buffers get none (see `fill_missing`)."""
+    Covers `model.named_parameters()`; buffers get none (see `fill_missing`).
+
+    Per-sample gradients are computed `batch_size` samples at a time (`torch.func.vmap` of
+    `grad`), the same values as one sample at a time up to float rounding; None sizes the
+    batches so their gradients stay under `FISHER_BATCH_BYTES`. The model's parameter dtype
+    is the compute dtype (`x` is cast to it); the sum is accumulated in float64. With `desc`,
+    a loop of more than one batch shows progress."""
     model.eval()
     rng = np.random.default_rng(seed)
     picks = rng.choice(len(x), min(n_samples, len(x)), replace=False)
-    params = dict(model.named_parameters())
-    fisher = {name: torch.zeros_like(p) for name, p in params.items()}
-    for i in picks:
-        out = model(torch.from_numpy(x[i : i + 1]))
-        if likelihood == "predicted_class":
-            log_p = torch.log_softmax(out, dim=1)[0]
-            predicted = int(log_p.argmax())
-            terms = [(log_p[predicted], float(log_p[predicted].detach().exp()))]
-        else:
-            flat = out.reshape(-1)
-            terms = [(flat[k], 1.0) for k in range(len(flat))]
-        for value, weight in terms:
-            grads = torch.autograd.grad(value, list(params.values()), retain_graph=True)
-            for name, g in zip(params, grads):
-                fisher[name] += weight * g.detach() ** 2
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    dtype = next(iter(params.values())).dtype if params else torch.float32
+
+    def outputs(p: dict, sample: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(model, (p, buffers), (sample[None],))[0]
+
+    if likelihood == "predicted_class":
+
+        def log_p_predicted(p, sample):
+            log_p = torch.log_softmax(outputs(p, sample).reshape(-1), 0)
+            return log_p.max(), log_p.max().detach().exp()
+
+        def sample_fisher(p, sample):
+            grads, weight = torch.func.grad(log_p_predicted, has_aux=True)(p, sample)
+            return {name: weight * g**2 for name, g in grads.items()}
+
+        per_sample = sum(p.numel() for p in params.values())
+    else:
+
+        def sample_fisher(p, sample):
+            jacobian = torch.func.jacrev(lambda q: outputs(q, sample).reshape(-1))(p)
+            return {name: (j**2).sum(0) for name, j in jacobian.items()}
+
+        with torch.no_grad():
+            n_out = outputs(params, torch.from_numpy(x[picks[0]]).to(dtype)).numel()
+        per_sample = n_out * sum(p.numel() for p in params.values())
+    if batch_size is None:
+        batch_size = max(1, FISHER_BATCH_BYTES // max(1, per_sample * dtype.itemsize))
+    batched = torch.func.vmap(sample_fisher, in_dims=(None, 0))
+    fisher = {name: torch.zeros_like(p, dtype=torch.float64) for name, p in params.items()}
+    starts = range(0, len(picks), batch_size)
+    for start in steps(starts, desc) if desc and len(starts) > 1 else starts:
+        batch = torch.from_numpy(x[picks[start : start + batch_size]]).to(dtype)
+        for name, f in batched(params, batch).items():
+            fisher[name] += f.sum(0, dtype=torch.float64)
     return {name: (f / len(picks)).numpy().astype(np.float32) for name, f in fisher.items()}
 
 

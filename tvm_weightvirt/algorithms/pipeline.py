@@ -54,6 +54,7 @@ class PackConfig:
     match: str = "greedy"
     init: str = "fisher_mean"
     fisher_samples: int | None = None  # None: 100 (NWV), or 50 with separation (WS)
+    fisher_batch: int | None = None  # samples per batch of gradients; None: a memory bound
     separation: SeparationConfig | None = None  # None: every page shared (NWV)
     smartdeal: bool = False  # pages stored as power-of-two codes x a 3x3 basis per page
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
@@ -129,7 +130,15 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
     fishers = []
     for t, layout, weights in steps(zip(tasks, layouts, weights_of), "fisher tasks"):
         x = t.splits["train"].x
-        fisher = fisher_of(t.model, x, samples, seed=config.seed, likelihood=t.objective.fisher)
+        fisher = fisher_of(
+            t.model,
+            x,
+            samples,
+            seed=config.seed,
+            likelihood=t.objective.fisher,
+            batch_size=config.fisher_batch,
+            desc=f"fisher '{t.name}' samples",
+        )
         fishers.append(layout.to_pages(fill_missing(fisher, weights)))
     # Step 3. Separation and matching (or the resumed plan).
     if resume is not None:

@@ -390,6 +390,7 @@ def _pack_config(spec):
         init=option("init"),
         share_within_task=option("share_within_task"),
         fisher_samples=option("fisher_samples"),
+        fisher_batch=option("fisher_batch"),
         separation=separation,
         smartdeal=option("smartdeal"),
         optimize=OptimizeConfig(

@@ -19,6 +19,7 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     "iterations": (int, 300, None, "retraining iterations per task per round"),
     "lam": (float, None, None, "sharing-loss weight (default 10 as NWV; 0.1 with separation)"),
     "fisher_samples": (int, None, None, "samples for the Fisher (default 100; 50 with separation)"),
+    "fisher_batch": (int, None, None, "samples per Fisher batch (default: gradients < 256 MiB)"),
     "seed": (int, 0, None, "seed of splits, matching and retraining"),
     "resume": (str, None, None, "continue retraining from this .wvpack's plan"),
     "separate": (bool, False, None, "weight separation: critical pages exclusive in level 2 (WS)"),

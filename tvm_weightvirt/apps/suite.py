@@ -51,6 +51,7 @@ class ConvNet(torch.nn.Module):
         super().__init__()
         conv_cls = torch.nn.Conv1d if dims == 1 else torch.nn.Conv2d
         self.dims, self.pools = dims, [pool for _, _, pool in convs]
+        self.input_shape = (in_channels, *[size] * dims)  # of one sample
         self.convs = torch.nn.ModuleList()
         for out_channels, kernel, pool in convs:
             self.convs.append(conv_cls(in_channels, out_channels, kernel))
