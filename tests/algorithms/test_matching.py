@@ -106,6 +106,42 @@ def test_optimal_in_blocks_stays_a_valid_assignment():
     assert full.cost <= blocked.cost + 1e-9
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_fast_makes_greedys_pairs_when_a_level_fits_one_window(seed):
+    """Three tasks onto one pool (occupancy levels 0 and 1, Fishers with zeros): "fast" with
+    its default window places every page where NWV's greedy does, at the same cost."""
+    _, n_pool, tasks = _random_instance(seed)
+    states = {
+        m: PoolState.empty(n_pool, 8, init="fisher_mean", seed=seed) for m in ("greedy", "fast")
+    }
+    for pages, fisher in tasks:
+        matches = {m: match_task(states[m], pages, fisher, m) for m in states}
+        np.testing.assert_array_equal(matches["fast"].page_table, matches["greedy"].page_table)
+        np.testing.assert_allclose(matches["fast"].cost, matches["greedy"].cost, rtol=1e-12)
+        for m, state in states.items():
+            state.add(matches[m].page_table, pages, fisher)
+
+
+@pytest.mark.parametrize("share_within_task", [False, True])
+def test_fast_in_small_windows_stays_a_valid_assignment(share_within_task):
+    """Windows of 7 pages: every logical page placed once, on an in-range pool page; a task's
+    pages on distinct pool pages while the pool has room, and as evenly as possible beyond."""
+    rng, _, tasks = _random_instance(4, tasks=(50, 40, 55, 90))
+    n_pool = 60
+    state = PoolState.empty(n_pool, 8, init="weights")
+    for pages, fisher in tasks:
+        if len(pages) > n_pool and not share_within_task:
+            continue
+        match = match_task(
+            state, pages, fisher, "fast", block=7, share_within_task=share_within_task
+        )
+        table = match.page_table
+        assert table.shape == (len(pages),) and table.min() >= 0 and table.max() < n_pool
+        per_page = np.bincount(table, minlength=n_pool)
+        assert per_page.max() - per_page.min() <= 1 if len(pages) > n_pool else per_page.max() == 1
+        state.add(table, pages, fisher)
+
+
 def test_pool_smaller_than_a_task():
     state = PoolState.empty(4, 2, init="weights")
     pages, fisher = np.ones((10, 2), np.float32), np.ones((10, 2))

@@ -2,71 +2,19 @@
 (as the ONNX importer emits them) and the layers of common torch CNNs and MLPs (as the torch
 importer emits them)."""
 
-import os
-
 import numpy as np
-import onnx
 import pytest
 import torch
 import torch.nn.functional as F
-import tvm
 from torch import nn
 from tvm import relax
 from tvm_weightvirt.runtime import StandaloneModel
 
 import tvm_weightvirt as wv
+from tvm_weightvirt.apps import examples
 from tvm_weightvirt.apps.examples import seeded
 from tvm_weightvirt.frontend import twin as twin_module
 from tvm_weightvirt.frontend.twin import TorchTwin, missing_twin_ops
-
-ZOO = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
-GRAPHS = [
-    "bvlc_alexnet",
-    "densenet121",
-    "inception_v1",
-    "inception_v2",
-    "resnet50",
-    "shufflenet",
-    "squeezenet",
-    "vgg19",
-    "zfnet512",
-]
-
-
-def _calls(task: wv.Task) -> list[relax.Call]:
-    calls = []
-
-    def visit(expr):
-        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
-            calls.append(expr)
-
-    relax.analysis.post_order_visit(task.mod["main"].body, visit)
-    return calls
-
-
-def _random_weights(task: wv.Task, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """The zoo's weights are constant fills. Plain N(0, 0.05) weights would push these deep
-    graphs into a saturated (one-hot) or flat softmax, or into denormals, where a comparison
-    shows little: conv and matmul weights are He-scaled instead, batch-norm scales and the
-    per-channel multiplies next to them are near 1, everything else (biases) is N(0, 0.05)."""
-    roles = {}
-    for call in _calls(task):
-        for i, arg in enumerate(call.args):
-            if isinstance(arg, relax.Var):
-                roles.setdefault(arg, (call.op.name, i))
-    weights = {}
-    for param, (name, w) in zip(task.mod["main"].params[task.num_inputs :], task.weights.items()):
-        op, i = roles.get(param, ("", 0))
-        if op.startswith("relax.nn.conv") and i == 1:  # OIHW: fan-in I*H*W
-            w = rng.normal(0, np.sqrt(2 / np.prod(w.shape[1:])), w.shape)
-        elif op == "relax.matmul" and i == 1:  # (in, out)
-            w = rng.normal(0, np.sqrt(1 / w.shape[0]), w.shape)
-        elif (op == "relax.nn.batch_norm" and i in (1, 4)) or op == "relax.multiply":
-            w = rng.uniform(0.9, 1.1, w.shape)  # gamma, running variance, channel scale
-        else:
-            w = rng.normal(0, 0.05, w.shape)
-        weights[name] = w.astype(np.float32)
-    return weights
 
 
 def _calibrate_batch_norms(twin: TorchTwin, x: torch.Tensor, monkeypatch) -> None:
@@ -86,15 +34,14 @@ def _calibrate_batch_norms(twin: TorchTwin, x: torch.Tensor, monkeypatch) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("graph", GRAPHS)
+@pytest.mark.parametrize("graph", examples.ZOO_GRAPHS)
 def test_twin_of_a_zoo_graph_matches_its_tvm_build(graph, monkeypatch):
-    task = wv.Task.from_onnx(os.path.join(ZOO, f"light_{graph}.onnx"), name=graph)
+    task = examples.zoo_task(graph, seed=0)
     assert missing_twin_ops(task) == []
-    rng = np.random.default_rng(0)
-    task.weights = _random_weights(task, rng)
+    rng = np.random.default_rng(1)
     x = torch.from_numpy(rng.normal(size=task.input_types[0][0]).astype(np.float32))
     twin = TorchTwin(task)
-    if any(call.op.name == "relax.nn.batch_norm" for call in _calls(task)):
+    if any(call.op.name == "relax.nn.batch_norm" for call in examples.op_calls(task)):
         _calibrate_batch_norms(twin, x, monkeypatch)
     task.weights = {n: twin.get_parameter(n).detach().numpy().copy() for n in twin.weight_names}
     with torch.no_grad():

@@ -56,13 +56,21 @@ def fisher_nwv(
 
         per_sample = sum(p.numel() for p in params.values())
     else:
-
-        def sample_fisher(p, sample):
-            jacobian = torch.func.jacrev(lambda q: outputs(q, sample).reshape(-1))(p)
-            return {name: (j**2).sum(0) for name, j in jacobian.items()}
-
         with torch.no_grad():
             n_out = outputs(params, torch.from_numpy(x[picks[0]]).to(dtype)).numel()
+        per_output = sum(p.numel() for p in params.values()) * dtype.itemsize
+        # the Jacobian of one sample in chunks of outputs that fit the bound
+        chunk = (
+            max(1, FISHER_BATCH_BYTES // per_output)
+            if n_out * per_output > FISHER_BATCH_BYTES
+            else None
+        )
+
+        def sample_fisher(p, sample):
+            flat = lambda q: outputs(q, sample).reshape(-1)  # noqa: E731
+            jacobian = torch.func.jacrev(flat, chunk_size=chunk)(p)
+            return {name: (j**2).sum(0) for name, j in jacobian.items()}
+
         per_sample = n_out * sum(p.numel() for p in params.values())
     if batch_size is None:
         batch_size = max(1, FISHER_BATCH_BYTES // max(1, per_sample * dtype.itemsize))

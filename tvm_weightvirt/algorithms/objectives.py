@@ -133,7 +133,7 @@ NAMES = ("classification", "regression", "distill")
 
 
 def objective_named(name: str, classifier: bool) -> Objective:
-    """A built-in objective; `classifier` (outputs [N, C >= 2]) picks distill's form: KL and
+    """A built-in objective; `classifier` (outputs [N, C >= 2], or [N, C, 1, ...]) picks distill's form: KL and
     top-1 agreement for classifiers, MSE and relative error otherwise."""
     if name == "classification":
         return CLASSIFICATION

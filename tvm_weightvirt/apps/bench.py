@@ -119,6 +119,10 @@ def measure_switches(systems: dict, plan, inputs: dict, device, n_requests: int,
         for name in inputs:
             system.run(name, inputs[name])
     times = {label: {"switch": [], "infer": [], "e2e": [], "per_memcpy": []} for label in systems}
+    by_task = {
+        label: {n: {"switch": [], "infer": [], "per_memcpy": []} for n in inputs}
+        for label in systems
+    }
     memcpy_us = []
     for i, name in steps(list(enumerate(sequence)), "switch benchmark requests"):
         switching = i == 0 or sequence[i - 1] != name
@@ -134,12 +138,12 @@ def measure_switches(systems: dict, plan, inputs: dict, device, n_requests: int,
             switched = time.perf_counter()
             system.run(name, inputs[name])  # outputs on the host: finished on any device
             done = time.perf_counter()
-            t = times[label]
-            if switching:
-                t["switch"].append(1e6 * (switched - start))
-                t["per_memcpy"].append((switched - start) / copy_seconds)
-            t["infer"].append(1e6 * (done - switched))
-            t["e2e"].append(1e6 * (done - start))
+            for t in (times[label], by_task[label][name]):
+                if switching:
+                    t["switch"].append(1e6 * (switched - start))
+                    t["per_memcpy"].append((switched - start) / copy_seconds)
+                t["infer"].append(1e6 * (done - switched))
+            times[label]["e2e"].append(1e6 * (done - start))
     results = {
         label: {
             "switch_us": _median_p99(t["switch"]),
@@ -151,28 +155,44 @@ def measure_switches(systems: dict, plan, inputs: dict, device, n_requests: int,
         }
         for label, t in times.items()
     }
+    per_task = {
+        label: {
+            name: {
+                "switch_us": float(np.median(t["switch"])) if t["switch"] else float("nan"),
+                "infer_us": float(np.median(t["infer"])),
+                "switch_vs_memcpy": float(np.median(t["per_memcpy"]))
+                if t["per_memcpy"]
+                else float("nan"),
+            }
+            for name, t in tasks.items()
+        }
+        for label, tasks in by_task.items()
+    }
     switch = {k: v["switch_us"]["median"] for k, v in results.items()}
     infer = {k: v["infer_us"]["median"] for k, v in results.items()}
-    return {
+    numbers = {
         "device": str(device),
         "requests": n_requests,
         "tasks": list(inputs),
         "systems": results,
-        "switch_us_materialize": switch["materialize"],
-        "switch_us_fused": switch["fused"],
+        "per_task": per_task,
         "memcpy_us": float(np.median(memcpy_us)),
         "switch_vs_memcpy": results["materialize"]["switch_vs_memcpy"],
-        "switch_ratio_reload": switch["reload"] / switch["materialize"],
-        "switch_ratio_reload_warm": switch["reload_warm"] / switch["materialize"],
-        "infer_ratio_materialize": infer["materialize"] / infer["resident"],
-        "infer_ratio_fused": infer["fused"] / infer["resident"],
         "resident_bytes": {
-            "packed": results["materialize"]["resident_bytes"],
-            "packed_fused": results["fused"]["resident_bytes"],
-            "reload": results["reload"]["resident_bytes"],
-            "resident": results["resident"]["resident_bytes"],
+            {"materialize": "packed", "fused": "packed_fused"}.get(label, label): r[
+                "resident_bytes"
+            ]
+            for label, r in results.items()
+            if label != "reload_warm"
         },
     }
+    for label in systems:  # the systems measured, named as the switch benchmark names them
+        if label in ("materialize", "fused"):
+            numbers[f"switch_us_{label}"] = switch[label]
+            numbers[f"infer_ratio_{label}"] = infer[label] / infer["resident"]
+        elif label.startswith("reload"):
+            numbers[f"switch_ratio_{label}"] = switch[label] / switch["materialize"]
+    return numbers
 
 
 def format_switch_table(numbers: dict) -> str:

@@ -1,7 +1,10 @@
 """Small example models (seeded random weights) for the demo, tutorials and tests: torch 2-D CNN,
-1-D CNN and MLP; ONNX graphs with residual adds, channel concatenation and in-graph weights."""
+1-D CNN and MLP; ONNX graphs with residual adds, channel concatenation and in-graph weights;
+the model-zoo graphs that ship inside the onnx wheel, with seeded weights."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import onnx
@@ -303,3 +306,69 @@ def write_user_models(folder: str) -> dict[str, dict[str, str]]:
             )
         f.write("[pack]\npool_pages = 130\nrounds = 4\niterations = 300\n")
     return files
+
+
+# The ONNX model-zoo graphs shipped in the onnx wheel (weights as ConstantOfShape fills).
+ZOO_FOLDER = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
+ZOO_GRAPHS = [
+    "bvlc_alexnet",
+    "densenet121",
+    "inception_v1",
+    "inception_v2",
+    "resnet50",
+    "shufflenet",
+    "squeezenet",
+    "vgg19",
+    "zfnet512",
+]
+
+
+def op_calls(task) -> list:
+    """The operator calls (`relax.Call` of a `tvm.ir.Op`) of a Task's main function, in
+    post-order."""
+    import tvm
+    from tvm import relax
+
+    calls = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op):
+            calls.append(expr)
+
+    relax.analysis.post_order_visit(task.mod["main"].body, visit)
+    return calls
+
+
+def zoo_task(graph: str, seed: int = 0, name: str | None = None):
+    """A model-zoo graph (`ZOO_GRAPHS`) as a Task with seeded random weights. The zoo's own
+    are constant fills, and plain N(0, 0.05) weights would push these deep graphs into a
+    saturated (one-hot) or flat softmax, or into denormals: conv and matmul weights are
+    He-scaled instead, batch-norm scales and variances and the per-channel multiplies next to
+    them are near 1, everything else (biases) is N(0, 0.05)."""
+    from tvm import relax
+
+    from ..frontend.task import Task
+
+    if graph not in ZOO_GRAPHS:
+        raise ValueError(f"no model-zoo graph '{graph}' (has {ZOO_GRAPHS})")
+    task = Task.from_onnx(os.path.join(ZOO_FOLDER, f"light_{graph}.onnx"), name=name or graph)
+    roles = {}
+    for call in op_calls(task):
+        for i, arg in enumerate(call.args):
+            if isinstance(arg, relax.Var):
+                roles.setdefault(arg, (call.op.name, i))
+    rng = np.random.default_rng(seed)
+    weights = {}
+    for param, (key, w) in zip(task.mod["main"].params[task.num_inputs :], task.weights.items()):
+        op, i = roles.get(param, ("", 0))
+        if op.startswith("relax.nn.conv") and i == 1:  # OIHW: fan-in I*H*W
+            w = rng.normal(0, np.sqrt(2 / np.prod(w.shape[1:])), w.shape)
+        elif op == "relax.matmul" and i == 1:  # (in, out)
+            w = rng.normal(0, np.sqrt(1 / w.shape[0]), w.shape)
+        elif (op == "relax.nn.batch_norm" and i in (1, 4)) or op == "relax.multiply":
+            w = rng.uniform(0.9, 1.1, w.shape)  # gamma, running variance, channel scale
+        else:
+            w = rng.normal(0, 0.05, w.shape)
+        weights[key] = w.astype(np.float32)
+    task.weights = weights
+    return task

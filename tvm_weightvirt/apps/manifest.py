@@ -13,7 +13,7 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     "page_size": (int, 100, None, "weights per page"),
     "pool_pages": (int, None, None, "pool size in pages (default: the largest task's, as NWV)"),
     "share_within_task": (bool, False, None, "allow a pool smaller than the largest task"),
-    "match": (str, "greedy", ("greedy", "optimal", "random"), "page matching"),
+    "match": (str, "greedy", ("greedy", "fast", "optimal", "random"), "page matching"),
     "init": (str, "fisher_mean", ("random", "weights", "fisher_mean"), "pool initialisation"),
     "rounds": (int, 4, None, "retraining rounds (0: none)"),
     "iterations": (int, 300, None, "retraining iterations per task per round"),

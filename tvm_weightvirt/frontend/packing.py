@@ -125,7 +125,8 @@ def _pack_task(
             "(export the one its objective is about, e.g. the logits)"
         )
     probe = probe.numpy()
-    classifier = probe.ndim == 2 and probe.shape[1] >= 2
+    # [N, C >= 2], or [N, C, 1, ...] as convolutional heads give (the model zoo's)
+    classifier = probe.ndim >= 2 and probe.shape[1] >= 2 and all(d == 1 for d in probe.shape[2:])
     labelled = splits["train"].y is not None
     objective = task_data.objective
     if objective is None:
