@@ -116,6 +116,24 @@ def test_cli_with_npz_files_and_with_a_manifest_give_the_same_plan(user_files, t
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
+def test_two_processes_on_loopback_give_the_one_process_plan(user_files, tmp_path):
+    """`--nproc 2` (torchrun, gloo on loopback) splits every mini-batch between the processes
+    and averages the pool's gradient: the same plan as one process up to float reduction
+    order. Page tables (matching) are equal exactly; each pool weight within 1e-4 of the
+    pool's largest, after 2 x 30 Adam steps of lr 1e-3 (a step moves a weight by <= ~1e-3;
+    rounding-level gradient differences move it by far less)."""
+    manifest = os.path.join(os.path.dirname(user_files["sensors"]["model"]), "suite.toml")
+    flags = ["--rounds", "1", "--iterations", "30"]
+    one, two = tmp_path / "one.wvpack", tmp_path / "two.wvpack"
+    assert main(["pack", manifest, *flags, "-o", str(one)]) == 0
+    assert main(["pack", manifest, *flags, "--nproc", "2", "-o", str(two)]) == 0
+    first, second = wv.load_wvpack(one).plan, wv.load_wvpack(two).plan
+    for name in NAMES:
+        np.testing.assert_array_equal(first.task(name).page_table, second.task(name).page_table)
+    assert np.abs(first.pool - second.pool).max() <= 1e-4 * np.abs(first.pool).max()
+
+
 # **** bad input: each a clear error naming task, file and field; nothing written ****
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ..layout import PageLayout
 from ..progress import steps
+from .distributed import average_across_processes, local_share
 from .objectives import Objective
 from .training import minibatch_steps, model_outputs
 
@@ -135,9 +136,10 @@ def optimize_pool(
         start_val = best_val = pool_metric(decode(v.detach()), task, *task.val)
         best = None
         v.register_hook(lambda grad: grad * mask[:, :1])  # only this task's pages move
+        v.register_hook(average_across_processes)  # data parallel under torchrun
         for _ in minibatch_steps(
             optimizer,
-            lambda idx: objective(v, idx),
+            lambda idx: objective(v, local_share(idx)),
             len(y),
             config.iterations,
             config.batch_size,

@@ -74,6 +74,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     pack.add_argument("-o", "--output", required=True, help="the .wvpack to write")
     pack.add_argument("--force", action="store_true", help="overwrite -o even if not a .wvpack")
+    pack.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="retrain data-parallel in this many processes on this machine (torchrun, gloo or "
+        "NCCL); across machines, run `torchrun ... -m tvm_weightvirt.apps.cli pack ...`",
+    )
     for key, (kind, default, choices, text) in PACK_OPTIONS.items():
         flag = "--" + key.replace("_", "-")
         shown = f"{text} (default: {default})" if default not in (None, False) else text
@@ -201,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="out/demo", help="folder for the .wvpack")
 
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     log_to_stderr("wvirt: ")
     try:
         return {
@@ -219,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _pack(args) -> int:
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        return _relaunch_under_torchrun(args.argv, args.nproc)
+    from ..algorithms.distributed import init_from_environment
     from ..algorithms.pipeline import format_report
     from ..frontend.artifact import load_wvpack, save_wvpack
     from ..plan import PagePlan
@@ -253,12 +264,27 @@ def _pack(args) -> int:
         from ..frontend.packing import pack
 
         resume = spec.option("resume")
+        rank, _ = init_from_environment()
         result = pack(tasks, data, _pack_config(spec), resume=resume and load_wvpack(resume).plan)
+        if rank != 0:  # every process holds the same plan: the first one writes it
+            return 0
         size = save_wvpack(args.output, result.plan, tasks, result.report)
         print(result.plan.summary())
         print(format_report(result.report))
     print(f"wrote {args.output} ({size} B)")
     return 0
+
+
+def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
+    """The `wvirt pack` command `argv` again, in `nproc` processes on this machine (torchrun's
+    standalone rendezvous)."""
+    import subprocess
+
+    i = next(i for i, a in enumerate(argv) if a.startswith("--nproc"))
+    argv = argv[:i] + argv[i + (1 if "=" in argv[i] else 2) :]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node", str(nproc), "-m", "tvm_weightvirt.apps.cli", *argv]
+    return subprocess.call(command)
 
 
 def _pack_spec(args):
