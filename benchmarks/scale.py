@@ -68,7 +68,7 @@ def ten_nets(nets: list[tuple[str, int]], method: str = "fast") -> dict:
     pages, fishers, weights = [], [], 0
     rng = np.random.default_rng(0)
     for graph, seed in nets:
-        task = examples.zoo_task(graph, seed, name=f"{graph}-{seed}")
+        task = examples.zoo_task(graph, seed, name=f"{graph}_{seed}")
         layout = PageLayout.from_weights(
             {k: (w.shape, str(w.dtype)) for k, w in task.weights.items()}, PAGE_SIZE, task.name
         )
@@ -85,7 +85,7 @@ def ten_nets(nets: list[tuple[str, int]], method: str = "fast") -> dict:
             "matched %s (%d pages), %.0f s", graph, len(task_pages), time.perf_counter() - start
         )
     return {
-        "nets": [f"{g}-{s}" for g, s in nets],
+        "nets": [f"{g}_{s}" for g, s in nets],
         "weights": weights,
         "pages": int(sum(len(p) for p in pages)),
         "seconds_to_match": time.perf_counter() - start,
