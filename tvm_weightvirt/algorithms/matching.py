@@ -110,9 +110,10 @@ def match_task(
     minimum sharing cost), "fast" (NWV's greedy rule within windows of `block` pages by Fisher
     rank: the same pairs as greedy on a level of up to `block` pages, up to float32 ties),
     "optimal" (minimum total cost, `linear_sum_assignment`, in blocks of `block` pages by
-    Fisher rank), or "random". `block` defaults to `BLOCK[method]`. A task's pages land on distinct pool pages while
-    the pool has room. A pool smaller than the task is an error unless `share_within_task`:
-    then, once every pool page holds one of the task's pages, its remaining pages share too.
+    Fisher rank), or "random"; `block` defaults to `BLOCK[method]`. A task's pages land on
+    distinct pool pages while the pool has room. A pool smaller than the task is an error unless
+    `share_within_task`: then, once every pool page holds one of the task's pages, its
+    remaining pages share too.
     """
     if method not in METHODS:
         raise ValueError(f"matching method must be one of {METHODS}, got {method!r}")

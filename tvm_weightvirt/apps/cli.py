@@ -256,17 +256,19 @@ def _pack(args) -> int:
         if problems:
             raise ValueError("\n".join(problems))
         data = _load_data(spec)
+    rank, _ = init_from_environment()  # under torchrun; the first process writes the result
     if spec.option("lossless"):
         plan = PagePlan.lossless(tasks, page_size=spec.option("page_size"))
+        if rank != 0:
+            return 0
         size = save_wvpack(args.output, plan, tasks)
         print(plan.summary())
     else:
         from ..frontend.packing import pack
 
         resume = spec.option("resume")
-        rank, _ = init_from_environment()
         result = pack(tasks, data, _pack_config(spec), resume=resume and load_wvpack(resume).plan)
-        if rank != 0:  # every process holds the same plan: the first one writes it
+        if rank != 0:  # every process holds the same plan
             return 0
         size = save_wvpack(args.output, result.plan, tasks, result.report)
         print(result.plan.summary())
