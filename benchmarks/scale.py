@@ -163,6 +163,41 @@ def switch_at_size(plan, tasks: list, quick: bool) -> tuple[dict, dict]:
     return switch, infer
 
 
+def ddp(processes: int = 2) -> dict:
+    """`wvirt pack` of the example user models (examples.write_user_models) in one process and
+    in `processes` (torchrun, gloo on loopback): seconds of each, and whether the plans agree
+    (equal page tables, pool weights within 1e-4 of the largest)."""
+    import os
+    import subprocess
+    import sys
+
+    from tvm_weightvirt.frontend.artifact import load_wvpack
+
+    folder = tempfile.mkdtemp(prefix="wvirt-ddp-")
+    examples.write_user_models(folder)
+    manifest = os.path.join(folder, "suite.toml")
+    seconds, plans = {}, {}
+    for n in (1, processes):
+        out = os.path.join(folder, f"{n}.wvpack")
+        command = [sys.executable, "-m", "tvm_weightvirt.apps.cli", "pack", manifest, "-o", out]
+        start = time.perf_counter()
+        subprocess.run([*command, "--nproc", str(n)], check=True, capture_output=True)
+        seconds[n] = time.perf_counter() - start
+        plans[n] = load_wvpack(out).plan
+    one, many = plans[1], plans[processes]
+    difference = float(np.abs(one.pool - many.pool).max())
+    same_tables = all(
+        np.array_equal(one.task(t).page_table, many.task(t).page_table) for t in one.tasks
+    )
+    return {
+        "processes": processes,
+        "seconds": seconds[processes],
+        "seconds_one_process": seconds[1],
+        "max_pool_difference": difference,
+        "same_plan": bool(same_tables and difference <= 1e-4 * np.abs(one.pool).max()),
+    }
+
+
 def measure(quick: bool) -> dict:
     sizes = [1_000, 10_000, 100_000] if quick else [1_000, 10_000, 100_000, 1_000_000]
     speed, cost = matching_speed(sizes, 60.0 if quick else 600.0)
@@ -184,6 +219,7 @@ def measure(quick: bool) -> dict:
         "switch": switch,
         "infer_ratio": infer,
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "ddp": ddp(),
     }
 
 
@@ -214,6 +250,12 @@ def table(numbers: dict) -> str:
             f"{numbers['infer_ratio'][name]:.3f}"
         )
     lines.append(f"peak RSS {numbers['peak_rss_bytes'] / 2**30:.2f} GiB")
+    d = numbers["ddp"]
+    lines.append(
+        f"retraining in {d['processes']} processes: {d['seconds']:.1f} s (1 process "
+        f"{d['seconds_one_process']:.1f} s), same plan: {d['same_plan']} (pool difference "
+        f"{d['max_pool_difference']:.1e})"
+    )
     return "\n".join(lines)
 
 
