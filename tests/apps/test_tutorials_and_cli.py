@@ -101,3 +101,14 @@ def test_tutorial_02_runs(tmp_path, monkeypatch, capsys):
         assert printed.count(f"{name}: output") == 2
     assert "pool 130 pages x 100" in printed and "top1_agreement" in printed
     assert (tmp_path / "packed.wvpack").exists() and (tmp_path / "report.png").exists()
+
+
+@pytest.mark.slow
+def test_tutorial_05_packs_two_zoo_models(monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["05_pack_at_scale.py"])
+    runpy.run_path(str(ROOT / "tutorials" / "05_pack_at_scale.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert (
+        "squeezenet: 1,235,496 weights" in printed and "page size 512, pool 2000 pages" in printed
+    )
+    assert len(re.findall(r"(squeezenet|shufflenet): switch [\d.]+ ms, inference", printed)) == 3

@@ -19,6 +19,15 @@ BLOCK = {"fast": 2048, "optimal": 1024}  # default pages per window (fast) / blo
 INITS = ("random", "weights", "fisher_mean")
 
 
+def add_rows(target: np.ndarray, rows: np.ndarray, values) -> None:
+    """`target[rows] += values` where `rows` may repeat (`np.add.at`); by plain indexing when
+    they do not (a task's pages on distinct pool pages), the same sums many times faster."""
+    if len(np.unique(rows)) == len(rows):
+        target[rows] += values
+    else:
+        np.add.at(target, rows, values)
+
+
 @dataclass
 class PoolState:
     """The pool while tasks are matched onto it.
@@ -55,12 +64,8 @@ class PoolState:
         if self.init != "random":
             free = self.occupancy[table] == 0
             self.values[table[free]] = pages[free]
-        if len(np.unique(table)) == len(table):  # distinct pages: plain (fast) indexing
-            self.occupancy[table] += 1
-            self.fisher[table] += fisher
-        else:
-            np.add.at(self.occupancy, table, 1)
-            np.add.at(self.fisher, table, fisher)
+        add_rows(self.occupancy, table, 1)
+        add_rows(self.fisher, table, fisher)
 
 
 def finalize_pool(
@@ -73,9 +78,9 @@ def finalize_pool(
     total = np.zeros(state.values.shape)
     plain = np.zeros(state.values.shape)
     for table, task_pages, fisher in zip(tables, pages, fishers):
-        np.add.at(weighted, table, fisher * task_pages)
-        np.add.at(total, table, fisher)
-        np.add.at(plain, table, task_pages)
+        add_rows(weighted, table, fisher * task_pages)
+        add_rows(total, table, fisher)
+        add_rows(plain, table, task_pages)
     count = np.maximum(1, state.occupancy)[:, None]
     mean = np.where(total > 0, weighted / np.where(total > 0, total, 1), plain / count)
     used = state.occupancy > 0
@@ -155,9 +160,7 @@ def match_task(
             qs, vs = _pair_optimal(q, v, pages, fisher, state, block)
         else:
             qs, vs = q, rng.permutation(v)
-        total_cost += float(
-            _cost_pairs(pages[qs], fisher[qs], state.values[vs], state.fisher[vs]).sum()
-        )
+        total_cost += _total_cost(pages, fisher, state, qs, vs)
         table[qs] = vs
         occupancy[vs] += 1
         used_by_task[vs] = True
@@ -172,6 +175,16 @@ def _cost_rows(
     sum over positions where both Fishers are > 0 of (f + f') (w - w')^2."""
     both = (f > 0) & (other_f > 0)
     return np.where(both, (f + other_f) * (w - other_w) ** 2, 0.0).sum(1)
+
+
+def _total_cost(pages, fisher, state, qs, vs, chunk: int = 1 << 16) -> float:
+    """The summed cost of pairs (task page qs[i], pool page vs[i]), `chunk` pairs at a time
+    (memory: a few chunks of pages, not copies of the whole level)."""
+    total = 0.0
+    for start in range(0, len(qs), chunk):
+        q, v = qs[start : start + chunk], vs[start : start + chunk]
+        total += float(_cost_pairs(pages[q], fisher[q], state.values[v], state.fisher[v]).sum())
+    return total
 
 
 def _cost_pairs(w, f, v, fv) -> np.ndarray:

@@ -18,6 +18,7 @@ import torch
 from ..layout import PageLayout
 from ..progress import steps
 from .distributed import average_across_processes, local_share
+from .matching import add_rows
 from .objectives import Objective
 from .training import minibatch_steps, model_outputs
 
@@ -82,10 +83,10 @@ def sharing_loss_terms(tasks: list[PoolTask], t: int, pool_shape: tuple[int, int
     for k, other in enumerate(tasks):
         if k == t:
             continue
-        np.add.at(a, other.page_table, other.fisher)
-        np.add.at(b, other.page_table, other.fisher * other.anchor)
-        np.add.at(c, other.page_table, other.fisher * other.anchor**2)
-        np.add.at(count, other.page_table, (other.fisher > 0).astype(np.float64))
+        add_rows(a, other.page_table, other.fisher)
+        add_rows(b, other.page_table, other.fisher * other.anchor)
+        add_rows(c, other.page_table, other.fisher * other.anchor**2)
+        add_rows(count, other.page_table, (other.fisher > 0).astype(np.float64))
     mask = np.zeros(pool_shape)
     mask[tasks[t].page_table] = 1.0
     return tuple(
@@ -122,17 +123,33 @@ def optimize_pool(
         optimizer = torch.optim.Adam([v], lr=config.lr)
         x, y = torch.from_numpy(task.train[0]), torch.from_numpy(task.train[1])
 
-        def objective(pool: torch.Tensor, idx: torch.Tensor | slice = slice(None)):
-            """The task's loss on the batch + lambda * NWV's sharing loss (seeds A.5)."""
-            pool = decode(pool)
+        def task_loss(weights: torch.Tensor, idx: torch.Tensor | slice) -> torch.Tensor:
             logits = torch.func.functional_call(
-                task.model, task_weights(pool, task.layout, table), (x[idx],)
+                task.model, task_weights(weights, task.layout, table), (x[idx],)
             )
-            penalty = (mask * (a * pool * pool - 2 * b * pool + c) / count).sum()
-            return task.objective.loss(logits, y[idx]) + lam * penalty
+            return task.objective.loss(logits, y[idx])
 
-        with torch.no_grad():
-            start_objective = float(objective(pool_t))
+        def sharing_loss(weights: torch.Tensor) -> torch.Tensor:
+            return (mask * (a * weights * weights - 2 * b * weights + c) / count).sum()
+
+        def objective(pool: torch.Tensor, idx: torch.Tensor | slice):
+            """The task's loss on the batch + lambda * NWV's sharing loss (seeds A.5)."""
+            weights = decode(pool)
+            return task_loss(weights, idx) + lam * sharing_loss(weights)
+
+        def whole_split_objective(pool: torch.Tensor) -> float:
+            """`objective` over the whole training split, in batches of `batch_size` (the
+            loss a mean over samples: batch means weighted by batch size)."""
+            with torch.no_grad():
+                weights = decode(pool)
+                starts = range(0, len(y), config.batch_size)
+                losses = [
+                    float(task_loss(weights, slice(i, i + config.batch_size))) for i in starts
+                ]
+                sizes = [min(config.batch_size, len(y) - i) for i in starts]
+                return float(np.average(losses, weights=sizes)) + lam * float(sharing_loss(weights))
+
+        start_objective = whole_split_objective(pool_t)
         start_val = best_val = pool_metric(decode(v.detach()), task, *task.val)
         best = None
         v.register_hook(lambda grad: grad * mask[:, :1])  # only this task's pages move
@@ -155,8 +172,7 @@ def optimize_pool(
             pool_t = best
         with torch.no_grad():
             task.anchor = decode(pool_t)[table].numpy().copy()
-        with torch.no_grad():
-            end_objective = float(objective(pool_t))
+        end_objective = whole_split_objective(pool_t)
         log.append(
             {
                 "task": task.name,
