@@ -1,4 +1,4 @@
-"""Relax module passes of tvm-weightvirt, one per file."""
+"""Relax and TIR module passes of tvm-weightvirt, one per file."""
 
 from .add_page_gather import AddPageGather
 from .conv_weights_output_channels_last import ConvWeightsOutputChannelsLast
@@ -6,6 +6,7 @@ from .exclusive_page_loader import ExclusivePageLoader
 from .lift_weight_constants import LiftWeightConstants
 from .lift_weight_transforms import LiftWeightTransforms
 from .merge_tasks import MergeTasks
+from .read_weights_through_pages import ReadWeightsThroughPages
 from .virtualize_weights import VirtualizeWeights
 
 __all__ = [
@@ -15,5 +16,6 @@ __all__ = [
     "LiftWeightConstants",
     "LiftWeightTransforms",
     "MergeTasks",
+    "ReadWeightsThroughPages",
     "VirtualizeWeights",
 ]

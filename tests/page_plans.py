@@ -32,18 +32,18 @@ def echo_task(name: str, shapes: list[tuple[int, ...]]) -> wv.Task:
     return wv.Task(name, bb.get(), weights)
 
 
-def shared_plan(tasks, page_size: int) -> wv.PagePlan:
+def shared_plan(tasks, page_size: int, page_aligned: bool = False) -> wv.PagePlan:
     """Task b's first page is task a's second: a plan with one shared page."""
-    lossless = wv.PagePlan.lossless(tasks, page_size)
+    lossless = wv.PagePlan.lossless(tasks, page_size, page_aligned)
     tables = {n: t.page_table.copy() for n, t in lossless.tasks.items()}
     tables["b"][0] = tables["a"][1]
     tasks_pages = {n: wv.TaskPages(t.layout, tables[n]) for n, t in lossless.tasks.items()}
     return wv.PagePlan(page_size, lossless.pool, tasks_pages)
 
 
-def exclusive_plan(tasks, page_size: int) -> wv.PagePlan:
+def exclusive_plan(tasks, page_size: int, page_aligned: bool = False) -> wv.PagePlan:
     """Task a's last two pages and task b's first are exclusive (level 2), the rest shared."""
-    shared = shared_plan(tasks, page_size)
+    shared = shared_plan(tasks, page_size, page_aligned)
     pool_pages = shared.n_pool_pages
     rng = np.random.default_rng(7)
     out = {}

@@ -87,6 +87,11 @@ class PageLayout:
         return -(-self.n_elems // self.page_size)
 
     @property
+    def page_aligned(self) -> bool:
+        """Every weight starts on a page boundary (what zero-copy kernels need)."""
+        return all(s.offset_elems % self.page_size == 0 for s in self.spans)
+
+    @property
     def names(self) -> list[str]:
         return [s.name for s in self.spans]
 
@@ -137,6 +142,11 @@ class PageLayout:
                 f"offsets are not those of the weights in order, aligned to {align_elems}"
             )
         return layout
+
+
+def weight_alignment(page_size: int, page_aligned: bool) -> int:
+    """The alignment of a layout whose weights start on pages (`page_aligned`) or not."""
+    return page_size if page_aligned else ALIGN_ELEMS
 
 
 def check_page_size(page_size: int) -> None:

@@ -10,7 +10,7 @@ from typing import Protocol
 import numpy as np
 
 from .coded_pages import CodedPages
-from .layout import PageLayout, check_page_size
+from .layout import PageLayout, check_page_size, weight_alignment
 
 PAGE_TABLE_DTYPE = np.int32
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -69,14 +69,17 @@ class PagePlan:
     # **** construction ****
 
     @staticmethod
-    def lossless(tasks: Iterable[HasWeights], page_size: int = 100) -> PagePlan:
-        """Identity page tables, no sharing: task after task, each on pages of its own."""
+    def lossless(
+        tasks: Iterable[HasWeights], page_size: int = 100, page_aligned: bool = False
+    ) -> PagePlan:
+        """Identity page tables, no sharing: task after task, each on pages of its own
+        (`page_aligned`: each weight starting on a page)."""
         check_page_size(page_size)
         tasks = list(tasks)
         check_unique_names([t.name for t in tasks])
         pages, task_pages, next_page = [], {}, 0
         for t in tasks:
-            layout = layout_of(t, page_size)
+            layout = layout_of(t, page_size, page_aligned)
             pages.append(layout.to_pages(t.weights))
             table = np.arange(next_page, next_page + layout.n_pages)
             task_pages[t.name] = TaskPages(layout, table)
@@ -186,9 +189,11 @@ class PagePlan:
         return "\n".join(lines)
 
 
-def layout_of(task: HasWeights, page_size: int) -> PageLayout:
+def layout_of(task: HasWeights, page_size: int, page_aligned: bool = False) -> PageLayout:
     weights = {n: (tuple(w.shape), str(w.dtype)) for n, w in task.weights.items()}
-    return PageLayout.from_weights(weights, page_size, task.name)
+    return PageLayout.from_weights(
+        weights, page_size, task.name, weight_alignment(page_size, page_aligned)
+    )
 
 
 def check_unique_names(names: list[str]) -> None:

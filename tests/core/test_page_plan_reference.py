@@ -65,3 +65,38 @@ def test_the_generated_c_gathers_the_plans_pages_bit_for_bit(make_plan, tmp_path
     for name, outputs in zip(sequence, run.outputs):
         for out, (weight, value) in zip(outputs, plan.read(name).items()):
             np.testing.assert_array_equal(out, value, err_msg=f"task {name}, {weight}")
+
+
+@pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
+@pytest.mark.parametrize("pool_in", ["ram", "flash"])
+def test_zero_copy_kernels_read_the_plans_pages_in_place_bit_for_bit(pool_in, tmp_path):
+    """Zero-copy C (kernels read each weight through its page table; shared, pool and
+    exclusive pages in one array, in RAM or flash) built by the host's gcc: the tasks return
+    the plan's weights exactly, and the switch gathers nothing."""
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = exclusive_plan(tasks, 100, page_aligned=True)
+    manifest = mcu.generate_project(
+        tasks, plan, str(tmp_path), check_fit=False, zero_copy=True, pool_in=pool_in
+    )
+    n_pages = plan.n_pool_pages + 3  # a's two exclusive pages and b's one
+    assert manifest["data_bytes"]["ram"].get("pages", 0) == (
+        n_pages * 400 if pool_in == "ram" else 0
+    )
+    assert "weight_buffer" not in manifest["data_bytes"]["ram"]
+    sequence = ["a", "b", "a"]
+    mcu.write_requests(
+        str(tmp_path), [(n, [np.ones(s, np.float32) for s in SHAPES[n]]) for n in sequence]
+    )
+    run = mcu.run_project(str(tmp_path), host=True)
+    for name, outputs in zip(sequence, run.outputs):
+        for out, (weight, value) in zip(outputs, plan.read(name).items()):
+            np.testing.assert_array_equal(out, value, err_msg=f"task {name}, {weight}")
+
+
+def test_zero_copy_needs_a_page_aligned_plan(tmp_path):
+    """Kernels shared by tasks read a weight from the start of its first page: a plan whose
+    weights start mid-page is refused, naming the task, the weight and the fix."""
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = exclusive_plan(tasks, 100)
+    with pytest.raises(ValueError, match="task 'a': weight 'w1'.*--page-aligned"):
+        mcu.generate_project(tasks, plan, str(tmp_path), check_fit=False, zero_copy=True)

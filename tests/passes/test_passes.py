@@ -2,7 +2,7 @@
 test per pass: VirtualizeWeights' gather, MergeTasks' renaming and kernel dedup,
 LiftWeightConstants' choice of weights, LiftWeightTransforms' split,
 ConvWeightsOutputChannelsLast's weight layouts, AddPageGather's (plain and coded) and
-ExclusivePageLoader's gather kernels."""
+ExclusivePageLoader's gather kernels, ReadWeightsThroughPages' paged weight reads."""
 
 import numpy as np
 import pytest
@@ -18,6 +18,7 @@ from tvm_weightvirt.passes import (
     LiftWeightConstants,
     LiftWeightTransforms,
     MergeTasks,
+    ReadWeightsThroughPages,
     VirtualizeWeights,
 )
 
@@ -710,3 +711,104 @@ def test_exclusive_page_loader_leaves_relax_functions_unchanged():
     with_gather = AddPageGather(100)(GatherBefore)
     after = ExclusivePageLoader(100)(with_gather)
     tvm.ir.assert_structural_equal(_without(after, "wv_gather_pages_exclusive"), with_gather)
+
+
+# **** ReadWeightsThroughPages ****
+
+
+@I.ir_module
+class PagedBefore:
+    @T.prim_func(s_tir=True)
+    def dense(
+        x: T.Buffer((1, 144), "float32"),
+        w: T.Buffer((10, 144), "float32"),
+        y: T.Buffer((1, 10), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i, k in T.grid(10, 144):
+            with T.sblock("y"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                with T.init():
+                    y[0, vi] = T.float32(0)
+                y[0, vi] = y[0, vi] + x[0, vk] * w[vi, vk]
+
+    @T.prim_func(s_tir=True)
+    def scale(
+        x: T.Buffer((2, 5), "float32"),
+        s: T.Buffer((2, 5), "float32"),
+        y: T.Buffer((2, 5), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i, j in T.grid(2, 5):
+            with T.sblock("y"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                y[vi, vj] = x[vi, vj] * s[vi, vj]
+
+
+@I.ir_module
+class PagedExpected:
+    @T.prim_func(s_tir=True)
+    def dense_paged_1(
+        x: T.Buffer((1, 144), "float32"),
+        w_pages: T.Buffer((2880,), "float32"),
+        w_table: T.Buffer((5,), "uint16"),
+        y: T.Buffer((1, 10), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i, k in T.grid(10, 144):
+            with T.sblock("y"):
+                vi, vk = T.axis.remap("SR", [i, k])
+                T.reads(x[0, vk], w_pages[0:2880], w_table[0:5])
+                T.writes(y[0, vi])
+                with T.init():
+                    y[0, vi] = T.float32(0)
+                # rows of 144 divide P = 288: row vi is on page vi // 2, at (vi % 2) * 144
+                page = T.meta_var(
+                    T.Cast("int32", w_table[T.Cast("int32", T.Cast("int64", vi) // T.int64(2))])
+                )
+                offset = T.meta_var(
+                    T.Cast(
+                        "int32",
+                        T.Cast("int64", vi) % T.int64(2) * T.int64(144) + T.Cast("int64", vk),
+                    )
+                )
+                y[0, vi] = y[0, vi] + x[0, vk] * w_pages[page * 288 + offset]
+
+    @T.prim_func(s_tir=True)
+    def scale(
+        x: T.Buffer((2, 5), "float32"),
+        s: T.Buffer((2, 5), "float32"),
+        y: T.Buffer((2, 5), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i, j in T.grid(2, 5):
+            with T.sblock("y"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                y[vi, vj] = x[vi, vj] * s[vi, vj]
+
+    @T.prim_func(s_tir=True)
+    def scale_paged_1(
+        x: T.Buffer((2, 5), "float32"),
+        s_pages: T.Buffer((2880,), "float32"),
+        s_table: T.Buffer((1,), "uint16"),
+        y: T.Buffer((2, 5), "float32"),
+    ):
+        T.func_attr({"tirx.noalias": True})
+        for i, j in T.grid(2, 5):
+            with T.sblock("y"):
+                vi, vj = T.axis.remap("SS", [i, j])
+                T.reads(x[vi, vj], s_pages[0:2880], s_table[0:1])
+                T.writes(y[vi, vj])
+                # no trailing block of (2, 5) divides 288: the page is found per element
+                flat = T.meta_var(T.Cast("int64", vi) * T.int64(5) + T.Cast("int64", vj))
+                page = T.meta_var(T.Cast("int32", s_table[T.Cast("int32", flat // T.int64(288))]))
+                offset = T.meta_var(T.Cast("int32", flat % T.int64(288)))
+                y[vi, vj] = x[vi, vj] * s_pages[page * 288 + offset]
+
+
+def test_read_weights_through_pages_reads_each_row_from_its_page():
+    """A weight parameter becomes (page storage, its page table); `W[i, k]` becomes
+    `pages[table[page] * P + offset]`, the page found from the leading axes only. A kernel
+    also called without weights (`()` among its uses) is kept beside its paged variant."""
+    after = ReadWeightsThroughPages(288, 2880, {"dense": [(1,)], "scale": [(1,), ()]})(PagedBefore)
+    tvm.ir.assert_structural_equal(after, PagedExpected)

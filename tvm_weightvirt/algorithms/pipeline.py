@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..coded_pages import CodedPages, check_coded_page_size
-from ..layout import PageLayout, check_page_size
+from ..layout import PageLayout, check_page_size, weight_alignment
 from ..plan import PagePlan, TaskPages, check_unique_names
 from ..progress import steps
 from .data import Split
@@ -57,6 +57,7 @@ class PackConfig:
     fisher_batch: int | None = None  # samples per batch of gradients; None: a memory bound
     separation: SeparationConfig | None = None  # None: every page shared (NWV)
     smartdeal: bool = False  # pages stored as power-of-two codes x a 3x3 basis per page
+    page_aligned: bool = False  # every weight starts on a page (zero-copy kernels)
     optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
     seed: int = 0
 
@@ -113,7 +114,10 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
         names = getattr(t.model, "weight_names", None) or list(state)
         weights = {k: state[k].detach().numpy() for k in names}
         layout = PageLayout.from_weights(
-            {k: (w.shape, str(w.dtype)) for k, w in weights.items()}, config.page_size, t.name
+            {k: (w.shape, str(w.dtype)) for k, w in weights.items()},
+            config.page_size,
+            t.name,
+            weight_alignment(config.page_size, config.page_aligned),
         )
         layouts.append(layout)
         pages.append(layout.to_pages(weights))

@@ -258,7 +258,9 @@ def _pack(args) -> int:
         data = _load_data(spec)
     rank, _ = init_from_environment()  # under torchrun; the first process writes the result
     if spec.option("lossless"):
-        plan = PagePlan.lossless(tasks, page_size=spec.option("page_size"))
+        plan = PagePlan.lossless(
+            tasks, page_size=spec.option("page_size"), page_aligned=spec.option("page_aligned")
+        )
         if rank != 0:
             return 0
         size = save_wvpack(args.output, plan, tasks)
@@ -421,6 +423,7 @@ def _pack_config(spec):
         fisher_batch=option("fisher_batch"),
         separation=separation,
         smartdeal=option("smartdeal"),
+        page_aligned=option("page_aligned"),
         optimize=OptimizeConfig(
             rounds=option("rounds"),
             iterations=option("iterations"),

@@ -34,6 +34,12 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         None,
         "pool pages as power-of-two codes x a 3x3 basis per page (page size: a multiple of 3)",
     ),
+    "page_aligned": (
+        bool,
+        False,
+        None,
+        "every weight starts on a page (zero-copy kernels: `wvirt build --zero-copy`)",
+    ),
     "lossless": (bool, False, None, "no sharing, no data: every task on pages of its own"),
 }
 TASK_KEYS = ("model", "data", "objective")

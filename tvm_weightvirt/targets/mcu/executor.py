@@ -10,6 +10,7 @@ import tvm
 from tvm import relax
 
 from ...compile.fusion import legalize_and_fuse
+from ...passes.read_weights_through_pages import PAGE_TABLE_DTYPE, paged_name
 from ...plan import PagePlan
 from .templates import render
 
@@ -50,6 +51,19 @@ class Executor:
             (i for i, t in enumerate(self.tensors) if t.kind == kind),
             key=lambda i: self.tensors[i].index,
         )
+
+    def weight_positions(self, args: list[int]) -> tuple[int, ...]:
+        """The positions of a call's arguments that are weights."""
+        return tuple(k for k, i in enumerate(args) if self.tensors[i].kind == "weight")
+
+
+def paged_uses(executors) -> dict[str, set[tuple[int, ...]]]:
+    """Kernel -> the weight positions of each of its calls (`ReadWeightsThroughPages`' uses)."""
+    uses: dict[str, set[tuple[int, ...]]] = {}
+    for e in executors:
+        for symbol, args in e.calls:
+            uses.setdefault(symbol, set()).add(e.weight_positions(args))
+    return uses
 
 
 def task_executor(name: str, func: relax.Function) -> Executor:
@@ -111,10 +125,27 @@ def _shape_dtype(var: relax.Var) -> tuple[tuple[int, ...], str]:
     return tuple(int(d) for d in var.ty.shape.values), str(var.ty.dtype)
 
 
-def executor_c(executors: dict[str, Executor], plan: PagePlan, packed: bool) -> str:
-    symbols = sorted({symbol for e in executors.values() for symbol, _ in e.calls})
+def executor_c(
+    executors: dict[str, Executor],
+    plan: PagePlan,
+    packed: bool,
+    zero_copy: bool = False,
+    pool_in: str = "ram",
+) -> str:
+    """The C of every task's executor. A weight is a view of the weight buffer (packed), of the
+    task's dense weights (not packed), or, zero-copy, the slice of the task's page table that
+    lists its pages, passed beside the page storage `wv_pages`."""
+    calls = {
+        task: [(_symbol(e, s, args, zero_copy), args) for s, args in e.calls]
+        for task, e in executors.items()
+    }
     lines = [render("executor_head")]
-    lines += [render("kernel_decl", symbol=s) for s in symbols]
+    if zero_copy:
+        lines.append(render("pages_decl", const="const " if pool_in == "flash" else ""))
+    lines += [
+        render("kernel_decl", symbol=s) for s in sorted({s for c in calls.values() for s, _ in c})
+    ]
+    table_dtype = tvm.DataType(PAGE_TABLE_DTYPE)
     for task, e in executors.items():
         spans = plan.task(task).layout.spans
         lines.append(
@@ -122,40 +153,57 @@ def executor_c(executors: dict[str, Executor], plan: PagePlan, packed: bool) -> 
         )
         if packed:
             lines.append(render("table_decl", task=task))
-            if plan.task(task).n_exclusive_pages:
+            if plan.task(task).n_exclusive_pages and not zero_copy:
                 lines.append(render("exclusive_decl", task=task))
         else:
             lines.append(render("dense_decl", task=task))
         weights = "wv_weights" if packed else f"wv_dense_{task}"
-        for i, t in enumerate(e.tensors):
-            lines.append(
-                render(
-                    "shape", task=task, i=i, ndim=len(t.shape), dims=", ".join(map(str, t.shape))
-                )
-            )
-        lines.append(render("tensors_head", task=task, n=len(e.tensors)))
-        for i, t in enumerate(e.tensors):
+        tensors = []  # (shape, data, dtype) in the order of e.tensors, then the page storage
+        for t in e.tensors:
             data = "NULL"  # inputs and outputs: the caller's buffers, bound by <task>_run
-            if t.kind == "weight":
+            shape, dtype = t.shape, tvm.DataType(t.dtype)
+            if t.kind == "weight" and zero_copy:
+                span = spans[t.index]
+                first = span.offset_elems // plan.page_size
+                shape = (-(-span.numel // plan.page_size),)
+                data, dtype = f"(void*)(wv_page_table_{task} + {first})", table_dtype
+            elif t.kind == "weight":
                 data = f"{weights} + {spans[t.index].offset_elems}"
             elif t.kind == "arena":
                 data = f"wv_arena + {t.index}"
-            dtype = tvm.DataType(t.dtype)
+            tensors.append((shape, data, dtype))
+        pages = len(tensors)
+        if zero_copy:
+            n_page_elems = plan.page_size * (
+                plan.n_pool_pages + sum(p.n_exclusive_pages for p in plan.tasks.values())
+            )
+            tensors.append(((n_page_elems,), "(void*)wv_pages", tvm.DataType("float32")))
+        for i, (shape, _, _) in enumerate(tensors):
+            dims = ", ".join(map(str, shape))
+            lines.append(render("shape", task=task, i=i, ndim=len(shape), dims=dims))
+        lines.append(render("tensors_head", task=task, n=len(tensors)))
+        for i, (shape, data, dtype) in enumerate(tensors):
             lines.append(
                 render(
                     "tensor",
                     task=task,
                     i=i,
                     data=data,
-                    ndim=len(t.shape),
+                    ndim=len(shape),
                     code=dtype.type_code,
                     bits=dtype.bits,
                 )
             )
         lines.append(render("tensors_tail"))
-        for j, (_, args) in enumerate(e.calls):
-            items = ", ".join(render("arg", task=task, i=i) for i in args)
-            lines.append(render("args", task=task, j=j, n=len(args), items=items))
+        call_args = []
+        for _, args in calls[task]:
+            ids = []
+            for i in args:  # zero-copy: a weight is passed as (page storage, its page table)
+                ids += [pages, i] if zero_copy and e.tensors[i].kind == "weight" else [i]
+            call_args.append(ids)
+        for j, ids in enumerate(call_args):
+            items = ", ".join(render("arg", task=task, i=i) for i in ids)
+            lines.append(render("args", task=task, j=j, n=len(ids), items=items))
         lines.append(render("run_head", task=task))
         lines += [
             render("bind_input", task=task, i=i, k=k) for k, i in enumerate(e.of_kind("input"))
@@ -164,21 +212,29 @@ def executor_c(executors: dict[str, Executor], plan: PagePlan, packed: bool) -> 
             render("bind_output", task=task, i=i, k=k) for k, i in enumerate(e.of_kind("output"))
         ]
         lines += [
-            render("call", task=task, symbol=s, j=j, n=len(args))
-            for j, (s, args) in enumerate(e.calls)
+            render("call", task=task, symbol=s, j=j, n=len(ids))
+            for j, ((s, _), ids) in enumerate(zip(calls[task], call_args))
         ]
         lines.append(render("run_tail"))
     lines.append(render("tasks_head"))
     for task in executors:
         pages = plan.task(task)
+        gathered = packed and not zero_copy  # zero-copy: the switch gathers nothing
         lines.append(
             render(
                 "task",
                 task=task,
-                n_pages=pages.layout.n_pages if packed else 0,
-                page_table=f"wv_page_table_{task}" if packed else "NULL",
-                exclusive=f"wv_exclusive_{task}" if packed and pages.n_exclusive_pages else "NULL",
+                n_pages=pages.layout.n_pages if gathered else 0,
+                page_table=f"wv_page_table_{task}" if gathered else "NULL",
+                exclusive=f"wv_exclusive_{task}"
+                if gathered and pages.n_exclusive_pages
+                else "NULL",
             )
         )
     lines.append(render("tasks_tail", n=len(executors)))
     return "\n".join(lines) + "\n"
+
+
+def _symbol(e: Executor, symbol: str, args: list[int], zero_copy: bool) -> str:
+    positions = e.weight_positions(args) if zero_copy else ()
+    return paged_name(symbol, positions) if positions else symbol

@@ -20,10 +20,10 @@ from tvm import relax
 from ...abi import task_function
 from ...coded_pages import decode_codes
 from ...frontend.task import Task
-from ...passes import MergeTasks
+from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
 from .boards import QEMU_FLAGS, STACK_BYTES, TARGETS, McuTarget
-from .executor import KERNEL_PIPELINE, Tensor, executor_c, task_executor
+from .executor import KERNEL_PIPELINE, Tensor, executor_c, paged_uses, task_executor
 from .templates import c_floats, c_ints, render
 
 MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project
@@ -46,6 +46,8 @@ def generate_project(
     target: str | McuTarget = "cortex-m4",
     packed: bool = True,
     check_fit: bool = True,
+    zero_copy: bool = False,
+    pool_in: str = "ram",
 ) -> dict:
     """Write a self-contained C project for `tasks` under `plan` to `out_dir`; returns its
     manifest (also in `out_dir/wvirt-mcu.json`) with the data bytes it needs.
@@ -53,32 +55,52 @@ def generate_project(
     packed: the pool in RAM, exclusive pages in flash, one weight buffer the switch gathers
     into (materialize mode); a SmartDeal-coded pool (`plan.coded`) stays coded in RAM, int8
     codes and 3x3 bases (P + 36 B per page), and the switch decodes it. Not packed: every
-    task's weights resident in RAM, as when the tasks are built separately. With `check_fit`, a project whose data does not fit the part's RAM or
-    flash raises ValueError with the numbers.
+    task's weights resident in RAM, as when the tasks are built separately.
+
+    zero_copy: no weight buffer; the kernels read each weight from its pages in place through
+    the task's page table (`ReadWeightsThroughPages`), so a switch only picks the task. The
+    plan must be page-aligned (`PackConfig(page_aligned=True)`, `--page-aligned`). The pages
+    (pool, then every task's exclusive pages) sit in one array, in RAM (`pool_in="ram"`, its
+    image in flash) or read in place from flash (`pool_in="flash"`, RAM holds activations
+    only). With `check_fit`, a project whose data does not fit the part's RAM or flash raises
+    ValueError with the numbers.
     """
     target = TARGETS[target] if isinstance(target, str) else target
     names = [t.name for t in tasks]
     if sorted(names) != sorted(plan.tasks):
         raise ValueError(f"tasks {sorted(names)} do not match the page plan's {sorted(plan.tasks)}")
+    if pool_in not in ("ram", "flash"):
+        raise ValueError(f"pool_in must be 'ram' or 'flash', got {pool_in!r}")
+    if zero_copy:
+        _check_zero_copy(plan, names, packed)
+    elif pool_in != "ram":
+        raise ValueError("pool_in='flash' reads pages in place: it needs zero_copy=True")
     if packed and plan.coded is not None and plan.exclusive_bytes:
         raise ValueError(
             "the MCU runtime decodes a SmartDeal-coded pool but has no coded exclusive pages: this "
             f"plan has both ({plan.exclusive_bytes} B exclusive), which the packer does not "
             "produce; pack with smartdeal and no separation, or build with packed=False"
         )
-    # Step 1. Kernels: legalized and fused per task, identical ones once (MergeTasks).
+    # Step 1. Kernels: legalized and fused per task, identical ones once (MergeTasks); one
+    # executor per task, intermediates in one arena sized for the largest.
     merged = MergeTasks({t.name: KERNEL_PIPELINE(t.mod) for t in tasks})(tvm.IRModule())
     merged = relax.transform.AttachGlobalSymbol()(merged)
+    executors = {n: task_executor(n, merged[task_function(n)]) for n in names}
     kernels = tvm.IRModule(
         {gv: f for gv, f in merged.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     )
+    if zero_copy:  # kernels that take weights read them through page tables
+        n_page_elems = _n_pages(plan) * plan.page_size
+        uses = paged_uses(executors.values())
+        kernels = ReadWeightsThroughPages(plan.page_size, n_page_elems, uses)(kernels)
+    # Step 2. The kernels' C.
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
         kernel_source = tvm.tirx.build(
             kernels, target=tvm.target.Target({"kind": "c"})
         ).inspect_source()
-    # Step 2. One executor per task, intermediates in one arena sized for the largest.
-    executors = {n: task_executor(n, merged[task_function(n)]) for n in names}
-    manifest = _manifest(target, plan, names, executors, packed, _workspace_bytes(kernel_source))
+    manifest = _manifest(
+        target, plan, names, executors, packed, _workspace_bytes(kernel_source), zero_copy, pool_in
+    )
     problems = _misfits(manifest, target)
     if check_fit and problems:
         raise ValueError(
@@ -90,8 +112,11 @@ def generate_project(
     # Step 3. The files: kernels, executors, weights, runtime, startup, linker script, Makefile.
     os.makedirs(os.path.join(out_dir, "include"), exist_ok=True)
     _write(out_dir, "kernels.c", kernel_source)
-    _write(out_dir, "executor.c", executor_c(executors, plan, packed))
-    _write(out_dir, "weights.c", _weights_c(plan, names, manifest, packed))
+    _write(out_dir, "executor.c", executor_c(executors, plan, packed, zero_copy, pool_in))
+    if zero_copy:
+        _write(out_dir, "weights.c", _zero_copy_weights_c(plan, names, manifest, pool_in))
+    else:
+        _write(out_dir, "weights.c", _weights_c(plan, names, manifest, packed))
     for filename in RUNTIME_FILES:
         shutil.copyfile(os.path.join(RUNTIME_DIR, filename), os.path.join(out_dir, filename))
     for filename in ("link.ld", "Makefile"):
@@ -121,7 +146,32 @@ def generate_project(
     return manifest
 
 
-def _manifest(target, plan, names, executors, packed, workspace_bytes) -> dict:
+def _check_zero_copy(plan: PagePlan, names: list[str], packed: bool) -> None:
+    if not packed:
+        raise ValueError("zero_copy reads the pages of a packed build: build with packed=True")
+    if plan.coded is not None:
+        raise ValueError(
+            "zero_copy reads float32 pages in place; a SmartDeal-coded pool is decoded at a "
+            "switch: build it without zero_copy"
+        )
+    for n in names:
+        layout = plan.task(n).layout
+        unaligned = [s.name for s in layout.spans if s.offset_elems % plan.page_size]
+        if unaligned:
+            more = f" (and {len(unaligned) - 1} more)" if len(unaligned) > 1 else ""
+            raise ValueError(
+                f"task '{n}': weight '{unaligned[0]}'{more} does not start on a page of "
+                f"{plan.page_size}; zero-copy kernels need a page-aligned layout: pack with "
+                "`--page-aligned` (PackConfig(page_aligned=True))"
+            )
+
+
+def _n_pages(plan: PagePlan) -> int:
+    """Pages of the zero-copy page storage: the pool, then each task's exclusive pages."""
+    return plan.n_pool_pages + sum(t.n_exclusive_pages for t in plan.tasks.values())
+
+
+def _manifest(target, plan, names, executors, packed, workspace_bytes, zero_copy, pool_in) -> dict:
     arena_bytes = max(e.arena_bytes for e in executors.values())
     max_pages = max(plan.task(n).layout.n_pages for n in names)
     data_ram = {
@@ -131,7 +181,14 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes) -> dict:
     }
     data_flash = {}
     coded = packed and plan.coded is not None
-    if packed:
+    if zero_copy:
+        pages_bytes = _n_pages(plan) * plan.page_size * 4
+        if pool_in == "ram":
+            data_ram["pages"] = data_flash["pages_image"] = pages_bytes
+        else:
+            data_flash["pages"] = pages_bytes
+        data_flash["page_tables"] = sum(plan.task(n).layout.n_pages * 2 for n in names)
+    elif packed:
         data_ram["pool"] = data_flash["pool_image"] = plan.pool_bytes
         if coded:
             data_flash["code_values"] = 256 * 4
@@ -145,6 +202,8 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes) -> dict:
         "target": target.name,
         "packed": packed,
         "coded": coded,
+        "zero_copy": zero_copy,
+        "pool_in": pool_in,
         "page_size": plan.page_size,
         "tasks": {
             n: {
@@ -246,6 +305,30 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
             lines.append(render("dense", task=n, n=flat.size, values=c_floats(flat)))
         memory = dict(_NO_POOL, n_pool_pages=0, weights="NULL")
     lines.append(render("arena", arena_bytes=ram["arena"], workspace_bytes=ram["workspace"]))
+    lines.append(render("memory", page_size=plan.page_size, **memory))
+    return "\n".join(lines) + "\n"
+
+
+def _zero_copy_weights_c(plan: PagePlan, names: list[str], manifest: dict, pool_in: str) -> str:
+    """Every page in one array (the pool, then each task's exclusive pages in `names` order),
+    and page tables of ids into it."""
+    lines = [render("weights_head", what=f"every page read in place from {pool_in.upper()}")]
+    pages = np.concatenate([plan.pool, *(plan.task(n).exclusive_pages for n in names)])
+    if len(pages) > 0xFFFF:
+        raise ValueError("page ids do not fit the MCU's uint16 page tables (> 65535 pages)")
+    lines.append(render(f"pages_{pool_in}", n=pages.size, values=c_floats(pages)))
+    lines.append(render("no_weight_buffer"))
+    first_exclusive = plan.n_pool_pages
+    for n in names:
+        t = plan.task(n)
+        table = t.page_table.astype(np.int64)
+        table[table >= plan.n_pool_pages] += first_exclusive - plan.n_pool_pages
+        first_exclusive += t.n_exclusive_pages
+        ids = ", ".join(map(str, table.tolist()))
+        lines.append(render("page_table", task=n, n=len(table), ids=ids))
+    ram = manifest["data_bytes"]["ram"]
+    lines.append(render("arena", arena_bytes=ram["arena"], workspace_bytes=ram["workspace"]))
+    memory = dict(_NO_POOL, pool="wv_pages", n_pool_pages=len(pages), weights="NULL")
     lines.append(render("memory", page_size=plan.page_size, **memory))
     return "\n".join(lines) + "\n"
 

@@ -16,6 +16,7 @@ _C = {
     ),
     "task_banner": "\n/* **** task {task}: {n_calls} kernel calls, arena {arena_bytes} B **** */",
     "dense_decl": "extern float wv_dense_{task}[];",
+    "pages_decl": "extern {const}float wv_pages[];",
     "table_decl": "extern const uint16_t wv_page_table_{task}[];",
     "exclusive_decl": "extern const float wv_exclusive_{task}[];",
     "shape": "static int64_t {task}_shape_{i}[{ndim}] = {{{dims}}};",
@@ -56,6 +57,11 @@ _C = {
         'float wv_weights[{n}] __attribute__((section(".wv_weights"), aligned(64)));'
     ),
     "no_weight_buffer": "float wv_weights[1];",
+    # zero-copy: every page (pool, then each task's exclusive pages), read in place
+    "pages_ram": (
+        'float wv_pages[{n}] __attribute__((section(".wv_pool"), aligned(16))) = {{\n{values}}};'
+    ),
+    "pages_flash": "const float wv_pages[{n}] __attribute__((aligned(16))) = {{\n{values}}};",
     "page_table": "const uint16_t wv_page_table_{task}[{n}] = {{{ids}}};",
     "exclusive": (
         'const float wv_exclusive_{task}[{n}] __attribute__((section(".wv_exclusive"), '
