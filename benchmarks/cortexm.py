@@ -2,7 +2,11 @@
 (arm-none-eabi-size) packed vs. the same tasks built separately, fit in a 256 KB RAM + 1 MB flash
 part, outputs on QEMU vs. TVM's llvm build, instructions per inference and per switch. `coded`:
 the same tasks packed with SmartDeal pages (NWV pool, page size 96), the pool coded in RAM and
-decoded at each switch, beside the same plan with its pool as float32 pages (plain gather)."""
+decoded at each switch, beside the same plan with its pool as float32 pages (plain gather).
+`zero_copy`: the 10-task suite packed with a page-aligned layout (no retraining: the numbers are
+about the deployment), built materialized, zero-copy with the pages in RAM, zero-copy with the
+pages in flash, and separately: RAM and flash, instructions per switch and per inference, the
+switch as a fraction of an inference, and the padding the page-aligned layout costs."""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from tvm_weightvirt.algorithms.separation import SeparationConfig
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.compile.compiler import build, lower
 from tvm_weightvirt.frontend.packing import pack
+from tvm_weightvirt.layout import PageLayout
 from tvm_weightvirt.plan import PagePlan
 from tvm_weightvirt.targets import mcu
 
@@ -25,6 +30,9 @@ TASKS = ["digits", "wine", "iris", "breast_cancer"]
 L1_BUDGET = 96 * 1024  # pool + page tables in RAM; exclusive pages in flash
 SEQUENCE = ["digits", "wine", "digits", "iris", "breast_cancer", "wine", "iris"]
 CODED_PAGE_SIZE = 96  # SmartDeal pages hold rows of 3 coefficients
+ZERO_COPY_PAGE_SIZE = 128  # rows of 128, 64 and 32 weights start on pages
+# every task once, then back to the largest and smallest
+ZERO_COPY_SEQUENCE = [*suite.TEN_TASKS, "mnist", "iris", "mnist"]
 
 
 def _medians(counts: list[tuple[str, int]]) -> dict[str, int]:
@@ -66,6 +74,73 @@ def _coded(tasks, graphs, inputs, optimize: OptimizeConfig, folder: str) -> dict
     return numbers
 
 
+def _padding(plan: PagePlan) -> dict:
+    """Pages and bytes the page-aligned layout adds to each task, and to the pool (which NWV
+    sizes to the largest task), against the dense layout of the same weights."""
+    pages = {}
+    for name, task in plan.tasks.items():
+        weights = {s.name: (s.shape, s.dtype) for s in task.layout.spans}
+        dense = PageLayout.from_weights(weights, plan.page_size)
+        pages[name] = task.layout.n_pages - dense.n_pages
+    page_bytes = plan.page_size * 4
+    largest = max(plan.tasks, key=lambda n: plan.task(n).layout.n_pages)
+    return {
+        "padding_pages": pages,
+        "padding_bytes": sum(pages.values()) * page_bytes,
+        "pool_padding_bytes": pages[largest] * page_bytes,
+    }
+
+
+def _zero_copy(folder: str) -> dict:
+    """The 10-task suite, page-aligned: materialized vs. zero-copy (pages in RAM or flash) on
+    QEMU M4, and the separate build's memory."""
+    tasks = suite.load_suite(suite.TEN_TASKS)
+    graphs = [t.task for t in tasks]
+    inputs = {t.name: t.example_input().numpy() for t in tasks}
+    config = PackConfig(
+        page_size=ZERO_COPY_PAGE_SIZE, page_aligned=True, optimize=OptimizeConfig(rounds=0)
+    )
+    plan = pack(*suite.packable(tasks), config).plan
+    runtime = MultitaskRuntime(plan, build(lower(graphs, plan)))
+    reference = [runtime.run(name, inputs[name])[0] for name in ZERO_COPY_SEQUENCE]
+    part = mcu.TARGETS["cortex-m4"]
+    numbers: dict = {"page_size": plan.page_size, "pool_pages": plan.n_pool_pages}
+    numbers |= _padding(plan)
+    builds = {
+        "materialized": {},
+        "zero_copy_ram": {"zero_copy": True},
+        "zero_copy_flash": {"zero_copy": True, "pool_in": "flash"},
+        "separate": {"packed": False},
+    }
+    for key in ("ram_bytes", "flash_bytes", "fits_256k_ram", "fits_1m_flash"):
+        numbers[key] = {}
+    for key in ("instr_per_switch", "instr_per_inference", "switch_fraction", "max_abs_err"):
+        numbers[key] = {}
+    for kind, options in builds.items():
+        out = f"{folder}/{kind}"
+        mcu.generate_project(graphs, plan, out, check_fit=False, **options)
+        memory = mcu.memory_report(out)
+        numbers["ram_bytes"][kind] = memory["ram_bytes"]
+        numbers["flash_bytes"][kind] = memory["flash_bytes"]
+        numbers["fits_256k_ram"][kind] = memory["ram_bytes"] <= part.ram_bytes
+        numbers["fits_1m_flash"][kind] = memory["flash_bytes"] <= part.flash_bytes
+        if kind == "separate":
+            continue
+        mcu.write_requests(out, [(n, [inputs[n]]) for n in ZERO_COPY_SEQUENCE])
+        run = mcu.run_project(out, timeout=300)
+        switch, inference = _medians(run.switch_instructions), _medians(run.run_instructions)
+        numbers["instr_per_switch"][kind] = switch
+        numbers["instr_per_inference"][kind] = inference
+        numbers["switch_fraction"][kind] = {n: switch[n] / inference[n] for n in switch}
+        numbers["max_abs_err"][kind] = _max_err(run, reference)
+    materialized = numbers["instr_per_inference"]["materialized"]
+    numbers["inference_vs_materialized"] = {
+        kind: {n: v / materialized[n] for n, v in per_task.items()}
+        for kind, per_task in numbers["instr_per_inference"].items()
+    }
+    return numbers
+
+
 def measure(quick: bool) -> dict:
     tasks = suite.load_suite(TASKS)
     optimize = OptimizeConfig(rounds=0) if quick else OptimizeConfig(rounds=2, iterations=300)
@@ -104,6 +179,7 @@ def measure(quick: bool) -> dict:
         numbers["instr_per_inference" + suffix] = _medians(run.run_instructions)
         numbers["instr_per_switch" + suffix] = _medians(run.switch_instructions)
     numbers["coded"] = _coded(tasks, graphs, inputs, optimize, f"{folder}/coded")
+    numbers["zero_copy"] = _zero_copy(f"{folder}/zero_copy")
 
     for key in ("ram_bytes", "flash_bytes", "fits_256k_ram"):
         print(f"{key}: {numbers[key]}")
@@ -111,6 +187,8 @@ def measure(quick: bool) -> dict:
     for key in sorted(k for k in numbers if k.startswith("instr_per")):
         print(f"{key}: {numbers[key]}")
     print(f"coded: {numbers['coded']}")
+    for key, value in numbers["zero_copy"].items():
+        print(f"zero_copy {key}: {value}")
     return numbers
 
 

@@ -145,8 +145,9 @@ class PageLayout:
 
 
 def weight_alignment(page_size: int, page_aligned: bool) -> int:
-    """The alignment of a layout whose weights start on pages (`page_aligned`) or not."""
-    return page_size if page_aligned else ALIGN_ELEMS
+    """The alignment of a layout whose weights start on pages (`page_aligned`) or not; either
+    way a multiple of ALIGN_ELEMS (for the materialized buffer's views)."""
+    return math.lcm(page_size, ALIGN_ELEMS) if page_aligned else ALIGN_ELEMS
 
 
 def check_page_size(page_size: int) -> None:

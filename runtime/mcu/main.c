@@ -49,11 +49,12 @@ int main(void) {
     uint64_t start = wv_platform_ticks();
     if (request->task != current) {
       if (wv_switch(request->task) != 0) return 1;
+      const uint64_t switch_ticks = wv_platform_ticks() - start;
       current = request->task;
       put_str("switch ");
       put_str(wv_tasks[request->task].name);
       put_str(" ");
-      put_dec(wv_platform_ticks() - start);
+      put_dec(switch_ticks);
       end_line();
       start = wv_platform_ticks();
     }

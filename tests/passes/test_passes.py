@@ -4,6 +4,8 @@ LiftWeightConstants' choice of weights, LiftWeightTransforms' split,
 ConvWeightsOutputChannelsLast's weight layouts, AddPageGather's (plain and coded) and
 ExclusivePageLoader's gather kernels, ReadWeightsThroughPages' paged weight reads."""
 
+import math
+
 import numpy as np
 import pytest
 import tvm
@@ -21,6 +23,7 @@ from tvm_weightvirt.passes import (
     ReadWeightsThroughPages,
     VirtualizeWeights,
 )
+from tvm_weightvirt.passes.read_weights_through_pages import row_split
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
@@ -812,3 +815,27 @@ def test_read_weights_through_pages_reads_each_row_from_its_page():
     also called without weights (`()` among its uses) is kept beside its paged variant."""
     after = ReadWeightsThroughPages(288, 2880, {"dense": [(1,)], "scale": [(1,), ()]})(PagedBefore)
     tvm.ir.assert_structural_equal(after, PagedExpected)
+
+
+@pytest.mark.parametrize("page_size", [64, 96, 100, 128, 288])
+@pytest.mark.parametrize(
+    "shape", [(16, 1, 3, 3), (32, 16, 5), (10, 256), (128, 13), (3, 70), (130,), (7,)]
+)
+def test_paged_reads_find_every_weight_on_its_page_and_no_row_crosses_a_page(shape, page_size):
+    """The pass's (page, offset) of every element of a page-aligned weight is (flat // P,
+    flat % P), page ids stay within the weight's pages, and a row of the split (the elements
+    that share the leading indices) lies on one page, contiguously."""
+    split = row_split(shape, page_size)
+    row = math.prod(shape[split:])
+    rows_per_page = page_size // row
+    assert page_size % row == 0
+    index = np.indices(shape).reshape(len(shape), -1)
+    outer = np.ravel_multi_index(index[:split], shape[:split]) if split else np.zeros(1, int)
+    inner = np.ravel_multi_index(index[split:], shape[split:]) if split < len(shape) else 0
+    page = outer // rows_per_page
+    offset = outer % rows_per_page * row + inner
+    flat = np.arange(math.prod(shape))
+    np.testing.assert_array_equal(page * page_size + offset, flat)
+    assert page.max() < -(-math.prod(shape) // page_size)
+    starts = offset.reshape(-1, row)[:, 0] if row > 1 else offset
+    assert (starts + row <= page_size).all()

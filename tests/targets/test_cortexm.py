@@ -1,7 +1,10 @@
 """Cortex-M deployment: the generated C computes what TVM's llvm build of the same plan computes
 (host gcc and QEMU M4, over switches A→B→A→C; a SmartDeal-coded pool decoded at each switch, also
 on QEMU M7), the packed suite fits 256 KB RAM where the separately built one does not, a coded
-pool takes P + 36 B per page, and a crash, hang or oversized plan fails with a clear message."""
+pool takes P + 36 B per page, and a crash, hang or oversized plan fails with a clear message.
+Zero-copy builds (kernels read pages in place, in RAM or flash) compute the materialized build's
+outputs bit for bit on M4 and M7, switch in the same few instructions for every task, and fit
+the 10-task suite in 256 KB RAM."""
 
 import shutil
 
@@ -26,6 +29,8 @@ TASKS = ["digits", "wine", "iris", "breast_cancer"]
 SEQUENCE = ["digits", "wine", "digits", "iris"]  # A→B→A→C
 L1_BUDGET = 96 * 1024  # pool + page tables; the rest of each task is exclusive pages in flash
 CODED_PAGE_SIZE = 96  # SmartDeal pages hold rows of 3 coefficients
+ZERO_COPY_PAGE_SIZE = 128  # rows of 128, 64 and 32 weights start on pages
+ZERO_COPY_SEQUENCE = ["digits", "wine", "digits", "iris", "breast_cancer"]
 
 needs_gcc = pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
 needs_arm = pytest.mark.skipif(
@@ -250,3 +255,111 @@ def test_coded_pool_with_exclusive_pages_is_refused(coded, tmp_path):
     with pytest.raises(ValueError, match=r"SmartDeal-coded pool .* \(384 B exclusive\)"):
         mcu.generate_project(graphs, mixed, str(tmp_path))
     mcu.generate_project(graphs, mixed, str(tmp_path), packed=False, check_fit=False)
+
+
+# **** zero-copy ****
+
+
+@pytest.fixture(scope="module")
+def zero_copy(suite_tasks, tmp_path_factory):
+    """The four tasks separated under the 96 KiB budget with a page-aligned layout (no
+    retraining), the llvm reference over ZERO_COPY_SEQUENCE, and C projects: materialized on
+    M4, zero-copy with the pages in flash on M4 and M7, and with the pages in RAM on M4."""
+    tasks, graphs, inputs = suite_tasks
+    config = PackConfig(
+        page_size=ZERO_COPY_PAGE_SIZE,
+        page_aligned=True,
+        separation=SeparationConfig(l1_budget_bytes=L1_BUDGET),
+        optimize=OptimizeConfig(rounds=0),
+    )
+    plan = pack(*suite.packable(tasks), config).plan
+    runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
+    reference = [runtime.run(name, inputs[name])[0] for name in ZERO_COPY_SEQUENCE]
+    folder = tmp_path_factory.mktemp("cortexm-zero-copy")
+    projects = {}
+    for kind, target, options in [
+        ("materialized", "cortex-m4", {}),
+        ("flash_m4", "cortex-m4", {"zero_copy": True, "pool_in": "flash"}),
+        ("flash_m7", "cortex-m7", {"zero_copy": True, "pool_in": "flash"}),
+        ("ram_m4", "cortex-m4", {"zero_copy": True}),
+    ]:
+        projects[kind] = str(folder / kind)
+        mcu.generate_project(graphs, plan, projects[kind], target=target, **options)
+        mcu.write_requests(projects[kind], [(n, [inputs[n]]) for n in ZERO_COPY_SEQUENCE])
+    return plan, reference, projects
+
+
+@needs_arm
+def test_zero_copy_on_m4_and_m7_computes_the_materialized_outputs_bit_for_bit(zero_copy):
+    """The kernels read the same weights from the same pages, in the same order of sums."""
+    plan, reference, projects = zero_copy
+    assert plan.exclusive_bytes > 0  # exclusive pages are read in place too
+    runs = {kind: mcu.run_project(path, timeout=120) for kind, path in projects.items()}
+    for kind, run in runs.items():
+        assert [name for name, _ in run.run_instructions] == ZERO_COPY_SEQUENCE, kind
+        assert _max_err(run, reference) <= 1e-5, kind
+        for ours, materialized in zip(run.outputs, runs["materialized"].outputs, strict=True):
+            np.testing.assert_array_equal(ours[0], materialized[0], err_msg=kind)
+
+
+@needs_arm
+def test_zero_copy_switch_is_the_same_few_instructions_for_every_task(zero_copy):
+    """A zero-copy switch only picks the task: its instruction count does not depend on the
+    task's size (equal to one SysTick tick) and is under 1 % of the smallest inference, where
+    a materialized switch grows with the task's pages."""
+    plan, reference, projects = zero_copy
+    run = mcu.run_project(projects["flash_m4"], timeout=120)
+    switches = [n for _, n in run.switch_instructions]
+    assert len(switches) == len(ZERO_COPY_SEQUENCE)
+    assert max(switches) - min(switches) <= mcu.INSTRUCTIONS_PER_TICK
+    assert max(switches) <= 0.01 * min(n for _, n in run.run_instructions)
+    materialized = dict(mcu.run_project(projects["materialized"], timeout=120).switch_instructions)
+    assert materialized["digits"] > 50 * max(switches)
+
+
+@needs_arm
+def test_zero_copy_pages_sit_in_flash_or_ram_as_asked(zero_copy):
+    """Pages in flash: no pool or weight buffer in RAM. Pages in RAM: the pool and the
+    exclusive pages, exactly, in `.wv_pool`. Neither has a weight buffer."""
+    plan, reference, projects = zero_copy
+    n_exclusive = sum(t.n_exclusive_pages for t in plan.tasks.values())
+    pages_bytes = (plan.n_pool_pages + n_exclusive) * plan.page_size * 4
+    flash = mcu.memory_report(projects["flash_m4"])
+    ram = mcu.memory_report(projects["ram_m4"])
+    materialized = mcu.memory_report(projects["materialized"])
+    for report in (flash, ram):
+        assert report["sections"].get(".wv_weights", 0) == 0
+    assert flash["sections"].get(".wv_pool", 0) == 0
+    assert ram["sections"][".wv_pool"] == pages_bytes
+    weight_buffer = materialized["sections"][".wv_weights"]
+    assert weight_buffer == max(t.layout.n_pages for t in plan.tasks.values()) * 128 * 4
+    assert ram["ram_bytes"] - flash["ram_bytes"] == pages_bytes
+    without_pages = materialized["ram_bytes"] - plan.pool_bytes - weight_buffer
+    assert abs(flash["ram_bytes"] - without_pages) <= 64  # section alignment
+
+
+@needs_arm
+def test_ten_task_suite_fits_256k_ram_zero_copy_where_separate_does_not(tmp_path):
+    """The 10-task suite (mnist included) packed page-aligned and built zero-copy with its
+    pages in flash: RAM holds activations only and fits 256 KB; flash holds every page and
+    fits 1 MB. Built separately, its weights alone pass 256 KB RAM."""
+    tasks = suite.load_suite(suite.TEN_TASKS)
+    graphs = [t.task for t in tasks]
+    config = PackConfig(
+        page_size=ZERO_COPY_PAGE_SIZE, page_aligned=True, optimize=OptimizeConfig(rounds=0)
+    )
+    plan = pack(*suite.packable(tasks), config).plan
+    part = mcu.TARGETS["cortex-m4"]
+    manifest = mcu.generate_project(
+        graphs, plan, str(tmp_path / "zero_copy"), zero_copy=True, pool_in="flash"
+    )
+    data = manifest["data_bytes"]
+    assert data["flash"]["pages"] == plan.n_pool_pages * ZERO_COPY_PAGE_SIZE * 4
+    assert data["flash"]["page_tables"] == 2 * sum(t.layout.n_pages for t in plan.tasks.values())
+    assert set(data["ram"]) == {"arena", "workspace", "stack"}
+    memory = mcu.memory_report(str(tmp_path / "zero_copy"))
+    assert memory["ram_bytes"] <= part.ram_bytes and memory["flash_bytes"] <= part.flash_bytes
+    dense = sum(t.layout.n_elems * 4 for t in plan.tasks.values())
+    assert dense > part.ram_bytes  # the separate build's weights alone
+    with pytest.raises(ValueError, match=rf"dense_weights {dense}\) > 262144 B"):
+        mcu.generate_project(graphs, plan, str(tmp_path / "separate"), packed=False)

@@ -103,6 +103,12 @@ def main(argv: list[str] | None = None) -> int:
         help="cortex-m*: write a C project (pool in RAM, exclusive pages in flash) to -o",
     )
     build.add_argument(
+        "--zero-copy",
+        choices=["ram", "flash"],
+        help="cortex-m*: kernels read each weight from its pages in place, the pages in RAM or "
+        "in flash; a switch gathers nothing (needs a pack made with --page-aligned)",
+    )
+    build.add_argument(
         "--arch",
         help="cuda: GPU architectures whose machine code the library carries, comma-separated "
         "(e.g. sm_87,sm_90); kernels are generated for the lowest (default: sm_87, Jetson Orin)",
@@ -478,6 +484,7 @@ def _build(args) -> int:
         "--target " + args.target,
         arch=args.target != "cuda",
         mode=mcu,
+        zero_copy=not mcu,
         tune=mcu,
         tuning_db=mcu,
         rpc_tracker=mcu,
@@ -505,7 +512,14 @@ def _build(args) -> int:
         from ..targets.mcu import generate_project
 
         with _written_whole(args.output, folder=True) as tmp:
-            manifest = generate_project(pack.tasks, pack.plan, tmp, target=args.target)
+            manifest = generate_project(
+                pack.tasks,
+                pack.plan,
+                tmp,
+                target=args.target,
+                zero_copy=args.zero_copy is not None,
+                pool_in=args.zero_copy or "ram",
+            )
         ram, flash = (sum(manifest["data_bytes"][m].values()) for m in ("ram", "flash"))
         print(
             f"wrote a {args.target} C project for {len(pack.tasks)} tasks to {args.output} "
