@@ -18,6 +18,23 @@ def paged_name(kernel: str, positions: Iterable[int]) -> str:
     return f"{kernel}_paged_" + "_".join(map(str, positions))
 
 
+def reads_per_element(func: tirx.PrimFunc, position: int) -> float:
+    """How many times `func` reads each element of its parameter at `position`: the largest
+    iteration domain of a block that reads it, over the parameter's size (1 for a dense layer
+    at batch 1, the output positions for a convolution's weight)."""
+    param = func.params[position]
+    most = 0
+
+    def visit(block):
+        nonlocal most
+        if any(region.source.same_as(param) for region in block.reads):
+            most = max(most, math.prod(int(v.dom.extent) for v in block.iter_vars))
+        return block
+
+    tvm_ffi.structural_map(func.body, [(s_tir.SBlock, visit)])
+    return most / math.prod(int(d) for d in param.ty.shape)
+
+
 def row_split(shape: tuple[int, ...], page_size: int) -> int:
     """The first axis of the longest trailing block of `shape` whose size divides the page size:
     rows of that block never cross a page, so a kernel finds a row's page once."""

@@ -51,6 +51,15 @@ int32_t wv_switch(int32_t task) {
   return 0;
 }
 
+void wv_gather_weight(float* dst, const uint16_t* table, uint32_t numel) {
+  const uint32_t page_size = wv_memory.page_size;
+  for (uint32_t k = 0; numel > 0; ++k) {
+    const uint32_t n = numel < page_size ? numel : page_size;
+    memcpy(dst + k * page_size, wv_memory.pool + table[k] * page_size, n * sizeof(float));
+    numel -= n;
+  }
+}
+
 int32_t wv_run(int32_t task, void* const* inputs, void* const* outputs) {
   if (task != wv_current && wv_switch(task) != 0) return -1;
   return wv_tasks[task].run(inputs, outputs);

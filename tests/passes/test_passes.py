@@ -23,7 +23,7 @@ from tvm_weightvirt.passes import (
     ReadWeightsThroughPages,
     VirtualizeWeights,
 )
-from tvm_weightvirt.passes.read_weights_through_pages import row_split
+from tvm_weightvirt.passes.read_weights_through_pages import reads_per_element, row_split
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
@@ -839,3 +839,22 @@ def test_paged_reads_find_every_weight_on_its_page_and_no_row_crosses_a_page(sha
     assert page.max() < -(-math.prod(shape) // page_size)
     starts = offset.reshape(-1, row)[:, 0] if row > 1 else offset
     assert (starts + row <= page_size).all()
+
+
+@T.prim_func(s_tir=True)
+def _broadcast_scale(
+    x: T.Buffer((4, 5), "float32"), s: T.Buffer((5,), "float32"), y: T.Buffer((4, 5), "float32")
+):
+    T.func_attr({"tirx.noalias": True})
+    for i, j in T.grid(4, 5):
+        with T.sblock("y"):
+            vi, vj = T.axis.remap("SS", [i, j])
+            y[vi, vj] = x[vi, vj] * s[vj]
+
+
+def test_reads_per_element_counts_how_often_a_kernel_reads_each_weight_element():
+    """A dense layer reads each weight element once; a broadcast (like a convolution's weight
+    over output positions) reads each as often as it is broadcast."""
+    assert reads_per_element(PagedBefore["dense"], 1) == 1.0
+    assert reads_per_element(_broadcast_scale, 1) == 4.0
+    assert reads_per_element(_broadcast_scale, 0) == 1.0

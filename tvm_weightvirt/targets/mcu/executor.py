@@ -10,7 +10,12 @@ import tvm
 from tvm import relax
 
 from ...compile.fusion import legalize_and_fuse
-from ...passes.read_weights_through_pages import PAGE_TABLE_DTYPE, paged_name
+from ...passes.read_weights_through_pages import (
+    PAGE_TABLE_DTYPE,
+    paged_name,
+    reads_per_element,
+    row_split,
+)
 from ...plan import PagePlan
 from .templates import render
 
@@ -36,8 +41,12 @@ class Tensor:
     last: int = 0  # arena: the last call that reads it
 
     @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    @property
     def nbytes(self) -> int:
-        return math.prod(self.shape) * tvm.DataType(self.dtype).bits // 8
+        return self.numel * tvm.DataType(self.dtype).bits // 8
 
 
 @dataclass
@@ -57,13 +66,65 @@ class Executor:
         return tuple(k for k, i in enumerate(args) if self.tensors[i].kind == "weight")
 
 
-def paged_uses(executors) -> dict[str, set[tuple[int, ...]]]:
-    """Kernel -> the weight positions of each of its calls (`ReadWeightsThroughPages`' uses)."""
-    uses: dict[str, set[tuple[int, ...]]] = {}
-    for e in executors:
-        for symbol, args in e.calls:
-            uses.setdefault(symbol, set()).add(e.weight_positions(args))
-    return uses
+# A kernel that reads each weight element this many times or more (a convolution: once per
+# output position) gets the weight gathered from its pages into a scratch before each call,
+# a memcpy per page, instead of paying the page-table arithmetic on every read.
+GATHER_AT_READS = 2.0
+# So does a weight of at most this many elements that no row of divides the page size (its
+# page would be found per element): a memcpy per page costs less than that.
+GATHER_UNALIGNED_ELEMS = 4096
+
+
+@dataclass
+class ZeroCopyReads:
+    """How each kernel reads each weight parameter in a zero-copy build: "paged" (in place,
+    through its page table) or "gathered" (copied from its pages into `wv_scratch` before the
+    call)."""
+
+    how: dict[str, dict[int, str]]  # kernel -> weight position -> "paged" | "gathered"
+
+    @staticmethod
+    def choose(executors, kernels: tvm.IRModule, page_size: int) -> ZeroCopyReads:
+        how: dict[str, dict[int, str]] = {}
+        for e in executors:
+            for symbol, args in e.calls:
+                for k in e.weight_positions(args):
+                    shape = e.tensors[args[k]].shape
+                    unaligned = row_split(shape, page_size) == len(shape)
+                    gather = reads_per_element(kernels[symbol], k) >= GATHER_AT_READS or (
+                        unaligned and math.prod(shape) <= GATHER_UNALIGNED_ELEMS
+                    )
+                    how.setdefault(symbol, {})[k] = "gathered" if gather else "paged"
+        return ZeroCopyReads(how)
+
+    def paged(self, e: Executor, symbol: str, args: list[int]) -> tuple[int, ...]:
+        return tuple(k for k in e.weight_positions(args) if self.how[symbol][k] == "paged")
+
+    def uses(self, executors) -> dict[str, set[tuple[int, ...]]]:
+        """Kernel -> the paged positions of each of its calls (`ReadWeightsThroughPages`)."""
+        uses: dict[str, set[tuple[int, ...]]] = {}
+        for e in executors:
+            for symbol, args in e.calls:
+                uses.setdefault(symbol, set()).add(self.paged(e, symbol, args))
+        return uses
+
+    def scratch_elems(self, executors) -> int:
+        """The scratch the gathered weights of the largest call need (each 16-aligned)."""
+        return max(
+            [1]
+            + [
+                sum(_aligned(e.tensors[args[k]].numel) for k in self.gathered(e, symbol, args))
+                for e in executors
+                for symbol, args in e.calls
+            ]
+        )
+
+    def gathered(self, e: Executor, symbol: str, args: list[int]) -> tuple[int, ...]:
+        return tuple(k for k in e.weight_positions(args) if self.how[symbol][k] == "gathered")
+
+
+def _aligned(n: int, align: int = 16) -> int:
+    return -(-n // align) * align
 
 
 def task_executor(name: str, func: relax.Function) -> Executor:
@@ -129,12 +190,13 @@ def executor_c(
     executors: dict[str, Executor],
     plan: PagePlan,
     packed: bool,
-    zero_copy: bool = False,
+    zero_copy: ZeroCopyReads | None = None,
     pool_in: str = "ram",
 ) -> str:
     """The C of every task's executor. A weight is a view of the weight buffer (packed), of the
-    task's dense weights (not packed), or, zero-copy, the slice of the task's page table that
-    lists its pages, passed beside the page storage `wv_pages`."""
+    task's dense weights (not packed), or, zero-copy, either the slice of the task's page table
+    that lists its pages, passed beside the page storage `wv_pages` (paged), or a view of
+    `wv_scratch` that its pages are copied into before the call (gathered)."""
     calls = {
         task: [(_symbol(e, s, args, zero_copy), args) for s, args in e.calls]
         for task, e in executors.items()
@@ -142,9 +204,8 @@ def executor_c(
     lines = [render("executor_head")]
     if zero_copy:
         lines.append(render("pages_decl", const="const " if pool_in == "flash" else ""))
-    lines += [
-        render("kernel_decl", symbol=s) for s in sorted({s for c in calls.values() for s, _ in c})
-    ]
+    symbols = sorted({s for task_calls in calls.values() for s, _ in task_calls})
+    lines += [render("kernel_decl", symbol=s) for s in symbols]
     table_dtype = tvm.DataType(PAGE_TABLE_DTYPE)
     for task, e in executors.items():
         spans = plan.task(task).layout.spans
@@ -158,15 +219,13 @@ def executor_c(
         else:
             lines.append(render("dense_decl", task=task))
         weights = "wv_weights" if packed else f"wv_dense_{task}"
-        tensors = []  # (shape, data, dtype) in the order of e.tensors, then the page storage
+        tensors = []  # (shape, data, dtype): e.tensors', then the page storage and scratch views
         for t in e.tensors:
             data = "NULL"  # inputs and outputs: the caller's buffers, bound by <task>_run
             shape, dtype = t.shape, tvm.DataType(t.dtype)
             if t.kind == "weight" and zero_copy:
-                span = spans[t.index]
-                first = span.offset_elems // plan.page_size
-                shape = (-(-span.numel // plan.page_size),)
-                data, dtype = f"(void*)(wv_page_table_{task} + {first})", table_dtype
+                shape = (-(-spans[t.index].numel // plan.page_size),)
+                data, dtype = f"(void*)({_table(task, spans[t.index], plan)})", table_dtype
             elif t.kind == "weight":
                 data = f"{weights} + {spans[t.index].offset_elems}"
             elif t.kind == "arena":
@@ -178,6 +237,25 @@ def executor_c(
                 plan.n_pool_pages + sum(p.n_exclusive_pages for p in plan.tasks.values())
             )
             tensors.append(((n_page_elems,), "(void*)wv_pages", tvm.DataType("float32")))
+        call_args, gathers = [], []  # per call: tensor ids; the gathers to run before it
+        for symbol, args in e.calls:
+            ids, call_gathers, offset = [], [], 0
+            paged = zero_copy.paged(e, symbol, args) if zero_copy else ()
+            gathered = zero_copy.gathered(e, symbol, args) if zero_copy else ()
+            for k, i in enumerate(args):
+                if k in paged:  # (page storage, its page table)
+                    ids += [pages, i]
+                elif k in gathered:  # a view of the scratch its pages are copied into
+                    span = spans[e.tensors[i].index]
+                    ids.append(len(tensors))
+                    tensors.append((span.shape, f"wv_scratch + {offset}", tvm.DataType("float32")))
+                    table = _table(task, span, plan)
+                    call_gathers.append((offset, table, span.numel))
+                    offset += _aligned(span.numel)
+                else:
+                    ids.append(i)
+            call_args.append(ids)
+            gathers.append(call_gathers)
         for i, (shape, _, _) in enumerate(tensors):
             dims = ", ".join(map(str, shape))
             lines.append(render("shape", task=task, i=i, ndim=len(shape), dims=dims))
@@ -195,12 +273,6 @@ def executor_c(
                 )
             )
         lines.append(render("tensors_tail"))
-        call_args = []
-        for _, args in calls[task]:
-            ids = []
-            for i in args:  # zero-copy: a weight is passed as (page storage, its page table)
-                ids += [pages, i] if zero_copy and e.tensors[i].kind == "weight" else [i]
-            call_args.append(ids)
         for j, ids in enumerate(call_args):
             items = ", ".join(render("arg", task=task, i=i) for i in ids)
             lines.append(render("args", task=task, j=j, n=len(ids), items=items))
@@ -211,10 +283,12 @@ def executor_c(
         lines += [
             render("bind_output", task=task, i=i, k=k) for k, i in enumerate(e.of_kind("output"))
         ]
-        lines += [
-            render("call", task=task, symbol=s, j=j, n=len(ids))
-            for j, ((s, _), ids) in enumerate(zip(calls[task], call_args))
-        ]
+        for j, ((s, _), ids) in enumerate(zip(calls[task], call_args)):
+            lines += [
+                render("gather", offset=offset, table=table, numel=numel)
+                for offset, table, numel in gathers[j]
+            ]
+            lines.append(render("call", task=task, symbol=s, j=j, n=len(ids)))
         lines.append(render("run_tail"))
     lines.append(render("tasks_head"))
     for task in executors:
@@ -235,6 +309,11 @@ def executor_c(
     return "\n".join(lines) + "\n"
 
 
-def _symbol(e: Executor, symbol: str, args: list[int], zero_copy: bool) -> str:
-    positions = e.weight_positions(args) if zero_copy else ()
+def _table(task: str, span, plan: PagePlan) -> str:
+    """The slice of the task's page table that lists a weight's pages."""
+    return f"wv_page_table_{task} + {span.offset_elems // plan.page_size}"
+
+
+def _symbol(e: Executor, symbol: str, args: list[int], zero_copy: ZeroCopyReads | None) -> str:
+    positions = zero_copy.paged(e, symbol, args) if zero_copy else ()
     return paged_name(symbol, positions) if positions else symbol

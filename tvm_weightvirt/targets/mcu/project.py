@@ -23,7 +23,7 @@ from ...frontend.task import Task
 from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
 from .boards import QEMU_FLAGS, STACK_BYTES, TARGETS, McuTarget
-from .executor import KERNEL_PIPELINE, Tensor, executor_c, paged_uses, task_executor
+from .executor import KERNEL_PIPELINE, Tensor, ZeroCopyReads, executor_c, task_executor
 from .templates import c_floats, c_ints, render
 
 MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project
@@ -58,7 +58,9 @@ def generate_project(
     task's weights resident in RAM, as when the tasks are built separately.
 
     zero_copy: no weight buffer; the kernels read each weight from its pages in place through
-    the task's page table (`ReadWeightsThroughPages`), so a switch only picks the task. The
+    the task's page table (`ReadWeightsThroughPages`), so a switch only picks the task; a
+    kernel that reads each weight element many times (a convolution) gets that weight copied
+    from its pages into a small scratch before each call instead (`ZeroCopyReads`). The
     plan must be page-aligned (`PackConfig(page_aligned=True)`, `--page-aligned`). The pages
     (pool, then every task's exclusive pages) sit in one array, in RAM (`pool_in="ram"`, its
     image in flash) or read in place from flash (`pool_in="flash"`, RAM holds activations
@@ -89,9 +91,11 @@ def generate_project(
     kernels = tvm.IRModule(
         {gv: f for gv, f in merged.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     )
-    if zero_copy:  # kernels that take weights read them through page tables
+    reads = None
+    if zero_copy:  # weights read through page tables, or gathered into a scratch per call
+        reads = ZeroCopyReads.choose(executors.values(), kernels, plan.page_size)
         n_page_elems = _n_pages(plan) * plan.page_size
-        uses = paged_uses(executors.values())
+        uses = reads.uses(executors.values())
         kernels = ReadWeightsThroughPages(plan.page_size, n_page_elems, uses)(kernels)
     # Step 2. The kernels' C.
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
@@ -99,7 +103,7 @@ def generate_project(
             kernels, target=tvm.target.Target({"kind": "c"})
         ).inspect_source()
     manifest = _manifest(
-        target, plan, names, executors, packed, _workspace_bytes(kernel_source), zero_copy, pool_in
+        target, plan, names, executors, packed, _workspace_bytes(kernel_source), reads, pool_in
     )
     problems = _misfits(manifest, target)
     if check_fit and problems:
@@ -112,7 +116,7 @@ def generate_project(
     # Step 3. The files: kernels, executors, weights, runtime, startup, linker script, Makefile.
     os.makedirs(os.path.join(out_dir, "include"), exist_ok=True)
     _write(out_dir, "kernels.c", kernel_source)
-    _write(out_dir, "executor.c", executor_c(executors, plan, packed, zero_copy, pool_in))
+    _write(out_dir, "executor.c", executor_c(executors, plan, packed, reads, pool_in))
     if zero_copy:
         _write(out_dir, "weights.c", _zero_copy_weights_c(plan, names, manifest, pool_in))
     else:
@@ -171,7 +175,7 @@ def _n_pages(plan: PagePlan) -> int:
     return plan.n_pool_pages + sum(t.n_exclusive_pages for t in plan.tasks.values())
 
 
-def _manifest(target, plan, names, executors, packed, workspace_bytes, zero_copy, pool_in) -> dict:
+def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, pool_in) -> dict:
     arena_bytes = max(e.arena_bytes for e in executors.values())
     max_pages = max(plan.task(n).layout.n_pages for n in names)
     data_ram = {
@@ -181,7 +185,8 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, zero_copy
     }
     data_flash = {}
     coded = packed and plan.coded is not None
-    if zero_copy:
+    if reads is not None:
+        data_ram["scratch"] = reads.scratch_elems(executors.values()) * 4
         pages_bytes = _n_pages(plan) * plan.page_size * 4
         if pool_in == "ram":
             data_ram["pages"] = data_flash["pages_image"] = pages_bytes
@@ -202,7 +207,7 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, zero_copy
         "target": target.name,
         "packed": packed,
         "coded": coded,
-        "zero_copy": zero_copy,
+        "zero_copy": reads is not None,
         "pool_in": pool_in,
         "page_size": plan.page_size,
         "tasks": {
@@ -328,6 +333,7 @@ def _zero_copy_weights_c(plan: PagePlan, names: list[str], manifest: dict, pool_
         lines.append(render("page_table", task=n, n=len(table), ids=ids))
     ram = manifest["data_bytes"]["ram"]
     lines.append(render("arena", arena_bytes=ram["arena"], workspace_bytes=ram["workspace"]))
+    lines.append(render("scratch", n=ram["scratch"] // 4))
     memory = dict(_NO_POOL, pool="wv_pages", n_pool_pages=len(pages), weights="NULL")
     lines.append(render("memory", page_size=plan.page_size, **memory))
     return "\n".join(lines) + "\n"

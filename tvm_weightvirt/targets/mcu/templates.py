@@ -16,7 +16,7 @@ _C = {
     ),
     "task_banner": "\n/* **** task {task}: {n_calls} kernel calls, arena {arena_bytes} B **** */",
     "dense_decl": "extern float wv_dense_{task}[];",
-    "pages_decl": "extern {const}float wv_pages[];",
+    "pages_decl": "extern {const}float wv_pages[];\nextern float wv_scratch[];",
     "table_decl": "extern const uint16_t wv_page_table_{task}[];",
     "exclusive_decl": "extern const float wv_exclusive_{task}[];",
     "shape": "static int64_t {task}_shape_{i}[{ndim}] = {{{dims}}};",
@@ -31,6 +31,7 @@ _C = {
     "run_head": "static int32_t {task}_run(void* const* inputs, void* const* outputs) {{",
     "bind_input": "  {task}_tensors[{i}].data = inputs[{k}];",
     "bind_output": "  {task}_tensors[{i}].data = outputs[{k}];",
+    "gather": "  wv_gather_weight(wv_scratch + {offset}, {table}, {numel});",
     "call": "  if (__tvm_ffi_{symbol}(NULL, (void*){task}_args_{j}, {n}, NULL) != 0) return -1;",
     "run_tail": "  return 0;\n}}",
     "tasks_head": "\nconst wv_task_t wv_tasks[] = {{",
@@ -62,6 +63,7 @@ _C = {
         'float wv_pages[{n}] __attribute__((section(".wv_pool"), aligned(16))) = {{\n{values}}};'
     ),
     "pages_flash": "const float wv_pages[{n}] __attribute__((aligned(16))) = {{\n{values}}};",
+    "scratch": 'float wv_scratch[{n}] __attribute__((section(".wv_arena"), aligned(16)));',
     "page_table": "const uint16_t wv_page_table_{task}[{n}] = {{{ids}}};",
     "exclusive": (
         'const float wv_exclusive_{task}[{n}] __attribute__((section(".wv_exclusive"), '
