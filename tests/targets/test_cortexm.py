@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from page_plans import SHAPES, echo_task, shared_plan
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
@@ -366,3 +367,27 @@ def test_ten_task_suite_fits_256k_ram_zero_copy_where_separate_does_not(tmp_path
     assert dense > part.ram_bytes  # the separate build's weights alone
     with pytest.raises(ValueError, match=rf"dense_weights {dense}\) > 262144 B"):
         mcu.generate_project(graphs, plan, str(tmp_path / "separate"), packed=False)
+
+
+def test_a_second_board_is_a_new_entry(tmp_path):
+    """What knows the board (compiler, emulator, memory map, startup file) is data: a part
+    described by a new McuTarget gets its own Makefile and linker script, and the project
+    records it for building, running and measuring."""
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = shared_plan(tasks, 100)
+    board = mcu.McuTarget(
+        "riscv-demo",
+        "-march=rv32imac -mabi=ilp32",
+        "virt",
+        toolchain="riscv64-unknown-elf-",
+        qemu="qemu-system-riscv32",
+        flash_origin=0x20000000,
+        ram_origin=0x80000000,
+    )
+    manifest = mcu.generate_project(tasks, plan, str(tmp_path), target=board, check_fit=False)
+    assert mcu.McuTarget(**{**manifest["board"], "packages": tuple(board.packages)}) == board
+    makefile = (tmp_path / "Makefile").read_text()
+    assert "CC = riscv64-unknown-elf-gcc" in makefile
+    assert "qemu-system-riscv32 -M virt" in makefile
+    link = (tmp_path / "link.ld").read_text()
+    assert "ORIGIN = 0x20000000" in link and "ORIGIN = 0x80000000" in link

@@ -4,6 +4,7 @@ code, linker script and Makefile."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import math
@@ -22,7 +23,7 @@ from ...coded_pages import decode_codes
 from ...frontend.task import Task
 from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
-from .boards import QEMU_FLAGS, STACK_BYTES, TARGETS, McuTarget
+from .boards import STACK_BYTES, TARGETS, McuTarget
 from .executor import KERNEL_PIPELINE, Tensor, ZeroCopyReads, executor_c, task_executor
 from .templates import c_floats, c_ints, render
 
@@ -36,7 +37,7 @@ HEADERS = (
     "tvm/runtime/base.h",
     "tvm/runtime/c_backend_api.h",
 )
-RUNTIME_FILES = ("wv_runtime.h", "wv_runtime.c", "wv_requests.h", "main.c", "startup.c", "host.c")
+RUNTIME_FILES = ("wv_runtime.h", "wv_runtime.c", "wv_requests.h", "main.c", "host.c")
 
 
 def generate_project(
@@ -121,7 +122,7 @@ def generate_project(
         _write(out_dir, "weights.c", _zero_copy_weights_c(plan, names, manifest, pool_in))
     else:
         _write(out_dir, "weights.c", _weights_c(plan, names, manifest, packed))
-    for filename in RUNTIME_FILES:
+    for filename in (*RUNTIME_FILES, target.startup):
         shutil.copyfile(os.path.join(RUNTIME_DIR, filename), os.path.join(out_dir, filename))
     for filename in ("link.ld", "Makefile"):
         with open(os.path.join(RUNTIME_DIR, f"{filename}.in")) as f:
@@ -130,7 +131,13 @@ def generate_project(
                 part=target.name,
                 cpu_flags=target.cpu_flags,
                 stack_bytes=STACK_BYTES,
-                qemu_flags=QEMU_FLAGS,
+                qemu=target.qemu,
+                qemu_flags=target.qemu_flags,
+                toolchain=target.toolchain,
+                startup=target.startup,
+                flash_origin=hex(target.flash_origin),
+                ram_origin=hex(target.ram_origin),
+                board_bytes=target.board_bytes,
             )
         _write(out_dir, filename, text)
     for header in HEADERS:
@@ -205,6 +212,7 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
         data_ram["dense_weights"] = data_flash["dense_weights_image"] = dense
     return {
         "target": target.name,
+        "board": dataclasses.asdict(target),  # how toolchain builds, runs and measures it
         "packed": packed,
         "coded": coded,
         "zero_copy": reads is not None,

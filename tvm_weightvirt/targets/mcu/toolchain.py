@@ -1,5 +1,5 @@
-"""Build a project with make (arm-none-eabi-gcc, or the host's gcc), run it on QEMU or the host,
-read back its outputs and instruction counts, and measure its sections."""
+"""Build a project with make (its target's cross gcc, or the host's gcc), run it on QEMU or the
+host, read back its outputs and instruction counts, and measure its sections."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .boards import INSTRUCTIONS_PER_TICK, LOADED_RAM_SECTIONS, QEMU_FLAGS, RAM_BASE, TARGETS
+from .boards import LOADED_RAM_SECTIONS, TARGETS, McuTarget
 from .project import load_manifest
 
 
@@ -28,22 +28,24 @@ class McuRun:
     run_instructions: list[tuple[str, int]]
 
 
-def missing_tools(host: bool = False) -> list[str]:
-    tools = (
-        ["make", "gcc"]
-        if host
-        else ["make", "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm"]
-    )
+def missing_tools(host: bool = False, target: str = "cortex-m4") -> list[str]:
+    tools = ["make", "gcc"] if host else ["make", *TARGETS[target].tools]
     return [t for t in tools if shutil.which(t) is None]
+
+
+def _target(out_dir: str) -> McuTarget:
+    board = load_manifest(out_dir)["board"]
+    return McuTarget(**{**board, "packages": tuple(board["packages"])})
 
 
 def compile_project(out_dir: str, host: bool = False) -> str:
     """`make` the firmware (app.elf) or the host program (app_host); returns its path."""
-    missing = missing_tools(host)
+    target = _target(out_dir)
+    missing = missing_tools(host, target.name)
     if missing:
         raise RuntimeError(
-            f"missing {missing}: apt-get install -y --no-install-recommends gcc-arm-none-eabi "
-            "libnewlib-arm-none-eabi qemu-system-arm"
+            f"missing {missing}: apt-get install -y --no-install-recommends "
+            + " ".join(target.packages)
         )
     program = "app_host" if host else "app.elf"
     done = subprocess.run(["make", "-C", out_dir, program], capture_output=True, text=True)
@@ -54,13 +56,13 @@ def compile_project(out_dir: str, host: bool = False) -> str:
 
 def run_project(out_dir: str, host: bool = False, timeout: float = 60.0) -> McuRun:
     """Build and run the project's requests: on QEMU (`-icount shift=0`) or as a host program."""
-    manifest = load_manifest(out_dir)
+    manifest, target = load_manifest(out_dir), _target(out_dir)
     program = compile_project(out_dir, host)
     if host:
         command = [os.path.abspath(program)]
     else:
-        machine = TARGETS[manifest["target"]].qemu_machine
-        command = ["qemu-system-arm", "-M", machine, *QEMU_FLAGS.split(), "-kernel", program]
+        command = [target.qemu, "-M", target.qemu_machine, *target.qemu_flags.split()]
+        command += ["-kernel", program]
     where = "host program" if host else f"QEMU {command[2]}"
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
@@ -70,7 +72,7 @@ def run_project(out_dir: str, host: bool = False, timeout: float = 60.0) -> McuR
     if done.returncode != 0 or "FAULT" in lines or lines[-1:] != ["done"]:
         tail = "\n".join(lines[-5:])
         raise McuRunError(f"{where}: exit code {done.returncode}, output ends with:\n{tail}")
-    return _parse_run(lines, manifest, 0 if host else INSTRUCTIONS_PER_TICK)
+    return _parse_run(lines, manifest, 0 if host else target.instructions_per_tick)
 
 
 def _parse_run(lines: list[str], manifest: dict, per_tick: int) -> McuRun:
@@ -90,22 +92,25 @@ def _parse_run(lines: list[str], manifest: dict, per_tick: int) -> McuRun:
 
 
 def memory_report(out_dir: str) -> dict:
-    """Bytes per section of app.elf (`arm-none-eabi-size -A`), RAM and flash totals (a RAM
+    """Bytes per section of app.elf (`<toolchain>size -A`), RAM and flash totals (a RAM
     section with initial values also takes its image's bytes in flash)."""
+    target = _target(out_dir)
     elf = compile_project(out_dir)
     done = subprocess.run(
-        ["arm-none-eabi-size", "-A", elf], capture_output=True, text=True, check=True
+        [f"{target.toolchain}size", "-A", elf], capture_output=True, text=True, check=True
     )
     sections = {}
     for line in done.stdout.splitlines():
         fields = line.split()
         if len(fields) == 3 and fields[0].startswith(".") and fields[1].isdigit():
             sections[fields[0]] = (int(fields[1]), int(fields[2]))
-    ram = sum(size for size, addr in sections.values() if addr >= RAM_BASE)
+    in_ram = range(target.ram_origin, target.ram_origin + target.board_bytes)
+    in_flash = range(target.flash_origin, target.flash_origin + target.board_bytes)
+    ram = sum(size for size, addr in sections.values() if addr in in_ram)
     flash = sum(
         size
         for name, (size, addr) in sections.items()
-        if (0 < addr < RAM_BASE or name == ".vectors") or name in LOADED_RAM_SECTIONS
+        if (addr in in_flash and (addr > 0 or name == ".vectors")) or name in LOADED_RAM_SECTIONS
     )
     return {
         "ram_bytes": ram,
