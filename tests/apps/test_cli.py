@@ -17,6 +17,7 @@ from tvm_weightvirt.runtime import StandaloneModel
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.apps.cli import main
+from tvm_weightvirt.targets import mcu
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +100,14 @@ REFUSED = [
     (
         ["build", "{pack}", "--target", "cortex-m4", "--mode", "fused", "-o", "{dir}/b"],
         ["--mode cannot apply to --target cortex-m4"],
+    ),
+    (
+        ["build", "{pack}", "--zero-copy", "flash", "-o", "{dir}/b"],
+        ["--zero-copy cannot apply to --target llvm"],
+    ),
+    (
+        ["build", "{pack}", "--target", "cortex-m4", "--zero-copy", "ram", "-o", "{dir}/b"],
+        ["does not start on a page of 100", "--page-aligned"],
     ),
     (
         ["build", "{pack}", "--tune", "-2", "-o", "{dir}/b"],
@@ -273,3 +282,22 @@ def test_a_model_without_weights_packs_and_runs(tmp_path, capsys):
     for mode in ["materialize", "fused"]:
         assert main(["run", pack, "--tasks", "relu,relu", "--mode", mode]) == 0
     assert capsys.readouterr().out.count("relu: outputs [(1, 4)]") == 4
+
+
+def test_page_aligned_pack_builds_zero_copy_for_cortex_m(files, tmp_path):
+    """`wvirt pack --page-aligned` starts every weight on a page; `wvirt build --target
+    cortex-m4 --zero-copy flash` then writes a project whose kernels read pages in place."""
+    folder, paths = files
+    pack = str(tmp_path / "aligned.wvpack")
+    argv = ["pack", f"res={paths['res']}", f"inc={paths['inc']}", "--lossless", "--page-aligned"]
+    assert main([*argv, "--page-size", "128", "-o", pack]) == 0
+    plan = wv.load_wvpack(pack).plan
+    assert all(t.layout.page_aligned for t in plan.tasks.values())
+    out = tmp_path / "m4"
+    argv = ["build", pack, "--target", "cortex-m4", "--zero-copy", "flash", "-o", str(out)]
+    assert main(argv) == 0
+    manifest = mcu.load_manifest(str(out))
+    assert manifest["zero_copy"] and manifest["pool_in"] == "flash"
+    assert (
+        "pages" in manifest["data_bytes"]["flash"] and "_paged_" in (out / "kernels.c").read_text()
+    )

@@ -12,6 +12,7 @@ import pytest
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.apps.cli import main
+from tvm_weightvirt.targets import mcu
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -112,3 +113,14 @@ def test_tutorial_05_packs_two_zoo_models(monkeypatch, capsys):
         "squeezenet: 1,235,496 weights" in printed and "page size 512, pool 2000 pages" in printed
     )
     assert len(re.findall(r"(squeezenet|shufflenet): switch [\d.]+ ms, inference", printed)) == 3
+
+
+@pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
+def test_tutorial_06_switches_without_moving_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["06_zero_copy_on_a_cortex_m.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "06_zero_copy_on_a_cortex_m.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert printed.count("max |C - llvm| over ['cnn', 'mlp', 'cnn', 'mlp']: 0") == 3
+    assert "'weight_buffer'" in printed.split("zero_copy_ram")[0]  # only the materialized build
+    assert "'weight_buffer'" not in printed.split("zero_copy_ram")[1]
+    assert "'pages'" not in printed.split("zero_copy_flash")[1]  # pages stay in flash

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         description="wvirt pack NAME=MODEL.onnx|.pt2 ... --data NAME=FILE.npz ... -o OUT, or "
         "wvirt pack MANIFEST.toml -o OUT, or wvirt pack --suite mnist,digits -o OUT. npz keys: "
         "x_train, y_train, x_val, y_val, x_test, y_test (y and val/test optional). Every "
-        "option but --lossless and --page-size needs data (or --suite).",
+        "option but --lossless, --page-size and --page-aligned needs data (or --suite).",
     )
     pack.add_argument(
         "models", nargs="*", help="NAME=MODEL (.onnx or .pt2 from torch.export.save), or a .toml"
@@ -327,7 +327,8 @@ def _pack_spec(args):
         if value is not None and value < low:
             raise ValueError(f"{spec.source(key)} {value}: must be at least {low}")
     if spec.option("lossless"):
-        given = [spec.source(k) for k in spec.options if k not in ("lossless", "page_size")]
+        layout = ("lossless", "page_size", "page_aligned")
+        given = [spec.source(k) for k in spec.options if k not in layout]
         given += ["--data"] * bool(spec.data) + ["--objective"] * bool(spec.objectives)
         if given or args.suite:
             raise ValueError(
