@@ -305,14 +305,14 @@ def test_zero_copy_on_m4_and_m7_computes_the_materialized_outputs_bit_for_bit(ze
 
 @needs_arm
 def test_zero_copy_switch_is_the_same_few_instructions_for_every_task(zero_copy):
-    """A zero-copy switch only picks the task: its instruction count does not depend on the
-    task's size (equal to one SysTick tick) and is under 1 % of the smallest inference, where
-    a materialized switch grows with the task's pages."""
+    """A zero-copy switch only picks the task: a few instructions whatever the task's size (at
+    most two SysTick ticks, the counter's resolution) and under 1 % of the smallest inference,
+    where a materialized switch grows with the task's pages."""
     plan, reference, projects = zero_copy
     run = mcu.run_project(projects["flash_m4"], timeout=120)
     switches = [n for _, n in run.switch_instructions]
     assert len(switches) == len(ZERO_COPY_SEQUENCE)
-    assert max(switches) - min(switches) <= mcu.INSTRUCTIONS_PER_TICK
+    assert max(switches) <= 2 * mcu.INSTRUCTIONS_PER_TICK
     assert max(switches) <= 0.01 * min(n for _, n in run.run_instructions)
     materialized = dict(mcu.run_project(projects["materialized"], timeout=120).switch_instructions)
     assert materialized["digits"] > 50 * max(switches)
