@@ -17,6 +17,7 @@ from tvm_weightvirt.algorithms.separation import (
     SeparationConfig,
     parse_bytes,
     select_exclusive,
+    select_exclusive_by_bytes,
     tpr_for_target_accuracy,
 )
 from tvm_weightvirt.apps import suite
@@ -47,6 +48,43 @@ def test_exclusive_selection_follows_ws_rule():
     # forced: with room for 1 shared page, the next-highest pages become exclusive too
     np.testing.assert_array_equal(select_exclusive(fisher, tpr=0.3, max_shared=1), [0, 1, 3])
     np.testing.assert_array_equal(select_exclusive(fisher, max_shared=0), [0, 1, 2, 3])
+
+
+def test_byte_rule_spends_the_budget_on_the_most_fisher_share_per_byte():
+    """Across tasks by CD (each task's mass normalised): a's 0.5, b's 0.45, a's 0.3 (a tie
+    with b's 0.3 goes to the earlier task), ...; a page without Fisher mass is never bought; a
+    task over the pool keeps its top pages first."""
+    a, b = _pages([0.15, 0.5, 0.05, 0.3, 0.0]), _pages([0.3, 0.1, 0.45, 0.15])
+    chosen = select_exclusive_by_bytes([a, b], page_bytes=8, budget_bytes=24)
+    assert [c.tolist() for c in chosen] == [[1, 3], [2]]
+    chosen = select_exclusive_by_bytes([a, b], page_bytes=8, budget_bytes=1000)
+    assert [c.tolist() for c in chosen] == [[0, 1, 2, 3], [0, 1, 2, 3]]  # a's page 4: CD 0
+    # room for 3 shared pages: a must keep 2 exclusive (its top 2), b 1; 1 page more to buy
+    chosen = select_exclusive_by_bytes([a, b], page_bytes=8, budget_bytes=32, max_shared=3)
+    assert [c.tolist() for c in chosen] == [[1, 3], [0, 2]]
+    with pytest.raises(ValueError, match=r"\(3, 2 of them 'a'\) need 24 B .* budget of 16 B"):
+        select_exclusive_by_bytes([a, b], 8, 16, max_shared=3, names=["a", "b"])
+
+
+def test_byte_rule_never_passes_its_budget_and_more_bytes_keep_no_fewer_pages():
+    rng = np.random.default_rng(0)
+    fishers = [rng.exponential(size=(n, 4)) ** 3 for n in (7, 30, 12)]
+    previous = None
+    for budget in range(0, 49 * 16 + 1, 16):  # pages of 16 B: 0 .. 49 pages
+        chosen = select_exclusive_by_bytes(fishers, page_bytes=16, budget_bytes=budget + 5)
+        assert 16 * sum(len(c) for c in chosen) <= budget + 5
+        assert 16 * sum(len(c) for c in chosen) == min(budget, 49 * 16)  # the budget is spent
+        if previous is not None:
+            for now, before in zip(chosen, previous):
+                assert set(before) <= set(now)
+        previous = chosen
+
+
+def test_byte_rule_needs_a_level2_budget():
+    with pytest.raises(ValueError, match="'bytes' separation rule spends a level-2 budget"):
+        SeparationConfig(rule="bytes")
+    with pytest.raises(ValueError, match="rule must be one of"):
+        SeparationConfig(rule="fisher")
 
 
 def test_target_accuracy_rule():
@@ -293,3 +331,23 @@ def test_target_accuracy_sets_each_tasks_tpr():
         plan = pack(*suite.packable(tasks), config).plan
         counts[target] = sum(t.n_exclusive_pages for t in plan.tasks.values())
     assert counts[0.5] < counts[0.99]
+
+
+@pytest.mark.slow
+def test_byte_rule_packs_within_its_level2_budget():
+    """`rule="bytes"`: the exclusive pages of all tasks fit the level-2 budget, which is spent
+    to within a page; a larger budget keeps every page the smaller one kept."""
+    tasks = suite.load_suite(TASKS)
+    exclusive = {}
+    for l2 in (20_000, 60_000):
+        separation = SeparationConfig(
+            l1_budget_bytes=parse_bytes("96KiB"), l2_budget_bytes=l2, rule="bytes"
+        )
+        config = PackConfig(separation=separation, optimize=OptimizeConfig(rounds=0))
+        plan = pack(*suite.packable(tasks), config).plan
+        assert l2 - 400 < plan.exclusive_bytes <= l2
+        exclusive[l2] = {
+            n: set(np.flatnonzero(t.page_table >= plan.n_pool_pages)) for n, t in plan.tasks.items()
+        }
+    for name in exclusive[20_000]:
+        assert exclusive[20_000][name] <= exclusive[60_000][name]

@@ -34,6 +34,7 @@ from .optimize import (
 from .separation import (
     SeparationConfig,
     select_exclusive,
+    select_exclusive_by_bytes,
     shared_pages_for_budget,
     tpr_for_target_accuracy,
 )
@@ -217,11 +218,17 @@ def _initial_plan(tasks, layouts, pages, fishers, n_pool, config) -> tuple[PageP
     exclusive = [np.zeros(0, np.int64)] * len(tasks)
     if sep is not None:
         max_shared = None if config.share_within_task else n_pool
-        tprs = _tprs(tasks, sep)
-        exclusive = [
-            select_exclusive(f, tpr, sep.margin, max_shared) for f, tpr in zip(fishers, tprs)
-        ]
-        _check_l2(exclusive, config, layouts, fishers, tprs)
+        if sep.rule == "bytes":
+            names = [t.name for t in tasks]
+            page_bytes = 4 * config.page_size
+            budget = sep.l2_budget_bytes
+            exclusive = select_exclusive_by_bytes(fishers, page_bytes, budget, max_shared, names)
+        else:
+            tprs = _tprs(tasks, sep)
+            exclusive = [
+                select_exclusive(f, tpr, sep.margin, max_shared) for f, tpr in zip(fishers, tprs)
+            ]
+            _check_l2(exclusive, config, layouts, fishers, tprs)
     # with separation, a task's pages beyond the pool are forced exclusive (`max_shared`)
     shared = [np.setdiff1d(np.arange(layout.n_pages), e) for layout, e in zip(layouts, exclusive)]
     state = PoolState.empty(n_pool, config.page_size, config.init, config.seed)

@@ -33,17 +33,29 @@ def parse_bytes(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
+RULES = ("tpr", "bytes")
+
+
 @dataclass(frozen=True)
 class SeparationConfig:
     """WS's defaults: tpr 1.0, margin 0.1 (exclusive pages cover ~90 % of the Fisher mass).
     With `target_accuracy` (a fraction), each task's tpr comes from WS's target-accuracy rule
-    (`tpr_for_target_accuracy`) on its training split instead."""
+    (`tpr_for_target_accuracy`) on its training split instead. With `rule="bytes"`, the
+    level-2 budget is spent on the pages with the most Fisher share per byte across all tasks
+    (`select_exclusive_by_bytes`) instead of each task covering a fixed share."""
 
     tpr: float = 1.0
     margin: float = 0.1
     l1_budget_bytes: int | None = None  # shared pool + page tables (int32) in RAM
     l2_budget_bytes: int | None = None  # all exclusive pages in flash / eMMC / a file
     target_accuracy: float | None = None
+    rule: str = "tpr"  # "tpr" (WS) or "bytes"
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"separation rule must be one of {RULES}, got {self.rule!r}")
+        if self.rule == "bytes" and self.l2_budget_bytes is None:
+            raise ValueError("the 'bytes' separation rule spends a level-2 budget: give one")
 
 
 def contribution_density(page_fisher: np.ndarray) -> np.ndarray:
@@ -68,6 +80,45 @@ def select_exclusive(
     if max_shared is not None:
         chosen = max(chosen, len(order) - max_shared)
     return np.sort(order[:chosen])
+
+
+def select_exclusive_by_bytes(
+    page_fishers: list[np.ndarray],
+    page_bytes: int,
+    budget_bytes: int,
+    max_shared: int | None = None,
+    names: list[str] | None = None,
+) -> list[np.ndarray]:
+    """Logical pages to keep exclusive, per task, within `budget_bytes` of level-2 storage.
+
+    A task with more pages than `max_shared` keeps its highest-CD pages beyond that exclusive
+    first (it has nowhere else to put them). The rest of the budget goes to the pages with the
+    most Fisher share (CD, each task's mass normalised to 1, so every task counts alike) per
+    byte, across all tasks, highest first. The choice is a prefix of one order: a larger
+    budget never keeps fewer pages exclusive. Returns sorted page indices per task."""
+    names = names or [f"task {i}" for i in range(len(page_fishers))]
+    cds = [contribution_density(f) for f in page_fishers]
+    orders = [np.argsort(-cd, kind="stable") for cd in cds]
+    # per task: how many of its top pages must be exclusive
+    forced = [0 if max_shared is None else max(0, len(cd) - max_shared) for cd in cds]
+    needed = page_bytes * sum(forced)
+    if needed > budget_bytes:
+        worst = max(range(len(cds)), key=lambda i: forced[i])
+        raise ValueError(
+            f"the pages that do not fit the pool ({sum(forced)}, {forced[worst]} of them "
+            f"'{names[worst]}') need {needed} B of level-2 storage, over its budget of "
+            f"{budget_bytes} B: raise the level-2 or the level-1 budget"
+        )
+    candidates = sorted(  # a task's pages come in its CD order (ties: by rank)
+        (-cds[i][p] / page_bytes, i, rank)
+        for i, order in enumerate(orders)
+        for rank, p in enumerate(order[forced[i] :], start=forced[i])
+        if cds[i][p] > 0  # a page without Fisher mass buys nothing
+    )
+    chosen = list(forced)
+    for _, i, _ in candidates[: (budget_bytes - needed) // page_bytes]:
+        chosen[i] += 1
+    return [np.sort(order[:n]) for order, n in zip(orders, chosen)]
 
 
 def tpr_for_target_accuracy(

@@ -407,8 +407,23 @@ def _pack_config(spec):
 
     option = spec.option
     # any separation option asks for separation (none of them is ignored)
-    separating = ("separate", "l1_budget", "l2_budget", "target_accuracy", "tpr", "margin")
+    separating = (
+        "separate",
+        "l1_budget",
+        "l2_budget",
+        "target_accuracy",
+        "tpr",
+        "margin",
+        "separation_rule",
+    )
     separate = any(spec.options.get(key) not in (None, False) for key in separating)
+    if option("separation_rule") == "bytes":
+        ws_rule = [spec.source(k) for k in ("tpr", "margin", "target_accuracy") if k in spec.options]
+        if ws_rule:
+            raise ValueError(
+                f"{', '.join(ws_rule)} set WS's tpr rule; --separation-rule bytes spends "
+                "--l2-budget instead: drop them"
+            )
     separation = (
         SeparationConfig(
             option("tpr"),
@@ -416,6 +431,7 @@ def _pack_config(spec):
             parse_bytes(option("l1_budget")) if option("l1_budget") else None,
             parse_bytes(option("l2_budget")) if option("l2_budget") else None,
             option("target_accuracy"),
+            option("separation_rule"),
         )
         if separate
         else None

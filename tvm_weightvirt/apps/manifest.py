@@ -28,6 +28,13 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     "tpr": (float, 1.0, None, "separation: target protection ratio"),
     "margin": (float, 0.1, None, "separation: margin"),
     "target_accuracy": (float, None, None, "separation: per-task tpr by WS's rule (e.g. 0.95)"),
+    "separation_rule": (
+        str,
+        "tpr",
+        ("tpr", "bytes"),
+        "separation: WS's tpr/margin per task, or 'bytes': spend --l2-budget on the pages "
+        "with the most Fisher share per byte across tasks",
+    ),
     "smartdeal": (
         bool,
         False,
