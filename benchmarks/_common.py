@@ -29,14 +29,19 @@ def write_json(path: str | None, numbers: dict, started: float) -> None:
         print(f"wrote {path}")
 
 
-def run(description: str, measure: Callable[[bool], dict], table=None) -> None:
+def run(description: str, measure: Callable[[bool], dict], table=None, figure=None) -> None:
     """A benchmark's main: `--quick` and `--json PATH` from the command line; `measure(quick)`
     gives the numbers (printed by `table` when given), written as JSON with the machine and the
-    wall time."""
+    wall time; `figure(numbers, png_path)`, when given, draws them next to the JSON."""
     args = parse_args(description)
     log_to_stderr()  # progress lines of packing and tuning
     started = time.time()
     numbers = measure(args.quick)
     if table is not None:
         print(table(numbers))
+    if figure is not None and args.json:
+        numbers["png"] = os.path.splitext(args.json)[0] + ".png"
+        os.makedirs(os.path.dirname(os.path.abspath(numbers["png"])), exist_ok=True)
+        figure(numbers, numbers["png"])
+        print(f"wrote {numbers['png']}")
     write_json(args.json, numbers, started)

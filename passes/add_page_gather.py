@@ -6,7 +6,7 @@ import tvm
 from tvm import te, tirx
 
 from tvm_weightvirt.abi import CODED_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
-from tvm_weightvirt.coded_pages import check_coded_page_size
+from tvm_weightvirt.coded_pages import CodeFormat, check_coded_page_size
 
 
 @tvm.transform.module_pass(opt_level=0, name="AddPageGather")
@@ -20,17 +20,18 @@ class AddPageGather:
     `task_<name>(inputs..., weights...)` runs exactly as the plain model does. Relax functions
     are left unchanged.
 
-    With `coded` (SmartDeal pages, plan.coded), the pool is int8 power-of-two codes [S, P] and
-    3x3 bases [S, 3, 3], and the kernel is `wv_gather_coded_pages(codes, bases, page_table,
-    weight_pages)`: it decodes each gathered page, `weight_pages[i] = C @ B` with C the page's
-    codes as a (P/3) x 3 matrix, so the task functions still take plain float32 weights.
+    With `coded` (SmartDeal pages, plan.coded), the pool is power-of-two codes packed in
+    `coded`'s format, rows [S, row_words] of uint32, and 3x3 bases [S, 3, 3], and the kernel is
+    `wv_gather_coded_pages(codes, bases, page_table, weight_pages)`: it unpacks and decodes
+    each gathered page, `weight_pages[i] = C @ B` with C the page's codes as a (P/3) x 3
+    matrix, so the task functions still take plain float32 weights.
 
     Parameters
     ----------
     page_size : int
         Weights per page (P).
-    coded : bool
-        Gather and decode SmartDeal pages instead of float32 ones.
+    coded : CodeFormat | None
+        Gather and decode SmartDeal pages stored in this format instead of float32 ones.
 
     .. code-block:: python
 
@@ -42,15 +43,16 @@ class AddPageGather:
                 weight_pages[i, j] = pool[T.Cast("int64", page_table[i]), j]
     """
 
-    def __init__(self, page_size: int, coded: bool = False) -> None:
-        if coded:
+    def __init__(self, page_size: int, coded: CodeFormat | None = None) -> None:
+        if coded is not None:
             check_coded_page_size(page_size)
         self.page_size = page_size
         self.coded = coded
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        if self.coded:
-            return add_gather(mod, CODED_GATHER_FUNC, coded_gather_func(self.page_size))
+        if self.coded is not None:
+            func = coded_gather_func(self.page_size, self.coded)
+            return add_gather(mod, CODED_GATHER_FUNC, func)
         return add_gather(mod, GATHER_FUNC, gather_func(self.page_size, with_exclusive=False))
 
 
@@ -84,21 +86,26 @@ def gather_func(
     return te.create_prim_func([*inputs, page_table, pages])
 
 
-def coded_gather_func(page_size: int) -> tirx.PrimFunc:
-    """`weight_pages[i, 3 r + j] = sum_k c(codes[t, 3 r + k]) * bases[t, k, j]`, t =
-    page_table[i], with c(0) = 0 and c(code) = sign(code) 2^(|code| - 64) (smartdeal's int8
-    codes)."""
+def coded_gather_func(page_size: int, code_format: CodeFormat) -> tirx.PrimFunc:
+    """`weight_pages[i, 3 r + j] = sum_k c(t, 3 r + k) * bases[t, k, j]`, t = page_table[i],
+    where c(t, q) decodes the q-th `width`-bit symbol s of packed row t (word q // n, bits
+    (q % n) * width .., n = 32 // width codes a word): c = 0 for s = 0, else
+    +-2^(min_exponent + (s - 1) // 2), negative when s - 1 is odd (`CodeFormat`)."""
+    width, per_word = code_format.width, code_format.per_word
     n_pool = tirx.Var("n_pool_pages", "int64")
     n_pages = tirx.Var("n_pages", "int64")
-    codes = te.placeholder((n_pool, page_size), "int8", "codes")
+    codes = te.placeholder((n_pool, code_format.row_words(page_size)), "uint32", "codes")
     bases = te.placeholder((n_pool, 3, 3), "float32", "bases")
     page_table = te.placeholder((n_pages,), "int32", "page_table")
 
     def coefficient(page, position):
-        code = codes[page, position].astype("int32")
-        magnitude = tirx.ldexp(tirx.const(1.0, "float32"), tirx.abs(code) - 64)
-        signed = tirx.if_then_else(code > 0, magnitude, -magnitude)
-        return tirx.if_then_else(code == 0, tirx.const(0.0, "float32"), signed)
+        word = codes[page, position // per_word]
+        shift = (position % per_word * width).astype("uint32")
+        symbol = ((word >> shift) & ((1 << width) - 1)).astype("int32")
+        exponent = code_format.min_exponent + (symbol - 1) // 2
+        magnitude = tirx.ldexp(tirx.const(1.0, "float32"), exponent)
+        signed = tirx.if_then_else((symbol - 1) % 2 == 1, -magnitude, magnitude)
+        return tirx.if_then_else(symbol == 0, tirx.const(0.0, "float32"), signed)
 
     k = te.reduce_axis((0, 3), "k")
 

@@ -75,7 +75,7 @@ class MultitaskRuntime:
             self._pool_inputs = (self.pool,)
         else:  # SmartDeal pages: codes and bases stay resident, a switch decodes
             self.pool = None
-            coded = (plan.coded.codes, plan.coded.bases)
+            coded = (plan.coded.packed, plan.coded.bases)
             self._pool_inputs = tuple(tvm.runtime.tensor(a, self.device) for a in coded)
         self.page_tables = {
             name: tvm.runtime.tensor(t.page_table, self.device) for name, t in plan.tasks.items()
@@ -287,5 +287,11 @@ def _check_belongs(plan: PagePlan, library: Library) -> None:
                 f"task '{name}': library expects {signature.n_pages} pages of a "
                 f"{signature.pool_shape} pool, plan has {layout.n_pages} of {plan.pool.shape}"
             )
+    plan_format = plan.coded.format if plan.coded is not None else None
+    if plan_format and library.code_format and plan_format != library.code_format:
+        problems.append(
+            f"the plan's codes are stored as {plan_format}, the library decodes "
+            f"{library.code_format}"
+        )
     if problems:
         raise ValueError("library and page plan do not belong together: " + "; ".join(problems))

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 MODES = ("materialize", "fused")
 MODE_ATTR = "wv.mode"
+# a module lowered for SmartDeal pages: its gather's code format, "<width>,<min_exponent>"
+CODE_FORMAT_ATTR = "wv.code_format"
 
 TASK_PREFIX = "task_"
 

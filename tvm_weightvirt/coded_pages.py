@@ -1,8 +1,9 @@
-"""SmartDeal pages as stored: int8 power-of-two codes and a 3x3 basis per page (numpy only).
+"""SmartDeal pages as stored: bit-packed power-of-two codes and a 3x3 basis per page (numpy
+only).
 
 A page of P weights is one (P/3) x 3 matrix A = C @ B: C's entries are zero or powers of two,
-stored as int8 codes (0 = zero, else sign * (exponent + 64)), B is the page's own 3x3 float32
-basis. A shared page shares its basis too. Per-task bases (one per SmartDeal block) would cost
+held as int8 codes (0 = zero, else sign * (exponent + 64)) and stored bit-packed, in the fewest
+bits the pool's exponents need, in 32-bit words (`CodeFormat`); B is the page's own 3x3 float32 basis. A shared page shares its basis too. Per-task bases (one per SmartDeal block) would cost
 39 KB on the 5-task suite, more than the whole 16x budget (619 KB / 16 = 39 KB) before any code
 is stored; per-page bases cost 36 B per pool page. Encoding pages (SED) and training them is
 SmartDeal's algorithm (`smartdeal.py`); every backend decodes them as `CodedPages.decode` does.
@@ -48,6 +49,80 @@ def formula_bits(c: np.ndarray, n_basis: int) -> int:
     return int(np.count_nonzero(c) * bits_per_nonzero + c.size + 32 * n_basis)
 
 
+@dataclass(frozen=True)
+class CodeFormat:
+    """How a pool's codes are stored: `width` bits per code, `32 // width` codes in each
+    32-bit word (LSB first; no code crosses a word, so a decoder reads one word per code),
+    each page's P codes in its own row of `row_words(P)` words. Symbol 0 is zero; symbol s > 0
+    is a power of two with exponent `min_exponent + (s - 1) // 2`, negative when `s - 1` is
+    odd. The width is the fewest bits that hold zero and both signs of every exponent from the
+    pool's smallest to its largest: `ceil(log2(2 * levels + 1))`."""
+
+    width: int
+    min_exponent: int
+
+    @staticmethod
+    def of(codes: np.ndarray) -> CodeFormat:
+        magnitudes = np.abs(codes[codes != 0].astype(np.int64))
+        if magnitudes.size == 0:
+            return CodeFormat(1, 0)
+        levels = int(magnitudes.max() - magnitudes.min()) + 1
+        return CodeFormat(max(1, (2 * levels).bit_length()), int(magnitudes.min()) - 64)
+
+    @property
+    def per_word(self) -> int:
+        return 32 // self.width
+
+    def row_words(self, page_size: int) -> int:
+        return -(-page_size // self.per_word)
+
+    def row_bytes(self, page_size: int) -> int:
+        return 4 * self.row_words(page_size)
+
+    def symbols(self, codes: np.ndarray) -> np.ndarray:
+        """int8 codes -> symbols (uint32); every code must be in the format's range."""
+        codes = codes.astype(np.int64)
+        level = np.abs(codes) - 64 - self.min_exponent
+        symbols = np.where(codes == 0, 0, 2 * level + 1 + (codes < 0))
+        if symbols.min(initial=0) < 0 or symbols.max(initial=0) >= 1 << self.width:
+            raise ValueError(
+                f"codes outside the {self.width}-bit format from 2^{self.min_exponent}"
+            )
+        return symbols.astype(np.uint32)
+
+    def codes(self, symbols: np.ndarray) -> np.ndarray:
+        """symbols -> int8 codes."""
+        s = symbols.astype(np.int64)
+        magnitude = (s - 1) // 2 + self.min_exponent + 64
+        return np.where(s == 0, 0, np.where((s - 1) % 2 == 1, -magnitude, magnitude)).astype(
+            np.int8
+        )
+
+    def values(self) -> np.ndarray:
+        """The float32 value of every symbol 0 .. 2^width - 1 (the C decode's table)."""
+        return decode_codes(self.codes(np.arange(1 << self.width)))
+
+    def pack(self, codes: np.ndarray) -> np.ndarray:
+        """int8 codes [N, P] -> packed rows [N, row_words(P)] (uint32)."""
+        n, p = codes.shape
+        symbols = np.zeros((n, self.row_words(p) * self.per_word), np.uint32)
+        symbols[:, :p] = self.symbols(codes)
+        shifts = (self.width * np.arange(self.per_word)).astype(np.uint32)
+        words = symbols.reshape(n, -1, self.per_word) << shifts
+        return np.bitwise_or.reduce(words, axis=2).astype(np.uint32)
+
+    def unpack(self, packed: np.ndarray, page_size: int) -> np.ndarray:
+        """packed rows [N, row_words(P)] -> int8 codes [N, P]."""
+        if packed.shape[1:] != (self.row_words(page_size),) or packed.dtype != np.uint32:
+            raise ValueError(
+                f"packed codes {packed.dtype}{list(packed.shape)}: expected uint32 rows of "
+                f"{self.row_words(page_size)} words ({page_size} codes of {self.width} bits)"
+            )
+        shifts = (self.width * np.arange(self.per_word)).astype(np.uint32)
+        symbols = (packed[..., None] >> shifts) & np.uint32((1 << self.width) - 1)
+        return self.codes(symbols.reshape(len(packed), -1)[:, :page_size])
+
+
 @dataclass
 class CodedPages:
     """Pages as stored: `codes` [N, P] int8 power-of-two codes of C (see `encode_codes`) and
@@ -69,9 +144,19 @@ class CodedPages:
         return rows.reshape(n, p)
 
     @property
+    def format(self) -> CodeFormat:
+        return CodeFormat.of(self.codes)
+
+    @property
+    def packed(self) -> np.ndarray:
+        """The codes as stored: packed rows [N, format.row_words(P)] (uint32)."""
+        return self.format.pack(self.codes)
+
+    @property
     def stored_bytes(self) -> int:
-        """One byte per code, four per basis value."""
-        return self.codes.size + 4 * self.bases.size
+        """The packed codes, four bytes per basis value."""
+        n, p = self.codes.shape
+        return n * self.format.row_bytes(p) + 4 * self.bases.size
 
     @property
     def formula_bytes(self) -> float:

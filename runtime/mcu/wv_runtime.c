@@ -12,19 +12,26 @@ extern const uint32_t wv_workspace_bytes;
 static int32_t wv_current = -1;
 static uint32_t wv_workspace_top;
 
-/* weights[3r + j] = sum_k value(codes[3r + k]) * basis[k][j], summed k = 0, 1, 2 in order (as
+/* The value of the q-th code of a packed row: word q / n, bits (q % n) * code_bits on, with
+   n = 32 / code_bits codes a word. */
+static inline float wv_code(const uint32_t* restrict row, uint32_t q) {
+  const uint32_t per_word = 32u / wv_memory.code_bits;
+  const uint32_t word = row[q / per_word], shift = (q % per_word) * wv_memory.code_bits;
+  return wv_memory.code_values[(word >> shift) & ((1u << wv_memory.code_bits) - 1u)];
+}
+
+/* weights[3r + j] = sum_k value(code 3r + k) * basis[k][j], summed k = 0, 1, 2 in order (as
    the host's wv_gather_coded_pages; -ffp-contract=off keeps each product rounded). The basis is
    read once, into registers. */
-static void wv_decode_page(float* restrict weights, const int8_t* restrict codes,
+static void wv_decode_page(float* restrict weights, const uint32_t* restrict codes,
                            const float* restrict basis) {
-  const float* restrict values = wv_memory.code_values;
   const float b00 = basis[0], b01 = basis[1], b02 = basis[2];
   const float b10 = basis[3], b11 = basis[4], b12 = basis[5];
   const float b20 = basis[6], b21 = basis[7], b22 = basis[8];
   for (uint32_t r = 0; r < wv_memory.page_size; r += 3) {
-    const float c0 = values[(uint8_t)codes[r]];
-    const float c1 = values[(uint8_t)codes[r + 1]];
-    const float c2 = values[(uint8_t)codes[r + 2]];
+    const float c0 = wv_code(codes, r);
+    const float c1 = wv_code(codes, r + 1);
+    const float c2 = wv_code(codes, r + 2);
     weights[r] = c0 * b00 + c1 * b10 + c2 * b20;
     weights[r + 1] = c0 * b01 + c1 * b11 + c2 * b21;
     weights[r + 2] = c0 * b02 + c1 * b12 + c2 * b22;
@@ -42,7 +49,8 @@ int32_t wv_switch(int32_t task) {
       const float* page = t->exclusive_pages + (id - wv_memory.n_pool_pages) * page_size;
       memcpy(weights, page, page_size * sizeof(float));
     } else if (wv_memory.codes != NULL) {
-      wv_decode_page(weights, wv_memory.codes + id * page_size, wv_memory.bases + id * 9);
+      wv_decode_page(weights, wv_memory.codes + id * wv_memory.code_row_words,
+                     wv_memory.bases + id * 9);
     } else {
       memcpy(weights, wv_memory.pool + id * page_size, page_size * sizeof(float));
     }

@@ -17,15 +17,19 @@ typedef struct {
 
 /* The page pool and the weight buffer the current task's pages are gathered into. The pool is
    float32 pages, or SmartDeal pages (`codes` set, `pool` NULL): page i's weights are its codes
-   as a (page_size / 3) x 3 matrix of powers of two times its 3x3 basis. */
+   as a (page_size / 3) x 3 matrix of powers of two times its 3x3 basis; the codes are packed
+   `code_bits` bits each, 32 / code_bits to a word (LSB first), a row of `code_row_words`
+   words per page. */
 typedef struct {
   const float* pool;        /* [n_pool_pages][page_size], RAM; NULL when coded */
-  const int8_t* codes;      /* [n_pool_pages][page_size], RAM; NULL when not coded */
+  const uint32_t* codes;    /* [n_pool_pages][code_row_words], RAM; NULL when not coded */
   const float* bases;       /* [n_pool_pages][3][3], RAM */
-  const float* code_values; /* [256], flash: the value of code c at (uint8_t)c */
+  const float* code_values; /* [1 << code_bits], flash: the value of each code */
   uint16_t n_pool_pages;
   uint16_t page_size;
   float* weights; /* [pages of the largest task][page_size], RAM */
+  uint8_t code_bits;
+  uint16_t code_row_words;
 } wv_memory_t;
 
 extern const wv_task_t wv_tasks[];

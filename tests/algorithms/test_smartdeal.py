@@ -151,8 +151,13 @@ def test_coded_pages_decode_to_powers_of_two_times_a_basis_and_count_their_bytes
     for page, got in zip(pages, coded.decode()):
         fit = decompose_block(page.reshape(32, 3))
         assert np.linalg.norm(page - got) == pytest.approx(min(fit.errors), rel=1e-4)
-    # stored: 1 byte per code + 36 per basis; formula: nnz * (ceil(log2 levels) + 1) + mask + B
-    assert coded.stored_bytes == 5 * 96 + 5 * 36
+    # stored: codes packed in the fewest bits that hold zero and both signs of every exponent
+    # from the smallest to the largest, + 36 B per basis; formula: nnz * (ceil(log2 levels) + 1)
+    # + mask + B
+    exponents = np.abs(coded.codes[coded.codes != 0].astype(int))
+    width = int(np.ceil(np.log2(2 * (exponents.max() - exponents.min() + 1) + 1)))
+    assert coded.format.width == width <= 8
+    assert coded.stored_bytes == 5 * 4 * -(-96 // (32 // width)) + 5 * 36  # 32-bit words
     levels = len(np.unique(np.abs(c[c != 0])))
     bits = np.count_nonzero(c) * (int(np.ceil(np.log2(levels))) + 1) + 5 * 96 + 32 * 45
     assert coded.formula_bytes == bits / 8
@@ -188,9 +193,11 @@ def test_coded_plan_compiles_and_runs_as_its_decoded_weights(tmp_path):
     from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
     import tvm_weightvirt as wv
+    from tvm_weightvirt.coded_pages import CodedPages
 
     tasks, inputs, dense, plan = _coded_plan()
-    assert plan.pool_bytes == plan.pool.shape[0] * (96 + 36) < dense.pool_bytes
+    row_bytes = plan.coded.format.row_bytes(96)  # codes packed in the pool's format
+    assert plan.pool_bytes == plan.pool.shape[0] * (row_bytes + 36) < dense.pool_bytes
     wv.save_wvpack(tmp_path / "coded.wvpack", plan, tasks)
     loaded = wv.load_wvpack(tmp_path / "coded.wvpack")
     np.testing.assert_array_equal(loaded.plan.coded.codes, plan.coded.codes)
@@ -202,6 +209,14 @@ def test_coded_plan_compiles_and_runs_as_its_decoded_weights(tmp_path):
         np.testing.assert_allclose(runtime.run(name, inputs[name])[0], expected, atol=1e-5)
     with pytest.raises(ValueError, match="plan's pool is float32 pages, the library was lowered"):
         MultitaskRuntime(dense, library)
+    # the same codes one exponent up: the same width, another format; the library's gather
+    # would decode them wrong, so the runtime refuses the pair
+    codes = plan.coded.codes.astype(np.int16)
+    shifted = np.where(codes == 0, 0, codes + np.sign(codes)).astype(np.int8)
+    other = wv.PagePlan.from_coded(96, CodedPages(shifted, plan.coded.bases), plan.tasks)
+    assert other.coded.format.width == plan.coded.format.width
+    with pytest.raises(ValueError, match="codes are stored as CodeFormat.*the library decodes"):
+        MultitaskRuntime(other, library)
     with pytest.raises(NotImplementedError, match="SmartDeal pages are lowered for materialize"):
         wv.lower(tasks, plan, mode="fused")
 
@@ -238,3 +253,27 @@ def test_structured_row_sparsity_zeroes_the_weakest_rows_of_each_group_of_32_fil
         prune_rows(np.zeros((4, 3, 5)), 0.5)
     with pytest.raises(ValueError, match=r"row fractions for \['nope'\]"):
         smartdeal_weights({"c": conv1d}, row_fractions={"nope": 0.5})
+
+
+@pytest.mark.parametrize("width", range(1, 9))
+def test_bit_packed_codes_round_trip_exactly_at_every_width(width):
+    """Codes whose exponents span (2^width - 1) // 2 levels pack into `width` bits a code (zero
+    and both signs of each level; 1 bit: all zeros), 32 // width codes to a 32-bit word, and
+    unpack to the same int8 codes; the format's value table decodes every symbol as
+    `decode_codes` does."""
+    from tvm_weightvirt.coded_pages import CodeFormat
+
+    levels = ((1 << width) - 1) // 2
+    first = -(levels // 2)
+    rng = np.random.default_rng(width)
+    exponents = rng.integers(first, first + max(levels, 1), size=(4, 96))
+    signs = rng.choice([-1, 0, 1], size=(4, 96)) if levels else np.zeros((4, 96), int)
+    if levels:  # every level present
+        exponents.flat[:levels], signs.flat[:levels] = np.arange(first, first + levels), 1
+    codes = (signs * (exponents + 64)).astype(np.int8)
+    fmt = CodeFormat.of(codes)
+    assert fmt == CodeFormat(width, first if levels else 0)
+    packed = fmt.pack(codes)
+    assert packed.shape == (4, -(-96 // (32 // width))) and packed.dtype == np.uint32
+    np.testing.assert_array_equal(fmt.unpack(packed, 96), codes)
+    np.testing.assert_array_equal(fmt.values()[fmt.symbols(codes)], decode_codes(codes))

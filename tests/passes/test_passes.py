@@ -27,6 +27,7 @@ from tvm_weightvirt.passes.read_weights_through_pages import reads_per_element, 
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
+from tvm_weightvirt.coded_pages import CodeFormat
 
 
 def _without(mod: tvm.IRModule, name: str) -> tvm.IRModule:
@@ -605,7 +606,8 @@ class CodedGatherExpected:
     ):
         T.func_attr({"tirx.noalias": True})
         n_pool_pages, n_pages = T.int64(), T.int64()
-        codes = T.match_buffer(codes_h, (n_pool_pages, 6), "int8")
+        # 6 codes of 5 bits, 6 to a 32-bit word: rows of 1 word
+        codes = T.match_buffer(codes_h, (n_pool_pages, 1), "uint32")
         bases = T.match_buffer(bases_h, (n_pool_pages, 3, 3), "float32")
         page_table = T.match_buffer(page_table_h, (n_pages,), "int32")
         weight_pages = T.match_buffer(weight_pages_h, (n_pages, 6), "float32")
@@ -613,19 +615,20 @@ class CodedGatherExpected:
             with T.sblock("weight_pages"):
                 vi = T.axis.spatial((T.int32(0), n_pages), i)
                 vj, vk = T.axis.remap("SR", [j, k])
-                # page t, row r = vj // 3 of its codes as a (P/3) x 3 matrix
+                # page t, code q = 3 (vj // 3) + vk: bits 5 (q % 6) .. of word q // 6
                 t = T.meta_var(T.Cast("int64", page_table[vi]))
-                code = T.meta_var(T.Cast("int32", codes[t, vj // 3 * 3 + vk]))
-                # c(0) = 0, c(code) = sign(code) 2^(|code| - 64)
+                q = T.meta_var(vj // 3 * 3 + vk)
+                word = T.meta_var(codes[t, q // 6])
+                symbol = T.meta_var(
+                    T.Cast("int32", word >> T.Cast("uint32", q % 6 * 5) & T.uint32(31))
+                )
+                # symbol 0: zero; else +-2^(-8 + (symbol - 1) // 2), negative for odd symbol - 1
+                magnitude = T.meta_var(T.ldexp(T.float32(1), (symbol - 1) // 2 - 8))
                 c = T.meta_var(
                     T.if_then_else(
-                        code == 0,
+                        symbol == 0,
                         T.float32(0),
-                        T.if_then_else(
-                            0 < code,
-                            T.ldexp(T.float32(1), code - 64),
-                            -T.ldexp(T.float32(1), T.Select(0 <= code, code, 0 - code) - 64),
-                        ),
+                        T.if_then_else((symbol + 1) % 2 == 1, magnitude * T.float32(-1), magnitude),
                     )
                 )
                 with T.init():
@@ -682,20 +685,20 @@ def test_add_page_gather_coded_adds_the_decoding_gather_kernel():
     """With `coded`, adds `wv_gather_coded_pages(codes, bases, page_table, weight_pages)`:
     each gathered page is C @ B, C its power-of-two codes decoded as a (P/3) x 3 matrix and B
     its 3x3 bases."""
-    after = AddPageGather(6, coded=True)(GatherBefore)
+    after = AddPageGather(6, coded=CodeFormat(width=5, min_exponent=-8))(GatherBefore)
     tvm.ir.assert_structural_equal(after, CodedGatherExpected)
 
 
 def test_add_page_gather_coded_refuses_pages_that_are_not_rows_of_3():
     """A coded page is (P/3) x 3 coefficients: P must be a multiple of 3."""
     with pytest.raises(ValueError, match="multiple of 3, got 100"):
-        AddPageGather(100, coded=True)
+        AddPageGather(100, coded=CodeFormat(width=5, min_exponent=-8))
 
 
 @pytest.mark.parametrize("coded", [False, True])
 def test_add_page_gather_leaves_relax_functions_unchanged(coded):
     """The pass only adds its kernel: every function already in the module is kept as is."""
-    after = AddPageGather(6, coded=coded)(GatherBefore)
+    after = AddPageGather(6, coded=CodeFormat(5, -8) if coded else None)(GatherBefore)
     name = "wv_gather_coded_pages" if coded else "wv_gather_pages"
     tvm.ir.assert_structural_equal(_without(after, name), GatherBefore)
 

@@ -206,7 +206,8 @@ def test_coded_pool_is_decoded_at_each_switch_as_tvm_llvm_does(coded):
     between host and M4."""
     plan, graphs, reference, projects = coded
     manifest = mcu.load_manifest(projects["m4"])
-    assert manifest["coded"] and manifest["data_bytes"]["flash"]["code_values"] == 256 * 4
+    n_values = 1 << plan.coded.format.width  # one float per code of the pool's format
+    assert manifest["coded"] and manifest["data_bytes"]["flash"]["code_values"] == 4 * n_values
     host = mcu.run_project(projects["m4"], host=True)
     qemu = mcu.run_project(projects["m4"], timeout=60)
     assert _max_err(host, reference) <= 1e-5 and _max_err(qemu, reference) <= 1e-5
@@ -219,17 +220,19 @@ def test_coded_pool_is_decoded_at_each_switch_as_tvm_llvm_does(coded):
 
 @needs_arm
 def test_coded_pool_takes_codes_and_bases_in_ram(coded):
-    """The coded pool is P + 36 B per page in RAM (int8 codes, a 3x3 float basis) instead of
-    4P: RAM shrinks by exactly the difference; flash by the same less the 1 KiB code table."""
+    """The coded pool is 4 ceil(P / (32 // width)) + 36 B per page in RAM (codes packed in the
+    pool's format, a 3x3 float basis) instead of 4P: RAM shrinks by exactly the difference; flash by
+    the same less the code table (4 B per code value)."""
     plan, graphs, reference, projects = coded
-    n_pages = plan.n_pool_pages
+    n_pages, width = plan.n_pool_pages, plan.coded.format.width
     coded_memory = mcu.memory_report(projects["m4"])
     float_memory = mcu.memory_report(projects["float_pool"])
-    assert coded_memory["sections"][".wv_pool"] == plan.pool_bytes == n_pages * (96 + 36)
+    page_bytes = 4 * -(-96 // (32 // width)) + 36
+    assert coded_memory["sections"][".wv_pool"] == plan.pool_bytes == n_pages * page_bytes
     assert float_memory["sections"][".wv_pool"] == n_pages * 96 * 4
-    saved = n_pages * (96 * 4 - 96 - 36)
+    saved = n_pages * (96 * 4 - page_bytes)
     assert float_memory["ram_bytes"] - coded_memory["ram_bytes"] == saved
-    assert float_memory["flash_bytes"] - coded_memory["flash_bytes"] == saved - 256 * 4
+    assert float_memory["flash_bytes"] - coded_memory["flash_bytes"] == saved - 4 * (1 << width)
 
 
 @needs_arm

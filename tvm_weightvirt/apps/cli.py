@@ -418,7 +418,9 @@ def _pack_config(spec):
     )
     separate = any(spec.options.get(key) not in (None, False) for key in separating)
     if option("separation_rule") == "bytes":
-        ws_rule = [spec.source(k) for k in ("tpr", "margin", "target_accuracy") if k in spec.options]
+        ws_rule = [
+            spec.source(k) for k in ("tpr", "margin", "target_accuracy") if k in spec.options
+        ]
         if ws_rule:
             raise ValueError(
                 f"{', '.join(ws_rule)} set WS's tpr rule; --separation-rule bytes spends "

@@ -11,6 +11,7 @@ import tvm
 from tvm import relax
 
 from ..abi import (
+    CODE_FORMAT_ATTR,
     EXCLUSIVE_GATHER_FUNC,
     GATHER_FUNC,
     GATHER_OUTPUT,
@@ -19,6 +20,7 @@ from ..abi import (
     task_of,
     weight_transform_function,
 )
+from ..coded_pages import CodeFormat
 from ..frontend.task import Task
 from ..passes import (
     AddPageGather,
@@ -72,7 +74,9 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
         MergeTasks({t.name: t.mod for t in tasks}),
         ConvWeightsOutputChannelsLast(),
         # Step 2. The pool reaches the weights: one gather per switch, or per call.
-        AddPageGather(plan.page_size, coded) if mode == "materialize" else VirtualizeWeights(plan),
+        AddPageGather(plan.page_size, plan.coded and plan.coded.format)
+        if mode == "materialize"
+        else VirtualizeWeights(plan),
     ]
     if has_exclusive:
         # Step 3. Exclusive pages come from a level-2 scratch the runtime fills.
@@ -81,7 +85,11 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
         # Step 4. Weight-only ops run once per switch, not per inference.
         pipeline.append(LiftWeightTransforms())
     mod = tvm.transform.Sequential(pipeline, name="wv.lower")(tvm.IRModule())
-    return mod.with_attr(MODE_ATTR, mode)
+    mod = mod.with_attr(MODE_ATTR, mode)
+    if coded:
+        fmt = plan.coded.format
+        mod = mod.with_attr(CODE_FORMAT_ATTR, f"{fmt.width},{fmt.min_exponent}")
+    return mod
 
 
 def build(
@@ -122,7 +130,9 @@ def build(
     with target, without_native_lines(TAKE_FAST_MODE):
         executable = tvm.compile(mod, target, relax_pipeline=pipeline)
     seconds = time.perf_counter() - start
-    return Library(executable, str(target), mode, tasks, seconds, report, archs)
+    code_format = (mod.attrs or {}).get(CODE_FORMAT_ATTR)
+    code_format = CodeFormat(*map(int, str(code_format).split(","))) if code_format else None
+    return Library(executable, str(target), mode, tasks, seconds, report, archs, code_format)
 
 
 def _cuda_archs(target: tvm.target.Target, archs: Sequence[str] | None) -> tuple[str, ...]:

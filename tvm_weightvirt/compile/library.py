@@ -14,6 +14,7 @@ from pathlib import Path
 import tvm
 
 from ..abi import TASK_PREFIX
+from ..coded_pages import CodeFormat
 
 
 def _load_cuda_runtime() -> None:
@@ -62,6 +63,7 @@ class Library:
     compile_seconds: float
     tuning: dict | None = None  # a tuned build's TuningReport fields
     archs: tuple[str, ...] = ()
+    code_format: CodeFormat | None = None  # SmartDeal pages: how its gather reads the codes
 
     @property
     def kind(self) -> str:
@@ -99,6 +101,7 @@ class Library:
             "tasks": {n: asdict(s) for n, s in self.tasks.items()},
             "compile_seconds": self.compile_seconds,
             "tuning": self.tuning,
+            "code_format": asdict(self.code_format) if self.code_format else None,
         }
         with open(os.path.join(directory, "library.json"), "w") as f:
             json.dump(meta, f, indent=1)
@@ -133,6 +136,7 @@ class Library:
             meta["compile_seconds"],
             meta.get("tuning"),
             tuple(meta.get("archs", ())),
+            CodeFormat(**meta["code_format"]) if meta.get("code_format") else None,
         )
 
 

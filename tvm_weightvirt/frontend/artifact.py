@@ -8,19 +8,20 @@ import json
 import os
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
-from ..coded_pages import CodedPages
+from ..coded_pages import CodedPages, CodeFormat
 from ..layout import PageLayout
 from ..plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
 
 FORMAT = "wvpack"
-FORMAT_VERSION = 2  # 2: the manifest and its digest in one metadata entry (byte-reproducible)
-READS_VERSIONS = (1, 2)  # 1: the digest in a second entry, whose order safetensors varies
+FORMAT_VERSION = 3  # 3: SmartDeal codes bit-packed (`code_format`); 2: int8 codes
+# 2: the manifest and its digest in one metadata entry; 1: the digest in a second entry
+READS_VERSIONS = (1, 2, 3)
 
 
 class ArtifactError(ValueError):
@@ -47,8 +48,8 @@ def save_wvpack(
     a `.<name>.*.tmp` beside it); returns the file size in bytes."""
     if plan.coded is None:
         tensors: dict[str, np.ndarray] = {"pool": plan.pool}
-    else:  # SmartDeal pages: what is stored is codes and bases, the pool is their decoding
-        tensors = {"pool_codes": plan.coded.codes, "pool_bases": plan.coded.bases}
+    else:  # SmartDeal pages: what is stored is packed codes and bases, the pool their decoding
+        tensors = {"pool_codes": plan.coded.packed, "pool_bases": plan.coded.bases}
     manifest_tasks = []
     graph_of = {t.name: t for t in tasks}
     unknown = sorted(set(graph_of) - set(plan.tasks))
@@ -76,6 +77,7 @@ def save_wvpack(
         "version": FORMAT_VERSION,
         "page_size": plan.page_size,
         "n_pool_pages": plan.n_pool_pages,
+        "code_format": asdict(plan.coded.format) if plan.coded is not None else None,
         "tasks": manifest_tasks,
         "report": report,
         "tensors": {
@@ -187,7 +189,7 @@ def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
         if pool_key == "pool":
             plan = PagePlan(page_size, tensors["pool"], task_pages)
         else:
-            coded = CodedPages(tensors["pool_codes"], tensors["pool_bases"])
+            coded = _coded_pages(tensors, manifest.get("code_format"), page_size)
             plan = PagePlan.from_coded(page_size, coded, task_pages)
     except ValueError as err:
         raise ArtifactError(f"{where}: {err}") from err
@@ -230,3 +232,14 @@ def _sha256(array: np.ndarray) -> str:
 
 def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _coded_pages(tensors: dict, code_format: dict | None, page_size: int) -> CodedPages:
+    """The pool's codes: bit-packed in `code_format`, or (files written before codes were
+    packed) int8, one byte each."""
+    codes = tensors["pool_codes"]
+    if code_format is not None:
+        codes = CodeFormat(**code_format).unpack(codes, page_size)
+    elif codes.dtype != np.int8:
+        raise ValueError(f"pool codes are {codes.dtype} without a code format (int8 expected)")
+    return CodedPages(codes, tensors["pool_bases"])

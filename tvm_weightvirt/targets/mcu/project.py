@@ -19,7 +19,6 @@ import tvm
 from tvm import relax
 
 from ...abi import task_function
-from ...coded_pages import decode_codes
 from ...frontend.task import Task
 from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
@@ -54,8 +53,9 @@ def generate_project(
     manifest (also in `out_dir/wvirt-mcu.json`) with the data bytes it needs.
 
     packed: the pool in RAM, exclusive pages in flash, one weight buffer the switch gathers
-    into (materialize mode); a SmartDeal-coded pool (`plan.coded`) stays coded in RAM, int8
-    codes and 3x3 bases (P + 36 B per page), and the switch decodes it. Not packed: every
+    into (materialize mode); a SmartDeal-coded pool (`plan.coded`) stays coded in RAM, codes
+    packed in its format (32 // width to a word) and 3x3 bases (format.row_bytes(P) + 36 B per
+    page), and the switch decodes it. Not packed: every
     task's weights resident in RAM, as when the tasks are built separately.
 
     zero_copy: no weight buffer; the kernels read each weight from its pages in place through
@@ -203,7 +203,7 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
     elif packed:
         data_ram["pool"] = data_flash["pool_image"] = plan.pool_bytes
         if coded:
-            data_flash["code_values"] = 256 * 4
+            data_flash["code_values"] = (1 << plan.coded.format.width) * 4
         data_ram["weight_buffer"] = max_pages * plan.page_size * 4
         data_flash["exclusive"] = plan.exclusive_bytes
         data_flash["page_tables"] = sum(plan.task(n).layout.n_pages * 2 for n in names)
@@ -264,7 +264,9 @@ def _workspace_bytes(kernel_source: str) -> int:
 
 
 # wv_memory's pool fields when there is no pool of that kind
-_NO_POOL = dict(pool="NULL", codes="NULL", bases="NULL", code_values="NULL")
+_NO_POOL = dict(
+    pool="NULL", codes="NULL", bases="NULL", code_values="NULL", code_bits=0, code_row_words=0
+)
 
 
 def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -> str:
@@ -282,19 +284,26 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
             lines.append(render("pool", n=plan.pool.size, values=c_floats(plan.pool)))
             pool = dict(_NO_POOL, pool="wv_pool")
         else:
-            codes, bases = plan.coded.codes, plan.coded.bases
+            packed, bases, fmt = plan.coded.packed, plan.coded.bases, plan.coded.format
             lines.append(
                 render(
                     "coded_pool",
-                    n_codes=codes.size,
-                    codes=c_ints(codes),
+                    n_codes=packed.size,
+                    codes=c_ints(packed),
                     n_bases=bases.size,
                     bases=c_floats(bases),
                 )
             )
-            every_code = np.arange(256, dtype=np.uint8).view(np.int8)
-            lines.append(render("code_values", values=c_floats(decode_codes(every_code))))
-            pool = dict(_NO_POOL, codes="wv_codes", bases="wv_bases", code_values="wv_code_values")
+            values = fmt.values()
+            lines.append(render("code_values", n=values.size, values=c_floats(values)))
+            pool = dict(
+                _NO_POOL,
+                codes="wv_codes",
+                bases="wv_bases",
+                code_values="wv_code_values",
+                code_bits=fmt.width,
+                code_row_words=packed.shape[1],
+            )
         lines.append(render("weight_buffer", n=ram["weight_buffer"] // 4))
         for n in names:
             t = plan.task(n)

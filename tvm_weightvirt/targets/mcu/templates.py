@@ -46,14 +46,14 @@ _C = {
         'static float wv_pool[{n}] __attribute__((section(".wv_pool"), aligned(16))) = {{\n'
         "{values}}};"
     ),
-    # SmartDeal pages: codes and bases in RAM (both in .wv_pool), the code values in flash
+    # SmartDeal pages: packed codes and bases in RAM (both in .wv_pool), code values in flash
     "coded_pool": (
-        'static int8_t wv_codes[{n_codes}] __attribute__((section(".wv_pool"), aligned(4))) = {{\n'
-        "{codes}}};\n"
+        'static uint32_t wv_codes[{n_codes}] __attribute__((section(".wv_pool"), aligned(4))) = '
+        "{{\n{codes}}};\n"
         'static float wv_bases[{n_bases}] __attribute__((section(".wv_pool"), aligned(4))) = {{\n'
         "{bases}}};"
     ),
-    "code_values": "static const float wv_code_values[256] = {{\n{values}}};",
+    "code_values": "static const float wv_code_values[{n}] = {{\n{values}}};",
     "weight_buffer": (
         'float wv_weights[{n}] __attribute__((section(".wv_weights"), aligned(64)));'
     ),
@@ -80,7 +80,7 @@ _C = {
     ),
     "memory": (
         "const wv_memory_t wv_memory = {{{pool}, {codes}, {bases}, {code_values}, {n_pool_pages}, "
-        "{page_size}, {weights}}};"
+        "{page_size}, {weights}, {code_bits}, {code_row_words}}};"
     ),
     # requests.c
     "requests_head": (

@@ -1,0 +1,142 @@
+"""The bytes-accuracy frontier on the 10-task suite: level-1 budgets x {full sharing, WS
+separation (tpr/margin), separation by bytes (the level-2 budget spent on the most Fisher share
+per byte)} x {float32 pages, SmartDeal pages with 8-bit codes}. Every point is one pack with
+joint retraining (checkpoints chosen on validation); accuracy deltas on the test split, bytes
+as stored (pool or codes + bases, page tables, exclusive pages). `best_at` is the best bytes
+ratio at WS's operating point (mean delta >= -0.22 pp, worst >= -2 pp) and at mean >= -1 pp. The
+PNG (next to the JSON) marks WS's and NWV's published points (by weight count, their nets).
+
+Not in the grid yet: SmartDeal pages with separation (`pack` refuses it) and bit-packed codes
+(codes are stored a byte each)."""
+
+from __future__ import annotations
+
+from benchmarks._common import run
+from tvm_weightvirt.algorithms.optimize import OptimizeConfig
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.algorithms.separation import SeparationConfig
+from tvm_weightvirt.apps import suite
+from tvm_weightvirt.frontend.packing import pack
+from tvm_weightvirt.layout import PageLayout
+
+PAGE_SIZE = 96  # a multiple of 3 (SmartDeal pages hold rows of 3 coefficients)
+L1_BUDGETS = [32 * 1024, 64 * 1024, 128 * 1024, 256 * 1024]
+QUICK_L1_BUDGETS = [64 * 1024, 256 * 1024]
+PUBLISHED = {  # (ratio by weight count, mean accuracy change in pp), seeds digest A.9 / B
+    "WS (PerCom 2022)": (5.87, -0.22),
+    "NWV (MobiSys 2020)": (4.04, 2.62),
+}
+GOALS = {"-0.22": (-0.22, -2.0), "-1": (-1.0, None)}  # mean delta >=, worst delta >=
+
+
+def _table_entries(tasks) -> int:
+    """Page-table entries of all tasks at PAGE_SIZE (what sits beside the pool in level 1)."""
+    return sum(
+        PageLayout.from_weights(
+            {n: (tuple(w.shape), str(w.dtype)) for n, w in t.task.weights.items()}, PAGE_SIZE
+        ).n_pages
+        for t in tasks
+    )
+
+
+def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackConfig]:
+    """The configurations at one level-1 budget: the pool (floats or codes + bases) and the
+    int32 page tables within `l1` bytes."""
+    float_pages = (l1 - 4 * n_table) // (4 * PAGE_SIZE)
+    coded_pages = (l1 - 4 * n_table) // (PAGE_SIZE + 36)
+    nwv = OptimizeConfig(**{**vars(optimize), "lam": 10.0})
+    ws = OptimizeConfig(**{**vars(optimize), "lam": 0.1})
+    # pools smaller than a task: its pages share within it too (else they must be exclusive)
+    common = dict(page_size=PAGE_SIZE, share_within_task=True)
+    return {
+        "full_sharing/float32": PackConfig(**common, pool_pages=float_pages, optimize=nwv),
+        "full_sharing/smartdeal8": PackConfig(
+            **common, pool_pages=coded_pages, smartdeal=True, optimize=nwv
+        ),
+        "ws_tpr/float32": PackConfig(
+            **common, separation=SeparationConfig(l1_budget_bytes=l1), optimize=ws
+        ),
+        "bytes/float32": PackConfig(  # as many bytes in level 2 as in level 1
+            **common,
+            separation=SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l1, rule="bytes"),
+            optimize=ws,
+        ),
+    }
+
+
+def best_at(points: list[dict]) -> dict:
+    """The best bytes ratio whose mean (and worst) delta meet each goal; None where none does."""
+    best = {}
+    for key, (mean, worst) in GOALS.items():
+        ratios = [
+            p["ratio"]
+            for p in points
+            if p["mean_delta_pp"] >= mean and (worst is None or p["worst_delta_pp"] >= worst)
+        ]
+        best[key] = max(ratios, default=None)
+    return best
+
+
+def plot(points: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for config in sorted({p["config"] for p in points}):
+        mine = sorted((p for p in points if p["config"] == config), key=lambda p: p["ratio"])
+        ax.plot([p["ratio"] for p in mine], [p["mean_delta_pp"] for p in mine], "o-", label=config)
+    for name, (ratio, delta) in PUBLISHED.items():
+        ax.plot([ratio], [delta], "k*", markersize=12)
+        ax.annotate(name, (ratio, delta), textcoords="offset points", xytext=(6, 4))
+    ax.axhline(-0.22, color="grey", lw=0.8, ls="--")
+    ax.axhline(-1.0, color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes ratio (separate models / packed), log scale")
+    ax.set_ylabel("mean accuracy change (pp, test split)")
+    ax.set_title("10-task suite: bytes vs. accuracy")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def measure(quick: bool) -> dict:
+    optimize = OptimizeConfig(rounds=1, iterations=100) if quick else OptimizeConfig()
+    budgets = QUICK_L1_BUDGETS if quick else L1_BUDGETS
+    tasks = suite.load_suite(suite.TEN_TASKS)
+    n_table = _table_entries(tasks)
+    points = []
+    for l1 in budgets:
+        for name, config in _configs(l1, n_table, optimize).items():
+            report = pack(*suite.packable(tasks), config).report
+            point = {
+                "config": name,
+                "l1_budget_bytes": l1,
+                "bytes": report["bytes_packed"],
+                "l1_bytes": report["l1_bytes"],
+                "l2_bytes": report["l2_bytes"],
+                "pool_pages": report["pool_pages"],
+                "ratio": report["ratio_bytes"],
+                "mean_delta_pp": report["mean_delta_pp"],
+                "worst_delta_pp": report["worst_delta_pp"],
+            }
+            print(
+                f"{name:24s} L1 {l1:7d} B: {point['bytes']:9d} B, {point['ratio']:6.2f}x, "
+                f"mean {point['mean_delta_pp']:+.2f} pp, worst {point['worst_delta_pp']:+.2f} pp"
+            )
+            points.append(point)
+    numbers = {
+        "page_size": PAGE_SIZE,
+        "optimize": vars(optimize),
+        "points": points,
+        "best_at": best_at(points),
+        "published": {k: {"ratio": r, "mean_delta_pp": d} for k, (r, d) in PUBLISHED.items()},
+    }
+    print(f"best_at: {numbers['best_at']}")
+    return numbers
+
+
+if __name__ == "__main__":
+    run(__doc__, measure, figure=lambda numbers, png: plot(numbers["points"], png))
