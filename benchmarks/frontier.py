@@ -90,6 +90,7 @@ def plot(points: list[dict], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for config in sorted({p["config"] for p in points}):
@@ -101,6 +102,9 @@ def plot(points: list[dict], path: str) -> None:
     ax.axhline(-0.22, color="grey", lw=0.8, ls="--")
     ax.axhline(-1.0, color="grey", lw=0.8, ls=":")
     ax.set_xscale("log")
+    ax.set_xticks([2, 3, 4, 6, 10, 15, 20, 30, 40, 60])
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("bytes ratio (separate models / packed), log scale")
     ax.set_ylabel("mean accuracy change (pp, test split)")
     ax.set_title("10-task suite: bytes vs. accuracy")
