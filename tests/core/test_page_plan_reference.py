@@ -57,14 +57,7 @@ def test_the_generated_c_gathers_the_plans_pages_bit_for_bit(make_plan, tmp_path
     tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
     plan = make_plan(tasks, page_size)
     mcu.generate_project(tasks, plan, str(tmp_path), check_fit=False)
-    sequence = ["a", "b", "a"]
-    mcu.write_requests(
-        str(tmp_path), [(n, [np.ones(s, np.float32) for s in SHAPES[n]]) for n in sequence]
-    )
-    run = mcu.run_project(str(tmp_path), host=True)
-    for name, outputs in zip(sequence, run.outputs):
-        for out, (weight, value) in zip(outputs, plan.read(name).items()):
-            np.testing.assert_array_equal(out, value, err_msg=f"task {name}, {weight}")
+    _host_run_returns_the_plans_weights(str(tmp_path), plan)
 
 
 @pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
@@ -83,14 +76,7 @@ def test_zero_copy_kernels_read_the_plans_pages_in_place_bit_for_bit(pool_in, tm
         n_pages * 400 if pool_in == "ram" else 0
     )
     assert "weight_buffer" not in manifest["data_bytes"]["ram"]
-    sequence = ["a", "b", "a"]
-    mcu.write_requests(
-        str(tmp_path), [(n, [np.ones(s, np.float32) for s in SHAPES[n]]) for n in sequence]
-    )
-    run = mcu.run_project(str(tmp_path), host=True)
-    for name, outputs in zip(sequence, run.outputs):
-        for out, (weight, value) in zip(outputs, plan.read(name).items()):
-            np.testing.assert_array_equal(out, value, err_msg=f"task {name}, {weight}")
+    _host_run_returns_the_plans_weights(str(tmp_path), plan)
 
 
 def test_zero_copy_needs_a_page_aligned_plan(tmp_path):
@@ -100,3 +86,14 @@ def test_zero_copy_needs_a_page_aligned_plan(tmp_path):
     plan = exclusive_plan(tasks, 100)
     with pytest.raises(ValueError, match="task 'a': weight 'w1'.*--page-aligned"):
         mcu.generate_project(tasks, plan, str(tmp_path), check_fit=False, zero_copy=True)
+
+
+def _host_run_returns_the_plans_weights(folder: str, plan) -> None:
+    """Run a, b, a with inputs of ones on the host build of the echo tasks' project: each
+    output must be the plan's weight, bit for bit."""
+    sequence = ["a", "b", "a"]
+    mcu.write_requests(folder, [(n, [np.ones(s, np.float32) for s in SHAPES[n]]) for n in sequence])
+    run = mcu.run_project(folder, host=True)
+    for name, outputs in zip(sequence, run.outputs):
+        for out, (weight, value) in zip(outputs, plan.read(name).items()):
+            np.testing.assert_array_equal(out, value, err_msg=f"task {name}, {weight}")
