@@ -138,6 +138,7 @@ def measure(quick: bool) -> dict:
                 "ratio": report["bytes_separate"] / stored,
                 "mean_delta_pp": report["mean_delta_pp"],
                 "worst_delta_pp": report["worst_delta_pp"],
+                "delta_pp": {n: r["delta"] for n, r in report["tasks"].items()},
             }
             print(
                 f"{name:24s} L1 {l1:7d} B: {point['bytes']:9d} B, {point['ratio']:6.2f}x, "
