@@ -112,9 +112,8 @@ def _zero_copy(folder: str) -> dict:
         "zero_copy_flash": {"zero_copy": True, "pool_in": "flash"},
         "separate": {"packed": False},
     }
-    for key in ("ram_bytes", "flash_bytes", "fits_256k_ram", "fits_1m_flash"):
-        numbers[key] = {}
-    for key in ("instr_per_switch", "instr_per_inference", "switch_fraction", "max_abs_err"):
+    per_build = ("ram_bytes", "flash_bytes", "fits_256k_ram", "fits_1m_flash", "max_abs_err")
+    for key in (*per_build, "instr_per_switch", "instr_per_inference", "switch_fraction"):
         numbers[key] = {}
     for kind, options in builds.items():
         out = f"{folder}/{kind}"

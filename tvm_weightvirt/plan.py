@@ -174,6 +174,22 @@ class PagePlan:
                 )
         return out
 
+    def stacked_pages(self, names: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The pool and the exclusive pages of the tasks `names`, in that order, stacked into
+        one array of pages, and each task's table into it (exclusive ids shifted past the
+        earlier tasks' exclusive pages): one memory that retraining trains and that zero-copy
+        kernels read."""
+        parts, tables, offset = [self.pool], [], self.n_pool_pages
+        for name in names:
+            t = self.task(name)
+            table = t.page_table.astype(np.int64)
+            exclusive = table >= self.n_pool_pages
+            table[exclusive] += offset - self.n_pool_pages
+            parts.append(t.exclusive_pages)
+            tables.append(table)
+            offset += t.n_exclusive_pages
+        return np.concatenate(parts), tables
+
     def summary(self) -> str:
         n_weights = sum(t.layout.n_weights for t in self.tasks.values())
         lines = [

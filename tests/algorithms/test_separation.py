@@ -12,7 +12,7 @@ from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig, sharing_loss_terms
-from tvm_weightvirt.algorithms.pipeline import PackConfig, _memory
+from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import (
     SeparationConfig,
     parse_bytes,
@@ -150,7 +150,7 @@ def test_budget_sets_the_pool_and_exclusives_are_their_own(separated):
 @pytest.mark.slow
 def test_overlap_loss_covers_shared_positions_only(separated):
     tasks, result, _ = separated
-    memory, tables = _memory(result.plan, TASKS)
+    memory, tables = result.plan.stacked_pages(TASKS)
     from tvm_weightvirt.algorithms.optimize import PoolTask
 
     pool_tasks = [

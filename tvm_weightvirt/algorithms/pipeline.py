@@ -153,7 +153,7 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
         plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config)
         anchors = pages
     # Step 4. Joint retraining of pool and exclusive pages, as one memory.
-    memory, tables = _memory(plan, [t.name for t in tasks])
+    memory, tables = plan.stacked_pages([t.name for t in tasks])
     pool_tasks = [
         PoolTask(
             t.name,
@@ -308,24 +308,9 @@ def _check_l2(exclusive, config, layouts, fishers, tprs) -> None:
     )
 
 
-def _memory(plan: PagePlan, names: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-    """The pool and every task's exclusive pages stacked into one memory, and each task's table
-    into it (exclusive ids shifted past the earlier tasks' exclusive pages)."""
-    parts, tables, offset = [plan.pool], [], plan.n_pool_pages
-    for name in names:
-        t = plan.task(name)
-        table = t.page_table.astype(np.int64)
-        exclusive = table >= plan.n_pool_pages
-        table[exclusive] += offset - plan.n_pool_pages
-        parts.append(t.exclusive_pages)
-        tables.append(table)
-        offset += t.n_exclusive_pages
-    return np.concatenate(parts), tables
-
-
 def _with_memory(plan: PagePlan, memory: np.ndarray, coded: CodedPages | None) -> PagePlan:
     """The plan with pool and exclusive pages taken back from a trained memory (same order as
-    `_memory`); with `coded`, the pool is SmartDeal pages (no exclusive pages then)."""
+    `PagePlan.stacked_pages`); with `coded`, the pool is SmartDeal pages (no exclusive pages then)."""
     n_pool, offset, task_pages = plan.n_pool_pages, plan.n_pool_pages, {}
     for name, t in plan.tasks.items():
         exclusive = memory[offset : offset + t.n_exclusive_pages]

@@ -79,33 +79,38 @@ GATHER_UNALIGNED_ELEMS = 4096
 class ZeroCopyReads:
     """How each kernel reads each weight parameter in a zero-copy build: "paged" (in place,
     through its page table) or "gathered" (copied from its pages into `wv_scratch` before the
-    call)."""
+    call); and the length of the page storage both read from."""
 
     how: dict[str, dict[int, str]]  # kernel -> weight position -> "paged" | "gathered"
+    n_page_elems: int  # the pool, then every task's exclusive pages
 
     @staticmethod
-    def choose(executors, kernels: tvm.IRModule, page_size: int) -> ZeroCopyReads:
+    def choose(executors, kernels: tvm.IRModule, plan: PagePlan) -> ZeroCopyReads:
         how: dict[str, dict[int, str]] = {}
         for e in executors:
             for symbol, args in e.calls:
                 for k in e.weight_positions(args):
-                    shape = e.tensors[args[k]].shape
-                    unaligned = row_split(shape, page_size) == len(shape)
+                    if k in how.get(symbol, {}):  # the kernel's parameter, already chosen
+                        continue
+                    weight = e.tensors[args[k]]
+                    unaligned = row_split(weight.shape, plan.page_size) == len(weight.shape)
                     gather = reads_per_element(kernels[symbol], k) >= GATHER_AT_READS or (
-                        unaligned and math.prod(shape) <= GATHER_UNALIGNED_ELEMS
+                        unaligned and weight.numel <= GATHER_UNALIGNED_ELEMS
                     )
                     how.setdefault(symbol, {})[k] = "gathered" if gather else "paged"
-        return ZeroCopyReads(how)
+        n_pages = plan.n_pool_pages + sum(t.n_exclusive_pages for t in plan.tasks.values())
+        return ZeroCopyReads(how, n_pages * plan.page_size)
 
-    def paged(self, e: Executor, symbol: str, args: list[int]) -> tuple[int, ...]:
-        return tuple(k for k in e.weight_positions(args) if self.how[symbol][k] == "paged")
+    def positions(self, e: Executor, symbol: str, args: list[int], way: str) -> tuple[int, ...]:
+        """The positions of a call's weights that the kernel reads `way`."""
+        return tuple(k for k in e.weight_positions(args) if self.how[symbol][k] == way)
 
     def uses(self, executors) -> dict[str, set[tuple[int, ...]]]:
         """Kernel -> the paged positions of each of its calls (`ReadWeightsThroughPages`)."""
         uses: dict[str, set[tuple[int, ...]]] = {}
         for e in executors:
             for symbol, args in e.calls:
-                uses.setdefault(symbol, set()).add(self.paged(e, symbol, args))
+                uses.setdefault(symbol, set()).add(self.positions(e, symbol, args, "paged"))
         return uses
 
     def scratch_elems(self, executors) -> int:
@@ -113,14 +118,14 @@ class ZeroCopyReads:
         return max(
             [1]
             + [
-                sum(_aligned(e.tensors[args[k]].numel) for k in self.gathered(e, symbol, args))
+                sum(
+                    _aligned(e.tensors[args[k]].numel)
+                    for k in self.positions(e, symbol, args, "gathered")
+                )
                 for e in executors
                 for symbol, args in e.calls
             ]
         )
-
-    def gathered(self, e: Executor, symbol: str, args: list[int]) -> tuple[int, ...]:
-        return tuple(k for k in e.weight_positions(args) if self.how[symbol][k] == "gathered")
 
 
 def _aligned(n: int, align: int = 16) -> int:
@@ -233,15 +238,13 @@ def executor_c(
             tensors.append((shape, data, dtype))
         pages = len(tensors)
         if zero_copy:
-            n_page_elems = plan.page_size * (
-                plan.n_pool_pages + sum(p.n_exclusive_pages for p in plan.tasks.values())
-            )
-            tensors.append(((n_page_elems,), "(void*)wv_pages", tvm.DataType("float32")))
+            pages_shape = (zero_copy.n_page_elems,)
+            tensors.append((pages_shape, "(void*)wv_pages", tvm.DataType("float32")))
         call_args, gathers = [], []  # per call: tensor ids; the gathers to run before it
         for symbol, args in e.calls:
             ids, call_gathers, offset = [], [], 0
-            paged = zero_copy.paged(e, symbol, args) if zero_copy else ()
-            gathered = zero_copy.gathered(e, symbol, args) if zero_copy else ()
+            paged = zero_copy.positions(e, symbol, args, "paged") if zero_copy else ()
+            gathered = zero_copy.positions(e, symbol, args, "gathered") if zero_copy else ()
             for k, i in enumerate(args):
                 if k in paged:  # (page storage, its page table)
                     ids += [pages, i]
@@ -315,5 +318,5 @@ def _table(task: str, span, plan: PagePlan) -> str:
 
 
 def _symbol(e: Executor, symbol: str, args: list[int], zero_copy: ZeroCopyReads | None) -> str:
-    positions = zero_copy.paged(e, symbol, args) if zero_copy else ()
+    positions = zero_copy.positions(e, symbol, args, "paged") if zero_copy else ()
     return paged_name(symbol, positions) if positions else symbol

@@ -94,10 +94,9 @@ def generate_project(
     )
     reads = None
     if zero_copy:  # weights read through page tables, or gathered into a scratch per call
-        reads = ZeroCopyReads.choose(executors.values(), kernels, plan.page_size)
-        n_page_elems = _n_pages(plan) * plan.page_size
+        reads = ZeroCopyReads.choose(executors.values(), kernels, plan)
         uses = reads.uses(executors.values())
-        kernels = ReadWeightsThroughPages(plan.page_size, n_page_elems, uses)(kernels)
+        kernels = ReadWeightsThroughPages(plan.page_size, reads.n_page_elems, uses)(kernels)
     # Step 2. The kernels' C.
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
         kernel_source = tvm.tirx.build(
@@ -177,11 +176,6 @@ def _check_zero_copy(plan: PagePlan, names: list[str], packed: bool) -> None:
             )
 
 
-def _n_pages(plan: PagePlan) -> int:
-    """Pages of the zero-copy page storage: the pool, then each task's exclusive pages."""
-    return plan.n_pool_pages + sum(t.n_exclusive_pages for t in plan.tasks.values())
-
-
 def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, pool_in) -> dict:
     arena_bytes = max(e.arena_bytes for e in executors.values())
     max_pages = max(plan.task(n).layout.n_pages for n in names)
@@ -194,7 +188,7 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
     coded = packed and plan.coded is not None
     if reads is not None:
         data_ram["scratch"] = reads.scratch_elems(executors.values()) * 4
-        pages_bytes = _n_pages(plan) * plan.page_size * 4
+        pages_bytes = reads.n_page_elems * 4
         if pool_in == "ram":
             data_ram["pages"] = data_flash["pages_image"] = pages_bytes
         else:
@@ -335,17 +329,12 @@ def _zero_copy_weights_c(plan: PagePlan, names: list[str], manifest: dict, pool_
     """Every page in one array (the pool, then each task's exclusive pages in `names` order),
     and page tables of ids into it."""
     lines = [render("weights_head", what=f"every page read in place from {pool_in.upper()}")]
-    pages = np.concatenate([plan.pool, *(plan.task(n).exclusive_pages for n in names)])
+    pages, tables = plan.stacked_pages(names)
     if len(pages) > 0xFFFF:
         raise ValueError("page ids do not fit the MCU's uint16 page tables (> 65535 pages)")
     lines.append(render(f"pages_{pool_in}", n=pages.size, values=c_floats(pages)))
     lines.append(render("no_weight_buffer"))
-    first_exclusive = plan.n_pool_pages
-    for n in names:
-        t = plan.task(n)
-        table = t.page_table.astype(np.int64)
-        table[table >= plan.n_pool_pages] += first_exclusive - plan.n_pool_pages
-        first_exclusive += t.n_exclusive_pages
+    for n, table in zip(names, tables):
         ids = ", ".join(map(str, table.tolist()))
         lines.append(render("page_table", task=n, n=len(table), ids=ids))
     ram = manifest["data_bytes"]["ram"]
