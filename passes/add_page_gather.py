@@ -86,22 +86,44 @@ def gather_func(
     return te.create_prim_func([*inputs, page_table, pages])
 
 
-def coded_gather_func(page_size: int, code_format: CodeFormat) -> tirx.PrimFunc:
+def coded_gather_func(
+    page_size: int, code_format: CodeFormat, with_exclusive: bool = False
+) -> tirx.PrimFunc:
     """`weight_pages[i, 3 r + j] = sum_k c(t, 3 r + k) * bases[t, k, j]`, t = page_table[i],
     where c(t, q) decodes the q-th `width`-bit symbol s of packed row t (word q // n, bits
     (q % n) * width .., n = 32 // width codes a word): c = 0 for s = 0, else
-    +-2^(min_exponent + (s - 1) // 2), negative when s - 1 is odd (`CodeFormat`)."""
+    +-2^(min_exponent + (s - 1) // 2), negative when s - 1 is odd (`CodeFormat`). With
+    `with_exclusive`, table entries t >= S (the pool's page count) read row t - S of
+    `exclusive_codes` and `exclusive_bases` (coded in the same format) instead."""
     width, per_word = code_format.width, code_format.per_word
+    row_words = code_format.row_words(page_size)
     n_pool = tirx.Var("n_pool_pages", "int64")
     n_pages = tirx.Var("n_pages", "int64")
-    codes = te.placeholder((n_pool, code_format.row_words(page_size)), "uint32", "codes")
+    codes = te.placeholder((n_pool, row_words), "uint32", "codes")
     bases = te.placeholder((n_pool, 3, 3), "float32", "bases")
     page_table = te.placeholder((n_pages,), "int32", "page_table")
+    inputs = [codes, bases]
+    if with_exclusive:
+        n_exclusive = tirx.Var("n_exclusive_pages", "int64")
+        exclusive_codes = te.placeholder((n_exclusive, row_words), "uint32", "exclusive_codes")
+        exclusive_bases = te.placeholder((n_exclusive, 3, 3), "float32", "exclusive_bases")
+        inputs += [exclusive_codes, exclusive_bases]
+
+    def word(page, w):
+        if not with_exclusive:
+            return codes[page, w]
+        return tirx.if_then_else(page < n_pool, codes[page, w], exclusive_codes[page - n_pool, w])
+
+    def basis(page, k, j):
+        if not with_exclusive:
+            return bases[page, k, j]
+        return tirx.if_then_else(
+            page < n_pool, bases[page, k, j], exclusive_bases[page - n_pool, k, j]
+        )
 
     def coefficient(page, position):
-        word = codes[page, position // per_word]
         shift = (position % per_word * width).astype("uint32")
-        symbol = ((word >> shift) & ((1 << width) - 1)).astype("int32")
+        symbol = ((word(page, position // per_word) >> shift) & ((1 << width) - 1)).astype("int32")
         exponent = code_format.min_exponent + (symbol - 1) // 2
         magnitude = tirx.ldexp(tirx.const(1.0, "float32"), exponent)
         signed = tirx.if_then_else((symbol - 1) % 2 == 1, -magnitude, magnitude)
@@ -112,10 +134,10 @@ def coded_gather_func(page_size: int, code_format: CodeFormat) -> tirx.PrimFunc:
     def read(i, j):
         page = page_table[i].astype("int64")
         row = j // 3
-        return te.sum(coefficient(page, 3 * row + k) * bases[page, k, j % 3], axis=k)
+        return te.sum(coefficient(page, 3 * row + k) * basis(page, k, j % 3), axis=k)
 
     pages = te.compute((n_pages, page_size), read, name=GATHER_OUTPUT)
-    return te.create_prim_func([codes, bases, page_table, pages])
+    return te.create_prim_func([*inputs, page_table, pages])
 
 
 def add_gather(mod: tvm.IRModule, name: str, func: tirx.PrimFunc) -> tvm.IRModule:

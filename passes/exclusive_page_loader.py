@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import tvm
 
-from tvm_weightvirt.abi import EXCLUSIVE_GATHER_FUNC
+from tvm_weightvirt.abi import CODED_EXCLUSIVE_GATHER_FUNC, EXCLUSIVE_GATHER_FUNC
+from tvm_weightvirt.coded_pages import CodeFormat, check_coded_page_size
 
-from .add_page_gather import add_gather, gather_func
+from .add_page_gather import add_gather, coded_gather_func, gather_func
 
 
 @tvm.transform.module_pass(opt_level=0, name="ExclusivePageLoader")
@@ -19,10 +20,17 @@ class ExclusivePageLoader:
 
     Note: materialize mode (after `AddPageGather`), whose switch runs this gather once.
 
+    With `coded` (SmartDeal pages: pool and exclusive pages coded in one format), the gather is
+    `wv_gather_coded_pages_exclusive(codes, bases, exclusive_codes, exclusive_bases,
+    page_table, weight_pages)`, which decodes each page as `wv_gather_coded_pages` does: level 2
+    holds the exclusive pages coded, and a switch reads their codes and bases.
+
     Parameters
     ----------
     page_size : int
         Weights per page (P).
+    coded : CodeFormat | None
+        Gather and decode SmartDeal pages stored in this format instead of float32 ones.
 
     .. code-block:: python
 
@@ -36,9 +44,15 @@ class ExclusivePageLoader:
                     page_table[i] < S, pool[page_table[i], j], exclusive[page_table[i] - S, j])
     """
 
-    def __init__(self, page_size: int) -> None:
+    def __init__(self, page_size: int, coded: CodeFormat | None = None) -> None:
+        if coded is not None:
+            check_coded_page_size(page_size)
         self.page_size = page_size
+        self.coded = coded
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        if self.coded is not None:
+            func = coded_gather_func(self.page_size, self.coded, with_exclusive=True)
+            return add_gather(mod, CODED_EXCLUSIVE_GATHER_FUNC, func)
         func = gather_func(self.page_size, with_exclusive=True)
         return add_gather(mod, EXCLUSIVE_GATHER_FUNC, func)

@@ -98,11 +98,13 @@ def offset_view(
     return tvm.runtime.from_dlpack(_Capsule(_capsule(record, b"dltensor", None), device))
 
 
-def host_staging(shape: tuple[int, ...], device: tvm.runtime.Device) -> tvm.runtime.Tensor:
-    """A float32 host buffer that copies to `device` without a bounce: page-locked memory for
-    a GPU (cudaMallocHost), plain memory for the CPU."""
+def host_staging(
+    shape: tuple[int, ...], device: tvm.runtime.Device, dtype: str = "float32"
+) -> tvm.runtime.Tensor:
+    """A host buffer that copies to `device` without a bounce: page-locked memory for a GPU
+    (cudaMallocHost), plain memory for the CPU."""
     host = tvm.cpu() if device.dlpack_device_type() == CPU else tvm.device(CUDA_HOST, 0)
-    return tvm.runtime.empty(shape, "float32", host)
+    return tvm.runtime.empty(shape, dtype, host)
 
 
 def as_numpy(tensor: tvm.runtime.Tensor) -> np.ndarray:

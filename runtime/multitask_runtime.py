@@ -12,6 +12,7 @@ import tvm
 from tvm.runtime.vm import VirtualMachine
 
 from tvm_weightvirt.abi import (
+    CODED_EXCLUSIVE_GATHER_FUNC,
     CODED_GATHER_FUNC,
     EXCLUSIVE_GATHER_FUNC,
     GATHER_FUNC,
@@ -111,36 +112,44 @@ class MultitaskRuntime:
     def _setup_exclusive(self, plan: PagePlan, level2: str | None) -> None:
         """Two level-1 scratches for exclusive pages, each sized for the largest task's: one
         for loads at a switch, one for prefetches; off the CPU, each with a host staging
-        buffer that level 2 is read into."""
+        buffer that level 2 is read into. A scratch is one buffer per stored part: float32
+        pages, or (SmartDeal pages) packed codes and bases, which the gather decodes."""
         self._exclusive_counts = {n: t.n_exclusive_pages for n, t in plan.tasks.items()}
         most = max(self._exclusive_counts.values())
         self.scratch_bytes = 0
         if most == 0:
             return
-        self._gather_exclusive = self._kernel(EXCLUSIVE_GATHER_FUNC)
+        loader = EXCLUSIVE_GATHER_FUNC if plan.coded is None else CODED_EXCLUSIVE_GATHER_FUNC
+        self._gather_exclusive = self._kernel(loader)
         if self._gather_exclusive is None:
             raise ValueError(
-                "the plan has exclusive pages but the library was lowered without "
-                "ExclusivePageLoader"
+                f"the plan has exclusive pages but the library has no '{loader}' (lower it "
+                "from this plan)"
             )
         self.store = PageStore(plan, level2)
-        shape = (most, plan.page_size)
-        scratch = [tvm.runtime.empty(shape, "float32", self.device) for _ in range(2)]
+        parts = self.store.shapes(most)
+
+        def slots(make):  # [switch, prefetch], each a buffer per stored part
+            return [[make(shape, dtype) for shape, dtype in parts] for _ in range(2)]
+
+        scratch = slots(lambda shape, dtype: tvm.runtime.empty(shape, dtype, self.device))
         staging = (
-            scratch if on_cpu(self.device) else [host_staging(shape, self.device) for _ in range(2)]
+            scratch
+            if on_cpu(self.device)
+            else slots(lambda shape, dtype: host_staging(shape, self.device, dtype))
         )
         self._scratch, self._staging = scratch, staging  # the views below need these alive
-        self._staging_arrays = [as_numpy(t) for t in staging]
-        self.scratch_bytes = 2 * most * plan.page_size * 4
+        self._staging_arrays = [[as_numpy(t) for t in slot] for slot in staging]
+        self.scratch_bytes = 2 * sum(a.nbytes for a in self._staging_arrays[0])
 
-        def views(buffers):
+        def views(slots):  # per slot, per task: its pages' view of each part
             return [
                 {
-                    n: offset_view(b, 0, (e, plan.page_size))
+                    n: [offset_view(b, 0, (e, *b.shape[1:]), b.dtype) for b in slot]
                     for n, e in self._exclusive_counts.items()
                     if e
                 }
-                for b in buffers
+                for slot in slots
             ]
 
         self._scratch_views = views(scratch)
@@ -183,7 +192,7 @@ class MultitaskRuntime:
             if self._exclusive_counts[task]:
                 exclusive = self._exclusive_scratch(task)
                 self._gather_exclusive(
-                    self.pool, exclusive, self.page_tables[task], self._targets[task]
+                    *self._pool_inputs, *exclusive, self.page_tables[task], self._targets[task]
                 )
                 self.counters.bytes_gathered += self._target_bytes[task]
             elif self.library.mode == "materialize":
@@ -197,7 +206,7 @@ class MultitaskRuntime:
             self.counters.switches += 1
             self.counters.switch_seconds += time.perf_counter() - start
 
-    def _exclusive_scratch(self, task: str) -> tvm.runtime.Tensor:
+    def _exclusive_scratch(self, task: str) -> list[tvm.runtime.Tensor]:
         """The task's exclusive pages in a level-1 scratch: the finished prefetch if it was for
         this task, else read now from level 2 into the switch scratch."""
         if self._prefetched is not None and self._prefetched[0] == task:
@@ -215,7 +224,10 @@ class MultitaskRuntime:
         and is copied to the device scratch, finished before this returns."""
         n_bytes = self.store.load(task, self._staging_arrays[slot])
         if not on_cpu(self.device):
-            self._scratch_views[slot][task].copyfrom(self._staging_views[slot][task])
+            for view, staged in zip(
+                self._scratch_views[slot][task], self._staging_views[slot][task]
+            ):
+                view.copyfrom(staged)
             self.device.sync()  # the staging buffer is free again, the scratch is ready
         return n_bytes
 

@@ -8,57 +8,73 @@ import struct
 
 import numpy as np
 
-from tvm_weightvirt.plan import PagePlan
+from tvm_weightvirt.plan import PagePlan, TaskPages
 
 
 class PageStore:
-    """Loads a task's exclusive pages `[E, P]` into a level-1 scratch.
+    """Loads a task's exclusive pages into level-1 scratches: float32 pages `[E, P]`, or
+    (SmartDeal pages) packed codes `[E, row_words]` and bases `[E, 3, 3]` (`parts`).
 
     With `path` (the .wvpack the plan came from), pages are read from the file at every load,
-    as a device reads flash or eMMC: the safetensors header gives each `exclusive.<task>`
-    tensor's byte range, and each load reads exactly that range with one `readinto`. (Not a
-    memory map: a file truncated under a map turns the next read into SIGBUS; a read returns
-    short and becomes an error naming the file.) Without `path`, the plan's own arrays stand in
-    for level 2.
+    as a device reads flash or eMMC: the safetensors header gives each tensor's byte range
+    (`exclusive.<task>`, or `exclusive_codes.<task>` and `exclusive_bases.<task>`), and each
+    load reads exactly those ranges with one `readinto` each. (Not a memory map: a file
+    truncated under a map turns the next read into SIGBUS; a read returns short and becomes an
+    error naming the file.) Without `path`, the plan's own arrays stand in for level 2.
     """
 
     def __init__(self, plan: PagePlan, path: str | None = None) -> None:
-        self.page_size = plan.page_size
-        self.n_pages = {name: t.n_exclusive_pages for name, t in plan.tasks.items()}
+        self.arrays = {name: _stored(t) for name, t in plan.tasks.items() if t.n_exclusive_pages}
         self.path = path
-        self.arrays = {name: t.exclusive_pages for name, t in plan.tasks.items()}
-        self.ranges: dict[str, tuple[int, int]] = {}
+        self.ranges: dict[str, list[tuple[int, int]]] = {}
         if path is not None:
             with open(path, "rb") as f:
                 (header_len,) = struct.unpack("<Q", f.read(8))
                 header = json.loads(f.read(header_len))
-            for name, n in self.n_pages.items():
-                if n:
-                    start, end = header[f"exclusive.{name}"]["data_offsets"]
-                    assert end - start == n * self.page_size * 4, (name, start, end, n)
-                    self.ranges[name] = (8 + header_len + start, 8 + header_len + end)
+            keys = ("exclusive",) if plan.coded is None else ("exclusive_codes", "exclusive_bases")
+            for name, arrays in self.arrays.items():
+                self.ranges[name] = []
+                for key, array in zip(keys, arrays):
+                    start, end = header[f"{key}.{name}"]["data_offsets"]
+                    assert end - start == array.nbytes, (name, key, start, end, array.nbytes)
+                    self.ranges[name].append((8 + header_len + start, 8 + header_len + end))
 
-    def load(self, task: str, scratch: np.ndarray) -> int:
-        """Copy the task's exclusive pages into the start of `scratch` (float32); returns the
-        bytes read from level 2."""
-        n_bytes = self.n_pages[task] * self.page_size * 4
-        target = scratch.reshape(-1)[: n_bytes // 4]
+    def shapes(self, n_pages: int) -> list[tuple[tuple[int, ...], str]]:
+        """Shape and dtype of each scratch that holds `n_pages` exclusive pages."""
+        example = next(iter(self.arrays.values()))
+        return [((n_pages, *a.shape[1:]), str(a.dtype)) for a in example]
+
+    def load(self, task: str, scratches: list[np.ndarray]) -> int:
+        """Copy the task's exclusive pages (each part) into the start of its scratch; returns
+        the bytes read from level 2."""
+        arrays = self.arrays[task]
+        targets = [s.reshape(-1)[: a.size] for s, a in zip(scratches, arrays)]
         if self.path is None:
-            np.copyto(target, self.arrays[task].reshape(-1))
-            return n_bytes
-        start, end = self.ranges[task]
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(start)
-                read = f.readinto(memoryview(target).cast("B"))
-        except OSError as err:
-            raise ValueError(
-                f"task '{task}': cannot read its exclusive pages from level-2 "
-                f"file '{self.path}': {err}"
-            ) from err
-        if read != n_bytes:
-            raise ValueError(
-                f"task '{task}': level-2 file '{self.path}' is truncated: its exclusive pages "
-                f"need bytes [{start}, {end}), the file has {os.path.getsize(self.path)}"
-            )
+            for target, array in zip(targets, arrays):
+                np.copyto(target, array.reshape(-1))
+            return sum(a.nbytes for a in arrays)
+        n_bytes = 0
+        for target, (start, end) in zip(targets, self.ranges[task]):
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(start)
+                    read = f.readinto(memoryview(target).cast("B"))
+            except OSError as err:
+                raise ValueError(
+                    f"task '{task}': cannot read its exclusive pages from level-2 "
+                    f"file '{self.path}': {err}"
+                ) from err
+            if read != end - start:
+                raise ValueError(
+                    f"task '{task}': level-2 file '{self.path}' is truncated: its exclusive pages "
+                    f"need bytes [{start}, {end}), the file has {os.path.getsize(self.path)}"
+                )
+            n_bytes += read
         return n_bytes
+
+
+def _stored(t: TaskPages) -> list[np.ndarray]:
+    """A task's exclusive pages as level 2 stores them."""
+    if t.coded is None:
+        return [t.exclusive_pages]
+    return [t.coded.packed, t.coded.bases]

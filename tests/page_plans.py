@@ -1,6 +1,6 @@
 """Small plans whose every backend must read the same bits: two echo tasks (each returns its
 weights times its inputs, so with inputs of ones it returns exactly its weights) on pages that
-are shared, exclusive (level 2) or SmartDeal-coded. Spans start mid-page, cross pages and end
+are shared, exclusive (level 2), SmartDeal-coded, or both. Spans start mid-page, cross pages and end
 mid-page."""
 
 from __future__ import annotations
@@ -57,16 +57,34 @@ def exclusive_plan(tasks, page_size: int, page_aligned: bool = False) -> wv.Page
     return wv.PagePlan(page_size, shared.pool, out)
 
 
-def coded_plan(tasks, page_size: int) -> wv.PagePlan:
-    """Every pool page as random power-of-two codes (zeros included) times a random basis."""
-    shared = shared_plan(tasks, page_size)
-    rng = np.random.default_rng(3)
-    n = shared.n_pool_pages
+def random_coded_pages(n: int, page_size: int, seed: int = 3) -> CodedPages:
+    """Random power-of-two codes (zeros included) times random bases."""
+    rng = np.random.default_rng(seed)
     exponents = rng.integers(-8, 6, size=(n, page_size))
     signs = rng.choice([-1, 0, 1], size=(n, page_size), p=[0.45, 0.1, 0.45])
     codes = (signs * (exponents + 64)).astype(np.int8)
-    bases = rng.normal(size=(n, 3, 3)).astype(np.float32)
-    return wv.PagePlan.from_coded(page_size, CodedPages(codes, bases), shared.tasks)
+    return CodedPages(codes, rng.normal(size=(n, 3, 3)).astype(np.float32))
+
+
+def coded_plan(tasks, page_size: int) -> wv.PagePlan:
+    """Every pool page SmartDeal-coded (`random_coded_pages`)."""
+    shared = shared_plan(tasks, page_size)
+    coded = random_coded_pages(shared.n_pool_pages, page_size)
+    return wv.PagePlan.from_coded(page_size, coded, shared.tasks)
+
+
+def coded_exclusive_plan(tasks, page_size: int) -> wv.PagePlan:
+    """`exclusive_plan`'s page tables with pool and exclusive pages SmartDeal-coded in one
+    format (as packing codes them: one memory, then split)."""
+    plain = exclusive_plan(tasks, page_size)
+    counts = {name: t.n_exclusive_pages for name, t in plain.tasks.items()}
+    memory = random_coded_pages(plain.n_pool_pages + sum(counts.values()), page_size)
+    out, offset = {}, plain.n_pool_pages
+    for name, t in plain.tasks.items():
+        coded = memory.rows(offset, offset + counts[name])
+        out[name] = wv.TaskPages(t.layout, t.page_table, coded=coded)
+        offset += counts[name]
+    return wv.PagePlan.from_coded(page_size, memory.rows(0, plain.n_pool_pages), out)
 
 
 # backend -> (mode, page size, plan)
@@ -75,4 +93,5 @@ BACKENDS = {
     "tir gather (materialize)": ("materialize", 100, shared_plan),
     "tir gather, exclusive pages": ("materialize", 100, exclusive_plan),
     "tir gather, smartdeal pages": ("materialize", 96, coded_plan),
+    "tir gather, smartdeal exclusive pages": ("materialize", 96, coded_exclusive_plan),
 }

@@ -31,7 +31,8 @@ TASK_PREFIX = "task_"
 GATHER_FUNC = "wv_gather_pages"
 CODED_GATHER_FUNC = "wv_gather_coded_pages"
 EXCLUSIVE_GATHER_FUNC = "wv_gather_pages_exclusive"
-GATHER_FUNCS = (GATHER_FUNC, CODED_GATHER_FUNC, EXCLUSIVE_GATHER_FUNC)
+CODED_EXCLUSIVE_GATHER_FUNC = "wv_gather_coded_pages_exclusive"
+GATHER_FUNCS = (GATHER_FUNC, CODED_GATHER_FUNC, EXCLUSIVE_GATHER_FUNC, CODED_EXCLUSIVE_GATHER_FUNC)
 GATHER_OUTPUT = "weight_pages"  # a gather's output buffer and the block that writes it
 
 WEIGHT_TRANSFORM_PREFIX = "wv_transform_"

@@ -79,6 +79,10 @@ class CodeFormat:
     def row_bytes(self, page_size: int) -> int:
         return 4 * self.row_words(page_size)
 
+    def page_bytes(self, page_size: int) -> int:
+        """One page stored: its packed codes and its 3x3 float32 basis."""
+        return self.row_bytes(page_size) + 4 * 9
+
     def symbols(self, codes: np.ndarray) -> np.ndarray:
         """int8 codes -> symbols (uint32); every code must be in the format's range."""
         codes = codes.astype(np.int64)
@@ -126,10 +130,23 @@ class CodeFormat:
 @dataclass
 class CodedPages:
     """Pages as stored: `codes` [N, P] int8 power-of-two codes of C (see `encode_codes`) and
-    `bases` [N, 3, 3] float32; page i is (C_i as (P/3) x 3) @ B_i."""
+    `bases` [N, 3, 3] float32; page i is (C_i as (P/3) x 3) @ B_i. `format` is how the codes
+    are stored: by default the fewest bits these codes need; pages coded together (a plan's
+    pool and its exclusive pages) share one format (`rows` keeps it)."""
 
     codes: np.ndarray
     bases: np.ndarray
+    format: CodeFormat | None = None
+
+    def __post_init__(self) -> None:
+        if self.format is None:
+            self.format = CodeFormat.of(self.codes)
+        else:
+            self.format.symbols(self.codes)  # raises on a code the format cannot hold
+
+    def rows(self, start: int, stop: int) -> CodedPages:
+        """Pages `start` .. `stop - 1`, in this format."""
+        return CodedPages(self.codes[start:stop], self.bases[start:stop], self.format)
 
     def decode(self) -> np.ndarray:
         """The pages' float32 weights [N, P]: `sum_k c[r, k] * b[k, j]` in float32, k = 0, 1, 2
@@ -142,10 +159,6 @@ class CodedPages:
         for k in (1, 2):
             rows = rows + c[:, :, k] * b[:, :, k]
         return rows.reshape(n, p)
-
-    @property
-    def format(self) -> CodeFormat:
-        return CodeFormat.of(self.codes)
 
     @property
     def packed(self) -> np.ndarray:

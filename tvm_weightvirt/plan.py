@@ -27,16 +27,23 @@ class TaskPages:
 
     `page_table[i]` names where the task's logical page `i` lives: a value `v < S` (the pool's
     page count) is pool page `v`; `v >= S` is the task's exclusive page `v - S` (level-2 storage).
+    With `coded` (a plan of SmartDeal pages), the exclusive pages are stored as codes and bases
+    too, in the pool's code format, and `exclusive_pages` is their decoding.
     """
 
     layout: PageLayout
     page_table: np.ndarray
     exclusive_pages: np.ndarray | None = None
+    coded: CodedPages | None = None
 
     def __post_init__(self) -> None:
         self.page_table = np.ascontiguousarray(self.page_table, dtype=PAGE_TABLE_DTYPE)
         if self.exclusive_pages is None:
-            self.exclusive_pages = np.zeros((0, self.layout.page_size), np.float32)
+            self.exclusive_pages = (
+                np.zeros((0, self.layout.page_size), np.float32)
+                if self.coded is None
+                else self.coded.decode()
+            )
         self.exclusive_pages = np.ascontiguousarray(self.exclusive_pages, dtype=np.float32)
 
     @property
@@ -109,7 +116,11 @@ class PagePlan:
 
     @property
     def exclusive_bytes(self) -> int:
-        return sum(t.exclusive_pages.nbytes for t in self.tasks.values())
+        """What the exclusive pages take stored: float32 pages, or codes + bases when coded."""
+        return sum(
+            t.exclusive_pages.nbytes if t.coded is None else t.coded.stored_bytes
+            for t in self.tasks.values()
+        )
 
     def task(self, name: str) -> TaskPages:
         if name not in self.tasks:
@@ -159,6 +170,7 @@ class PagePlan:
             if t.exclusive_pages.ndim != 2 or t.exclusive_pages.shape[1] != self.page_size:
                 out.append(f"{where}: exclusive pages have shape {t.exclusive_pages.shape}")
                 continue
+            out.extend(self._coded_exclusive_problems(where, t))
             limit = self.n_pool_pages + t.n_exclusive_pages
             bad = t.page_table[(t.page_table < 0) | (t.page_table >= limit)]
             if bad.size:
@@ -173,6 +185,30 @@ class PagePlan:
                     "pages within itself only when it has more pages than the pool)"
                 )
         return out
+
+    def _coded_exclusive_problems(self, where: str, t: TaskPages) -> list[str]:
+        """A coded plan's exclusive pages are coded, in the pool's format, and decode to
+        `exclusive_pages`; a float plan's are not coded."""
+        if t.coded is None:
+            if self.coded is not None and t.n_exclusive_pages:
+                return [f"{where}: the pool is SmartDeal pages, its exclusive pages are not"]
+            return []
+        if self.coded is None:
+            return [f"{where}: coded exclusive pages beside a float32 pool"]
+        c = t.coded
+        if c.codes.shape != t.exclusive_pages.shape or c.bases.shape != (len(c.codes), 3, 3):
+            return [
+                f"{where}: coded exclusive pages: codes {c.codes.shape} and bases "
+                f"{c.bases.shape} do not fit {t.exclusive_pages.shape} exclusive pages"
+            ]
+        if c.format != self.coded.format:
+            return [
+                f"{where}: exclusive pages stored as {c.format}, the pool as {self.coded.format}"
+                " (one format per plan)"
+            ]
+        if not np.array_equal(c.decode(), t.exclusive_pages):
+            return [f"{where}: the exclusive pages are not the decoding of their codes and bases"]
+        return []
 
     def stacked_pages(self, names: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
         """The pool and the exclusive pages of the tasks `names`, in that order, stacked into

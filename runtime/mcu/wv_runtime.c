@@ -45,7 +45,11 @@ int32_t wv_switch(int32_t task) {
   for (uint32_t i = 0; i < t->n_pages; ++i) {
     const uint32_t id = t->page_table[i];
     float* weights = wv_memory.weights + i * page_size;
-    if (id >= wv_memory.n_pool_pages) {
+    if (id >= wv_memory.n_pool_pages && t->exclusive_codes != NULL) {
+      const uint32_t k = id - wv_memory.n_pool_pages;
+      wv_decode_page(weights, t->exclusive_codes + k * wv_memory.code_row_words,
+                     t->exclusive_bases + k * 9);
+    } else if (id >= wv_memory.n_pool_pages) {
       const float* page = t->exclusive_pages + (id - wv_memory.n_pool_pages) * page_size;
       memcpy(weights, page, page_size * sizeof(float));
     } else if (wv_memory.codes != NULL) {

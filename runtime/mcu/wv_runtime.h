@@ -6,12 +6,15 @@
 #include <stdint.h>
 
 /* One task: its page table (ids < n_pool_pages: pool pages in RAM, others: its exclusive pages
-   in flash) and its generated executor. */
+   in flash, float32 or, with a coded pool, SmartDeal-coded like it) and its generated
+   executor. */
 typedef struct {
   const char* name;
   uint16_t n_pages;
   const uint16_t* page_table;
-  const float* exclusive_pages; /* [n_exclusive_pages][page_size], read-only flash */
+  const float* exclusive_pages;    /* [n_exclusive_pages][page_size], flash; NULL when coded */
+  const uint32_t* exclusive_codes; /* [n_exclusive_pages][code_row_words], flash; or NULL */
+  const float* exclusive_bases;    /* [n_exclusive_pages][3][3], flash; or NULL */
   int32_t (*run)(void* const* inputs, void* const* outputs);
 } wv_task_t;
 

@@ -225,7 +225,7 @@ def test_level2_file_missing_or_truncated_at_run_time(separated, tmp_path):
     shutil.copy(path, copy)
     pack = wv.load_wvpack(copy)
     runtime = MultitaskRuntime(pack.plan, wv.build(wv.lower(pack.tasks, pack.plan)), level2=copy)
-    ranges = runtime.store.ranges
+    ranges = {name: r for name, (r,) in runtime.store.ranges.items()}  # one float32 range each
     last = max(ranges, key=lambda n: ranges[n][1])
     other = next(n for n in TASKS if n != last and ranges[n][1] <= ranges[last][0])
     x = {t.name: t.splits["test"].x[:1] for t in tasks}
@@ -351,3 +351,44 @@ def test_byte_rule_packs_within_its_level2_budget():
         }
     for name in exclusive[20_000]:
         assert exclusive[20_000][name] <= exclusive[60_000][name]
+
+
+@pytest.mark.slow
+def test_smartdeal_pages_with_separation_stay_coded_from_pack_to_runtime(tmp_path):
+    """SmartDeal pages with separation by bytes: the exclusive pages are coded like the pool
+    (one code format), the level-2 budget is spent in coded bytes (at the widest format
+    training can produce, so never over it), the .wvpack stores them coded, and the runtime
+    that reads them from that file decodes exactly the weights the report evaluated."""
+    from tvm_weightvirt.algorithms.smartdeal import WIDEST_FORMAT
+
+    tasks = suite.load_suite(TASKS)
+    l1, l2 = 16 * 1024, 20_000
+    config = PackConfig(
+        page_size=96,
+        share_within_task=True,
+        smartdeal=True,
+        separation=SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l2, rule="bytes"),
+        optimize=OptimizeConfig(rounds=1, iterations=50, eval_every=25),
+    )
+    result = pack(*suite.packable(tasks), config)
+    plan, report = result.plan, result.report
+    page_bytes = plan.coded.format.page_bytes(96)
+    n_exclusive = sum(t.n_exclusive_pages for t in plan.tasks.values())
+    assert n_exclusive == l2 // WIDEST_FORMAT.page_bytes(96)  # the budget bought whole pages
+    assert report["l2_bytes"] == plan.exclusive_bytes == n_exclusive * page_bytes <= l2
+    assert report["l1_bytes"] == plan.pool_bytes + plan.page_table_bytes <= l1
+    assert all(t.coded.format == plan.coded.format for t in plan.tasks.values())
+    path = tmp_path / "coded_separated.wvpack"
+    wv.save_wvpack(path, plan, [t.task for t in tasks])
+    pack_file = wv.load_wvpack(path)
+    runtime = MultitaskRuntime(
+        pack_file.plan, wv.build(wv.lower(pack_file.tasks, pack_file.plan)), level2=str(path)
+    )
+    for t in tasks:
+        test = t.splits["test"]
+        logits = np.concatenate([runtime.run(t.name, x[None])[0] for x in test.x])
+        with torch.no_grad():
+            expected = t.model_from_plan(plan)(torch.from_numpy(test.x)).numpy()
+        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
+        correct = int((logits.argmax(1) == test.y).sum())
+        assert 100.0 * correct / len(test.y) == report["tasks"][t.name]["packed"]

@@ -8,11 +8,15 @@ import shutil
 import numpy as np
 import pytest
 import tvm
-from page_plans import SHAPES, coded_plan, echo_task, exclusive_plan
+from page_plans import SHAPES, coded_exclusive_plan, coded_plan, echo_task, exclusive_plan
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt.abi import CODED_GATHER_FUNC, EXCLUSIVE_GATHER_FUNC
+from tvm_weightvirt.abi import (
+    CODED_EXCLUSIVE_GATHER_FUNC,
+    CODED_GATHER_FUNC,
+    EXCLUSIVE_GATHER_FUNC,
+)
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.apps.cli import main
 from tvm_weightvirt.compile import cuda
@@ -48,13 +52,21 @@ def test_suite_compiles_for_cuda_with_every_kernel(small_nets, arch, mode):
         assert " wv_gather_pages_kernel" in source
 
 
-@pytest.mark.parametrize("make_plan", [exclusive_plan, coded_plan], ids=["exclusive", "coded"])
-def test_gathers_of_exclusive_and_coded_pages_compile_for_cuda(make_plan):
+@pytest.mark.parametrize(
+    "make_plan, kernels",
+    [
+        (exclusive_plan, [EXCLUSIVE_GATHER_FUNC]),
+        (coded_plan, [CODED_GATHER_FUNC]),
+        (coded_exclusive_plan, [CODED_GATHER_FUNC, CODED_EXCLUSIVE_GATHER_FUNC]),
+    ],
+    ids=["exclusive", "coded", "coded exclusive"],
+)
+def test_gathers_of_exclusive_and_coded_pages_compile_for_cuda(make_plan, kernels):
     tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
-    plan = make_plan(tasks, 96 if make_plan is coded_plan else 100)
+    plan = make_plan(tasks, 100 if make_plan is exclusive_plan else 96)
     library = wv.build(wv.lower(tasks, plan), target={"kind": "cuda", "arch": "sm_87"})
-    kernel = EXCLUSIVE_GATHER_FUNC if make_plan is exclusive_plan else CODED_GATHER_FUNC
-    assert f" {kernel}_kernel" in cuda_source(library)
+    for kernel in kernels:
+        assert f" {kernel}_kernel" in cuda_source(library)
 
 
 @needs_nvcc

@@ -7,11 +7,20 @@ backend's output is what it gathered."""
 import numpy as np
 import pytest
 import torch
-from page_plans import BACKENDS, SHAPES, coded_plan, echo_task, exclusive_plan, shared_plan
+from page_plans import (
+    BACKENDS,
+    SHAPES,
+    coded_exclusive_plan,
+    coded_plan,
+    echo_task,
+    exclusive_plan,
+    shared_plan,
+)
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.algorithms.optimize import task_weights
+from tvm_weightvirt.coded_pages import CodedPages, CodeFormat
 from tvm_weightvirt.targets import mcu
 
 
@@ -49,11 +58,16 @@ def test_retraining_reads_the_plans_weights_bit_for_bit(make_plan):
 
 
 @pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
-@pytest.mark.parametrize("make_plan", [exclusive_plan, coded_plan], ids=["exclusive", "smartdeal"])
+@pytest.mark.parametrize(
+    "make_plan",
+    [exclusive_plan, coded_plan, coded_exclusive_plan],
+    ids=["exclusive", "smartdeal", "smartdeal exclusive"],
+)
 def test_the_generated_c_gathers_the_plans_pages_bit_for_bit(make_plan, tmp_path):
-    """The C runtime's switch (pool in RAM, exclusive pages in flash, or a coded pool decoded)
-    built by the host's gcc: the tasks return the plan's weights exactly."""
-    page_size = 96 if make_plan is coded_plan else 100
+    """The C runtime's switch (pool in RAM, exclusive pages in flash; a coded pool and coded
+    exclusive pages decoded) built by the host's gcc: the tasks return the plan's weights
+    exactly."""
+    page_size = 100 if make_plan is exclusive_plan else 96
     tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
     plan = make_plan(tasks, page_size)
     mcu.generate_project(tasks, plan, str(tmp_path), check_fit=False)
@@ -97,3 +111,50 @@ def _host_run_returns_the_plans_weights(folder: str, plan) -> None:
     for name, outputs in zip(sequence, run.outputs):
         for out, (weight, value) in zip(outputs, plan.read(name).items()):
             np.testing.assert_array_equal(out, value, err_msg=f"task {name}, {weight}")
+
+
+def test_coded_exclusive_pages_round_trip_and_run_from_the_level2_file(tmp_path):
+    """SmartDeal exclusive pages are stored coded (packed codes + bases, the pool's format) in
+    the .wvpack, come back bit for bit, and a runtime reading them from that file as level 2
+    reads exactly their stored bytes at each switch and returns the plan's weights."""
+    from safetensors import safe_open
+
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = coded_exclusive_plan(tasks, 96)
+    path = tmp_path / "coded.wvpack"
+    wv.save_wvpack(path, plan, tasks)
+    with safe_open(path, framework="np") as f:
+        keys = set(f.keys())
+    assert {"exclusive_codes.a", "exclusive_bases.a", "exclusive_codes.b"} <= keys
+    assert not any(k.startswith("exclusive.") for k in keys)  # no float32 copy
+    loaded = wv.load_wvpack(path).plan
+    row_bytes = plan.coded.format.row_bytes(96)
+    assert loaded.exclusive_bytes == plan.exclusive_bytes == 3 * (row_bytes + 36)
+    for name, t in plan.tasks.items():
+        np.testing.assert_array_equal(loaded.task(name).coded.codes, t.coded.codes)
+        np.testing.assert_array_equal(loaded.task(name).coded.bases, t.coded.bases)
+        assert loaded.task(name).coded.format == plan.coded.format
+        np.testing.assert_array_equal(loaded.pages(name), plan.pages(name))
+    runtime = MultitaskRuntime(loaded, wv.build(wv.lower(tasks, loaded)), level2=str(path))
+    for name in ["a", "b", "a"]:
+        ones = [np.ones(s, np.float32) for s in SHAPES[name]]
+        for out, value in zip(runtime.run(name, *ones), plan.read(name).values()):
+            np.testing.assert_array_equal(out, value)
+    assert runtime.counters.bytes_read_l2 == (2 + 1 + 2) * (row_bytes + 36)
+
+
+def test_a_coded_plan_stores_every_page_coded_in_one_format():
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = coded_exclusive_plan(tasks, 96)
+    a = plan.task("a")
+    float_exclusive = wv.TaskPages(a.layout, a.page_table, a.exclusive_pages)
+    with pytest.raises(ValueError, match="task 'a': the pool is SmartDeal pages, its exclusive"):
+        wv.PagePlan.from_coded(96, plan.coded, {**plan.tasks, "a": float_exclusive})
+    wider = CodeFormat(plan.coded.format.width + 1, plan.coded.format.min_exponent - 1)
+    own_format = wv.TaskPages(
+        a.layout, a.page_table, coded=CodedPages(a.coded.codes, a.coded.bases, wider)
+    )
+    with pytest.raises(ValueError, match="task 'a': exclusive pages stored as .*one format"):
+        wv.PagePlan.from_coded(96, plan.coded, {**plan.tasks, "a": own_format})
+    with pytest.raises(ValueError, match="task 'a': coded exclusive pages beside a float32 pool"):
+        wv.PagePlan(96, plan.pool, plan.tasks)

@@ -176,7 +176,7 @@ def test_wrong_format_version(pack):
     path, _ = pack
     _rewrite(path, edit_manifest=lambda m: m.update(version=99))
     with pytest.raises(
-        wv.ArtifactError, match="format version 99 is not supported .*reads versions 1, 2, 3"
+        wv.ArtifactError, match="format version 99 is not supported .*reads versions 1, 2, 3, 4"
     ):
         wv.load_wvpack(path)
 

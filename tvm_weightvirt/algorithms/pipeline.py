@@ -39,6 +39,7 @@ from .separation import (
     tpr_for_target_accuracy,
 )
 from .smartdeal import (
+    WIDEST_FORMAT,
     coded_to_latent,
     decode_latent,
     encode_pages,
@@ -94,8 +95,6 @@ def pack_models(
     check_page_size(config.page_size)
     if config.smartdeal:
         check_coded_page_size(config.page_size)
-        if config.separation is not None:
-            raise ValueError("SmartDeal pages with weight separation are not built yet")
     if not tasks:
         raise ValueError("no tasks to pack")
     check_unique_names([t.name for t in tasks])
@@ -197,7 +196,7 @@ def _pool_pages(tasks, layouts, config) -> int:
         n_pool = config.pool_pages
     elif sep is not None and sep.l1_budget_bytes is not None:
         n_pool = shared_pages_for_budget(
-            sep.l1_budget_bytes, config.page_size, sum(layout.n_pages for layout in layouts)
+            sep.l1_budget_bytes, page_bytes(config), sum(layout.n_pages for layout in layouts)
         )
     else:
         n_pool = largest
@@ -220,9 +219,9 @@ def _initial_plan(tasks, layouts, pages, fishers, n_pool, config) -> tuple[PageP
         max_shared = None if config.share_within_task else n_pool
         if sep.rule == "bytes":
             names = [t.name for t in tasks]
-            page_bytes = 4 * config.page_size
-            budget = sep.l2_budget_bytes
-            exclusive = select_exclusive_by_bytes(fishers, page_bytes, budget, max_shared, names)
+            exclusive = select_exclusive_by_bytes(
+                fishers, page_bytes(config), sep.l2_budget_bytes, max_shared, names
+            )
         else:
             tprs = _tprs(tasks, sep)
             exclusive = [
@@ -287,19 +286,19 @@ def _check_l2(exclusive, config, layouts, fishers, tprs) -> None:
     that would work."""
     sep = config.separation
     budget = sep.l2_budget_bytes
-    page_bytes = 4 * config.page_size
-    needed = page_bytes * sum(len(e) for e in exclusive)
+    each = page_bytes(config)
+    needed = each * sum(len(e) for e in exclusive)
     if budget is None or needed <= budget:
         return
     tables = 4 * sum(layout.n_pages for layout in layouts)
     for n_pool in range(1, max(layout.n_pages for layout in layouts) + 1):
-        l2 = page_bytes * sum(
+        l2 = each * sum(
             len(select_exclusive(f, tpr, sep.margin, n_pool)) for f, tpr in zip(fishers, tprs)
         )
         if l2 <= budget:
             raise ValueError(
                 f"the exclusive pages need {needed} B of level-2 storage, over its budget of "
-                f"{budget} B: a level-1 budget of {tables + n_pool * page_bytes} B "
+                f"{budget} B: a level-1 budget of {tables + n_pool * each} B "
                 f"({n_pool} pool pages) or a level-2 budget of {needed} B would work"
             )
     raise ValueError(
@@ -308,16 +307,28 @@ def _check_l2(exclusive, config, layouts, fishers, tprs) -> None:
     )
 
 
+def page_bytes(config: PackConfig) -> int:
+    """One page's bytes as stored, what level-1 and level-2 budgets are spent in: float32
+    weights, or (SmartDeal pages) codes in the widest format training can produce + a basis."""
+    if config.smartdeal:
+        return WIDEST_FORMAT.page_bytes(config.page_size)
+    return 4 * config.page_size
+
+
 def _with_memory(plan: PagePlan, memory: np.ndarray, coded: CodedPages | None) -> PagePlan:
     """The plan with pool and exclusive pages taken back from a trained memory (same order as
-    `PagePlan.stacked_pages`); with `coded`, the pool is SmartDeal pages (no exclusive pages then)."""
+    `PagePlan.stacked_pages`); with `coded` (the memory's SmartDeal pages, one code format),
+    pool and exclusive pages are stored coded."""
     n_pool, offset, task_pages = plan.n_pool_pages, plan.n_pool_pages, {}
     for name, t in plan.tasks.items():
-        exclusive = memory[offset : offset + t.n_exclusive_pages]
-        task_pages[name] = TaskPages(t.layout, t.page_table, exclusive)
-        offset += t.n_exclusive_pages
+        end = offset + t.n_exclusive_pages
+        if coded is None:
+            task_pages[name] = TaskPages(t.layout, t.page_table, memory[offset:end])
+        else:
+            task_pages[name] = TaskPages(t.layout, t.page_table, coded=coded.rows(offset, end))
+        offset = end
     if coded is not None:
-        return PagePlan.from_coded(plan.page_size, coded, task_pages)
+        return PagePlan.from_coded(plan.page_size, coded.rows(0, n_pool), task_pages)
     return PagePlan(plan.page_size, memory[:n_pool], task_pages)
 
 
@@ -376,12 +387,16 @@ def _report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> dict
 
 
 def _coded_report(plan: PagePlan) -> dict:
-    """SmartDeal pages: real stored bytes, SmartDeal's formula (+ the page tables, as stored)."""
-    c = plan.coded
+    """SmartDeal pages (pool and exclusive): real stored bytes, SmartDeal's formula (+ the page
+    tables, as stored)."""
+    parts = [plan.coded] + [t.coded for t in plan.tasks.values() if t.coded is not None]
+    codes = np.concatenate([c.codes for c in parts])
+    bases = np.concatenate([c.bases for c in parts])
     return {
-        "stored_bytes": c.stored_bytes + plan.page_table_bytes,
-        "formula_bytes": c.formula_bytes + plan.page_table_bytes,
-        "nonzero_fraction": float(np.count_nonzero(c.codes) / c.codes.size),
+        "stored_bytes": plan.pool_bytes + plan.exclusive_bytes + plan.page_table_bytes,
+        "formula_bytes": CodedPages(codes, bases).formula_bytes + plan.page_table_bytes,
+        "code_bits": plan.coded.format.width,
+        "nonzero_fraction": float(np.count_nonzero(codes) / codes.size),
     }
 
 

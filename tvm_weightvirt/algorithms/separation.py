@@ -138,14 +138,15 @@ def tpr_for_target_accuracy(
     return max(0.0, 1 - (target_loss - loss) / loss)
 
 
-def shared_pages_for_budget(l1_budget_bytes: int, page_size: int, n_table_entries: int) -> int:
-    """Pool pages that fit in a level-1 budget next to the int32 page tables."""
+def shared_pages_for_budget(l1_budget_bytes: int, page_bytes: int, n_table_entries: int) -> int:
+    """Pool pages of `page_bytes` each that fit in a level-1 budget next to the int32 page
+    tables."""
     table_bytes = 4 * n_table_entries
-    pages = (l1_budget_bytes - table_bytes) // (4 * page_size)
+    pages = (l1_budget_bytes - table_bytes) // page_bytes
     if pages < 1:
-        minimum = table_bytes + 4 * page_size
+        minimum = table_bytes + page_bytes
         raise ValueError(
             f"level-1 budget of {l1_budget_bytes} B cannot hold the page tables ({table_bytes} B) "
-            f"and one pool page ({4 * page_size} B): the minimum is {minimum} B"
+            f"and one pool page ({page_bytes} B): the minimum is {minimum} B"
         )
     return int(pages)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..coded_pages import (
     CodedPages,
+    CodeFormat,
     check_coded_page_size,
     decode_codes,
     encode_codes,
@@ -23,6 +24,7 @@ from ..coded_pages import (
 )
 
 MAX_C = 32.0  # |C| <= 2^5
+DELTA = 1e-3  # |C| below this is pruned to zero (SED's sparsify step)
 CONV_BLOCK_CHANNELS = 64
 FC_BLOCK_ROWS = 171  # 513 weights per block, as SmartDeal's table for 512-wide rows
 
@@ -38,6 +40,10 @@ def quantize_pow2(c: np.ndarray, max_c: float = MAX_C) -> np.ndarray:
     return np.sign(c) * np.minimum(snapped, max_c) * nonzero
 
 
+# the widest code format SmartDeal pages can need: every exponent from DELTA's to MAX_C's
+WIDEST_FORMAT = CodeFormat.of(encode_codes(quantize_pow2(np.array([DELTA, MAX_C]))))
+
+
 @dataclass
 class BlockFit:
     c: np.ndarray  # [m, 3] power-of-two coefficients (0 where pruned)
@@ -48,7 +54,7 @@ class BlockFit:
 def decompose_block(
     a: np.ndarray,
     iterations: int = 30,
-    delta: float = 1e-3,
+    delta: float = DELTA,
     max_c: float = MAX_C,
     tol: float = 1e-10,
 ) -> BlockFit:
@@ -292,7 +298,7 @@ def coded_to_latent(coded: CodedPages) -> np.ndarray:
     return np.concatenate([decode_codes(coded.codes), coded.bases.reshape(n, 9)], axis=1)
 
 
-def decode_latent(latent, delta: float = 1e-3, max_c: float = MAX_C):
+def decode_latent(latent, delta: float = DELTA, max_c: float = MAX_C):
     """Pages [N, P] from a latent [N, P + 9] (torch): C projected to powers of two (zero below
     `delta`, clipped to `max_c`) with a straight-through gradient, times each page's basis."""
     c, b = latent[:, :-9], latent[:, -9:]
@@ -301,7 +307,7 @@ def decode_latent(latent, delta: float = 1e-3, max_c: float = MAX_C):
     return (c.reshape(n, p // 3, 3) @ b.reshape(n, 3, 3)).reshape(n, p)
 
 
-def latent_to_coded(latent: np.ndarray, delta: float = 1e-3, max_c: float = MAX_C) -> CodedPages:
+def latent_to_coded(latent: np.ndarray, delta: float = DELTA, max_c: float = MAX_C) -> CodedPages:
     """The stored form of a trained latent: the same projection as `decode_latent`."""
     import torch
 

@@ -47,7 +47,8 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     buffer, and `wv_transform_task_<name>(weights)` then runs the model's weight-only ops
     (transposes, ...) once, so that `task_<name>(inputs..., transformed...)` does not. When the plan
     has exclusive pages, `wv_gather_pages_exclusive` also reads them from a level-2 scratch;
-    with SmartDeal pages (`plan.coded`), `wv_gather_coded_pages` decodes them as it gathers.
+    with SmartDeal pages (`plan.coded`), `wv_gather_coded_pages` (and
+    `wv_gather_coded_pages_exclusive`) decode them as they gather.
     mode "fused": `task_<name>(inputs..., pool, page_table)` gathers inside every call; a
     switch is free (no exclusive pages yet).
     """
@@ -80,7 +81,7 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     ]
     if has_exclusive:
         # Step 3. Exclusive pages come from a level-2 scratch the runtime fills.
-        pipeline.append(ExclusivePageLoader(plan.page_size))
+        pipeline.append(ExclusivePageLoader(plan.page_size, plan.coded and plan.coded.format))
     if mode == "materialize":
         # Step 4. Weight-only ops run once per switch, not per inference.
         pipeline.append(LiftWeightTransforms())

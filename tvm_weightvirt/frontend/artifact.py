@@ -19,9 +19,10 @@ from ..layout import PageLayout
 from ..plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
 
 FORMAT = "wvpack"
-FORMAT_VERSION = 3  # 3: SmartDeal codes bit-packed (`code_format`); 2: int8 codes
-# 2: the manifest and its digest in one metadata entry; 1: the digest in a second entry
-READS_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 4: coded exclusive pages (`exclusive_codes.<task>`, `exclusive_bases.<task>`)
+# 3: SmartDeal codes bit-packed (`code_format`); 2: int8 codes, the manifest and its digest in
+# one metadata entry; 1: the digest in a second entry
+READS_VERSIONS = (1, 2, 3, 4)
 
 
 class ArtifactError(ValueError):
@@ -57,7 +58,10 @@ def save_wvpack(
         raise ValueError(f"tasks {unknown} are not in the page plan")
     for name, task_pages in plan.tasks.items():
         tensors[f"page_table.{name}"] = task_pages.page_table
-        if task_pages.n_exclusive_pages:
+        if task_pages.coded is not None and task_pages.n_exclusive_pages:
+            tensors[f"exclusive_codes.{name}"] = task_pages.coded.packed
+            tensors[f"exclusive_bases.{name}"] = task_pages.coded.bases
+        elif task_pages.n_exclusive_pages:
             tensors[f"exclusive.{name}"] = task_pages.exclusive_pages
         entry = {
             "name": name,
@@ -171,10 +175,15 @@ def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
                 f"{where}: task '{name}': layout needs {layout.n_pages} pages, "
                 f"the manifest says {entry['n_pages']}"
             )
-        exclusive = tensors.get(f"exclusive.{name}")
-        task_pages[name] = TaskPages(
-            layout, tensors[f"page_table.{name}"].astype(PAGE_TABLE_DTYPE), exclusive
-        )
+        table = tensors[f"page_table.{name}"].astype(PAGE_TABLE_DTYPE)
+        if f"exclusive_codes.{name}" in tensors:
+            try:
+                coded = _coded_pages(tensors, f"exclusive_{{}}.{name}", manifest, page_size)
+            except ValueError as err:
+                raise ArtifactError(f"{where}: task '{name}': exclusive pages: {err}") from err
+            task_pages[name] = TaskPages(layout, table, coded=coded)
+        else:
+            task_pages[name] = TaskPages(layout, table, tensors.get(f"exclusive.{name}"))
     pool_key = "pool" if "pool" in tensors else "pool_codes"
     if pool_key not in tensors:
         raise ArtifactError(f"{where}: no pool (neither 'pool' nor 'pool_codes')")
@@ -183,13 +192,11 @@ def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
             f"{where}: pool has {tensors[pool_key].shape[0]} pages, "
             f"the manifest says {manifest['n_pool_pages']}"
         )
-    if pool_key == "pool_codes" and "pool_bases" not in tensors:
-        raise ArtifactError(f"{where}: SmartDeal pool codes without 'pool_bases'")
     try:
         if pool_key == "pool":
             plan = PagePlan(page_size, tensors["pool"], task_pages)
         else:
-            coded = _coded_pages(tensors, manifest.get("code_format"), page_size)
+            coded = _coded_pages(tensors, "pool_{}", manifest, page_size)
             plan = PagePlan.from_coded(page_size, coded, task_pages)
     except ValueError as err:
         raise ArtifactError(f"{where}: {err}") from err
@@ -234,12 +241,16 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _coded_pages(tensors: dict, code_format: dict | None, page_size: int) -> CodedPages:
-    """The pool's codes: bit-packed in `code_format`, or (files written before codes were
+def _coded_pages(tensors: dict, key: str, manifest: dict, page_size: int) -> CodedPages:
+    """SmartDeal pages stored as the tensors `key.format("codes")` and `key.format("bases")`:
+    codes bit-packed in the manifest's `code_format`, or (files written before codes were
     packed) int8, one byte each."""
-    codes = tensors["pool_codes"]
-    if code_format is not None:
-        codes = CodeFormat(**code_format).unpack(codes, page_size)
-    elif codes.dtype != np.int8:
-        raise ValueError(f"pool codes are {codes.dtype} without a code format (int8 expected)")
-    return CodedPages(codes, tensors["pool_bases"])
+    codes, bases = tensors[key.format("codes")], tensors.get(key.format("bases"))
+    if bases is None:
+        raise ValueError(f"codes '{key.format('codes')}' without bases '{key.format('bases')}'")
+    if manifest.get("code_format") is None:
+        if codes.dtype != np.int8:
+            raise ValueError(f"codes are {codes.dtype} without a code format (int8 expected)")
+        return CodedPages(codes, bases)
+    code_format = CodeFormat(**manifest["code_format"])
+    return CodedPages(code_format.unpack(codes, page_size), bases, code_format)

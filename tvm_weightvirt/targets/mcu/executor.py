@@ -220,7 +220,10 @@ def executor_c(
         if packed:
             lines.append(render("table_decl", task=task))
             if plan.task(task).n_exclusive_pages and not zero_copy:
-                lines.append(render("exclusive_decl", task=task))
+                coded = plan.task(task).coded is not None
+                lines.append(
+                    render("coded_exclusive_decl" if coded else "exclusive_decl", task=task)
+                )
         else:
             lines.append(render("dense_decl", task=task))
         weights = "wv_weights" if packed else f"wv_dense_{task}"
@@ -297,15 +300,19 @@ def executor_c(
     for task in executors:
         pages = plan.task(task)
         gathered = packed and not zero_copy  # zero-copy: the switch gathers nothing
+        exclusive = dict(exclusive="NULL", exclusive_codes="NULL", exclusive_bases="NULL")
+        if gathered and pages.n_exclusive_pages and pages.coded is None:
+            exclusive["exclusive"] = f"wv_exclusive_{task}"
+        elif gathered and pages.n_exclusive_pages:
+            exclusive["exclusive_codes"] = f"wv_exclusive_codes_{task}"
+            exclusive["exclusive_bases"] = f"wv_exclusive_bases_{task}"
         lines.append(
             render(
                 "task",
                 task=task,
                 n_pages=pages.layout.n_pages if gathered else 0,
                 page_table=f"wv_page_table_{task}" if gathered else "NULL",
-                exclusive=f"wv_exclusive_{task}"
-                if gathered and pages.n_exclusive_pages
-                else "NULL",
+                **exclusive,
             )
         )
     lines.append(render("tasks_tail", n=len(executors)))

@@ -78,12 +78,6 @@ def generate_project(
         _check_zero_copy(plan, names, packed)
     elif pool_in != "ram":
         raise ValueError("pool_in='flash' reads pages in place: it needs zero_copy=True")
-    if packed and plan.coded is not None and plan.exclusive_bytes:
-        raise ValueError(
-            "the MCU runtime decodes a SmartDeal-coded pool but has no coded exclusive pages: this "
-            f"plan has both ({plan.exclusive_bytes} B exclusive), which the packer does not "
-            "produce; pack with smartdeal and no separation, or build with packed=False"
-        )
     # Step 1. Kernels: legalized and fused per task, identical ones once (MergeTasks); one
     # executor per task, intermediates in one arena sized for the largest.
     merged = MergeTasks({t.name: KERNEL_PIPELINE(t.mod) for t in tasks})(tvm.IRModule())
@@ -269,7 +263,9 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
     if packed:
         what = "pool in RAM, exclusive pages in flash"
         if plan.coded is not None:
-            what = "SmartDeal-coded pool in RAM, decoded at a switch"
+            what = (
+                "SmartDeal-coded pool in RAM, exclusive pages coded in flash, decoded at a switch"
+            )
     lines = [render("weights_head", what=what)]
     if packed:
         if max(plan.n_pool_pages + t.n_exclusive_pages for t in plan.tasks.values()) > 0xFFFF:
@@ -303,7 +299,19 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
             t = plan.task(n)
             ids = ", ".join(map(str, t.page_table.tolist()))
             lines.append(render("page_table", task=n, n=len(t.page_table), ids=ids))
-            if t.n_exclusive_pages:
+            if t.n_exclusive_pages and t.coded is not None:
+                codes, bases = t.coded.packed, t.coded.bases
+                lines.append(
+                    render(
+                        "coded_exclusive",
+                        task=n,
+                        n_codes=codes.size,
+                        codes=c_ints(codes),
+                        n_bases=bases.size,
+                        bases=c_floats(bases),
+                    )
+                )
+            elif t.n_exclusive_pages:
                 lines.append(
                     render(
                         "exclusive",

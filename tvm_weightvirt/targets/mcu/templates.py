@@ -19,6 +19,10 @@ _C = {
     "pages_decl": "extern {const}float wv_pages[];\nextern float wv_scratch[];",
     "table_decl": "extern const uint16_t wv_page_table_{task}[];",
     "exclusive_decl": "extern const float wv_exclusive_{task}[];",
+    "coded_exclusive_decl": (
+        "extern const uint32_t wv_exclusive_codes_{task}[];\n"
+        "extern const float wv_exclusive_bases_{task}[];"
+    ),
     "shape": "static int64_t {task}_shape_{i}[{ndim}] = {{{dims}}};",
     "tensors_head": "static DLTensor {task}_tensors[{n}] = {{",
     "tensor": (
@@ -35,7 +39,10 @@ _C = {
     "call": "  if (__tvm_ffi_{symbol}(NULL, (void*){task}_args_{j}, {n}, NULL) != 0) return -1;",
     "run_tail": "  return 0;\n}}",
     "tasks_head": "\nconst wv_task_t wv_tasks[] = {{",
-    "task": '  {{"{task}", {n_pages}, {page_table}, {exclusive}, {task}_run}},',
+    "task": (
+        '  {{"{task}", {n_pages}, {page_table}, {exclusive}, {exclusive_codes}, '
+        "{exclusive_bases}, {task}_run}},"
+    ),
     "tasks_tail": "}};\nconst int32_t wv_n_tasks = {n};",
     # weights.c
     "weights_head": (
@@ -68,6 +75,13 @@ _C = {
     "exclusive": (
         'const float wv_exclusive_{task}[{n}] __attribute__((section(".wv_exclusive"), '
         "aligned(16))) = {{\n{values}}};"
+    ),
+    # SmartDeal exclusive pages: packed codes and bases, read-only in flash
+    "coded_exclusive": (
+        "const uint32_t wv_exclusive_codes_{task}[{n_codes}] "
+        '__attribute__((section(".wv_exclusive"), aligned(4))) = {{\n{codes}}};\n'
+        "const float wv_exclusive_bases_{task}[{n_bases}] "
+        '__attribute__((section(".wv_exclusive"), aligned(4))) = {{\n{bases}}};'
     ),
     "dense": (
         'float wv_dense_{task}[{n}] __attribute__((section(".data.wv_dense"), aligned(64))) = '
