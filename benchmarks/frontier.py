@@ -1,14 +1,12 @@
 """The bytes-accuracy frontier on the 10-task suite: level-1 budgets x {full sharing, WS
 separation (tpr/margin), separation by bytes (the level-2 budget spent on the most Fisher share
 per byte)} x {float32 pages, SmartDeal pages with a byte per code, SmartDeal pages with
-bit-packed codes}. Every point is one pack with joint retraining (checkpoints chosen on
-validation); accuracy deltas on the test split, bytes as stored (pool or codes + bases, page
-tables, exclusive pages; "smartdeal8" counts a byte per code, as stored before codes were
-packed, and sizes its pool for that). `best_at` is the best bytes ratio at WS's operating point
-(mean delta >= -0.22 pp, worst >= -2 pp) and at mean >= -1 pp. The PNG (next to the JSON) marks
-WS's and NWV's published points (by weight count, their nets).
-
-Not in the grid yet: SmartDeal pages with separation (`pack` refuses it)."""
+bit-packed codes (pool and exclusive pages)}. Every point is one pack with joint retraining
+(checkpoints chosen on validation); accuracy deltas on the test split, bytes as stored (pool or
+codes + bases, page tables, exclusive pages; "smartdeal8" counts a byte per code, as stored
+before codes were packed, and sizes its pool for that). `best_at` is the best bytes ratio at
+WS's operating point (mean delta >= -0.22 pp, worst >= -2 pp) and at mean >= -1 pp. The PNG
+(next to the JSON) marks WS's and NWV's published points (by weight count, their nets)."""
 
 from __future__ import annotations
 
@@ -16,6 +14,7 @@ from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import SeparationConfig
+from tvm_weightvirt.algorithms.smartdeal import WIDEST_FORMAT
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.layout import PageLayout
@@ -23,9 +22,10 @@ from tvm_weightvirt.layout import PageLayout
 PAGE_SIZE = 96  # a multiple of 3 (SmartDeal pages hold rows of 3 coefficients)
 L1_BUDGETS = [k * 1024 for k in (32, 48, 64, 128, 256)]
 QUICK_L1_BUDGETS = [64 * 1024, 256 * 1024]
-# a packed page's bytes, to size its pool before training fixes the codes' width: 6-bit codes
-# (5 to a word, 20 words) and a 3x3 basis; the point's bytes are what was stored
-PACKED_PAGE_BYTES = 4 * -(-PAGE_SIZE // 5) + 36
+# a packed page's bytes, to size its pool before training fixes the codes' width: the widest
+# codes training produces (6 bits, 5 to a word) and a 3x3 basis; the point's bytes are what
+# was stored (packing sizes a separated pool and spends its level-2 budget the same way)
+PACKED_PAGE_BYTES = WIDEST_FORMAT.page_bytes(PAGE_SIZE)
 PUBLISHED = {  # (ratio by weight count, mean accuracy change in pp), seeds digest A.9 / B
     "WS (PerCom 2022)": (5.87, -0.22),
     "NWV (MobiSys 2020)": (4.04, 2.62),
@@ -53,6 +53,7 @@ def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackC
     ws = OptimizeConfig(**{**vars(optimize), "lam": 0.1})
     # pools smaller than a task: its pages share within it too (else they must be exclusive)
     common = dict(page_size=PAGE_SIZE, share_within_task=True)
+    by_bytes = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l1, rule="bytes")
     return {
         "full_sharing/float32": PackConfig(**common, pool_pages=float_pages, optimize=nwv),
         "full_sharing/smartdeal8": PackConfig(
@@ -64,10 +65,14 @@ def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackC
         "ws_tpr/float32": PackConfig(
             **common, separation=SeparationConfig(l1_budget_bytes=l1), optimize=ws
         ),
+        "ws_tpr/smartdeal_packed": PackConfig(
+            **common, separation=SeparationConfig(l1_budget_bytes=l1), smartdeal=True, optimize=ws
+        ),
         "bytes/float32": PackConfig(  # as many bytes in level 2 as in level 1
-            **common,
-            separation=SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l1, rule="bytes"),
-            optimize=ws,
+            **common, separation=by_bytes, optimize=ws
+        ),
+        "bytes/smartdeal_packed": PackConfig(
+            **common, separation=by_bytes, smartdeal=True, optimize=ws
         ),
     }
 

@@ -1,6 +1,6 @@
 """Cortex-M deployment: the generated C computes what TVM's llvm build of the same plan computes
-(host gcc and QEMU M4, over switches A→B→A→C; a SmartDeal-coded pool decoded at each switch, also
-on QEMU M7), the packed suite fits 256 KB RAM where the separately built one does not, a coded
+(host gcc and QEMU M4, over switches A→B→A→C; a SmartDeal-coded pool, and coded exclusive pages
+in flash, decoded at each switch, also on QEMU M7), the packed suite fits 256 KB RAM where the separately built one does not, a coded
 pool takes P + 36 B per page, and a crash, hang or oversized plan fails with a clear message.
 Zero-copy builds (kernels read pages in place, in RAM or flash) compute the materialized build's
 outputs bit for bit on M4 and M7, switch in the same few instructions for every task, and fit
@@ -20,6 +20,7 @@ from tvm_weightvirt.algorithms.separation import SeparationConfig
 from tvm_weightvirt.algorithms.smartdeal import encode_pages
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.apps.cli import main
+from tvm_weightvirt.coded_pages import CodedPages
 from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.plan import TaskPages
 from tvm_weightvirt.targets import mcu
@@ -248,17 +249,39 @@ def test_qemu_m7_matches_m4(coded):
     assert [name for name, _ in m7.switch_instructions] == SEQUENCE
 
 
-def test_coded_pool_with_exclusive_pages_is_refused(coded, tmp_path):
-    plan, graphs, reference, projects = coded
-    pages = dict(plan.tasks)
-    t = pages["iris"]
-    table = t.page_table.copy()
-    table[-1] = plan.n_pool_pages  # its last page exclusive
-    pages["iris"] = TaskPages(t.layout, table, plan.pool[t.page_table[-1:]])
-    mixed = wv.PagePlan.from_coded(plan.page_size, plan.coded, pages)
-    with pytest.raises(ValueError, match=r"SmartDeal-coded pool .* \(384 B exclusive\)"):
-        mcu.generate_project(graphs, mixed, str(tmp_path))
-    mcu.generate_project(graphs, mixed, str(tmp_path), packed=False, check_fit=False)
+@needs_arm
+@needs_gcc
+def test_coded_exclusive_pages_are_decoded_from_flash_as_tvm_llvm_does(
+    coded, suite_tasks, tmp_path
+):
+    """Coded exclusive pages (digits' first two pages, iris' last: codes in the pool's format,
+    other bases than the pool pages they replace) sit in flash as codes and bases, exactly
+    their stored bytes, and the switch decodes them: outputs equal llvm's (<= 1e-5), bit for
+    bit between host and M4."""
+    plan, graphs, _, _ = coded
+    tasks, (_, _, inputs) = dict(plan.tasks), suite_tasks
+    for name, slots in [("digits", [0, 1]), ("iris", [-1])]:
+        t = tasks[name]
+        table = t.page_table.copy()
+        ids = table[slots]
+        table[slots] = plan.n_pool_pages + np.arange(len(slots))
+        exclusive = CodedPages(
+            plan.coded.codes[ids], -0.5 * plan.coded.bases[ids], plan.coded.format
+        )
+        tasks[name] = TaskPages(t.layout, table, coded=exclusive)
+    mixed = wv.PagePlan.from_coded(plan.page_size, plan.coded, tasks)
+    runtime = MultitaskRuntime(mixed, wv.build(wv.lower(graphs, mixed)))
+    reference = [runtime.run(name, inputs[name])[0] for name in SEQUENCE]
+    mcu.generate_project(graphs, mixed, str(tmp_path))
+    mcu.write_requests(str(tmp_path), [(n, [inputs[n]]) for n in SEQUENCE])
+    page_bytes = plan.coded.format.page_bytes(plan.page_size)
+    assert mixed.exclusive_bytes == 3 * page_bytes
+    assert mcu.memory_report(str(tmp_path))["sections"][".wv_exclusive"] == 3 * page_bytes
+    host = mcu.run_project(str(tmp_path), host=True)
+    qemu = mcu.run_project(str(tmp_path), timeout=60)
+    assert _max_err(host, reference) <= 1e-5 and _max_err(qemu, reference) <= 1e-5
+    for on_host, on_m4 in zip(host.outputs, qemu.outputs, strict=True):
+        np.testing.assert_array_equal(on_m4[0], on_host[0])
 
 
 # **** zero-copy ****

@@ -39,7 +39,8 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         bool,
         False,
         None,
-        "pool pages as power-of-two codes x a 3x3 basis per page (page size: a multiple of 3)",
+        "pages (pool and exclusive) as power-of-two codes x a 3x3 basis per page (page size: "
+        "a multiple of 3; budgets are spent in coded bytes)",
     ),
     "page_aligned": (
         bool,
