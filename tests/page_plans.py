@@ -73,10 +73,10 @@ def coded_plan(tasks, page_size: int) -> wv.PagePlan:
     return wv.PagePlan.from_coded(page_size, coded, shared.tasks)
 
 
-def coded_exclusive_plan(tasks, page_size: int) -> wv.PagePlan:
+def coded_exclusive_plan(tasks, page_size: int, page_aligned: bool = False) -> wv.PagePlan:
     """`exclusive_plan`'s page tables with pool and exclusive pages SmartDeal-coded in one
     format (as packing codes them: one memory, then split)."""
-    plain = exclusive_plan(tasks, page_size)
+    plain = exclusive_plan(tasks, page_size, page_aligned)
     counts = {name: t.n_exclusive_pages for name, t in plain.tasks.items()}
     memory = random_coded_pages(plain.n_pool_pages + sum(counts.values()), page_size)
     out, offset = {}, plain.n_pool_pages

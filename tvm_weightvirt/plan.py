@@ -193,8 +193,10 @@ class PagePlan:
             if self.coded is not None and t.n_exclusive_pages:
                 return [f"{where}: the pool is SmartDeal pages, its exclusive pages are not"]
             return []
-        if self.coded is None:
+        if self.coded is None and t.n_exclusive_pages:
             return [f"{where}: coded exclusive pages beside a float32 pool"]
+        if self.coded is None:
+            return []
         c = t.coded
         if c.codes.shape != t.exclusive_pages.shape or c.bases.shape != (len(c.codes), 3, 3):
             return [
@@ -225,6 +227,17 @@ class PagePlan:
             tables.append(table)
             offset += t.n_exclusive_pages
         return np.concatenate(parts), tables
+
+    def stacked_coded(self, names: list[str]) -> CodedPages:
+        """`stacked_pages` of a coded plan as stored: codes and bases in the plan's format."""
+        if self.coded is None:
+            raise ValueError("the plan's pages are float32, not SmartDeal-coded")
+        parts = [self.coded] + [self.task(n).coded for n in names if self.task(n).n_exclusive_pages]
+        return CodedPages(
+            np.concatenate([c.codes for c in parts]),
+            np.concatenate([c.bases for c in parts]),
+            self.coded.format,
+        )
 
     def summary(self) -> str:
         n_weights = sum(t.layout.n_weights for t in self.tasks.values())

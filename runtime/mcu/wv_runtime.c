@@ -65,6 +65,13 @@ int32_t wv_switch(int32_t task) {
 
 void wv_gather_weight(float* dst, const uint16_t* table, uint32_t numel) {
   const uint32_t page_size = wv_memory.page_size;
+  if (wv_memory.codes != NULL) { /* whole pages: the scratch holds them */
+    for (uint32_t k = 0; k * page_size < numel; ++k) {
+      wv_decode_page(dst + k * page_size, wv_memory.codes + table[k] * wv_memory.code_row_words,
+                     wv_memory.bases + table[k] * 9);
+    }
+    return;
+  }
   for (uint32_t k = 0; numel > 0; ++k) {
     const uint32_t n = numel < page_size ? numel : page_size;
     memcpy(dst + k * page_size, wv_memory.pool + table[k] * page_size, n * sizeof(float));

@@ -42,7 +42,8 @@ extern const wv_memory_t wv_memory;
 /* Gather `task`'s pages into the weight buffer (decoding SmartDeal pages); 0 on success. */
 int32_t wv_switch(int32_t task);
 /* Zero-copy builds: copy a weight's `numel` values from the pages its page-table slice `table`
-   lists into `dst` (a kernel that reads the weight many times reads this copy). */
+   lists into `dst` (a kernel that reads the weight many times reads this copy); SmartDeal
+   pages are decoded, whole pages, into `dst`. */
 void wv_gather_weight(float* dst, const uint16_t* table, uint32_t numel);
 /* Run `task` (switching first if another task is current); 0 on success. */
 int32_t wv_run(int32_t task, void* const* inputs, void* const* outputs);

@@ -76,18 +76,24 @@ def test_the_generated_c_gathers_the_plans_pages_bit_for_bit(make_plan, tmp_path
 
 @pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
 @pytest.mark.parametrize("pool_in", ["ram", "flash"])
-def test_zero_copy_kernels_read_the_plans_pages_in_place_bit_for_bit(pool_in, tmp_path):
-    """Zero-copy C (kernels read each weight through its page table; shared, pool and
-    exclusive pages in one array, in RAM or flash) built by the host's gcc: the tasks return
-    the plan's weights exactly, and the switch gathers nothing."""
+@pytest.mark.parametrize(
+    "make_plan", [exclusive_plan, coded_exclusive_plan], ids=["float", "coded"]
+)
+def test_zero_copy_kernels_read_the_plans_pages_in_place_bit_for_bit(make_plan, pool_in, tmp_path):
+    """Zero-copy C (kernels read each weight through its page table, or, SmartDeal pages, get
+    it decoded into a scratch before each call; shared, pool and exclusive pages in one array,
+    in RAM or flash) built by the host's gcc: the tasks return the plan's weights exactly, and
+    the switch gathers nothing."""
+    page_size = 100 if make_plan is exclusive_plan else 96
     tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
-    plan = exclusive_plan(tasks, 100, page_aligned=True)
+    plan = make_plan(tasks, page_size, page_aligned=True)
     manifest = mcu.generate_project(
         tasks, plan, str(tmp_path), check_fit=False, zero_copy=True, pool_in=pool_in
     )
     n_pages = plan.n_pool_pages + 3  # a's two exclusive pages and b's one
+    page_bytes = 4 * page_size if plan.coded is None else plan.coded.format.page_bytes(page_size)
     assert manifest["data_bytes"]["ram"].get("pages", 0) == (
-        n_pages * 400 if pool_in == "ram" else 0
+        n_pages * page_bytes if pool_in == "ram" else 0
     )
     assert "weight_buffer" not in manifest["data_bytes"]["ram"]
     _host_run_returns_the_plans_weights(str(tmp_path), plan)

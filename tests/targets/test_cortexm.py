@@ -75,10 +75,11 @@ def packed(suite_tasks, tmp_path_factory):
 def coded(suite_tasks, tmp_path_factory):
     """The same tasks on a SmartDeal-coded pool, laid out as NWV without matching or training
     (every task on the first pages of one pool, the largest task's pages as codes x bases), the
-    llvm reference over SEQUENCE, and C projects: coded on M4 and M7, and the same pool decoded
-    to float32 pages on M4 (for the memory comparison)."""
+    llvm reference over SEQUENCE, and C projects: coded on M4 and M7, the same pool decoded
+    to float32 pages on M4 (for the memory comparison), and zero-copy on M4 with the codes in
+    flash (page-aligned, so each weight's pages can be decoded on their own)."""
     tasks, graphs, inputs = suite_tasks
-    lossless = wv.PagePlan.lossless(graphs, page_size=CODED_PAGE_SIZE)
+    lossless = wv.PagePlan.lossless(graphs, page_size=CODED_PAGE_SIZE, page_aligned=True)
     largest = max(lossless.tasks, key=lambda n: lossless.task(n).layout.n_pages)
     pages = {n: TaskPages(t.layout, np.arange(t.layout.n_pages)) for n, t in lossless.tasks.items()}
     plan = wv.PagePlan.from_coded(CODED_PAGE_SIZE, encode_pages(lossless.pages(largest)), pages)
@@ -87,13 +88,14 @@ def coded(suite_tasks, tmp_path_factory):
     folder = tmp_path_factory.mktemp("cortexm-coded")
     float_pool = wv.PagePlan(CODED_PAGE_SIZE, plan.pool, plan.tasks)
     projects = {}
-    for kind, kind_plan, target in [
-        ("m4", plan, "cortex-m4"),
-        ("m7", plan, "cortex-m7"),
-        ("float_pool", float_pool, "cortex-m4"),
+    for kind, kind_plan, target, options in [
+        ("m4", plan, "cortex-m4", {}),
+        ("m7", plan, "cortex-m7", {}),
+        ("float_pool", float_pool, "cortex-m4", {}),
+        ("zero_copy_flash", plan, "cortex-m4", {"zero_copy": True, "pool_in": "flash"}),
     ]:
         projects[kind] = str(folder / kind)
-        mcu.generate_project(graphs, kind_plan, projects[kind], target=target)
+        mcu.generate_project(graphs, kind_plan, projects[kind], target=target, **options)
         mcu.write_requests(projects[kind], [(n, [inputs[n]]) for n in SEQUENCE])
     return plan, graphs, reference, projects
 
@@ -247,6 +249,25 @@ def test_qemu_m7_matches_m4(coded):
     for on_m4, on_m7 in zip(m4.outputs, m7.outputs, strict=True):
         np.testing.assert_array_equal(on_m7[0], on_m4[0])
     assert [name for name, _ in m7.switch_instructions] == SEQUENCE
+
+
+@needs_arm
+def test_zero_copy_decodes_coded_pages_from_flash_per_call_bit_for_bit(coded):
+    """Zero-copy with SmartDeal pages: no weight buffer and no codes in RAM; each weight is
+    decoded from flash into the scratch before the call that reads it, with the switch's
+    arithmetic, so the outputs equal the materialized M4 build's bit for bit; the switch only
+    picks the task (<= 2 ticks)."""
+    plan, graphs, reference, projects = coded
+    manifest = mcu.load_manifest(projects["zero_copy_flash"])
+    ram, flash = manifest["data_bytes"]["ram"], manifest["data_bytes"]["flash"]
+    assert "weight_buffer" not in ram and "pages" not in ram
+    assert flash["pages"] == plan.pool_bytes  # codes + bases, no exclusive pages here
+    assert mcu.memory_report(projects["zero_copy_flash"])["sections"].get(".wv_pool", 0) == 0
+    materialized = mcu.run_project(projects["m4"], timeout=60)
+    zero_copy = mcu.run_project(projects["zero_copy_flash"], timeout=60)
+    for a, b in zip(materialized.outputs, zero_copy.outputs, strict=True):
+        np.testing.assert_array_equal(b[0], a[0])
+    assert all(n <= 2 * mcu.INSTRUCTIONS_PER_TICK for _, n in zero_copy.switch_instructions)
 
 
 @needs_arm

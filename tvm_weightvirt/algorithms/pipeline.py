@@ -322,7 +322,7 @@ def _with_memory(plan: PagePlan, memory: np.ndarray, coded: CodedPages | None) -
     n_pool, offset, task_pages = plan.n_pool_pages, plan.n_pool_pages, {}
     for name, t in plan.tasks.items():
         end = offset + t.n_exclusive_pages
-        if coded is None:
+        if coded is None or end == offset:
             task_pages[name] = TaskPages(t.layout, t.page_table, memory[offset:end])
         else:
             task_pages[name] = TaskPages(t.layout, t.page_table, coded=coded.rows(offset, end))

@@ -79,10 +79,13 @@ GATHER_UNALIGNED_ELEMS = 4096
 class ZeroCopyReads:
     """How each kernel reads each weight parameter in a zero-copy build: "paged" (in place,
     through its page table) or "gathered" (copied from its pages into `wv_scratch` before the
-    call); and the length of the page storage both read from."""
+    call; SmartDeal-coded pages are decoded into it, whole pages, so a coded plan's weights
+    are all gathered); and the length of the page storage both read from."""
 
     how: dict[str, dict[int, str]]  # kernel -> weight position -> "paged" | "gathered"
     n_page_elems: int  # the pool, then every task's exclusive pages
+    page_size: int
+    decoded: bool  # SmartDeal pages: gathering decodes whole pages
 
     @staticmethod
     def choose(executors, kernels: tvm.IRModule, plan: PagePlan) -> ZeroCopyReads:
@@ -94,12 +97,25 @@ class ZeroCopyReads:
                         continue
                     weight = e.tensors[args[k]]
                     unaligned = row_split(weight.shape, plan.page_size) == len(weight.shape)
-                    gather = reads_per_element(kernels[symbol], k) >= GATHER_AT_READS or (
-                        unaligned and weight.numel <= GATHER_UNALIGNED_ELEMS
+                    gather = (
+                        plan.coded is not None
+                        or reads_per_element(kernels[symbol], k) >= GATHER_AT_READS
+                        or (unaligned and weight.numel <= GATHER_UNALIGNED_ELEMS)
                     )
                     how.setdefault(symbol, {})[k] = "gathered" if gather else "paged"
         n_pages = plan.n_pool_pages + sum(t.n_exclusive_pages for t in plan.tasks.values())
-        return ZeroCopyReads(how, n_pages * plan.page_size)
+        return ZeroCopyReads(how, n_pages * plan.page_size, plan.page_size, plan.coded is not None)
+
+    @property
+    def any_paged(self) -> bool:
+        return any(way == "paged" for ways in self.how.values() for way in ways.values())
+
+    def slot_elems(self, numel: int) -> int:
+        """The scratch a gathered weight of `numel` takes: 16-aligned, or whole pages when
+        decoded."""
+        if self.decoded:
+            return -(-numel // self.page_size) * self.page_size
+        return _aligned(numel)
 
     def positions(self, e: Executor, symbol: str, args: list[int], way: str) -> tuple[int, ...]:
         """The positions of a call's weights that the kernel reads `way`."""
@@ -119,7 +135,7 @@ class ZeroCopyReads:
             [1]
             + [
                 sum(
-                    _aligned(e.tensors[args[k]].numel)
+                    self.slot_elems(e.tensors[args[k]].numel)
                     for k in self.positions(e, symbol, args, "gathered")
                 )
                 for e in executors
@@ -240,7 +256,7 @@ def executor_c(
                 data = f"wv_arena + {t.index}"
             tensors.append((shape, data, dtype))
         pages = len(tensors)
-        if zero_copy:
+        if zero_copy and zero_copy.any_paged:
             pages_shape = (zero_copy.n_page_elems,)
             tensors.append((pages_shape, "(void*)wv_pages", tvm.DataType("float32")))
         call_args, gathers = [], []  # per call: tensor ids; the gathers to run before it
@@ -257,7 +273,7 @@ def executor_c(
                     tensors.append((span.shape, f"wv_scratch + {offset}", tvm.DataType("float32")))
                     table = _table(task, span, plan)
                     call_gathers.append((offset, table, span.numel))
-                    offset += _aligned(span.numel)
+                    offset += zero_copy.slot_elems(span.numel)
                 else:
                     ids.append(i)
             call_args.append(ids)

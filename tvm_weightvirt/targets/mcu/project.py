@@ -61,7 +61,8 @@ def generate_project(
     zero_copy: no weight buffer; the kernels read each weight from its pages in place through
     the task's page table (`ReadWeightsThroughPages`), so a switch only picks the task; a
     kernel that reads each weight element many times (a convolution) gets that weight copied
-    from its pages into a small scratch before each call instead (`ZeroCopyReads`). The
+    from its pages into a small scratch before each call instead (`ZeroCopyReads`). SmartDeal
+    pages cannot be read in place: every weight is decoded into the scratch before its call. The
     plan must be page-aligned (`PackConfig(page_aligned=True)`, `--page-aligned`). The pages
     (pool, then every task's exclusive pages) sit in one array, in RAM (`pool_in="ram"`, its
     image in flash) or read in place from flash (`pool_in="flash"`, RAM holds activations
@@ -153,11 +154,6 @@ def generate_project(
 def _check_zero_copy(plan: PagePlan, names: list[str], packed: bool) -> None:
     if not packed:
         raise ValueError("zero_copy reads the pages of a packed build: build with packed=True")
-    if plan.coded is not None:
-        raise ValueError(
-            "zero_copy reads float32 pages in place; a SmartDeal-coded pool is decoded at a "
-            "switch: build it without zero_copy"
-        )
     for n in names:
         layout = plan.task(n).layout
         unaligned = [s.name for s in layout.spans if s.offset_elems % plan.page_size]
@@ -183,6 +179,9 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
     if reads is not None:
         data_ram["scratch"] = reads.scratch_elems(executors.values()) * 4
         pages_bytes = reads.n_page_elems * 4
+        if plan.coded is not None:  # codes and bases, decoded into the scratch per call
+            pages_bytes = plan.stacked_coded(names).stored_bytes
+            data_flash["code_values"] = (1 << plan.coded.format.width) * 4
         if pool_in == "ram":
             data_ram["pages"] = data_flash["pages_image"] = pages_bytes
         else:
@@ -336,11 +335,39 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
 def _zero_copy_weights_c(plan: PagePlan, names: list[str], manifest: dict, pool_in: str) -> str:
     """Every page in one array (the pool, then each task's exclusive pages in `names` order),
     and page tables of ids into it."""
-    lines = [render("weights_head", what=f"every page read in place from {pool_in.upper()}")]
     pages, tables = plan.stacked_pages(names)
     if len(pages) > 0xFFFF:
         raise ValueError("page ids do not fit the MCU's uint16 page tables (> 65535 pages)")
-    lines.append(render(f"pages_{pool_in}", n=pages.size, values=c_floats(pages)))
+    if plan.coded is None:
+        what = f"every page read in place from {pool_in.upper()}"
+        lines = [render("weights_head", what=what)]
+        lines.append(render(f"pages_{pool_in}", n=pages.size, values=c_floats(pages)))
+        memory = dict(_NO_POOL, pool="wv_pages")
+    else:
+        what = f"SmartDeal pages in {pool_in.upper()}, decoded into a scratch per kernel call"
+        lines = [render("weights_head", what=what)]
+        coded = plan.stacked_coded(names)
+        packed, bases, fmt = coded.packed, coded.bases, coded.format
+        template = "coded_pool" if pool_in == "ram" else "coded_pages_flash"
+        lines.append(
+            render(
+                template,
+                n_codes=packed.size,
+                codes=c_ints(packed),
+                n_bases=bases.size,
+                bases=c_floats(bases),
+            )
+        )
+        values = fmt.values()
+        lines.append(render("code_values", n=values.size, values=c_floats(values)))
+        memory = dict(
+            _NO_POOL,
+            codes="wv_codes",
+            bases="wv_bases",
+            code_values="wv_code_values",
+            code_bits=fmt.width,
+            code_row_words=packed.shape[1],
+        )
     lines.append(render("no_weight_buffer"))
     for n, table in zip(names, tables):
         ids = ", ".join(map(str, table.tolist()))
@@ -348,7 +375,7 @@ def _zero_copy_weights_c(plan: PagePlan, names: list[str], manifest: dict, pool_
     ram = manifest["data_bytes"]["ram"]
     lines.append(render("arena", arena_bytes=ram["arena"], workspace_bytes=ram["workspace"]))
     lines.append(render("scratch", n=ram["scratch"] // 4))
-    memory = dict(_NO_POOL, pool="wv_pages", n_pool_pages=len(pages), weights="NULL")
+    memory |= dict(n_pool_pages=len(pages), weights="NULL")
     lines.append(render("memory", page_size=plan.page_size, **memory))
     return "\n".join(lines) + "\n"
 

@@ -60,6 +60,10 @@ _C = {
         'static float wv_bases[{n_bases}] __attribute__((section(".wv_pool"), aligned(4))) = {{\n'
         "{bases}}};"
     ),
+    "coded_pages_flash": (
+        "static const uint32_t wv_codes[{n_codes}] __attribute__((aligned(4))) = {{\n{codes}}};\n"
+        "static const float wv_bases[{n_bases}] __attribute__((aligned(4))) = {{\n{bases}}};"
+    ),
     "code_values": "static const float wv_code_values[{n}] = {{\n{values}}};",
     "weight_buffer": (
         'float wv_weights[{n}] __attribute__((section(".wv_weights"), aligned(64)));'
