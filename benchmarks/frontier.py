@@ -1,14 +1,18 @@
 """The bytes-accuracy frontier on the 10-task suite: level-1 budgets x {full sharing, WS
 separation (tpr/margin, and its target-accuracy rule at 90 %), separation by bytes (the
-level-2 budget spent on the most Fisher share per byte)} x {float32 pages, SmartDeal pages with a byte per code, SmartDeal pages with
-bit-packed codes (pool and exclusive pages)}. Every point is one pack with joint retraining
-(checkpoints chosen on validation); accuracy deltas on the test split, bytes as stored (pool or
-codes + bases, page tables, exclusive pages; "smartdeal8" counts a byte per code, as stored
-before codes were packed, and sizes its pool for that). `best_at` is the best bytes ratio at
-WS's operating point (mean delta >= -0.22 pp, worst >= -2 pp) and at mean >= -1 pp. The PNG
-(next to the JSON) marks WS's and NWV's published points (by weight count, their nets)."""
+level-2 budget spent on the most Fisher share per byte)} x {float32 pages, SmartDeal pages
+with a byte per code, SmartDeal pages with bit-packed codes (pool and exclusive pages)}.
+Every point is one pack with joint retraining (checkpoints chosen on validation); accuracy
+deltas on the test split, bytes as stored (pool or codes + bases, page tables, exclusive
+pages; "smartdeal8" counts a byte per code, as stored before codes were packed, and sizes its
+pool for that). `best_at` is the best bytes ratio at WS's operating point (mean delta >= -0.22
+pp, worst >= -2 pp) and at mean >= -1 pp; `best_at_confirmed` packs each goal's best point
+again with two more seeds and says whether every seed meets the goal. The PNG (next to the
+JSON) marks WS's and NWV's published points (by weight count, their nets)."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
@@ -31,6 +35,7 @@ PUBLISHED = {  # (ratio by weight count, mean accuracy change in pp), seeds dige
     "NWV (MobiSys 2020)": (4.04, 2.62),
 }
 WS_TARGET_ACCURACY = 0.9  # WS's target-accuracy rule: tpr = 1 - (acc_alpha - 0.9) per task
+CONFIRM_SEEDS = (1, 2)  # the seeds each goal's best point is packed again with (the grid: 0)
 GOALS = {"-0.22": (-0.22, -2.0), "-1": (-1.0, None)}  # mean delta >=, worst delta >=
 
 
@@ -83,17 +88,22 @@ def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackC
     }
 
 
+def _meets(point: dict, goal: str) -> bool:
+    mean, worst = GOALS[goal]
+    return point["mean_delta_pp"] >= mean and (worst is None or point["worst_delta_pp"] >= worst)
+
+
+def best_points(points: list[dict]) -> dict:
+    """Per goal, the point with the best bytes ratio that meets it; None where none does."""
+    return {
+        goal: max((p for p in points if _meets(p, goal)), key=lambda p: p["ratio"], default=None)
+        for goal in GOALS
+    }
+
+
 def best_at(points: list[dict]) -> dict:
     """The best bytes ratio whose mean (and worst) delta meet each goal; None where none does."""
-    best = {}
-    for key, (mean, worst) in GOALS.items():
-        ratios = [
-            p["ratio"]
-            for p in points
-            if p["mean_delta_pp"] >= mean and (worst is None or p["worst_delta_pp"] >= worst)
-        ]
-        best[key] = max(ratios, default=None)
-    return best
+    return {goal: p and p["ratio"] for goal, p in best_points(points).items()}
 
 
 def plot(points: list[dict], path: str) -> None:
@@ -125,45 +135,77 @@ def plot(points: list[dict], path: str) -> None:
     plt.close(fig)
 
 
+def _point(name: str, l1: int, config: PackConfig, tasks) -> dict:
+    """One pack of the suite: its stored bytes, ratio and accuracy deltas."""
+    result = pack(*suite.packable(tasks), config)
+    report, coded = result.report, result.plan.coded
+    stored = report["bytes_packed"]
+    if name.endswith("smartdeal8"):  # a byte per code instead of the packed words
+        stored += coded.codes.size + 4 * coded.bases.size - coded.stored_bytes
+    point = {
+        "config": name,
+        "l1_budget_bytes": l1,
+        "seed": config.seed,
+        "bytes": stored,
+        "l1_bytes": stored - report["l2_bytes"],
+        "l2_bytes": report["l2_bytes"],
+        "pool_pages": report["pool_pages"],
+        "code_bits": coded.format.width if coded is not None else None,
+        "ratio": report["bytes_separate"] / stored,
+        "mean_delta_pp": report["mean_delta_pp"],
+        "worst_delta_pp": report["worst_delta_pp"],
+        "delta_pp": {n: r["delta"] for n, r in report["tasks"].items()},
+    }
+    print(
+        f"{name:24s} L1 {l1:7d} B seed {config.seed}: {point['bytes']:9d} B, "
+        f"{point['ratio']:6.2f}x, mean {point['mean_delta_pp']:+.2f} pp, "
+        f"worst {point['worst_delta_pp']:+.2f} pp"
+    )
+    return point
+
+
 def measure(quick: bool) -> dict:
     optimize = OptimizeConfig(rounds=1, iterations=100) if quick else OptimizeConfig()
     budgets = QUICK_L1_BUDGETS if quick else L1_BUDGETS
     tasks = suite.load_suite(suite.TEN_TASKS)
     n_table = _table_entries(tasks)
-    points = []
-    for l1 in budgets:
-        for name, config in _configs(l1, n_table, optimize).items():
-            result = pack(*suite.packable(tasks), config)
-            report, coded = result.report, result.plan.coded
-            stored = report["bytes_packed"]
-            if name.endswith("smartdeal8"):  # a byte per code instead of the packed words
-                stored += coded.codes.size + 4 * coded.bases.size - coded.stored_bytes
-            point = {
-                "config": name,
-                "l1_budget_bytes": l1,
-                "bytes": stored,
-                "l1_bytes": stored - report["l2_bytes"],
-                "l2_bytes": report["l2_bytes"],
-                "pool_pages": report["pool_pages"],
-                "code_bits": coded.format.width if coded is not None else None,
-                "ratio": report["bytes_separate"] / stored,
-                "mean_delta_pp": report["mean_delta_pp"],
-                "worst_delta_pp": report["worst_delta_pp"],
-                "delta_pp": {n: r["delta"] for n, r in report["tasks"].items()},
-            }
-            print(
-                f"{name:24s} L1 {l1:7d} B: {point['bytes']:9d} B, {point['ratio']:6.2f}x, "
-                f"mean {point['mean_delta_pp']:+.2f} pp, worst {point['worst_delta_pp']:+.2f} pp"
-            )
-            points.append(point)
+    points = [
+        _point(name, l1, config, tasks)
+        for l1 in budgets
+        for name, config in _configs(l1, n_table, optimize).items()
+    ]
+    # Each goal's best point again with other seeds: a goal counts as met only if every seed
+    # meets it (neighbouring points show about 1 pp of training noise).
+    seeds = CONFIRM_SEEDS[:1] if quick else CONFIRM_SEEDS
+    confirmed = {}
+    for goal, point in best_points(points).items():
+        if point is None:
+            confirmed[goal] = None
+            continue
+        l1, config = point["l1_budget_bytes"], _configs(point["l1_budget_bytes"], n_table, optimize)
+        reruns = [
+            _point(point["config"], l1, replace(config[point["config"]], seed=s), tasks)
+            for s in seeds
+        ]
+        confirmed[goal] = {
+            "config": point["config"],
+            "l1_budget_bytes": l1,
+            "runs": [
+                {k: p[k] for k in ("seed", "ratio", "mean_delta_pp", "worst_delta_pp")}
+                for p in [point, *reruns]
+            ],
+            "met_by_every_seed": all(_meets(p, goal) for p in [point, *reruns]),
+        }
     numbers = {
         "page_size": PAGE_SIZE,
         "optimize": vars(optimize),
         "points": points,
         "best_at": best_at(points),
+        "best_at_confirmed": confirmed,
         "published": {k: {"ratio": r, "mean_delta_pp": d} for k, (r, d) in PUBLISHED.items()},
     }
     print(f"best_at: {numbers['best_at']}")
+    print(f"best_at_confirmed: {confirmed}")
     return numbers
 
 
