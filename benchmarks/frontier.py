@@ -1,6 +1,7 @@
 """The bytes-accuracy frontier on the 10-task suite: level-1 budgets x {full sharing, WS
 separation (tpr/margin, and its target-accuracy rule at 90 %), separation by bytes (the
-level-2 budget spent on the most Fisher share per byte)} x {float32 pages, SmartDeal pages
+level-2 budget, as many bytes as level 1 or three times as many, spent on the most Fisher share
+per byte)} x {float32 pages, SmartDeal pages
 with a byte per code, SmartDeal pages with bit-packed codes (pool and exclusive pages)}.
 Every point is one pack with joint retraining (checkpoints chosen on validation); accuracy
 deltas on the test split, bytes as stored (pool or codes + bases, page tables, exclusive
@@ -84,6 +85,12 @@ def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackC
         ),
         "bytes/smartdeal_packed": PackConfig(
             **common, separation=by_bytes, smartdeal=True, optimize=ws
+        ),
+        "bytes_l2x3/smartdeal_packed": PackConfig(  # three times as many bytes in level 2
+            **common,
+            separation=SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=3 * l1, rule="bytes"),
+            smartdeal=True,
+            optimize=ws,
         ),
     }
 
