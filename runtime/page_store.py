@@ -13,7 +13,7 @@ from tvm_weightvirt.plan import PagePlan, TaskPages
 
 class PageStore:
     """Loads a task's exclusive pages into level-1 scratches: float32 pages `[E, P]`, or
-    (SmartDeal pages) packed codes `[E, row_words]` and bases `[E, 3, 3]` (`parts`).
+    (SmartDeal pages) packed codes `[E, row_words]` and bases `[E, 3, 3]`.
 
     With `path` (the .wvpack the plan came from), pages are read from the file at every load,
     as a device reads flash or eMMC: the safetensors header gives each tensor's byte range
@@ -54,22 +54,23 @@ class PageStore:
                 np.copyto(target, array.reshape(-1))
             return sum(a.nbytes for a in arrays)
         n_bytes = 0
-        for target, (start, end) in zip(targets, self.ranges[task]):
-            try:
-                with open(self.path, "rb") as f:
+        try:
+            with open(self.path, "rb") as f:
+                for target, (start, end) in zip(targets, self.ranges[task]):
                     f.seek(start)
                     read = f.readinto(memoryview(target).cast("B"))
-            except OSError as err:
-                raise ValueError(
-                    f"task '{task}': cannot read its exclusive pages from level-2 "
-                    f"file '{self.path}': {err}"
-                ) from err
-            if read != end - start:
-                raise ValueError(
-                    f"task '{task}': level-2 file '{self.path}' is truncated: its exclusive pages "
-                    f"need bytes [{start}, {end}), the file has {os.path.getsize(self.path)}"
-                )
-            n_bytes += read
+                    if read != end - start:
+                        raise ValueError(
+                            f"task '{task}': level-2 file '{self.path}' is truncated: its "
+                            f"exclusive pages need bytes [{start}, {end}), the file has "
+                            f"{os.path.getsize(self.path)}"
+                        )
+                    n_bytes += read
+        except OSError as err:
+            raise ValueError(
+                f"task '{task}': cannot read its exclusive pages from level-2 "
+                f"file '{self.path}': {err}"
+            ) from err
         return n_bytes
 
 
