@@ -266,6 +266,13 @@ def test_budget_errors_that_need_only_layouts_come_before_fisher(monkeypatch):
         match=r"a pool of 200 pages cannot hold task 'wine' \(268 pages to share\): the minimum is 268",
     ):
         pack(*suite.packable(tasks), PackConfig(pool_pages=200))
+    # 64 KiB leaves 156 pool pages: 112 + 101 + 52 pages must be exclusive, 400 B each
+    by_bytes = SeparationConfig(l1_budget_bytes=64 * 1024, l2_budget_bytes=1000, rule="bytes")
+    with pytest.raises(
+        ValueError,
+        match=r"\(265, 112 of them 'wine'\) need 106000 B of level-2 storage, over its budget of 1000 B",
+    ):
+        pack(*suite.packable(tasks), PackConfig(separation=by_bytes))
 
 
 @pytest.mark.slow

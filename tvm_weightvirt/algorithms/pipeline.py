@@ -33,6 +33,7 @@ from .optimize import (
 )
 from .separation import (
     SeparationConfig,
+    check_forced_pages_fit,
     select_exclusive,
     select_exclusive_by_bytes,
     shared_pages_for_budget,
@@ -207,6 +208,14 @@ def _pool_pages(tasks, layouts, config) -> int:
         raise ValueError(
             f"a pool of {n_pool} pages cannot hold task '{name}' ({largest} pages to share): "
             f"the minimum is {largest} pages, or allow sharing pages within a task"
+        )
+    if sep is not None and sep.rule == "bytes":  # the pages that must be exclusive fit level 2
+        check_forced_pages_fit(
+            [layout.n_pages for layout in layouts],
+            None if config.share_within_task else n_pool,
+            page_bytes(config),
+            sep.l2_budget_bytes,
+            [t.name for t in tasks],
         )
     return n_pool
 

@@ -96,19 +96,13 @@ def select_exclusive_by_bytes(
     most Fisher share (CD, each task's mass normalised to 1, so every task counts alike) per
     byte, across all tasks, highest first. The choice is a prefix of one order: a larger
     budget never keeps fewer pages exclusive. Returns sorted page indices per task."""
-    names = names or [f"task {i}" for i in range(len(page_fishers))]
     cds = [contribution_density(f) for f in page_fishers]
     orders = [np.argsort(-cd, kind="stable") for cd in cds]
     # per task: how many of its top pages must be exclusive
-    forced = [0 if max_shared is None else max(0, len(cd) - max_shared) for cd in cds]
+    forced = check_forced_pages_fit(
+        [len(cd) for cd in cds], max_shared, page_bytes, budget_bytes, names
+    )
     needed = page_bytes * sum(forced)
-    if needed > budget_bytes:
-        worst = max(range(len(cds)), key=lambda i: forced[i])
-        raise ValueError(
-            f"the pages that do not fit the pool ({sum(forced)}, {forced[worst]} of them "
-            f"'{names[worst]}') need {needed} B of level-2 storage, over its budget of "
-            f"{budget_bytes} B: raise the level-2 or the level-1 budget"
-        )
     candidates = sorted(  # a task's pages come in its CD order (ties: by rank)
         (-cds[i][p] / page_bytes, i, rank)
         for i, order in enumerate(orders)
@@ -119,6 +113,28 @@ def select_exclusive_by_bytes(
     for _, i, _ in candidates[: (budget_bytes - needed) // page_bytes]:
         chosen[i] += 1
     return [np.sort(order[:n]) for order, n in zip(orders, chosen)]
+
+
+def check_forced_pages_fit(
+    n_pages: list[int],
+    max_shared: int | None,
+    page_bytes: int,
+    budget_bytes: int,
+    names: list[str] | None = None,
+) -> list[int]:
+    """Per task, the pages beyond `max_shared` that must be exclusive (they have nowhere else
+    to go); raises if they alone pass the level-2 budget. Needs only the layouts."""
+    names = names or [f"task {i}" for i in range(len(n_pages))]
+    forced = [0 if max_shared is None else max(0, n - max_shared) for n in n_pages]
+    needed = page_bytes * sum(forced)
+    if needed > budget_bytes:
+        worst = max(range(len(forced)), key=lambda i: forced[i])
+        raise ValueError(
+            f"the pages that do not fit the pool ({sum(forced)}, {forced[worst]} of them "
+            f"'{names[worst]}') need {needed} B of level-2 storage, over its budget of "
+            f"{budget_bytes} B: raise the level-2 or the level-1 budget"
+        )
+    return forced
 
 
 def tpr_for_target_accuracy(
