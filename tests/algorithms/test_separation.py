@@ -324,6 +324,18 @@ def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     read = sum(plan.task(n).exclusive_pages.nbytes for n in ["wine", "iris", "wine"])
     assert f"{read} B read from level 2" in printed
+    # SmartDeal pages: the pool sized and level 2 spent in coded bytes, read back coded
+    smartdeal = ["--smartdeal", "--page-size", "96", "--share-within-task"]
+    by_bytes = ["--separation-rule", "bytes", "--l2-budget", "20000"]
+    assert main([*command, *smartdeal, *by_bytes, "-o", str(pack)]) == 0
+    plan = wv.load_wvpack(pack).plan
+    widest = 4 * 20 + 36  # 6-bit codes, 5 to a 32-bit word, and a 3x3 basis: 116 B a page
+    assert plan.n_pool_pages == (48 * 1024 - 4 * (279 + 267)) // widest
+    page_bytes = plan.coded.format.page_bytes(96)
+    assert plan.exclusive_bytes == (20000 // widest) * page_bytes
+    assert main(["run", str(pack), "--tasks", "wine,iris,wine"]) == 0
+    read = sum(plan.task(n).n_exclusive_pages * page_bytes for n in ["wine", "iris", "wine"])
+    assert f"{read} B read from level 2" in capsys.readouterr().out
 
 
 @pytest.mark.slow
