@@ -241,10 +241,12 @@ class PagePlan:
 
     def summary(self) -> str:
         n_weights = sum(t.layout.n_weights for t in self.tasks.values())
+        stored = self.pool_bytes + self.page_table_bytes + self.exclusive_bytes
         lines = [
             f"page size {self.page_size}, pool {self.n_pool_pages} pages "
-            f"({self.pool_bytes} B), {len(self.tasks)} tasks, {n_weights} weights, "
-            f"packing {n_weights / max(1, self.pool.size):.2f}x by count"
+            f"({self.pool_bytes} B), {len(self.tasks)} tasks, {n_weights} weights: "
+            f"{4 * n_weights} B as float32, {stored} B stored with page tables and exclusive "
+            f"pages ({4 * n_weights / max(1, stored):.2f}x)"
         ]
         for name, t in self.tasks.items():
             lines.append(
