@@ -18,6 +18,7 @@ import numpy as np
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
+from tvm_weightvirt.algorithms.smartdeal import encode_pages
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.targets import mcu
 
@@ -35,19 +36,15 @@ inputs = {"cnn": cnn_x.numpy(), "mlp": mlp_x.numpy()}
 plan = wv.PagePlan.lossless(tasks, page_size=128, page_aligned=True)
 print(plan.summary())
 
-# 2. The llvm build of the same plan: the reference outputs.
+# 2. A C project of a plan, run over a switch sequence and compared with the llvm build of
+#    the same plan (its reference outputs).
 sequence = ["cnn", "mlp", "cnn", "mlp"]
-runtime = MultitaskRuntime(plan, wv.build(wv.lower(tasks, plan)))
-reference = [runtime.run(name, inputs[name])[0] for name in sequence]
-
-# 3. Three C projects: materialized, zero-copy with the pages in RAM, zero-copy with the pages
-#    read in place from flash (RAM then holds activations and a small scratch only).
 on_qemu = not mcu.missing_tools()
-for kind, options in [
-    ("materialized", {}),
-    ("zero_copy_ram", {"zero_copy": True, "pool_in": "ram"}),
-    ("zero_copy_flash", {"zero_copy": True, "pool_in": "flash"}),
-]:
+
+
+def build_and_run(plan: wv.PagePlan, kind: str, options: dict) -> None:
+    runtime = MultitaskRuntime(plan, wv.build(wv.lower(tasks, plan)))
+    reference = [runtime.run(name, inputs[name])[0] for name in sequence]
     folder = f"{out_dir}/{kind}"
     manifest = mcu.generate_project(tasks, plan, folder, target="cortex-m4", **options)
     ram = manifest["data_bytes"]["ram"]
@@ -60,32 +57,21 @@ for kind, options in [
     if on_qemu:  # instructions per switch and per inference (QEMU -icount, 40 per tick)
         print(f"  switch instructions: {run.switch_instructions}")
         print(f"  inference instructions: {run.run_instructions}")
-if not on_qemu:
-    print("(host gcc: no instruction counts; install the Arm toolchain for QEMU)")
+
+
+# 3. Three C projects: materialized, zero-copy with the pages in RAM, zero-copy with the pages
+#    read in place from flash (RAM then holds activations and a small scratch only).
+build_and_run(plan, "materialized", {})
+build_and_run(plan, "zero_copy_ram", {"zero_copy": True, "pool_in": "ram"})
+build_and_run(plan, "zero_copy_flash", {"zero_copy": True, "pool_in": "flash"})
 
 # 4. SmartDeal pages (power-of-two codes x a 3x3 basis per page, `wvirt pack --smartdeal`)
 #    cannot be read in place: zero-copy decodes each weight, whole pages, into the scratch
 #    before every call that reads it. No weight buffer, no codes in RAM, a switch that picks
 #    the task; every inference pays the decode a materialized switch pays once.
-from tvm_weightvirt.algorithms.smartdeal import encode_pages  # noqa: E402
-
 aligned = wv.PagePlan.lossless(tasks, page_size=96, page_aligned=True)  # rows of 3 codes
 coded = wv.PagePlan.from_coded(96, encode_pages(aligned.pool), aligned.tasks)
-runtime = MultitaskRuntime(coded, wv.build(wv.lower(tasks, coded)))
-reference = [runtime.run(name, inputs[name])[0] for name in sequence]
-for kind, options in [
-    ("coded_materialized", {}),
-    ("coded_zero_copy_flash", {"zero_copy": True, "pool_in": "flash"}),
-]:
-    folder = f"{out_dir}/{kind}"
-    manifest = mcu.generate_project(tasks, coded, folder, target="cortex-m4", **options)
-    ram = manifest["data_bytes"]["ram"]
-    print(f"{kind}: RAM data {sum(ram.values())} B {ram}")
-    mcu.write_requests(folder, [(name, [inputs[name]]) for name in sequence])
-    run = mcu.run_project(folder, host=not on_qemu, timeout=120)
-    err = max(float(np.abs(o[0] - r).max()) for o, r in zip(run.outputs, reference))
-    print(f"  max |C - llvm| over {sequence}: {err:.2g}")
-    assert err <= 1e-5
-    if on_qemu:
-        print(f"  switch instructions: {run.switch_instructions}")
-        print(f"  inference instructions: {run.run_instructions}")
+build_and_run(coded, "coded_materialized", {})
+build_and_run(coded, "coded_zero_copy_flash", {"zero_copy": True, "pool_in": "flash"})
+if not on_qemu:
+    print("(host gcc: no instruction counts; install the Arm toolchain for QEMU)")

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from packed_accuracy import assert_runtime_reproduces_the_report
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
@@ -403,11 +404,4 @@ def test_smartdeal_pages_with_separation_stay_coded_from_pack_to_runtime(tmp_pat
     runtime = MultitaskRuntime(
         pack_file.plan, wv.build(wv.lower(pack_file.tasks, pack_file.plan)), level2=str(path)
     )
-    for t in tasks:
-        test = t.splits["test"]
-        logits = np.concatenate([runtime.run(t.name, x[None])[0] for x in test.x])
-        with torch.no_grad():
-            expected = t.model_from_plan(plan)(torch.from_numpy(test.x)).numpy()
-        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
-        correct = int((logits.argmax(1) == test.y).sum())
-        assert 100.0 * correct / len(test.y) == report["tasks"][t.name]["packed"]
+    assert_runtime_reproduces_the_report(runtime, tasks, plan, report)

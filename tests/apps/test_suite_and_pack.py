@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from packed_accuracy import assert_runtime_reproduces_the_report
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
@@ -84,17 +84,7 @@ def test_compiled_accuracy_equals_torch_accuracy_of_the_same_weights(mini_tasks,
     plan = packed.plan
     graphs = [t.task for t in mini_tasks]
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan, mode="fused")))
-    for t in mini_tasks:
-        model = t.model_from_plan(plan)
-        test = t.splits["test"]
-        with torch.no_grad():
-            torch_logits = model(torch.from_numpy(test.x)).numpy()
-        tvm_logits = np.concatenate(
-            [runtime.run(t.name, test.x[i : i + 1])[0] for i in range(len(test.y))]
-        )
-        np.testing.assert_allclose(tvm_logits, torch_logits, atol=1e-4, rtol=1e-4)
-        correct = int((tvm_logits.argmax(1) == test.y).sum())
-        assert 100.0 * correct / len(test.y) == packed.report["tasks"][t.name]["packed"]
+    assert_runtime_reproduces_the_report(runtime, mini_tasks, plan, packed.report)
 
 
 @pytest.mark.slow
@@ -125,14 +115,7 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
         assert r["packed"] >= r["separate"] - 10.0, (name, r)
     graphs = [t.task for t in mini_tasks]
     runtime = MultitaskRuntime(plan, wv.build(wv.lower(graphs, plan)))
-    for t in mini_tasks:
-        test = t.splits["test"]
-        logits = np.concatenate([runtime.run(t.name, x[None])[0] for x in test.x])
-        with torch.no_grad():
-            expected = t.model_from_plan(plan)(torch.from_numpy(test.x)).numpy()
-        np.testing.assert_allclose(logits, expected, atol=1e-4, rtol=1e-4)
-        correct = int((logits.argmax(1) == test.y).sum())
-        assert 100.0 * correct / len(test.y) == report["tasks"][t.name]["packed"]
+    assert_runtime_reproduces_the_report(runtime, mini_tasks, plan, report)
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ import tvm
 from tvm import relax
 
 from ...abi import task_function
+from ...coded_pages import CodedPages
 from ...frontend.task import Task
 from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
@@ -273,26 +274,8 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
             lines.append(render("pool", n=plan.pool.size, values=c_floats(plan.pool)))
             pool = dict(_NO_POOL, pool="wv_pool")
         else:
-            packed, bases, fmt = plan.coded.packed, plan.coded.bases, plan.coded.format
-            lines.append(
-                render(
-                    "coded_pool",
-                    n_codes=packed.size,
-                    codes=c_ints(packed),
-                    n_bases=bases.size,
-                    bases=c_floats(bases),
-                )
-            )
-            values = fmt.values()
-            lines.append(render("code_values", n=values.size, values=c_floats(values)))
-            pool = dict(
-                _NO_POOL,
-                codes="wv_codes",
-                bases="wv_bases",
-                code_values="wv_code_values",
-                code_bits=fmt.width,
-                code_row_words=packed.shape[1],
-            )
+            coded_lines, pool = _coded_pages_c(plan.coded, "coded_pool")
+            lines += coded_lines
         lines.append(render("weight_buffer", n=ram["weight_buffer"] // 4))
         for n in names:
             t = plan.task(n)
@@ -332,6 +315,32 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
     return "\n".join(lines) + "\n"
 
 
+def _coded_pages_c(coded: CodedPages, template: str) -> tuple[list[str], dict]:
+    """SmartDeal pages in C: packed codes and bases (placed as `template` says), the value of
+    each code, and the `wv_memory` fields that point at them."""
+    packed, bases, fmt = coded.packed, coded.bases, coded.format
+    values = fmt.values()
+    lines = [
+        render(
+            template,
+            n_codes=packed.size,
+            codes=c_ints(packed),
+            n_bases=bases.size,
+            bases=c_floats(bases),
+        ),
+        render("code_values", n=values.size, values=c_floats(values)),
+    ]
+    fields = dict(
+        _NO_POOL,
+        codes="wv_codes",
+        bases="wv_bases",
+        code_values="wv_code_values",
+        code_bits=fmt.width,
+        code_row_words=packed.shape[1],
+    )
+    return lines, fields
+
+
 def _zero_copy_weights_c(plan: PagePlan, names: list[str], manifest: dict, pool_in: str) -> str:
     """Every page in one array (the pool, then each task's exclusive pages in `names` order),
     and page tables of ids into it."""
@@ -346,28 +355,9 @@ def _zero_copy_weights_c(plan: PagePlan, names: list[str], manifest: dict, pool_
     else:
         what = f"SmartDeal pages in {pool_in.upper()}, decoded into a scratch per kernel call"
         lines = [render("weights_head", what=what)]
-        coded = plan.stacked_coded(names)
-        packed, bases, fmt = coded.packed, coded.bases, coded.format
         template = "coded_pool" if pool_in == "ram" else "coded_pages_flash"
-        lines.append(
-            render(
-                template,
-                n_codes=packed.size,
-                codes=c_ints(packed),
-                n_bases=bases.size,
-                bases=c_floats(bases),
-            )
-        )
-        values = fmt.values()
-        lines.append(render("code_values", n=values.size, values=c_floats(values)))
-        memory = dict(
-            _NO_POOL,
-            codes="wv_codes",
-            bases="wv_bases",
-            code_values="wv_code_values",
-            code_bits=fmt.width,
-            code_row_words=packed.shape[1],
-        )
+        coded_lines, memory = _coded_pages_c(plan.stacked_coded(names), template)
+        lines += coded_lines
     lines.append(render("no_weight_buffer"))
     for n, table in zip(names, tables):
         ids = ", ".join(map(str, table.tolist()))
