@@ -22,7 +22,7 @@ from tvm_weightvirt.algorithms.separation import SeparationConfig
 from tvm_weightvirt.algorithms.smartdeal import WIDEST_FORMAT
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.frontend.packing import pack
-from tvm_weightvirt.layout import PageLayout
+from tvm_weightvirt.plan import layout_of
 
 PAGE_SIZE = 96  # a multiple of 3 (SmartDeal pages hold rows of 3 coefficients)
 L1_BUDGETS = [k * 1024 for k in (32, 48, 64, 128, 256)]
@@ -42,12 +42,7 @@ GOALS = {"-0.22": (-0.22, -2.0), "-1": (-1.0, None)}  # mean delta >=, worst del
 
 def _table_entries(tasks) -> int:
     """Page-table entries of all tasks at PAGE_SIZE (what sits beside the pool in level 1)."""
-    return sum(
-        PageLayout.from_weights(
-            {n: (tuple(w.shape), str(w.dtype)) for n, w in t.task.weights.items()}, PAGE_SIZE
-        ).n_pages
-        for t in tasks
-    )
+    return sum(layout_of(t.task, PAGE_SIZE).n_pages for t in tasks)
 
 
 def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackConfig]:
@@ -189,13 +184,11 @@ def measure(quick: bool) -> dict:
         if point is None:
             confirmed[goal] = None
             continue
-        l1, config = point["l1_budget_bytes"], _configs(point["l1_budget_bytes"], n_table, optimize)
-        reruns = [
-            _point(point["config"], l1, replace(config[point["config"]], seed=s), tasks)
-            for s in seeds
-        ]
+        name, l1 = point["config"], point["l1_budget_bytes"]
+        config = _configs(l1, n_table, optimize)[name]
+        reruns = [_point(name, l1, replace(config, seed=s), tasks) for s in seeds]
         confirmed[goal] = {
-            "config": point["config"],
+            "config": name,
             "l1_budget_bytes": l1,
             "runs": [
                 {k: p[k] for k in ("seed", "ratio", "mean_delta_pp", "worst_delta_pp")}
