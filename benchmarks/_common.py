@@ -12,10 +12,12 @@ from collections.abc import Callable
 from tvm_weightvirt.progress import log_to_stderr
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, options: dict[str, dict] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help="CI-sized run (minutes)")
     parser.add_argument("--json", help="write the numbers to this JSON file")
+    for flag, kwargs in (options or {}).items():
+        parser.add_argument(flag, **kwargs)
     return parser.parse_args()
 
 
@@ -29,14 +31,23 @@ def write_json(path: str | None, numbers: dict, started: float) -> None:
         print(f"wrote {path}")
 
 
-def run(description: str, measure: Callable[[bool], dict], table=None, figure=None) -> None:
+def run(
+    description: str,
+    measure: Callable[..., dict],
+    table=None,
+    figure=None,
+    options: dict[str, dict] | None = None,
+) -> None:
     """A benchmark's main: `--quick` and `--json PATH` from the command line; `measure(quick)`
     gives the numbers (printed by `table` when given), written as JSON with the machine and the
-    wall time; `figure(numbers, png_path)`, when given, draws them next to the JSON."""
-    args = parse_args(description)
+    wall time; `figure(numbers, png_path)`, when given, draws them next to the JSON. `options`:
+    the benchmark's own flags (argparse keyword arguments by flag), passed to `measure` as
+    keyword arguments."""
+    args = parse_args(description, options)
     log_to_stderr()  # progress lines of packing and tuning
     started = time.time()
-    numbers = measure(args.quick)
+    own = {k: v for k, v in vars(args).items() if k not in ("quick", "json")}
+    numbers = measure(args.quick, **own)
     if table is not None:
         print(table(numbers))
     if figure is not None and args.json:

@@ -17,6 +17,7 @@ from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import (
     SeparationConfig,
     parse_bytes,
+    refined_task_weights,
     select_exclusive,
     select_exclusive_by_bytes,
     tpr_for_target_accuracy,
@@ -81,11 +82,39 @@ def test_byte_rule_never_passes_its_budget_and_more_bytes_keep_no_fewer_pages():
         previous = chosen
 
 
+def test_task_weights_move_the_byte_budget_and_a_larger_weight_keeps_no_fewer_pages():
+    """Task weights scale a task's Fisher share: b at weight 2 outbids a's 0.5 with its
+    0.3 (0.6) and its 0.45 (0.9); raising one task's weight never takes a page from it, and the
+    budget is spent the same."""
+    a, b = _pages([0.15, 0.5, 0.05, 0.3, 0.0]), _pages([0.3, 0.1, 0.45, 0.15])
+    assert select_exclusive_by_bytes([a, b], 8, 24, task_weights=[1.0, 1.0])[0].tolist() == [1, 3]
+    chosen = select_exclusive_by_bytes([a, b], page_bytes=8, budget_bytes=24, task_weights=[1, 2])
+    assert [c.tolist() for c in chosen] == [[1], [0, 2]]
+    rng = np.random.default_rng(1)
+    fishers = [rng.exponential(size=(n, 4)) ** 3 for n in (7, 30, 12)]
+    previous = None
+    for weight in (0.5, 1.0, 2.0, 8.0, 100.0):
+        chosen = select_exclusive_by_bytes(fishers, 16, 20 * 16, task_weights=[1.0, 1.0, weight])
+        assert sum(len(c) for c in chosen) == 20
+        if previous is not None:
+            assert set(previous[2]) <= set(chosen[2])
+        previous = chosen
+
+
+def test_refined_weights_grow_with_the_loss():
+    assert refined_task_weights([1.0, 2.0, 1.0], [0.0, 1.5, 4.0]) == [1.0, 5.0, 5.0]
+    assert refined_task_weights([3.0], [-2.0]) == [3.0]  # a gain counts as no loss
+
+
 def test_byte_rule_needs_a_level2_budget():
     with pytest.raises(ValueError, match="'bytes' separation rule spends a level-2 budget"):
         SeparationConfig(rule="bytes")
     with pytest.raises(ValueError, match="rule must be one of"):
         SeparationConfig(rule="fisher")
+    with pytest.raises(ValueError, match="refine_rounds re-spends .* nothing with rule 'tpr'"):
+        SeparationConfig(refine_rounds=1)
+    with pytest.raises(ValueError, match="refine_rounds must be >= 0, got -1"):
+        SeparationConfig(l2_budget_bytes=1, rule="bytes", refine_rounds=-1)
 
 
 def test_target_accuracy_rule():
@@ -327,8 +356,10 @@ def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     assert f"{read} B read from level 2" in printed
     # SmartDeal pages: the pool sized and level 2 spent in coded bytes, read back coded
     smartdeal = ["--smartdeal", "--page-size", "96", "--share-within-task"]
-    by_bytes = ["--separation-rule", "bytes", "--l2-budget", "20000"]
+    by_bytes = ["--separation-rule", "bytes", "--l2-budget", "20000", "--refine-rounds", "1"]
     assert main([*command, *smartdeal, *by_bytes, "-o", str(pack)]) == 0
+    printed = capsys.readouterr().out
+    assert "refinement, pack 1" in printed and printed.count("(kept)") == 1
     plan = wv.load_wvpack(pack).plan
     widest = 4 * 20 + 36  # 6-bit codes, 5 to a 32-bit word, and a 3x3 basis: 116 B a page
     assert plan.n_pool_pages == (48 * 1024 - 4 * (279 + 267)) // widest
@@ -371,6 +402,41 @@ def test_byte_rule_packs_within_its_level2_budget():
         }
     for name in exclusive[20_000]:
         assert exclusive[20_000][name] <= exclusive[60_000][name]
+
+
+@pytest.mark.slow
+def test_refinement_keeps_the_pack_whose_worst_task_lost_least():
+    """`refine_rounds`: each pack after the first weights a task's Fisher share by (1 + its
+    loss on the training split in pp) so far, spends the same level-2 budget, and the result
+    is the pack whose worst (then mean) loss is lowest: its plan, its report."""
+    tasks = suite.load_suite(TASKS)
+    l2 = 20_000
+    separation = SeparationConfig(
+        l1_budget_bytes=parse_bytes("96KiB"), l2_budget_bytes=l2, rule="bytes", refine_rounds=2
+    )
+    config = PackConfig(separation=separation, optimize=OptimizeConfig(rounds=1, iterations=50))
+    result = pack(*suite.packable(tasks), config)
+    packs = result.report["refinement"]
+    assert [p["pack"] for p in packs] == [0, 1, 2]
+    assert packs[0]["task_weights"] == dict.fromkeys(TASKS, 1.0)
+    for before, after in zip(packs, packs[1:]):
+        weights = refined_task_weights(
+            [before["task_weights"][n] for n in TASKS], [before["train_loss_pp"][n] for n in TASKS]
+        )
+        assert [after["task_weights"][n] for n in TASKS] == weights
+    for p in packs:  # each pack spends the budget (to within a page), never over it
+        assert l2 - 400 < 400 * sum(p["exclusive_pages"].values()) <= l2
+
+    def score(p):
+        losses = list(p["train_loss_pp"].values())
+        return -max(losses), -np.mean(losses)
+
+    (kept,) = [p for p in packs if p["kept"]]
+    assert score(kept) == max(score(p) for p in packs)
+    assert {n: t.n_exclusive_pages for n, t in result.plan.tasks.items()} == kept["exclusive_pages"]
+    for task in tasks:  # the report's accuracies are the kept plan's
+        packed = task.accuracy("test", task.model_from_plan(result.plan))
+        assert result.report["tasks"][task.name]["packed"] == pytest.approx(packed)
 
 
 @pytest.mark.slow

@@ -128,3 +128,20 @@ def test_tutorial_06_switches_without_moving_weights(tmp_path, monkeypatch, caps
     materialized, zero_copy = coded_builds.split("coded_zero_copy_flash")
     assert "'pool'" in materialized and "'weight_buffer'" in materialized  # codes in RAM
     assert "'pool'" not in zero_copy and "'weight_buffer'" not in zero_copy
+
+
+@pytest.mark.slow
+def test_tutorial_07_fits_the_byte_budgets(tmp_path, monkeypatch, capsys):
+    """The tutorial asserts both budgets itself; here: both packs of the refinement are
+    reported, one kept, and every switch read the task's coded exclusive pages from the file."""
+    monkeypatch.setattr(sys, "argv", ["07_fit_a_byte_budget.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "07_fit_a_byte_budget.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert printed.count("refinement, pack") == 2 and printed.count("(kept)") == 1
+    for name in ["sensors", "gestures", "friedman"]:
+        assert printed.count(f"{name}: output") == 2
+    plan = wv.load_wvpack(tmp_path / "budget.wvpack").plan
+    order = ["sensors", "gestures", "friedman", "friedman", "gestures", "sensors"]
+    switched = [n for i, n in enumerate(order) if i == 0 or n != order[i - 1]]
+    read = sum(plan.task(n).coded.stored_bytes for n in switched)
+    assert f"{len(switched)} switches, {read} B read from level 2" in printed

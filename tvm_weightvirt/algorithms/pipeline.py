@@ -34,6 +34,7 @@ from .optimize import (
 from .separation import (
     SeparationConfig,
     check_forced_pages_fit,
+    refined_task_weights,
     select_exclusive,
     select_exclusive_by_bytes,
     shared_pages_for_budget,
@@ -145,14 +146,90 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
             desc=f"fisher '{t.name}' samples",
         )
         fishers.append(layout.to_pages(fill_missing(fisher, weights)))
-    # Step 3. Separation and matching (or the resumed plan).
+    # Steps 3-4. Separation and matching (or the resumed plan), then joint retraining; the
+    # bytes rule's refinement packs again with the level-2 bytes moved toward the tasks whose
+    # packed model lost most on its training split, and keeps the pack that lost least there.
     if resume is not None:
-        plan, costs = resume, {t.name: float("nan") for t in tasks}
-        anchors = [plan.pages(t.name) for t in tasks]
-    else:
-        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config)
-        anchors = pages
-    # Step 4. Joint retraining of pool and exclusive pages, as one memory.
+        costs = {t.name: float("nan") for t in tasks}
+        anchors = [resume.pages(t.name) for t in tasks]
+        return _retrain(tasks, layouts, resume, fishers, anchors, costs, config).result(config)
+    weights = [1.0] * len(tasks)
+    rounds = config.separation.refine_rounds if config.separation is not None else 0
+    if rounds == 0:
+        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, weights)
+        return _retrain(tasks, layouts, plan, fishers, pages, costs, config).result(config)
+    best, refinement = None, []
+    for attempt in range(1 + rounds):
+        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, weights)
+        trained = _retrain(tasks, layouts, plan, fishers, pages, costs, config)
+        losses = trained.losses_on("train")
+        refinement.append(
+            {
+                "pack": attempt,
+                "task_weights": dict(zip(trained.names, weights)),
+                "exclusive_pages": {n: t.n_exclusive_pages for n, t in plan.tasks.items()},
+                "train_loss_pp": dict(zip(trained.names, losses)),
+            }
+        )
+        # the worst task's loss first, then the mean; the earlier pack on a tie
+        key = (max(losses), float(np.mean(losses)), attempt)
+        if best is None or key < best[0]:
+            best = (key, trained)
+        weights = refined_task_weights(weights, losses)
+    (*_, kept), trained = best
+    for p in refinement:
+        p["kept"] = p["pack"] == kept
+    return trained.result(config, refinement)
+
+
+@dataclass
+class _Trained:
+    """One pack's retrained plan, before its report."""
+
+    tasks: list[PackTask]
+    pool_tasks: list[PoolTask]
+    plan: PagePlan
+    memory: np.ndarray  # the plan's pool and exclusive pages as weights, stacked
+    before: dict[str, float]  # test metric after matching, before retraining
+    costs: dict[str, float]
+    log: list[dict]
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tasks]
+
+    def losses_on(self, split: str) -> list[float]:
+        """Per task, how much worse its metric is packed than as a separate model on a split:
+        pp for percentage metrics, else percent of the separate metric; a gain counts as 0."""
+        losses = []
+        for t, pt in zip(self.tasks, self.pool_tasks):
+            data = t.splits[split]
+            separate = t.objective.metric(model_outputs(t.model, data.x), data.y)
+            worse = separate - pool_metric(self.memory, pt, data.x, data.y)
+            worse = worse if t.objective.higher_is_better else -worse
+            if not t.objective.percent:
+                worse = 100.0 * worse / abs(separate) if separate else 0.0
+            losses.append(max(0.0, float(worse)))
+        return losses
+
+    def result(self, config: PackConfig, refinement: list[dict] | None = None) -> PackResult:
+        report = _report(
+            self.tasks,
+            self.pool_tasks,
+            self.plan,
+            self.memory,
+            self.before,
+            self.costs,
+            self.log,
+            config,
+        )
+        if refinement is not None:
+            report["refinement"] = refinement
+        return PackResult(self.plan, report)
+
+
+def _retrain(tasks, layouts, plan, fishers, anchors, costs, config) -> _Trained:
+    """Step 4: joint retraining of the plan's pool and exclusive pages, as one memory."""
     memory, tables = plan.stacked_pages([t.name for t in tasks])
     pool_tasks = [
         PoolTask(
@@ -185,7 +262,7 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
     if coded is not None:
         memory = coded.decode()
     plan = _with_memory(plan, memory, coded)
-    return PackResult(plan, _report(tasks, pool_tasks, plan, memory, before, costs, log, config))
+    return _Trained(tasks, pool_tasks, plan, memory, before, costs, log)
 
 
 def _pool_pages(tasks, layouts, config) -> int:
@@ -220,8 +297,11 @@ def _pool_pages(tasks, layouts, config) -> int:
     return n_pool
 
 
-def _initial_plan(tasks, layouts, pages, fishers, n_pool, config) -> tuple[PagePlan, dict]:
-    """Exclusive pages (WS), then NWV's matching of the shared ones, one task at a time."""
+def _initial_plan(
+    tasks, layouts, pages, fishers, n_pool, config, task_weights
+) -> tuple[PagePlan, dict]:
+    """Exclusive pages (WS, or by bytes with each task's Fisher share times its weight), then
+    NWV's matching of the shared ones, one task at a time."""
     sep = config.separation
     exclusive = [np.zeros(0, np.int64)] * len(tasks)
     if sep is not None:
@@ -229,7 +309,7 @@ def _initial_plan(tasks, layouts, pages, fishers, n_pool, config) -> tuple[PageP
         if sep.rule == "bytes":
             names = [t.name for t in tasks]
             exclusive = select_exclusive_by_bytes(
-                fishers, page_bytes(config), sep.l2_budget_bytes, max_shared, names
+                fishers, page_bytes(config), sep.l2_budget_bytes, max_shared, names, task_weights
             )
         else:
             tprs = _tprs(tasks, sep)
@@ -449,6 +529,13 @@ def format_report(report: dict) -> str:
         if report.get("mean_delta_pp") is not None
         else "no percentage metric to summarise"
     )
+    for p in report.get("refinement", []):
+        losses = list(p["train_loss_pp"].values())
+        lines.append(
+            f"refinement, pack {p['pack']}: {sum(p['exclusive_pages'].values())} exclusive "
+            f"pages, loss on the training split worst {max(losses):.2f}, mean "
+            f"{np.mean(losses):.2f} (pp){' (kept)' if p['kept'] else ''}"
+        )
     lines.append(
         f"pool {report['pool_pages']} pages x {report['page_size']}; bytes separate "
         f"{report['bytes_separate']} -> packed {report['bytes_packed']} (level 1 "

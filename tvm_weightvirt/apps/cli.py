@@ -415,6 +415,7 @@ def _pack_config(spec):
         "tpr",
         "margin",
         "separation_rule",
+        "refine_rounds",
     )
     separate = any(spec.options.get(key) not in (None, False) for key in separating)
     if option("separation_rule") == "bytes":
@@ -434,6 +435,7 @@ def _pack_config(spec):
             parse_bytes(option("l2_budget")) if option("l2_budget") else None,
             option("target_accuracy"),
             option("separation_rule"),
+            option("refine_rounds"),
         )
         if separate
         else None

@@ -35,6 +35,14 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         "separation: WS's tpr/margin per task, or 'bytes': spend --l2-budget on the pages "
         "with the most Fisher share per byte across tasks",
     ),
+    "refine_rounds": (
+        int,
+        0,
+        None,
+        "separation rule 'bytes': pack again this often, each task's Fisher share weighted by "
+        "what its packed model lost on its training split; keeps the pack whose worst task "
+        "lost least",
+    ),
     "smartdeal": (
         bool,
         False,
