@@ -50,6 +50,11 @@ class TaskPages:
     def n_exclusive_pages(self) -> int:
         return int(self.exclusive_pages.shape[0])
 
+    @property
+    def exclusive_bytes(self) -> int:
+        """What the exclusive pages take stored: float32 pages, or codes + bases when coded."""
+        return self.exclusive_pages.nbytes if self.coded is None else self.coded.stored_bytes
+
 
 @dataclass
 class PagePlan:
@@ -116,11 +121,8 @@ class PagePlan:
 
     @property
     def exclusive_bytes(self) -> int:
-        """What the exclusive pages take stored: float32 pages, or codes + bases when coded."""
-        return sum(
-            t.exclusive_pages.nbytes if t.coded is None else t.coded.stored_bytes
-            for t in self.tasks.values()
-        )
+        """What all tasks' exclusive pages take stored (level 2)."""
+        return sum(t.exclusive_bytes for t in self.tasks.values())
 
     def task(self, name: str) -> TaskPages:
         if name not in self.tasks:

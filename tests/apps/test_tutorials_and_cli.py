@@ -143,5 +143,5 @@ def test_tutorial_07_fits_the_byte_budgets(tmp_path, monkeypatch, capsys):
     plan = wv.load_wvpack(tmp_path / "budget.wvpack").plan
     order = ["sensors", "gestures", "friedman", "friedman", "gestures", "sensors"]
     switched = [n for i, n in enumerate(order) if i == 0 or n != order[i - 1]]
-    read = sum(plan.task(n).coded.stored_bytes for n in switched)
+    read = sum(plan.task(n).exclusive_bytes for n in switched)
     assert f"{len(switched)} switches, {read} B read from level 2" in printed

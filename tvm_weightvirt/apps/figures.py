@@ -42,7 +42,7 @@ def plot_pack(plan: PagePlan, report: dict | None, path: str) -> None:
         pool_ids = np.unique(t.page_table[t.page_table < plan.n_pool_pages])
         separate.append(4 * t.layout.n_weights)
         shared.append(float(np.sum(page_bytes / readers[pool_ids])))
-        exclusive.append(t.exclusive_pages.nbytes)
+        exclusive.append(t.exclusive_bytes)
     fig, axes = plt.subplots(1, 3 if report else 2, figsize=(16 if report else 11, 4.2))
     at = np.arange(len(names))
     ax = axes[0]
