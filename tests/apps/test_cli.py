@@ -67,6 +67,20 @@ REFUSED = [
         ["shares nothing and trains nothing", "--rounds"],
     ),
     (["pack", "res={res}", "--lossless", "-o", "{res}"], ["is one of the inputs"]),
+    (
+        [
+            "pack",
+            "--suite",
+            "wine,iris",
+            "--l1-budget",
+            "48KiB",
+            "--refine-rounds",
+            "1",
+            "-o",
+            "{dir}/a.wvpack",
+        ],
+        ["--refine-rounds refines the choice of --separation-rule bytes"],
+    ),
     (["pack", "res={res}", "--lossless", "-o", "{dir}/nowhere/a.wvpack"], ["does not exist"]),
     (
         ["pack", "res={res}", "--lossless", "-o", "{dir}/notes.txt"],

@@ -427,6 +427,11 @@ def _pack_config(spec):
                 f"{', '.join(ws_rule)} set WS's tpr rule; --separation-rule bytes spends "
                 "--l2-budget instead: drop them"
             )
+    elif option("refine_rounds"):
+        raise ValueError(
+            f"{spec.source('refine_rounds')} refines the choice of --separation-rule bytes: "
+            "add it with --l2-budget, or drop the refinement"
+        )
     separation = (
         SeparationConfig(
             option("tpr"),
