@@ -188,10 +188,11 @@ def measure(quick: bool, configs: str | None = None, l1_budgets: str | None = No
     tasks = suite.load_suite(suite.TEN_TASKS)
     n_table = _table_entries(tasks)
     grid = {l1: _configs(l1, n_table, optimize) for l1 in budgets}
-    names = configs.split(",") if configs else list(grid[budgets[0]])
-    unknown = sorted(set(names) - set(grid[budgets[0]]))
+    available = list(grid[budgets[0]])
+    names = configs.split(",") if configs else available
+    unknown = sorted(set(names) - set(available))
     if unknown:
-        raise SystemExit(f"unknown configs {unknown}; the grid has {list(grid[budgets[0]])}")
+        raise SystemExit(f"unknown configs {unknown}; the grid has {available}")
     points = [_point(name, l1, grid[l1][name], tasks) for l1 in budgets for name in names]
     # Each goal's best point again with other seeds: a goal counts as met only if every seed
     # meets it (neighbouring points show about 1 pp of training noise).

@@ -158,11 +158,13 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
     if rounds == 0:
         plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, weights)
         return _retrain(tasks, layouts, plan, fishers, pages, costs, config).result(config)
+    train = [t.splits["train"] for t in tasks]
+    separate = [t.objective.metric(model_outputs(t.model, s.x), s.y) for t, s in zip(tasks, train)]
     best, refinement = None, []
     for attempt in range(1 + rounds):
         plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, weights)
         trained = _retrain(tasks, layouts, plan, fishers, pages, costs, config)
-        losses = trained.losses_on("train")
+        losses = trained.losses_on("train", separate)
         refinement.append(
             {
                 "pack": attempt,
@@ -198,13 +200,13 @@ class _Trained:
     def names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
-    def losses_on(self, split: str) -> list[float]:
-        """Per task, how much worse its metric is packed than as a separate model on a split:
-        pp for percentage metrics, else percent of the separate metric; a gain counts as 0."""
+    def losses_on(self, split: str, separate: list[float]) -> list[float]:
+        """Per task, how much worse its metric is packed than `separate` (the separate model's
+        on that split): pp for percentage metrics, else percent of the separate metric; a gain
+        counts as 0."""
         losses = []
-        for t, pt in zip(self.tasks, self.pool_tasks):
+        for t, pt, separate in zip(self.tasks, self.pool_tasks, separate):
             data = t.splits[split]
-            separate = t.objective.metric(model_outputs(t.model, data.x), data.y)
             worse = separate - pool_metric(self.memory, pt, data.x, data.y)
             worse = worse if t.objective.higher_is_better else -worse
             if not t.objective.percent:
