@@ -8,6 +8,7 @@ from .lift_weight_transforms import LiftWeightTransforms
 from .merge_tasks import MergeTasks
 from .read_weights_through_pages import ReadWeightsThroughPages
 from .virtualize_weights import VirtualizeWeights
+from .weights_in_kernel_layout import WeightsInKernelLayout
 
 __all__ = [
     "AddPageGather",
@@ -18,4 +19,5 @@ __all__ = [
     "MergeTasks",
     "ReadWeightsThroughPages",
     "VirtualizeWeights",
+    "WeightsInKernelLayout",
 ]

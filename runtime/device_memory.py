@@ -1,6 +1,6 @@
 """Memory a runtime lays out on its device once: views of one buffer at byte offsets (a task's
-weights inside the weight buffer), page-locked host staging for copies to a GPU, and the check
-that a library runs on the device it was built for."""
+weights inside the weight buffer) or at an address (mapped pages), page-locked host staging
+for copies to a GPU, and the check that a library runs on the device it was built for."""
 
 from __future__ import annotations
 
@@ -66,12 +66,8 @@ class _Capsule:
 def offset_view(
     base: tvm.runtime.Tensor, byte_offset: int, shape: tuple[int, ...], dtype: str = "float32"
 ) -> tvm.runtime.Tensor:
-    """A tensor over `base`'s memory from `byte_offset` (a multiple of 64), zero-copy.
-
-    Its data pointer is moved, as DLPack specifies for CPU and CUDA memory, rather than its
-    `byte_offset` set (what `Tensor._create_view` does): TVM's kernels accept only tensors
-    whose byte_offset is 0. The caller keeps `base` alive as long as the view. The view's
-    DLPack record (tens of bytes) is never freed: views are made once per runtime."""
+    """A tensor over `base`'s memory from `byte_offset` (a multiple of 64), zero-copy. The
+    caller keeps `base` alive as long as the view."""
     dt = np.dtype(dtype)
     n_bytes = int(np.prod(shape)) * dt.itemsize
     base_bytes = int(np.prod(base.shape)) * np.dtype(base.dtype).itemsize
@@ -80,13 +76,29 @@ def offset_view(
             f"view of {n_bytes} B at byte {byte_offset}: must be 64-byte aligned and inside "
             f"the {base_bytes} B buffer"
         )
+    device = (base.device.dlpack_device_type(), base.device.index)
+    return address_view(base.data_ptr() + byte_offset, shape, dtype, device)
+
+
+def address_view(
+    address: int, shape: tuple[int, ...], dtype: str = "float32", device: tuple[int, int] = (CPU, 0)
+) -> tvm.runtime.Tensor:
+    """A tensor over the memory at `address` (64-byte aligned) on `device` (DLPack type, id),
+    zero-copy. The caller keeps that memory alive as long as the tensor.
+
+    Its data pointer is the address, as DLPack specifies for CPU and CUDA memory, rather than
+    a base with a `byte_offset` (what `Tensor._create_view` makes): TVM's kernels accept only
+    tensors whose byte_offset is 0. The tensor's DLPack record (tens of bytes) is never freed:
+    views are made once per runtime."""
+    if address % 64:
+        raise ValueError(f"a tensor's memory must be 64-byte aligned, {address:#x} is not")
+    dt = np.dtype(dtype)
     record = _malloc(ctypes.sizeof(_DLManagedTensor) + 8 * max(1, len(shape)))
     dims = record + ctypes.sizeof(_DLManagedTensor)
     (ctypes.c_int64 * len(shape)).from_address(dims)[:] = shape
-    device = (base.device.dlpack_device_type(), base.device.index)
     managed = _DLManagedTensor.from_address(record)
     managed.dl_tensor = _DLTensor(
-        base.data_ptr() + byte_offset,
+        address,
         _DLDevice(*device),
         len(shape),
         _DLDataType(_DTYPE_CODES[dt.kind], 8 * dt.itemsize, 1),

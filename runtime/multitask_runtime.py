@@ -21,8 +21,16 @@ from tvm_weightvirt.abi import (
 from tvm_weightvirt.compile.library import Library
 from tvm_weightvirt.plan import PagePlan
 
-from .device_memory import as_numpy, check_device, host_staging, offset_view
+from .device_memory import (
+    CPU,
+    address_view,
+    as_numpy,
+    check_device,
+    host_staging,
+    offset_view,
+)
 from .io import InputBuffers, on_cpu, outputs_to_numpy
+from .page_mapping import MappedRange, SharedPages, mapping_problems
 from .page_store import PageStore
 from .scheduler import schedule
 from .weight_transform import weight_transform
@@ -33,6 +41,7 @@ class Counters:
     requests: int = 0
     switches: int = 0
     bytes_gathered: int = 0
+    bytes_transformed: int = 0  # weights a task's weight transform wrote at a switch
     bytes_read_l2: int = 0  # exclusive pages read from level-2 storage
     prefetch_hits: int = 0  # switches whose exclusive pages were already prefetched
     switch_seconds: float = 0.0
@@ -44,6 +53,13 @@ class MultitaskRuntime:
     one weight buffer sized for the largest task, whose views are the task's weights, and runs
     the task's weight-only ops on them once (materialize mode), or does nothing (fused mode);
     `run(task, *inputs)` switches if needed and runs.
+
+    `mapped=True` (a materialize library on the CPU, Linux, pages a multiple of the OS page):
+    no weight buffer; each task's pages are mapped once into a virtual range of their own
+    (`page_mapping`), whose views are its weights, and a switch only picks that range: it
+    moves no weight bytes when the tasks were packed in kernel layout
+    (`Task.in_kernel_layout()`, no weight transform left), and the kernels are materialize
+    mode's, reading plain dense weights.
 
     Exclusive pages (weight separation) stay in level-2 storage (`level2`: the .wvpack file, or
     the plan's arrays) until a switch loads them into a level-1 scratch; `run_many` prefetches
@@ -65,13 +81,19 @@ class MultitaskRuntime:
         library: Library,
         device: tvm.runtime.Device | None = None,
         level2: str | None = None,
+        mapped: bool = False,
     ):
         self.device = device or tvm.cpu()
         self.library = library
+        self.mapped = mapped
         _check_belongs(plan, library)
         check_device(library, self.device)
+        if mapped:
+            _check_mappable(plan, library, self.device)
         self.vm = VirtualMachine(library.executable, self.device)
-        if plan.coded is None:
+        if mapped:  # the pool lives in shared memory that the tasks' ranges map
+            self.pool, self._pool_inputs = None, ()
+        elif plan.coded is None:
             self.pool = tvm.runtime.tensor(plan.pool, self.device)
             self._pool_inputs = (self.pool,)
         else:  # SmartDeal pages: codes and bases stay resident, a switch decodes
@@ -99,10 +121,15 @@ class MultitaskRuntime:
                     f"library and page plan do not belong together: the plan's pool is {ours}, "
                     f"the library was lowered for {theirs} (it has no '{gather}')"
                 )
-            self._setup_weight_buffer(plan)
             self._transforms = {n: weight_transform(self.vm, task_function(n)) for n in plan.tasks}
+            self._transformed_bytes: dict[str, int] = {}
         self._arguments: list[tvm.runtime.Tensor] = []  # the current task's, after its inputs
+        self._reading_slot: int | None = None  # exclusive scratch slot the current task reads
         self._setup_exclusive(plan, level2)
+        if mapped:
+            self._setup_mapped_ranges(plan)
+        elif library.mode == "materialize":
+            self._setup_weight_buffer(plan)
 
     def _kernel(self, name: str):
         """The library's compiled function `name`, or None."""
@@ -119,6 +146,15 @@ class MultitaskRuntime:
         self.scratch_bytes = 0
         if most == 0:
             return
+        self.store = PageStore(plan, level2)
+        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wv-prefetch")
+        self._prefetched: tuple[str, int, Future] | None = None
+        if self.mapped:  # the scratch is shared memory the tasks' ranges map in place
+            self._exclusive_pages = SharedPages(2 * most, 4 * plan.page_size, "wv-exclusive")
+            pages = self._exclusive_pages.array
+            self._staging_arrays = [[pages[:most]], [pages[most:]]]
+            self.scratch_bytes = pages.nbytes
+            return
         loader = EXCLUSIVE_GATHER_FUNC if plan.coded is None else CODED_EXCLUSIVE_GATHER_FUNC
         self._gather_exclusive = self._kernel(loader)
         if self._gather_exclusive is None:
@@ -126,7 +162,6 @@ class MultitaskRuntime:
                 f"the plan has exclusive pages but the library has no '{loader}' (lower it "
                 "from this plan)"
             )
-        self.store = PageStore(plan, level2)
         parts = self.store.shapes(most)
 
         def slots(make):  # [switch, prefetch], each a buffer per stored part
@@ -154,8 +189,31 @@ class MultitaskRuntime:
 
         self._scratch_views = views(scratch)
         self._staging_views = None if on_cpu(self.device) else views(staging)
-        self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="wv-prefetch")
-        self._prefetched: tuple[str, Future] | None = None
+
+    def _setup_mapped_ranges(self, plan: PagePlan) -> None:
+        """The pool in shared memory; per task and exclusive scratch slot, a virtual range
+        whose pages are the task's (pool pages, or its exclusive pages in that slot) and the
+        views of it that are the task's weights."""
+        page_bytes, n_pool = 4 * plan.page_size, plan.n_pool_pages
+        self._pool_pages = SharedPages(n_pool, page_bytes, "wv-pool")
+        self._pool_pages.array[:] = plan.pool
+        most = max(self._exclusive_counts.values())
+        self._ranges: dict[str, list[tuple[MappedRange, list[tvm.runtime.Tensor]]]] = {}
+        for name, t in plan.tasks.items():
+            self._ranges[name] = []
+            for slot in range(2 if t.n_exclusive_pages else 1):
+                sources = [
+                    (self._pool_pages, int(v))
+                    if v < n_pool
+                    else (self._exclusive_pages, slot * most + int(v) - n_pool)
+                    for v in t.page_table
+                ]
+                pages = MappedRange(sources)
+                weights = [
+                    address_view(pages.address + 4 * s.offset_elems, s.shape, s.dtype)
+                    for s in t.layout.spans
+                ]
+                self._ranges[name].append((pages, weights))
 
     def _setup_weight_buffer(self, plan: PagePlan) -> None:
         """One weight buffer on the device for the largest task; per task, the views of it that
@@ -180,47 +238,72 @@ class MultitaskRuntime:
     def resident_bytes(self) -> int:
         """Level-1 weight memory held: pool + page tables (+ the materialized weight buffer and
         the exclusive-page scratches)."""
-        buffer = self.weight_buffer_bytes if self.library.mode == "materialize" else 0
+        buffer = getattr(self, "weight_buffer_bytes", 0)
         return self._pool_and_table_bytes + buffer + self.scratch_bytes
 
     def switch(self, task: str) -> None:
         """Make `task` current: in materialize mode, one gather kernel moves its pages and the
-        task's weight transform runs on them."""
+        task's weight transform runs on them; mapped, the task's range (for the scratch slot
+        its exclusive pages were read into) becomes current."""
         with self._lock:
             self._check_task(task)
             start = time.perf_counter()
-            if self._exclusive_counts[task]:
-                exclusive = self._exclusive_scratch(task)
-                self._gather_exclusive(
-                    *self._pool_inputs, *exclusive, self.page_tables[task], self._targets[task]
-                )
-                self.counters.bytes_gathered += self._target_bytes[task]
-            elif self.library.mode == "materialize":
-                self._gather(*self._pool_inputs, self.page_tables[task], self._targets[task])
-                self.counters.bytes_gathered += self._target_bytes[task]
-            if self.library.mode == "materialize":
-                self._arguments = self._transforms[task](self._weights[task])
-            else:
+            slot = self._exclusive_slot(task) if self._exclusive_counts[task] else None
+            self._reading_slot = slot if self.mapped else None
+            if self.library.mode == "fused":
                 self._arguments = [self.pool, self.page_tables[task]]
+            else:
+                if self.mapped:
+                    weights = self._ranges[task][slot or 0][1]
+                else:
+                    self._gather_pages(task, slot)
+                    weights = self._weights[task]
+                self._arguments = self._transforms[task](weights)
+                self.counters.bytes_transformed += self._fresh_bytes(task, weights)
             self.current = task
             self.counters.switches += 1
             self.counters.switch_seconds += time.perf_counter() - start
 
-    def _exclusive_scratch(self, task: str) -> list[tvm.runtime.Tensor]:
-        """The task's exclusive pages in a level-1 scratch: the finished prefetch if it was for
-        this task, else read now from level 2 into the switch scratch."""
+    def _gather_pages(self, task: str, slot: int | None) -> None:
+        """Materialize mode: the task's pages (pool, and exclusive from scratch `slot`) into
+        the weight buffer."""
+        if slot is None:
+            self._gather(*self._pool_inputs, self.page_tables[task], self._targets[task])
+        else:
+            exclusive = self._scratch_views[slot][task]
+            self._gather_exclusive(
+                *self._pool_inputs, *exclusive, self.page_tables[task], self._targets[task]
+            )
+        self.counters.bytes_gathered += self._target_bytes[task]
+
+    def _fresh_bytes(self, task: str, weights: list[tvm.runtime.Tensor]) -> int:
+        """Bytes of the arguments the task's weight transform wrote (not its weights passed
+        through); the same at every switch, measured at the first."""
+        if task not in self._transformed_bytes:
+            given = {w.data_ptr() for w in weights}
+            self._transformed_bytes[task] = sum(
+                int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+                for a in self._arguments
+                if a.data_ptr() not in given
+            )
+        return self._transformed_bytes[task]
+
+    def _exclusive_slot(self, task: str) -> int:
+        """The scratch slot holding the task's exclusive pages: the finished prefetch's if it
+        was for this task, else a slot no prefetch is filling, read now from level 2."""
         if self._prefetched is not None and self._prefetched[0] == task:
-            _, future = self._prefetched
+            _, slot, future = self._prefetched
             self._prefetched = None
             self.counters.bytes_read_l2 += future.result()  # re-raises a failed read
             self.counters.prefetch_hits += 1
-            return self._scratch_views[1][task]
-        self.counters.bytes_read_l2 += self._load_exclusive(task, 0)
-        return self._scratch_views[0][task]
+            return slot
+        slot = 1 if self._prefetched is not None and self._prefetched[1] == 0 else 0
+        self.counters.bytes_read_l2 += self._load_exclusive(task, slot)
+        return slot
 
     def _load_exclusive(self, task: str, slot: int) -> int:
-        """Read `task`'s exclusive pages from level 2 into scratch `slot` (0: switch, 1:
-        prefetch); returns the bytes read. Off the CPU the read lands in page-locked staging
+        """Read `task`'s exclusive pages from level 2 into scratch `slot`; returns the bytes
+        read. Off the CPU the read lands in page-locked staging
         and is copied to the device scratch, finished before this returns."""
         n_bytes = self.store.load(task, self._staging_arrays[slot])
         if not on_cpu(self.device):
@@ -240,10 +323,12 @@ class MultitaskRuntime:
                 return None
             if self._prefetched is not None:
                 if self._prefetched[0] == task:
-                    return self._prefetched[1]
-                self._prefetched[1].exception()  # wait: the scratch is about to be reused
-            future = self._prefetcher.submit(self._load_exclusive, task, 1)
-            self._prefetched = (task, future)
+                    return self._prefetched[2]
+                self._prefetched[2].exception()  # wait: the scratch is about to be reused
+            # not the slot the current task reads in place (mapped)
+            slot = 1 - self._reading_slot if self._reading_slot is not None else 1
+            future = self._prefetcher.submit(self._load_exclusive, task, slot)
+            self._prefetched = (task, slot, future)
             return future
 
     def run(self, task: str, *inputs: np.ndarray) -> list[np.ndarray]:
@@ -307,3 +392,19 @@ def _check_belongs(plan: PagePlan, library: Library) -> None:
         )
     if problems:
         raise ValueError("library and page plan do not belong together: " + "; ".join(problems))
+
+
+def _check_mappable(plan: PagePlan, library: Library, device: tvm.runtime.Device) -> None:
+    """The plan's pages can be mapped for this library on this device, or say what is needed."""
+    problems = mapping_problems(4 * plan.page_size)
+    if library.mode != "materialize":
+        problems.append(
+            f"the library was lowered in {library.mode} mode; mapped pages need materialize "
+            "mode's kernels, which take the weights as arguments"
+        )
+    if plan.coded is not None:
+        problems.append("the plan's pages are SmartDeal-coded; only float32 pages can be mapped")
+    if device.dlpack_device_type() != CPU:
+        problems.append(f"mapped pages are host memory, the device is {device}")
+    if problems:
+        raise ValueError("cannot map the plan's pages: " + "; ".join(problems))

@@ -1,9 +1,12 @@
-"""The torch twin of a task matches its compiled graph, so ONNX tasks get Fisher and packing."""
+"""The torch twin of a task matches its compiled graph, so ONNX tasks get Fisher and packing;
+a task in kernel layout is the same function to the twin and to TVM."""
 
 import numpy as np
 import pytest
 import torch
 from onnx import TensorProto, helper
+from tvm_weightvirt.passes import ConvWeightsOutputChannelsLast
+from tvm_weightvirt.passes.weights_in_kernel_layout import kernel_layout_axes
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
 import tvm_weightvirt as wv
@@ -34,6 +37,42 @@ def test_twin_of_a_torch_model_matches_torch(kind):
     twin = TorchTwin(wv.Task.from_torch(model, (x,), name=kind))
     with torch.no_grad():
         np.testing.assert_allclose(twin(x).numpy(), model(x).numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", [*examples.TORCH_MODELS, "onnx resnet block"])
+def test_a_task_in_kernel_layout_is_the_same_function_with_the_same_gradients(kind):
+    """Weights permuted into the layout the kernels read: the compiled outputs are bit for bit
+    the task's, and through the twin the outputs and each weight's gradient (permuted alike)
+    are the task's, so Fisher and retraining see the same model."""
+    if kind == "onnx resnet block":
+        model, x = examples.onnx_resnet_block()
+        task = wv.Task.from_onnx(model, name="g")
+    else:
+        model, x = examples.torch_model(kind, 3)
+        task, x = wv.Task.from_torch(model, (x,), name=kind), x.numpy()
+    kernel = task.in_kernel_layout()
+    axes = kernel_layout_axes(ConvWeightsOutputChannelsLast()(task.mod)["main"])
+    assert axes and all(len(a) == task.weights[n].ndim for n, a in _named(task, axes).items())
+    np.testing.assert_array_equal(
+        StandaloneModel(kernel).run(x)[0], StandaloneModel(task).run(x)[0]
+    )
+    outputs, grads = [], []
+    for t in (task, kernel):
+        twin = TorchTwin(t)
+        out = twin(torch.from_numpy(x))
+        out.square().sum().backward()
+        outputs.append(out.detach().numpy())
+        grads.append({n: p.grad.numpy() for n, p in twin.named_parameters()})
+    np.testing.assert_allclose(outputs[1], outputs[0], atol=1e-5, rtol=0)
+    named_axes = _named(task, axes)
+    for name, grad in grads[0].items():
+        expected = grad.transpose(named_axes[name]) if name in named_axes else grad
+        np.testing.assert_allclose(grads[1][name], expected, atol=1e-4, rtol=1e-5, err_msg=name)
+
+
+def _named(task, axes: dict[int, list[int]]) -> dict[str, list[int]]:
+    names = list(task.weights)
+    return {names[i]: a for i, a in axes.items()}
 
 
 def test_fisher_and_packing_of_onnx_tasks_without_labels():

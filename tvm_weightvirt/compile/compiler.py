@@ -58,11 +58,19 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     if sorted(names) != sorted(plan.tasks):
         raise ValueError(f"tasks {sorted(names)} do not match the page plan's {sorted(plan.tasks)}")
     for t in tasks:
-        if list(t.weights) != plan.task(t.name).layout.names:
+        layout = plan.task(t.name).layout
+        if list(t.weights) != layout.names:
             raise ValueError(
                 f"task '{t.name}': weights {list(t.weights)} are not the plan's layout "
-                f"{plan.task(t.name).layout.names} (same names, same order)"
+                f"{layout.names} (same names, same order)"
             )
+        for (name, w), span in zip(t.weights.items(), layout.spans):
+            if tuple(w.shape) != span.shape:
+                raise ValueError(
+                    f"task '{t.name}': weight '{name}' is {tuple(w.shape)}, the plan stores it "
+                    f"as {span.shape}: lower the tasks the plan was packed from (a plan of "
+                    "tasks in kernel layout needs `task.in_kernel_layout()`)"
+                )
     has_exclusive = any(t.n_exclusive_pages for t in plan.tasks.values())
     if has_exclusive and mode == "fused":
         raise NotImplementedError("exclusive pages are lowered for materialize mode only")

@@ -12,7 +12,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..passes import LiftWeightConstants
+from ..passes import ConvWeightsOutputChannelsLast, LiftWeightConstants, WeightsInKernelLayout
+from ..passes.weights_in_kernel_layout import kernel_layout_axes, permute_weights
 from ..plan import TASK_NAME
 
 
@@ -70,6 +71,15 @@ class Task:
     @property
     def n_weights(self) -> int:
         return sum(w.size for w in self.weights.values())
+
+    def in_kernel_layout(self) -> Task:
+        """This task with each weight stored as the CPU kernels read it (`WeightsInKernelLayout`:
+        dense weights transposed, convolution weights output channels last), same outputs.
+        A plan packed from it leaves no weight permute for a context switch to run: a mapped
+        switch (`MultitaskRuntime(..., mapped=True)`) then moves no weight bytes."""
+        axes = kernel_layout_axes(ConvWeightsOutputChannelsLast()(self.mod)["main"])
+        mod = WeightsInKernelLayout()(self.mod)
+        return Task(self.name, mod, permute_weights(self.weights, axes))
 
     # **** intake ****
 

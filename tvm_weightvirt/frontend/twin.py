@@ -12,6 +12,7 @@ import torch.nn.functional as F
 import tvm
 from tvm import relax
 
+from ..passes.conv_weights_output_channels_last import LAYOUTS as CONV_LAYOUTS
 from .task import IntakeError, Task
 
 Value = torch.Tensor | tuple | list | int | float
@@ -24,12 +25,20 @@ def _ints(values) -> list[int]:
 # **** convolution, pooling, normalization ****
 
 _LAYOUT = {1: ("NCW", "OIW"), 2: ("NCHW", "OIHW"), 3: ("NCDHW", "OIDHW")}
+# convolution weights stored output channels last (a task in kernel layout) -> torch's OI...
+_FROM_OUTPUT_CHANNELS_LAST = {
+    int(op.removeprefix("relax.nn.conv")[0]): (new_layout, np.argsort(axes).tolist())
+    for op, (_, _, new_layout, axes) in CONV_LAYOUTS.items()
+}
 
 
 def _conv(dims: int):
     conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[dims]
 
     def run(x, w, attrs):
+        layout, to_torch = _FROM_OUTPUT_CHANNELS_LAST.get(dims, (None, None))
+        if str(attrs.kernel_layout) == layout:
+            w = w.permute(to_torch)
         before, after = _split_padding(attrs.padding, dims)
         if before != after:  # torch pads symmetrically: pad the difference explicitly
             x = F.pad(x, _torch_pad(before, after))
@@ -251,11 +260,11 @@ OPS: dict[str, Callable[..., Value]] = {
 def _layout_problems(attrs, dims: int, kernel: bool = False) -> list[str]:
     data, weight = _LAYOUT[dims]
     names = ["data_layout", "kernel_layout", "out_layout"] if kernel else ["layout", "out_layout"]
-    wanted = [data, weight, data] if kernel else [data, data]
+    wanted = [(data,), (weight, _FROM_OUTPUT_CHANNELS_LAST.get(dims, ("",))[0]), (data,)]
     return [
         f"{name}={getattr(attrs, name)}"
-        for name, want in zip(names, wanted)
-        if str(getattr(attrs, name)) not in (want, "")  # out_layout "" means the data layout
+        for name, want in zip(names, wanted if kernel else wanted[::2])
+        if str(getattr(attrs, name)) not in (*want, "")  # out_layout "" means the data layout
     ]
 
 
