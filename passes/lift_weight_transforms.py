@@ -17,7 +17,8 @@ class LiftWeightTransforms:
     """TVM's `LiftTransformParams` under the project's names: for every Relax function `f` with
     a `num_input` attribute, the bindings that depend only on its weights (the parameters after
     the first `num_input`) move to `wv_transform_<f>(weights)`, which takes the weights as one
-    tuple and returns what `f` now takes after its inputs. The outputs are unchanged bit for
+    tuple and returns what `f` now takes after its inputs. A function without weight-only ops
+    gets no such function (it takes its weights as they are). The outputs are unchanged bit for
     bit: each op runs the same kernel, only earlier.
 
     .. code-block:: python
@@ -44,7 +45,16 @@ class LiftWeightTransforms:
         for gv, func in lifted.functions_items():
             source = gv.name_hint.removesuffix(_TVM_SUFFIX)
             if source != gv.name_hint and source in lifted_from:
+                if _returns_its_weights(func):
+                    continue  # no weight-only op: `source` takes the weights as they are
                 name = weight_transform_function(source)
                 gv, func = relax.GlobalVar(name), func.with_attr("global_symbol", name)
             out[gv] = func
         return tvm.IRModule(out, attrs=mod.attrs)
+
+
+def _returns_its_weights(func: relax.Function) -> bool:
+    """The lifted function does nothing: it returns the tuple of weights it takes."""
+    body = func.body
+    result = body.body if isinstance(body, relax.SeqExpr) and not body.blocks else body
+    return result.same_as(func.params[0])

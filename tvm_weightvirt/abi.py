@@ -12,10 +12,11 @@ A module from `wv.lower` holds, for a plan with tasks T:
   - `wv_gather_pages(pool, page_table, weight_pages)` (float32 pages);
   - `wv_gather_coded_pages(codes, bases, page_table, weight_pages)` (SmartDeal pages);
   - `wv_gather_pages_exclusive(pool, exclusive, page_table, weight_pages)` (exclusive pages);
-- materialize mode only, `wv_transform_task_<t>(weights)` per task (LiftWeightTransforms): the
-  task's weight-only ops (transposes of dense weights, reshapes of biases, ...) that a switch
-  runs once after the gather; it takes the weights, in the layout's order, as one tuple and
-  returns the task function's arguments after its inputs;
+- materialize mode only, `wv_transform_task_<t>(weights)` per task that has weight-only ops
+  (LiftWeightTransforms): the task's weight-only ops (transposes of dense weights, reshapes of
+  biases, ...) that a switch runs once after the gather; it takes the weights, in the layout's
+  order, as one tuple and returns the task function's arguments after its inputs (a task
+  without, e.g. one in kernel layout, takes its weights as they are);
 - the module attribute `wv.mode` = "materialize" or "fused".
 """
 

@@ -634,6 +634,35 @@ def test_lift_weight_transforms_moves_weight_only_ops_into_the_switch_function()
     tvm.ir.assert_structural_equal(after, TransformExpected)
 
 
+def test_lift_weight_transforms_adds_no_function_when_no_op_depends_on_weights_alone():
+    """A task whose weights are already as its kernels read them (a task in kernel layout)
+    gets no transform function: its switch has nothing to run. (The contrast: `u` of
+    KernelLayoutExpected is still permuted, so that module gets one.)"""
+    mod = WeightsInKernelLayout()(_matmul_only())
+    lifted = LiftWeightTransforms()(mod)
+    assert [gv.name_hint for gv in lifted.get_global_vars()] == ["main"]
+    tvm.ir.assert_structural_equal(lifted, mod)
+    contrast = LiftWeightTransforms()(KernelLayoutExpected)
+    assert "wv_transform_main" in [gv.name_hint for gv in contrast.get_global_vars()]
+
+
+def _matmul_only() -> tvm.IRModule:
+    @I.ir_module
+    class MatmulOnly:
+        @R.function
+        def main(x: R.Tensor((1, 4), "float32"), w: R.Tensor((3, 4), "float32")) -> R.Tensor(
+            (1, 3), "float32"
+        ):
+            R.func_attr({"num_input": 1})
+            with R.dataflow():
+                wt = R.permute_dims(w)
+                y = R.matmul(x, wt)
+                R.output(y)
+            return y
+
+    return MatmulOnly
+
+
 def test_lift_weight_transforms_changes_no_output_bit():
     """The lifted module, transform then task, gives the same bits as the module before."""
     rng = np.random.default_rng(0)

@@ -53,8 +53,10 @@ class _Memcpy:
 
 
 def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
-    """On the CPU: the suite's five tasks on NWV's pool size with matched pages."""
+    """On the CPU: the suite's five tasks on NWV's pool size with matched pages; `mapped`: the
+    same tasks in kernel layout on pages of one OS page, mapped (`MultitaskRuntime(mapped=True)`)."""
     from tvm_weightvirt.runtime import MultitaskRuntime, ReloadModels, ResidentModels
+    from tvm_weightvirt.runtime.page_mapping import OS_PAGE_BYTES
 
     from ..algorithms.optimize import OptimizeConfig
     from ..algorithms.pipeline import PackConfig
@@ -66,12 +68,21 @@ def switch_benchmark(quick: bool = False, seed: int = 0) -> dict:
     # The packed plan: NWV's pool size, matched pages (retraining does not change switch cost).
     plan = pack(*suite.packable(tasks), PackConfig(optimize=OptimizeConfig(rounds=0))).plan
     graphs = [t.task for t in tasks]
+    kernel_graphs = [g.in_kernel_layout() for g in graphs]
+    mapped_plan = pack(
+        kernel_graphs,
+        {t.name: t.data for t in tasks},
+        PackConfig(page_size=OS_PAGE_BYTES // 4, optimize=OptimizeConfig(rounds=0)),
+    ).plan
     inputs = {t.name: t.example_input().numpy() for t in tasks}
     storage = tempfile.mkdtemp(prefix="wvirt-reload-")
-    log.info("switch benchmark: building the packed (2 modes) and separate systems")
+    log.info("switch benchmark: building the packed (3 modes) and separate systems")
     systems = {
         "materialize": MultitaskRuntime(plan, build(lower(graphs, plan, "materialize"))),
         "fused": MultitaskRuntime(plan, build(lower(graphs, plan, "fused"))),
+        "mapped": MultitaskRuntime(
+            mapped_plan, build(lower(kernel_graphs, mapped_plan)), mapped=True
+        ),
         "reload": ReloadModels.compile(graphs, storage, cold=True),
         "reload_warm": ReloadModels.compile(graphs, storage, cold=False),
         "resident": ResidentModels.compile(graphs),
@@ -179,17 +190,20 @@ def measure_switches(systems: dict, plan, inputs: dict, device, n_requests: int,
         "memcpy_us": float(np.median(memcpy_us)),
         "switch_vs_memcpy": results["materialize"]["switch_vs_memcpy"],
         "resident_bytes": {
-            {"materialize": "packed", "fused": "packed_fused"}.get(label, label): r[
-                "resident_bytes"
-            ]
+            {"materialize": "packed", "fused": "packed_fused", "mapped": "packed_mapped"}.get(
+                label, label
+            ): r["resident_bytes"]
             for label, r in results.items()
             if label != "reload_warm"
         },
     }
-    for label in systems:  # the systems measured, named as the switch benchmark names them
-        if label in ("materialize", "fused"):
+    for label, system in systems.items():  # named as the switch benchmark names them
+        if label in ("materialize", "fused", "mapped"):
             numbers[f"switch_us_{label}"] = switch[label]
             numbers[f"infer_ratio_{label}"] = infer[label] / infer["resident"]
+            c = system.counters  # the warm-up's switches included
+            moved = c.bytes_gathered + c.bytes_transformed
+            numbers[f"weight_bytes_per_switch_{label}"] = moved / c.switches
         elif label.startswith("reload"):
             numbers[f"switch_ratio_{label}"] = switch[label] / switch["materialize"]
     return numbers
@@ -212,7 +226,19 @@ def format_switch_table(numbers: dict) -> str:
         f"materialize switch / memcpy of the same bytes: {numbers['switch_vs_memcpy']:.2f} "
         f"(memcpy {numbers['memcpy_us']:.1f} us); reload / switch: cold "
         f"{numbers['switch_ratio_reload']:.0f}x, warm {numbers['switch_ratio_reload_warm']:.0f}x; "
-        f"inference vs plain: materialize {numbers['infer_ratio_materialize']:.3f}x, "
-        f"fused {numbers['infer_ratio_fused']:.3f}x"
+        "inference vs plain: "
+        + ", ".join(
+            f"{mode} {numbers[f'infer_ratio_{mode}']:.3f}x"
+            for mode in ("materialize", "fused", "mapped")
+            if f"infer_ratio_{mode}" in numbers
+        )
+    )
+    lines.append(
+        "weight bytes moved per switch (gathered + transformed): "
+        + ", ".join(
+            f"{mode} {numbers[f'weight_bytes_per_switch_{mode}']:.0f}"
+            for mode in ("materialize", "fused", "mapped")
+            if f"weight_bytes_per_switch_{mode}" in numbers
+        )
     )
     return "\n".join(lines)

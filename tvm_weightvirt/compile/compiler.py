@@ -182,9 +182,13 @@ def _signature(mod: tvm.IRModule, name: str, mode: str) -> TaskSignature:
     func = mod[name]
     n_in = int(func.attrs["num_input"])
     types = [_tensor_type(p.ty) for p in func.params]
-    if mode == "materialize":  # the weights the switch's transform takes (see abi)
-        (weights,) = mod[weight_transform_function(name)].params
-        weight_types = tuple(map(_tensor_type, weights.ty.fields))
+    if mode == "materialize":  # the weights the switch's transform takes (see abi), if any
+        transform = weight_transform_function(name)
+        if transform in [gv.name_hint for gv in mod.get_global_vars()]:
+            (weights,) = mod[transform].params
+            weight_types = tuple(map(_tensor_type, weights.ty.fields))
+        else:
+            weight_types = tuple(types[n_in:])
         return TaskSignature(tuple(types[:n_in]), weight_types, None, None)
     pool_shape, (table_shape, _) = types[n_in][0], types[n_in + 1]
     return TaskSignature(tuple(types[:n_in]), (), table_shape[0], pool_shape)
