@@ -137,9 +137,10 @@ class MultitaskRuntime:
         return module.get_function(name, True) if module.implements_function(name, True) else None
 
     def _setup_exclusive(self, plan: PagePlan, level2: str | None) -> None:
-        """Two level-1 scratches for exclusive pages, each sized for the largest task's: one
-        for loads at a switch, one for prefetches; off the CPU, each with a host staging
-        buffer that level 2 is read into. A scratch is one buffer per stored part: float32
+        """Two level-1 scratch slots for exclusive pages, each sized for the largest task's: a
+        switch reads level 2 into one no prefetch is filling, a prefetch into one the current
+        task does not read in place (mapped); off the CPU, each with a host staging buffer that
+        level 2 is read into. A scratch is one buffer per stored part: float32
         pages, or (SmartDeal pages) packed codes and bases, which the gather decodes."""
         self._exclusive_counts = {n: t.n_exclusive_pages for n, t in plan.tasks.items()}
         most = max(self._exclusive_counts.values())
@@ -192,13 +193,14 @@ class MultitaskRuntime:
 
     def _setup_mapped_ranges(self, plan: PagePlan) -> None:
         """The pool in shared memory; per task and exclusive scratch slot, a virtual range
-        whose pages are the task's (pool pages, or its exclusive pages in that slot) and the
-        views of it that are the task's weights."""
+        whose pages are the task's (pool pages, or its exclusive pages in that slot), the
+        views of it that are the task's weights, and the task function's arguments when its
+        weight transform (if any) only reshapes them: views of the range too, made once."""
         page_bytes, n_pool = 4 * plan.page_size, plan.n_pool_pages
         self._pool_pages = SharedPages(n_pool, page_bytes, "wv-pool")
         self._pool_pages.array[:] = plan.pool
         most = max(self._exclusive_counts.values())
-        self._ranges: dict[str, list[tuple[MappedRange, list[tvm.runtime.Tensor]]]] = {}
+        self._ranges: dict[str, list[_TaskRange]] = {}
         for name, t in plan.tasks.items():
             self._ranges[name] = []
             for slot in range(2 if t.n_exclusive_pages else 1):
@@ -213,7 +215,10 @@ class MultitaskRuntime:
                     address_view(pages.address + 4 * s.offset_elems, s.shape, s.dtype)
                     for s in t.layout.spans
                 ]
-                self._ranges[name].append((pages, weights))
+                arguments = self._transforms[name](weights)
+                given = {w.data_ptr() for w in weights}
+                views = all(a.data_ptr() in given for a in arguments)
+                self._ranges[name].append(_TaskRange(pages, weights, arguments if views else None))
 
     def _setup_weight_buffer(self, plan: PagePlan) -> None:
         """One weight buffer on the device for the largest task; per task, the views of it that
@@ -252,9 +257,11 @@ class MultitaskRuntime:
             self._reading_slot = slot if self.mapped else None
             if self.library.mode == "fused":
                 self._arguments = [self.pool, self.page_tables[task]]
+            elif self.mapped and self._ranges[task][slot or 0].arguments is not None:
+                self._arguments = self._ranges[task][slot or 0].arguments
             else:
                 if self.mapped:
-                    weights = self._ranges[task][slot or 0][1]
+                    weights = self._ranges[task][slot or 0].weights
                 else:
                     self._gather_pages(task, slot)
                     weights = self._weights[task]
@@ -367,6 +374,17 @@ class MultitaskRuntime:
     def _check_task(self, task: str) -> None:
         if task not in self._functions:
             raise KeyError(f"no task '{task}' in this runtime (has {sorted(self._functions)})")
+
+
+@dataclass
+class _TaskRange:
+    """A task's pages mapped (for one exclusive scratch slot), its weights as views of them,
+    and the task function's arguments if they are views too (else None: its weight transform
+    writes new tensors, at every switch)."""
+
+    pages: MappedRange
+    weights: list[tvm.runtime.Tensor]
+    arguments: list[tvm.runtime.Tensor] | None
 
 
 def _check_belongs(plan: PagePlan, library: Library) -> None:

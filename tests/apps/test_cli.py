@@ -137,6 +137,10 @@ REFUSED = [
     (["run", "{pack}", "--tasks", ","], ["--tasks ','"]),
     (["run", "{pack}", "--tasks", "res", "--qemu"], ["--qemu cannot apply to a .wvpack"]),
     (
+        ["run", "{pack}", "--tasks", "res", "--mapped"],
+        ["--mapped: a page is 400 B, not a multiple of the OS page", "1024 weights"],
+    ),
+    (
         ["run", "{pack}", "--tasks", "res", "--max-wait", "3"],
         ["--max-wait applies to --policy group"],
     ),
@@ -220,6 +224,27 @@ def test_run_takes_inputs_and_saves_outputs_equal_to_the_model_alone(files, tmp_
         == 2
     )
     assert "shape (2, 3, 10, 10), task 'inc' takes (1, 3, 10, 10)" in capsys.readouterr().err
+
+
+def test_kernel_layout_pack_runs_mapped_without_moving_a_weight_byte(files, tmp_path, capsys):
+    """`--kernel-layout` on pages of one OS page, then `run --mapped`: the outputs are the
+    models' own, and the switches gather and transform nothing."""
+    _, paths = files
+    pack = str(tmp_path / "mapped.wvpack")
+    argv = ["pack", f"res={paths['res']}", f"inc={paths['inc']}", "--lossless"]
+    assert main([*argv, "--page-size", "1024", "--kernel-layout", "-o", pack]) == 0
+    x = {"res": examples.onnx_resnet_block()[1], "inc": examples.onnx_inception_block()[1]}
+    for name, value in x.items():
+        np.save(tmp_path / f"{name}.npy", value)
+    inputs = [f"--inputs={name}={tmp_path / name}.npy" for name in x]
+    out = tmp_path / "outputs"
+    argv = ["run", pack, "--tasks", "res,inc,res", *inputs, "--mapped", "--save-outputs", str(out)]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "3 switches, 0 B gathered, 0 B transformed" in capsys.readouterr().out
+    for i, name in enumerate(["res", "inc", "res"]):
+        alone = StandaloneModel(wv.Task.from_onnx(paths[name], name=name)).run(x[name])[0]
+        np.testing.assert_allclose(np.load(out / f"{i}_{name}_0.npy"), alone, atol=1e-5, rtol=0)
 
 
 def test_input_shape_fixes_a_symbolic_dimension(tmp_path, capsys):

@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
         description="wvirt pack NAME=MODEL.onnx|.pt2 ... --data NAME=FILE.npz ... -o OUT, or "
         "wvirt pack MANIFEST.toml -o OUT, or wvirt pack --suite mnist,digits -o OUT. npz keys: "
         "x_train, y_train, x_val, y_val, x_test, y_test (y and val/test optional). Every "
-        "option but --lossless, --page-size and --page-aligned needs data (or --suite).",
+        "option but --lossless, --page-size, --page-aligned and --kernel-layout needs data (or "
+        "--suite).",
     )
     pack.add_argument(
         "models", nargs="*", help="NAME=MODEL (.onnx or .pt2 from torch.export.save), or a .toml"
@@ -185,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         choices=MODES,
         help=".wvpack without --library: how to build it (default: materialize)",
     )
+    run.add_argument(
+        "--mapped",
+        action="store_true",
+        help="map each task's pages into a virtual range of its own (CPU, Linux, pages of a "
+        "multiple of 1024 weights, materialize mode); a switch picks the range, and moves no "
+        "weight bytes for a plan packed with --kernel-layout",
+    )
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     run.add_argument(
         "--policy",
@@ -262,6 +270,8 @@ def _pack(args) -> int:
         if problems:
             raise ValueError("\n".join(problems))
         data = _load_data(spec)
+    if spec.option("kernel_layout"):
+        tasks = [t.in_kernel_layout() for t in tasks]
     rank, _ = init_from_environment()  # under torchrun; the first process writes the result
     if spec.option("lossless"):
         plan = PagePlan.lossless(
@@ -327,7 +337,7 @@ def _pack_spec(args):
         if value is not None and value < low:
             raise ValueError(f"{spec.source(key)} {value}: must be at least {low}")
     if spec.option("lossless"):
-        layout = ("lossless", "page_size", "page_aligned")
+        layout = ("lossless", "page_size", "page_aligned", "kernel_layout")
         given = [spec.source(k) for k in spec.options if k not in layout]
         given += ["--data"] * bool(spec.data) + ["--objective"] * bool(spec.objectives)
         if given or args.suite:
@@ -640,6 +650,7 @@ def _run(args) -> int:
         policy=mcu,
         max_wait=mcu,
         device=mcu,
+        mapped=mcu,
     )
     _refuse(args, "--library (its mode was fixed by `wvirt build`)", mode=bool(args.library))
     _refuse(args, "a .wvpack without --library (it is built for llvm)", device=not args.library)
@@ -659,12 +670,14 @@ def _run(args) -> int:
 
         library = Library.load(args.library)
         plan = load_wvpack(args.pack, graphs=False).plan
+        _check_mappable(args, plan)
         input_types = {n: s.inputs for n, s in library.tasks.items()}
     else:
         from ..compile.compiler import build, lower
 
         pack = _pack_with_graphs(args.pack)
         plan, input_types = pack.plan, {t.name: t.input_types for t in pack.tasks}
+        _check_mappable(args, plan)  # before the build
         library = build(lower(pack.tasks, plan, mode=option["mode"]), target="llvm")
         print(
             f"built {len(pack.tasks)} tasks ({option['mode']}) in {library.compile_seconds:.1f} s"
@@ -675,17 +688,30 @@ def _run(args) -> int:
     given = _inputs(args.inputs, input_types)
     device_kind = args.device or ("cuda" if library.kind == "cuda" else "cpu")
     device = tvm.cuda() if device_kind == "cuda" else tvm.cpu()
-    runtime = MultitaskRuntime(plan, library, device, level2=args.pack)  # exclusive: the file
+    # exclusive pages: level 2 is the file
+    runtime = MultitaskRuntime(plan, library, device, level2=args.pack, mapped=args.mapped)
     requests = _requests(sequence, input_types, given, args.seed)
     outputs = runtime.run_many(requests, policy=option["policy"], max_wait=option["max_wait"])
     _show_outputs(requests, outputs, args.save_outputs)
     c = runtime.counters
     print(
         f"{c.requests} requests, {c.switches} switches, {c.bytes_gathered} B gathered, "
+        f"{c.bytes_transformed} B transformed, "
         f"{c.bytes_read_l2} B read from level 2 ({c.prefetch_hits} prefetched), "
         f"{1e3 * c.switch_seconds:.3f} ms switching, {1e3 * c.inference_seconds:.3f} ms inference"
     )
     return 0
+
+
+def _check_mappable(args, plan) -> None:
+    """`--mapped` on a plan whose pages this machine cannot map: say why, before any build."""
+    from tvm_weightvirt.runtime.page_mapping import mapping_problems
+
+    problems = mapping_problems(4 * plan.page_size) if args.mapped else []
+    if args.mapped and args.mode == "fused":
+        problems.append("it runs materialize mode's kernels: drop --mode fused")
+    if problems:
+        raise ValueError(f"--mapped: {'; '.join(problems)}")
 
 
 def _task_list(text: str) -> list[str]:

@@ -56,6 +56,14 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         None,
         "every weight starts on a page (zero-copy kernels: `wvirt build --zero-copy`)",
     ),
+    "kernel_layout": (
+        bool,
+        False,
+        None,
+        "store weights as the CPU kernels read them (dense weights transposed, convolutions "
+        "output channels last): a switch runs no weight transform (`wvirt run --mapped` then "
+        "moves no weight bytes)",
+    ),
     "lossless": (bool, False, None, "no sharing, no data: every task on pages of its own"),
 }
 TASK_KEYS = ("model", "data", "objective")
