@@ -31,14 +31,7 @@ L1_BUDGET, L2_BUDGET = 8 * 1024, 6 * 1024
 # 1. Your models and data (tutorial 2 explains the files and objectives: classification where
 #    there are labels, distill where there are none, regression when you say so).
 files = examples.write_user_models(out_dir)
-loaders = {
-    "sensors": wv.Task.from_onnx,
-    "gestures": wv.Task.from_onnx,
-    "friedman": wv.Task.from_pt2,
-}
-tasks = [load(files[name]["model"], name=name) for name, load in loaders.items()]
-objectives = {"friedman": "regression"}
-data = {n: wv.TaskData.from_npz(files[n]["data"], objectives.get(n)) for n in loaders}
+tasks, data = examples.load_user_models(files)
 
 # 2. The budgets. Pages of 96 weights (SmartDeal pages hold rows of 3); a pool smaller than the
 #    largest task shares pages within a task too. Budgets are spent in coded bytes, a page

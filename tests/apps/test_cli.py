@@ -13,6 +13,7 @@ import onnx
 import pytest
 import tvm
 from tvm_weightvirt.runtime import StandaloneModel
+from tvm_weightvirt.runtime.page_mapping import OS_PAGE_BYTES as OS_PAGE
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
@@ -138,7 +139,7 @@ REFUSED = [
     (["run", "{pack}", "--tasks", "res", "--qemu"], ["--qemu cannot apply to a .wvpack"]),
     (
         ["run", "{pack}", "--tasks", "res", "--mapped"],
-        ["--mapped: a page is 400 B, not a multiple of the OS page", "1024 weights"],
+        ["--mapped: a page is 400 B, not a multiple of the OS page", f"{OS_PAGE // 4} weights"],
     ),
     (
         ["run", "{pack}", "--tasks", "res", "--max-wait", "3"],
@@ -232,7 +233,7 @@ def test_kernel_layout_pack_runs_mapped_without_moving_a_weight_byte(files, tmp_
     _, paths = files
     pack = str(tmp_path / "mapped.wvpack")
     argv = ["pack", f"res={paths['res']}", f"inc={paths['inc']}", "--lossless"]
-    assert main([*argv, "--page-size", "1024", "--kernel-layout", "-o", pack]) == 0
+    assert main([*argv, "--page-size", str(OS_PAGE // 4), "--kernel-layout", "-o", pack]) == 0
     x = {"res": examples.onnx_resnet_block()[1], "inc": examples.onnx_inception_block()[1]}
     for name, value in x.items():
         np.save(tmp_path / f"{name}.npy", value)

@@ -145,3 +145,21 @@ def test_tutorial_07_fits_the_byte_budgets(tmp_path, monkeypatch, capsys):
     switched = [n for i, n in enumerate(order) if i == 0 or n != order[i - 1]]
     read = sum(plan.task(n).exclusive_bytes for n in switched)
     assert f"{len(switched)} switches, {read} B read from level 2" in printed
+
+
+@pytest.mark.slow
+def test_tutorial_08_switches_by_mapping_pages(tmp_path, monkeypatch, capsys):
+    """The tutorial asserts the outputs equal and the mapped switches move no byte; here: the
+    saved pack holds the torch model's dense weights transposed, and the gathering runtime
+    moved every page of each task it switched to."""
+    monkeypatch.setattr(sys, "argv", ["08_switch_without_copying.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "08_switch_without_copying.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "mapped   : 6 switches moved 0 B gathered + 0 B transformed" in printed
+    pack = wv.load_wvpack(tmp_path / "mapped.wvpack")
+    friedman = next(t for t in pack.tasks if t.name == "friedman")
+    assert friedman.weights["0.weight"].shape == (10, 64)  # torch's (64, 10), transposed
+    order = ["sensors", "friedman", "gestures", "sensors", "gestures", "friedman"]
+    pages = sum(pack.plan.task(n).layout.n_pages for n in order)
+    page_bytes = 4 * pack.plan.page_size
+    assert f"gathering: 6 switches moved {pages * page_bytes} B gathered" in printed

@@ -308,6 +308,19 @@ def write_user_models(folder: str) -> dict[str, dict[str, str]]:
     return files
 
 
+def load_user_models(files: dict[str, dict[str, str]]) -> tuple[list, dict]:
+    """`write_user_models`' files as tasks and their data, as `wv.pack` takes them (the
+    regression model with the regression objective)."""
+    from ..algorithms.data import TaskData
+    from ..frontend.task import Task
+
+    loaders = {"sensors": Task.from_onnx, "gestures": Task.from_onnx, "friedman": Task.from_pt2}
+    tasks = [load(files[name]["model"], name=name) for name, load in loaders.items()]
+    objectives = {"friedman": "regression"}
+    data = {n: TaskData.from_npz(files[n]["data"], objectives.get(n)) for n in loaders}
+    return tasks, data
+
+
 # The ONNX model-zoo graphs shipped in the onnx wheel (weights as ConstantOfShape fills).
 ZOO_FOLDER = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "light")
 ZOO_GRAPHS = [
