@@ -125,6 +125,7 @@ class MultitaskRuntime:
             self._transformed_bytes: dict[str, int] = {}
         self._arguments: list[tvm.runtime.Tensor] = []  # the current task's, after its inputs
         self._reading_slot: int | None = None  # exclusive scratch slot the current task reads
+        self.weight_buffer_bytes = 0  # materialize mode's buffer, when not mapped
         self._setup_exclusive(plan, level2)
         if mapped:
             self._setup_mapped_ranges(plan)
@@ -140,8 +141,8 @@ class MultitaskRuntime:
         """Two level-1 scratch slots for exclusive pages, each sized for the largest task's: a
         switch reads level 2 into one no prefetch is filling, a prefetch into one the current
         task does not read in place (mapped); off the CPU, each with a host staging buffer that
-        level 2 is read into. A scratch is one buffer per stored part: float32
-        pages, or (SmartDeal pages) packed codes and bases, which the gather decodes."""
+        level 2 is read into. A scratch is one buffer per stored part: float32 pages, or
+        (SmartDeal pages) packed codes and bases, which the gather decodes."""
         self._exclusive_counts = {n: t.n_exclusive_pages for n, t in plan.tasks.items()}
         most = max(self._exclusive_counts.values())
         self.scratch_bytes = 0
@@ -165,7 +166,7 @@ class MultitaskRuntime:
             )
         parts = self.store.shapes(most)
 
-        def slots(make):  # [switch, prefetch], each a buffer per stored part
+        def slots(make):  # two slots, each a buffer per stored part
             return [[make(shape, dtype) for shape, dtype in parts] for _ in range(2)]
 
         scratch = slots(lambda shape, dtype: tvm.runtime.empty(shape, dtype, self.device))
@@ -243,8 +244,7 @@ class MultitaskRuntime:
     def resident_bytes(self) -> int:
         """Level-1 weight memory held: pool + page tables (+ the materialized weight buffer and
         the exclusive-page scratches)."""
-        buffer = getattr(self, "weight_buffer_bytes", 0)
-        return self._pool_and_table_bytes + buffer + self.scratch_bytes
+        return self._pool_and_table_bytes + self.weight_buffer_bytes + self.scratch_bytes
 
     def switch(self, task: str) -> None:
         """Make `task` current: in materialize mode, one gather kernel moves its pages and the
@@ -310,8 +310,8 @@ class MultitaskRuntime:
 
     def _load_exclusive(self, task: str, slot: int) -> int:
         """Read `task`'s exclusive pages from level 2 into scratch `slot`; returns the bytes
-        read. Off the CPU the read lands in page-locked staging
-        and is copied to the device scratch, finished before this returns."""
+        read. Off the CPU the read lands in page-locked staging and is copied to the device
+        scratch, finished before this returns."""
         n_bytes = self.store.load(task, self._staging_arrays[slot])
         if not on_cpu(self.device):
             for view, staged in zip(
