@@ -30,10 +30,10 @@ def kernel_layout_axes(func: relax.Function) -> dict[int, list[int]]:
 
 @tvm.transform.module_pass(opt_level=0, name="WeightsInKernelLayout")
 class WeightsInKernelLayout:
-    """Every Relax function with `num_input` takes, for each weight it reads only through one
-    `permute_dims(w, axes)` (dense weights transposed for the matmul; convolution weights
-    after `ConvWeightsOutputChannelsLast`, which this pass runs first), the permuted weight as
-    its parameter instead, under the same name. The arithmetic is unchanged; the weights given
+    """Every Relax function with `num_input` takes, for each weight it reads only through
+    `permute_dims(w, axes)` with one `axes` (dense weights transposed for the matmul;
+    convolution weights after `ConvWeightsOutputChannelsLast`, which this pass runs first),
+    the permuted weight as its parameter instead, under the same name. The arithmetic is unchanged; the weights given
     to the function must be permuted alike (`permute_weights`).
 
     .. code-block:: python
