@@ -189,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument(
         "--mapped",
         action="store_true",
-        help="map each task's pages into a virtual range of its own (CPU, Linux, pages of a "
-        "multiple of 1024 weights, materialize mode); a switch picks the range, and moves no "
-        "weight bytes for a plan packed with --kernel-layout",
+        help="map each task's pages into a virtual range of its own (CPU, Linux, materialize "
+        "mode, a page size that is a multiple of the OS page: 1024 weights for 4 KiB); a "
+        "switch picks the range, and moves no weight bytes for a plan packed with "
+        "--kernel-layout",
     )
     run.add_argument("--seed", type=int, default=0, help="seed of the random inputs")
     run.add_argument(
