@@ -46,7 +46,8 @@ def mapping_problems(page_bytes: int) -> list[str]:
 
 class SharedPages:
     """`n_pages` pages of `page_bytes` in an anonymous shared-memory file, writable through
-    `array` (`[n_pages, page_bytes // 4]` float32); `map_pages` places them in virtual ranges."""
+    `array` (`[n_pages, page_bytes // 4]` float32); `MappedRange` places them in virtual
+    ranges."""
 
     def __init__(self, n_pages: int, page_bytes: int, name: str) -> None:
         self.fd = os.memfd_create(name)
@@ -73,8 +74,7 @@ class MappedRange:
             self.n_bytes,
         )
         weakref.finalize(self, _munmap, self.address, self.n_bytes)
-        runs = _runs(sources)
-        for start, count, shared, first in runs:
+        for start, count, shared, first in _runs(sources):
             placed = _mmap(
                 self.address + start * page_bytes,
                 count * page_bytes,
@@ -84,7 +84,6 @@ class MappedRange:
                 first * page_bytes,
             )
             _checked(placed, count * page_bytes)
-        self.n_maps = len(runs)
 
 
 def _runs(sources: list[tuple[SharedPages, int]]) -> list[tuple[int, int, SharedPages, int]]:
