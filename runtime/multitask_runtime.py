@@ -217,8 +217,7 @@ class MultitaskRuntime:
                     for s in t.layout.spans
                 ]
                 arguments = self._transforms[name](weights)
-                given = {w.data_ptr() for w in weights}
-                views = all(a.data_ptr() in given for a in arguments)
+                views = _written_bytes(weights, arguments) == 0
                 self._ranges[name].append(_TaskRange(pages, weights, arguments if views else None))
 
     def _setup_weight_buffer(self, plan: PagePlan) -> None:
@@ -287,12 +286,7 @@ class MultitaskRuntime:
         """Bytes of the arguments the task's weight transform wrote (not its weights passed
         through); the same at every switch, measured at the first."""
         if task not in self._transformed_bytes:
-            given = {w.data_ptr() for w in weights}
-            self._transformed_bytes[task] = sum(
-                int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-                for a in self._arguments
-                if a.data_ptr() not in given
-            )
+            self._transformed_bytes[task] = _written_bytes(weights, self._arguments)
         return self._transformed_bytes[task]
 
     def _exclusive_slot(self, task: str) -> int:
@@ -374,6 +368,17 @@ class MultitaskRuntime:
     def _check_task(self, task: str) -> None:
         if task not in self._functions:
             raise KeyError(f"no task '{task}' in this runtime (has {sorted(self._functions)})")
+
+
+def _written_bytes(weights: list[tvm.runtime.Tensor], arguments: list[tvm.runtime.Tensor]) -> int:
+    """Bytes of the `arguments` a weight transform wrote: those that are not `weights` (or
+    views of them) passed through."""
+    given = {w.data_ptr() for w in weights}
+    return sum(
+        int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
+        for a in arguments
+        if a.data_ptr() not in given
+    )
 
 
 @dataclass

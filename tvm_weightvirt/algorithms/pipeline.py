@@ -205,12 +205,12 @@ class _Trained:
         on that split): pp for percentage metrics, else percent of the separate metric; a gain
         counts as 0."""
         losses = []
-        for t, pt, separate in zip(self.tasks, self.pool_tasks, separate):
+        for t, pt, alone in zip(self.tasks, self.pool_tasks, separate):
             data = t.splits[split]
-            worse = separate - pool_metric(self.memory, pt, data.x, data.y)
+            worse = alone - pool_metric(self.memory, pt, data.x, data.y)
             worse = worse if t.objective.higher_is_better else -worse
             if not t.objective.percent:
-                worse = 100.0 * worse / abs(separate) if separate else 0.0
+                worse = 100.0 * worse / abs(alone) if alone else 0.0
             losses.append(max(0.0, float(worse)))
         return losses
 
