@@ -40,6 +40,7 @@ WS_TARGET_ACCURACY = 0.9  # WS's target-accuracy rule: tpr = 1 - (acc_alpha - 0.
 CONFIRM_SEEDS = (1, 2)  # the seeds each goal's best point is packed again with (the grid: 0)
 GOALS = {"-0.22": (-0.22, -2.0), "-1": (-1.0, None)}  # mean delta >=, worst delta >=
 REFINE_ROUNDS = 2  # the byte rule's refinement: packs after the first
+DISTILL_TEMPERATURE = 4.0  # retraining toward the separate models' outputs (KL at this T)
 
 
 def _table_entries(tasks) -> int:
@@ -59,6 +60,8 @@ def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackC
     common = dict(page_size=PAGE_SIZE, share_within_task=True)
     by_bytes = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l1, rule="bytes")
     by_bytes_x3 = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=3 * l1, rule="bytes")
+    evenly_x5 = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=5 * l1, rule="bytes_even")
+    distilled = replace(ws, distill_temperature=DISTILL_TEMPERATURE)
     return {
         "full_sharing/float32": PackConfig(**common, pool_pages=float_pages, optimize=nwv),
         "full_sharing/smartdeal8": PackConfig(
@@ -98,6 +101,9 @@ def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackC
             separation=replace(by_bytes_x3, refine_rounds=REFINE_ROUNDS),
             smartdeal=True,
             optimize=ws,
+        ),
+        "bytes_even_l2x5_distilled/smartdeal_packed": PackConfig(  # five times, evenly
+            **common, separation=evenly_x5, smartdeal=True, optimize=distilled
         ),
     }
 

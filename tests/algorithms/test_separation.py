@@ -20,6 +20,7 @@ from tvm_weightvirt.algorithms.separation import (
     refined_task_weights,
     select_exclusive,
     select_exclusive_by_bytes,
+    select_exclusive_evenly,
     tpr_for_target_accuracy,
 )
 from tvm_weightvirt.apps import suite
@@ -82,6 +83,48 @@ def test_byte_rule_never_passes_its_budget_and_more_bytes_keep_no_fewer_pages():
         previous = chosen
 
 
+def test_even_rule_gives_the_least_covered_task_the_next_page():
+    """a's 0.5 (a tie at 0 goes to the earlier task), then b's 0.45 and 0.3 (b is below a
+    until 0.75), then a's 0.3: where the byte rule buys a's 0.5 and 0.3 and b's 0.45 only."""
+    a, b = _pages([0.15, 0.5, 0.05, 0.3, 0.0]), _pages([0.3, 0.1, 0.45, 0.15])
+    chosen = select_exclusive_evenly([a, b], page_bytes=8, budget_bytes=24)
+    assert [c.tolist() for c in chosen] == [[1], [0, 2]]
+    chosen = select_exclusive_evenly([a, b], page_bytes=8, budget_bytes=32)
+    assert [c.tolist() for c in chosen] == [[1, 3], [0, 2]]
+    chosen = select_exclusive_evenly([a, b], page_bytes=8, budget_bytes=1000)
+    assert [c.tolist() for c in chosen] == [[0, 1, 2, 3], [0, 1, 2, 3]]  # a's page 4: CD 0
+    # room for 3 shared pages: a keeps its top 2 exclusive first, b its top 1 (as the byte rule)
+    chosen = select_exclusive_evenly([a, b], page_bytes=8, budget_bytes=24, max_shared=3)
+    assert [c.tolist() for c in chosen] == [[1, 3], [2]]
+    with pytest.raises(ValueError, match=r"\(3, 2 of them 'a'\) need 24 B .* budget of 16 B"):
+        select_exclusive_evenly([a, b], 8, 16, max_shared=3, names=["a", "b"])
+
+
+def test_even_rule_never_passes_its_budget_and_its_least_covered_task_beats_the_byte_rules():
+    """Within the budget, spent whole; a larger budget keeps every page a smaller one kept;
+    and the least covered task covers at least as much as under the byte rule (water-filling
+    over concave coverage curves maximises the minimum)."""
+    rng = np.random.default_rng(0)
+    fishers = [rng.exponential(size=(n, 4)) ** 3 for n in (7, 30, 12)]
+    fishers[1] = np.ones((30, 4))  # one task's mass spread evenly: the byte rule starves it
+
+    def least_covered(chosen):
+        return min(f[c].sum() / f.sum() for f, c in zip(fishers, chosen))
+
+    previous = None
+    for budget in range(0, 49 * 16 + 1, 16):  # pages of 16 B: 0 .. 49 pages
+        chosen = select_exclusive_evenly(fishers, page_bytes=16, budget_bytes=budget + 5)
+        assert 16 * sum(len(c) for c in chosen) == min(budget, 49 * 16)
+        by_bytes = select_exclusive_by_bytes(fishers, page_bytes=16, budget_bytes=budget + 5)
+        assert least_covered(chosen) >= least_covered(by_bytes) - 1e-12
+        if previous is not None:
+            for now, before in zip(chosen, previous):
+                assert set(before) <= set(now)
+        previous = chosen
+    at_20 = select_exclusive_evenly(fishers, 16, 20 * 16)
+    assert least_covered(at_20) > least_covered(select_exclusive_by_bytes(fishers, 16, 20 * 16))
+
+
 def test_task_weights_move_the_byte_budget_and_a_larger_weight_keeps_no_fewer_pages():
     """Task weights scale a task's Fisher share: b at weight 2 outbids a's 0.5 with its
     0.3 (0.6) and its 0.45 (0.9); raising one task's weight never takes a page from it, and the
@@ -109,6 +152,10 @@ def test_refined_weights_grow_with_the_loss():
 def test_byte_rule_needs_a_level2_budget():
     with pytest.raises(ValueError, match="'bytes' separation rule spends a level-2 budget"):
         SeparationConfig(rule="bytes")
+    with pytest.raises(ValueError, match="'bytes_even' separation rule spends a level-2 budget"):
+        SeparationConfig(rule="bytes_even")
+    with pytest.raises(ValueError, match="refine_rounds .* nothing with rule 'bytes_even'"):
+        SeparationConfig(l2_budget_bytes=1, rule="bytes_even", refine_rounds=1)
     with pytest.raises(ValueError, match="rule must be one of"):
         SeparationConfig(rule="fisher")
     with pytest.raises(ValueError, match="refine_rounds re-spends .* nothing with rule 'tpr'"):

@@ -8,7 +8,7 @@ Pure torch/numpy (no TVM).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -101,6 +101,16 @@ def _kl_on_softmax(outputs: torch.Tensor, original: torch.Tensor) -> torch.Tenso
     )
 
 
+def _kl_on_softmax_at(temperature: float) -> Loss:
+    """Hinton et al.'s distillation loss at `temperature`: KL between the softened softmaxes,
+    times temperature^2 (so its gradients keep their scale as the temperature changes)."""
+
+    def loss(outputs: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+        return _kl_on_softmax(outputs / temperature, original / temperature) * temperature**2
+
+    return loss
+
+
 CLASSIFICATION = Objective("classification", F.cross_entropy, accuracy, "accuracy", percent=True)
 REGRESSION = Objective(
     "regression",
@@ -130,6 +140,18 @@ DISTILL_VALUES = Objective(
     targets="original_outputs",
 )
 NAMES = ("classification", "regression", "distill")
+
+
+def toward_original_outputs(objective: Objective, temperature: float) -> Objective:
+    """The objective that trains a model toward the original model's outputs instead of
+    `objective`'s targets, and selects checkpoints by how closely it still agrees with them:
+    for a classifier (targets "labels"), KL on softmaxes at `temperature` and top-1 agreement;
+    otherwise MSE and relative error. A distill objective already is one."""
+    if objective.targets == "original_outputs":
+        return objective
+    if objective.targets == "labels":
+        return replace(DISTILL_CLASSIFIER, loss=_kl_on_softmax_at(temperature))
+    return DISTILL_VALUES
 
 
 def objective_named(name: str, classifier: bool) -> Objective:

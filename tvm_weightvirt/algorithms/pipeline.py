@@ -21,22 +21,23 @@ from .data import Split
 from .determinism import deterministic
 from .importance import fill_missing, fisher_nwv, fisher_ws
 from .matching import PoolState, finalize_pool, match_task
-from .objectives import Objective
+from .objectives import Objective, toward_original_outputs
 from .optimize import (
     NWV_LAMBDA,
     WS_LAMBDA,
     OptimizeConfig,
     PoolTask,
     optimize_pool,
-    pool_metric,
     pool_outputs,
 )
 from .separation import (
+    BYTE_RULES,
     SeparationConfig,
     check_forced_pages_fit,
     refined_task_weights,
     select_exclusive,
     select_exclusive_by_bytes,
+    select_exclusive_evenly,
     shared_pages_for_budget,
     tpr_for_target_accuracy,
 )
@@ -207,7 +208,7 @@ class _Trained:
         losses = []
         for t, pt, alone in zip(self.tasks, self.pool_tasks, separate):
             data = t.splits[split]
-            worse = alone - pool_metric(self.memory, pt, data.x, data.y)
+            worse = alone - t.objective.metric(pool_outputs(self.memory, pt, data.x), data.y)
             worse = worse if t.objective.higher_is_better else -worse
             if not t.objective.percent:
                 worse = 100.0 * worse / abs(alone) if alone else 0.0
@@ -230,6 +231,22 @@ class _Trained:
         return PackResult(self.plan, report)
 
 
+def _retraining_fit(t: PackTask, optimize: OptimizeConfig) -> tuple[tuple, tuple, Objective]:
+    """What joint retraining fits and selects checkpoints on for `t`: (train, val, objective).
+    The splits' own targets under the task's objective, or with `optimize.distill_temperature`
+    the separate model's outputs on both splits' inputs, under the objective toward them
+    (checkpoints: the best agreement with the separate model on validation inputs)."""
+    train, val = t.splits["train"], t.splits["val"]
+    if optimize.distill_temperature is None:
+        return (train.x, train.y), (val.x, val.y), t.objective
+    objective = toward_original_outputs(t.objective, optimize.distill_temperature)
+    return (
+        (train.x, model_outputs(t.model, train.x)),
+        (val.x, model_outputs(t.model, val.x)),
+        objective,
+    )
+
+
 def _retrain(tasks, layouts, plan, fishers, anchors, costs, config) -> _Trained:
     """Step 4: joint retraining of the plan's pool and exclusive pages, as one memory."""
     memory, tables = plan.stacked_pages([t.name for t in tasks])
@@ -241,9 +258,7 @@ def _retrain(tasks, layouts, plan, fishers, anchors, costs, config) -> _Trained:
             table,
             fisher,
             anchor,
-            (t.splits["train"].x, t.splits["train"].y),
-            (t.splits["val"].x, t.splits["val"].y),
-            t.objective,
+            *_retraining_fit(t, config.optimize),
         )
         for t, layout, table, fisher, anchor in zip(tasks, layouts, tables, fishers, anchors)
     ]
@@ -254,7 +269,9 @@ def _retrain(tasks, layouts, plan, fishers, anchors, costs, config) -> _Trained:
     with torch.no_grad():
         weights = memory if decode is None else decode(torch.from_numpy(memory)).numpy()
     before = {
-        pt.name: pool_metric(weights, pt, t.splits["test"].x, t.splits["test"].y)
+        pt.name: t.objective.metric(
+            pool_outputs(weights, pt, t.splits["test"].x), t.splits["test"].y
+        )
         for pt, t in zip(pool_tasks, tasks)
     }
     log = []
@@ -288,7 +305,7 @@ def _pool_pages(tasks, layouts, config) -> int:
             f"a pool of {n_pool} pages cannot hold task '{name}' ({largest} pages to share): "
             f"the minimum is {largest} pages, or allow sharing pages within a task"
         )
-    if sep is not None and sep.rule == "bytes":  # the pages that must be exclusive fit level 2
+    if sep is not None and sep.rule in BYTE_RULES:  # the pages that must be exclusive fit level 2
         check_forced_pages_fit(
             [layout.n_pages for layout in layouts],
             None if config.share_within_task else n_pool,
@@ -308,10 +325,14 @@ def _initial_plan(
     exclusive = [np.zeros(0, np.int64)] * len(tasks)
     if sep is not None:
         max_shared = None if config.share_within_task else n_pool
+        names = [t.name for t in tasks]
         if sep.rule == "bytes":
-            names = [t.name for t in tasks]
             exclusive = select_exclusive_by_bytes(
                 fishers, page_bytes(config), sep.l2_budget_bytes, max_shared, names, task_weights
+            )
+        elif sep.rule == "bytes_even":
+            exclusive = select_exclusive_evenly(
+                fishers, page_bytes(config), sep.l2_budget_bytes, max_shared, names
             )
         else:
             tprs = _tprs(tasks, sep)

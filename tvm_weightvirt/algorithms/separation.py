@@ -6,6 +6,7 @@ Pure numpy (no TVM).
 
 from __future__ import annotations
 
+import heapq
 import re
 from dataclasses import dataclass
 
@@ -33,7 +34,8 @@ def parse_bytes(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-RULES = ("tpr", "bytes")
+RULES = ("tpr", "bytes", "bytes_even")
+BYTE_RULES = ("bytes", "bytes_even")  # the rules that spend a level-2 budget
 
 
 @dataclass(frozen=True)
@@ -50,14 +52,14 @@ class SeparationConfig:
     l1_budget_bytes: int | None = None  # shared pool + page tables (int32) in RAM
     l2_budget_bytes: int | None = None  # all exclusive pages in flash / eMMC / a file
     target_accuracy: float | None = None
-    rule: str = "tpr"  # "tpr" (WS) or "bytes"
+    rule: str = "tpr"  # "tpr" (WS), "bytes" or "bytes_even"
     refine_rounds: int = 0  # "bytes": packs again, weighted by what sharing cost, this often
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"separation rule must be one of {RULES}, got {self.rule!r}")
-        if self.rule == "bytes" and self.l2_budget_bytes is None:
-            raise ValueError("the 'bytes' separation rule spends a level-2 budget: give one")
+        if self.rule in BYTE_RULES and self.l2_budget_bytes is None:
+            raise ValueError(f"the {self.rule!r} separation rule spends a level-2 budget: give one")
         if self.refine_rounds < 0:
             raise ValueError(f"refine_rounds must be >= 0, got {self.refine_rounds}")
         if self.refine_rounds and self.rule != "bytes":
@@ -124,6 +126,45 @@ def select_exclusive_by_bytes(
     chosen = list(forced)
     for _, i, _ in candidates[: (budget_bytes - needed) // page_bytes]:
         chosen[i] += 1
+    return [np.sort(order[:n]) for order, n in zip(orders, chosen)]
+
+
+def select_exclusive_evenly(
+    page_fishers: list[np.ndarray],
+    page_bytes: int,
+    budget_bytes: int,
+    max_shared: int | None = None,
+    names: list[str] | None = None,
+) -> list[np.ndarray]:
+    """Logical pages to keep exclusive, per task, within `budget_bytes` of level-2 storage, so
+    that the task whose Fisher mass is least covered is covered as much as the budget allows.
+
+    `select_exclusive_by_bytes` maximises the covered share summed over tasks: a task whose
+    mass is spread over many pages (each page a small share) gets few. This rule serves the
+    worst task instead: after the forced pages (as there), each page goes to the task whose
+    covered share (CD of its exclusive pages) is lowest, its highest-CD page next; so every
+    task ends up covering about the same share. The choice is a prefix of one order: a larger
+    budget never keeps fewer pages exclusive. Returns sorted page indices per task."""
+    cds = [contribution_density(f) for f in page_fishers]
+    orders = [np.argsort(-cd, kind="stable") for cd in cds]
+    chosen = check_forced_pages_fit(
+        [len(cd) for cd in cds], max_shared, page_bytes, budget_bytes, names
+    )
+    covered = [float(cd[order[:n]].sum()) for cd, order, n in zip(cds, orders, chosen)]
+
+    def has_more(i: int) -> bool:  # a page without Fisher mass buys nothing
+        return chosen[i] < len(cds[i]) and cds[i][orders[i][chosen[i]]] > 0
+
+    lowest = [(covered[i], i) for i in range(len(cds)) if has_more(i)]  # ties: earlier task
+    heapq.heapify(lowest)
+    for _ in range((budget_bytes - page_bytes * sum(chosen)) // page_bytes):
+        if not lowest:
+            break
+        _, i = heapq.heappop(lowest)
+        covered[i] += float(cds[i][orders[i][chosen[i]]])
+        chosen[i] += 1
+        if has_more(i):
+            heapq.heappush(lowest, (covered[i], i))
     return [np.sort(order[:n]) for order, n in zip(orders, chosen)]
 
 

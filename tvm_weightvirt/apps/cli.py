@@ -414,7 +414,7 @@ def _load_data(spec) -> dict:
 def _pack_config(spec):
     from ..algorithms.optimize import OptimizeConfig
     from ..algorithms.pipeline import PackConfig
-    from ..algorithms.separation import SeparationConfig, parse_bytes
+    from ..algorithms.separation import BYTE_RULES, SeparationConfig, parse_bytes
 
     option = spec.option
     # any separation option asks for separation (none of them is ignored)
@@ -429,19 +429,20 @@ def _pack_config(spec):
         "refine_rounds",
     )
     separate = any(spec.options.get(key) not in (None, False) for key in separating)
-    if option("separation_rule") == "bytes":
+    rule = option("separation_rule")
+    if rule in BYTE_RULES:
         ws_rule = [
             spec.source(k) for k in ("tpr", "margin", "target_accuracy") if k in spec.options
         ]
         if ws_rule:
             raise ValueError(
-                f"{', '.join(ws_rule)} set WS's tpr rule; --separation-rule bytes spends "
+                f"{', '.join(ws_rule)} set WS's tpr rule; --separation-rule {rule} spends "
                 "--l2-budget instead: drop them"
             )
-    elif option("refine_rounds"):
+    if option("refine_rounds") and rule != "bytes":
         raise ValueError(
-            f"{spec.source('refine_rounds')} refines the choice of --separation-rule bytes: "
-            "add it with --l2-budget, or drop the refinement"
+            f"{spec.source('refine_rounds')} refines the choice of --separation-rule bytes "
+            f"(not {rule}): use that rule with --l2-budget, or drop the refinement"
         )
     separation = (
         SeparationConfig(
@@ -471,6 +472,7 @@ def _pack_config(spec):
             rounds=option("rounds"),
             iterations=option("iterations"),
             lam=option("lam"),
+            distill_temperature=option("distill_temperature"),
             seed=option("seed"),
         ),
         seed=option("seed"),

@@ -18,6 +18,13 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     "rounds": (int, 4, None, "retraining rounds (0: none)"),
     "iterations": (int, 300, None, "retraining iterations per task per round"),
     "lam": (float, None, None, "sharing-loss weight (default 10 as NWV; 0.1 with separation)"),
+    "distill_temperature": (
+        float,
+        None,
+        None,
+        "retrain each task toward its separate model's outputs on its training inputs (KL at "
+        "this temperature for classifiers, e.g. 4; MSE otherwise) instead of its targets",
+    ),
     "fisher_samples": (int, None, None, "samples for the Fisher (default 100; 50 with separation)"),
     "fisher_batch": (int, None, None, "samples per Fisher batch (default: gradients < 256 MiB)"),
     "seed": (int, 0, None, "seed of splits, matching and retraining"),
@@ -31,9 +38,10 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     "separation_rule": (
         str,
         "tpr",
-        ("tpr", "bytes"),
-        "separation: WS's tpr/margin per task, or 'bytes': spend --l2-budget on the pages "
-        "with the most Fisher share per byte across tasks",
+        ("tpr", "bytes", "bytes_even"),
+        "separation: WS's tpr/margin per task; 'bytes': spend --l2-budget on the pages "
+        "with the most Fisher share per byte across tasks; 'bytes_even': spend it so every "
+        "task covers the same share of its Fisher mass, as large as the budget allows",
     ),
     "refine_rounds": (
         int,
