@@ -102,8 +102,14 @@ def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackC
             smartdeal=True,
             optimize=ws,
         ),
-        "bytes_even_l2x5_distilled/smartdeal_packed": PackConfig(  # five times, evenly
-            **common, separation=evenly_x5, smartdeal=True, optimize=distilled
+        # five times as many level-2 bytes, spent evenly; Fisher read on validation inputs;
+        # retrained toward the separate models
+        "bytes_even_l2x5_distilled_valfisher/smartdeal_packed": PackConfig(
+            **common,
+            separation=evenly_x5,
+            smartdeal=True,
+            fisher_split="val",
+            optimize=distilled,
         ),
     }
 

@@ -60,6 +60,7 @@ class PackConfig:
     init: str = "fisher_mean"
     fisher_samples: int | None = None  # None: 100 (NWV), or 50 with separation (WS)
     fisher_batch: int | None = None  # samples per batch of gradients; None: a memory bound
+    fisher_split: str = "train"  # whose inputs the Fisher reads (NWV, WS: train; or "val")
     separation: SeparationConfig | None = None  # None: every page shared (NWV)
     smartdeal: bool = False  # pages stored as power-of-two codes x a 3x3 basis per page
     page_aligned: bool = False  # every weight starts on a page (zero-copy kernels)
@@ -101,6 +102,8 @@ def pack_models(
     if not tasks:
         raise ValueError("no tasks to pack")
     check_unique_names([t.name for t in tasks])
+    if config.fisher_split not in ("train", "val"):
+        raise ValueError(f"fisher_split must be 'train' or 'val', got {config.fisher_split!r}")
     if config.optimize.lam is None:  # NWV's lambda, or WS's with separation
         lam = WS_LAMBDA if config.separation else NWV_LAMBDA
         config = replace(config, optimize=replace(config.optimize, lam=lam))
@@ -136,7 +139,7 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
     samples = config.fisher_samples or (50 if config.separation else 100)
     fishers = []
     for t, layout, weights in steps(zip(tasks, layouts, weights_of), "fisher tasks"):
-        x = t.splits["train"].x
+        x = t.splits[config.fisher_split].x
         fisher = fisher_of(
             t.model,
             x,

@@ -465,6 +465,7 @@ def _pack_config(spec):
         share_within_task=option("share_within_task"),
         fisher_samples=option("fisher_samples"),
         fisher_batch=option("fisher_batch"),
+        fisher_split=option("fisher_split"),
         separation=separation,
         smartdeal=option("smartdeal"),
         page_aligned=option("page_aligned"),

@@ -27,6 +27,13 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     ),
     "fisher_samples": (int, None, None, "samples for the Fisher (default 100; 50 with separation)"),
     "fisher_batch": (int, None, None, "samples per Fisher batch (default: gradients < 256 MiB)"),
+    "fisher_split": (
+        str,
+        "train",
+        ("train", "val"),
+        "whose inputs the Fisher reads (NWV and WS: train; val: held-out inputs, where a model "
+        "that fits its training split exactly is not certain of every answer)",
+    ),
     "seed": (int, 0, None, "seed of splits, matching and retraining"),
     "resume": (str, None, None, "continue retraining from this .wvpack's plan"),
     "separate": (bool, False, None, "weight separation: critical pages exclusive in level 2 (WS)"),

@@ -1,6 +1,7 @@
-"""`OptimizeConfig.distill_temperature`: joint retraining fits each task's separate model
-(its outputs on the training inputs; checkpoints by agreement on the validation inputs)
-instead of the labels."""
+"""What packing fits and measures a task by, beyond NWV's labels on training inputs:
+`OptimizeConfig.distill_temperature` (joint retraining fits each task's separate model: its
+outputs on the training inputs, checkpoints by agreement on the validation inputs) and
+`PackConfig.fisher_split` (the Fisher read on validation inputs)."""
 
 from dataclasses import replace
 
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from tvm_weightvirt.algorithms.data import SPLITS, Split, TaskData
+from tvm_weightvirt.algorithms.importance import fisher_ws
 from tvm_weightvirt.algorithms.objectives import (
     CLASSIFICATION,
     DISTILL_CLASSIFIER,
@@ -74,3 +76,27 @@ def test_retraining_toward_the_originals_never_reads_a_label(distilled):
         for n in plans[0].tasks
     )
     assert same == distilled
+
+
+def test_the_fisher_reads_the_inputs_of_the_split_it_is_told(monkeypatch):
+    """`fisher_split="val"`: WS's Fisher (and so the exclusive pages) comes from each task's
+    validation inputs, not its training inputs; any other split name is refused."""
+    import tvm_weightvirt.algorithms.pipeline as pipeline
+
+    tasks = suite.load_suite(["wine", "iris"])
+    read = []
+
+    def recording_fisher(model, x, *args, **kwargs):
+        read.append(x)
+        return fisher_ws(model, x, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "fisher_ws", recording_fisher)
+    separation = SeparationConfig(tpr=0.5)
+    for split in ("train", "val"):
+        read.clear()
+        config = PackConfig(fisher_split=split, separation=separation, optimize=OptimizeConfig(0))
+        pack(*suite.packable(tasks), config)
+        assert [x.shape for x in read] == [t.splits[split].x.shape for t in tasks]
+        assert all(np.array_equal(x, t.splits[split].x) for x, t in zip(read, tasks))
+    with pytest.raises(ValueError, match="fisher_split must be 'train' or 'val', got 'test'"):
+        pack(*suite.packable(tasks), PackConfig(fisher_split="test", separation=separation))
