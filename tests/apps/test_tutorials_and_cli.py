@@ -132,8 +132,9 @@ def test_tutorial_06_switches_without_moving_weights(tmp_path, monkeypatch, caps
 
 @pytest.mark.slow
 def test_tutorial_07_fits_the_byte_budgets(tmp_path, monkeypatch, capsys):
-    """The tutorial asserts both budgets itself; here: both packs of the refinement are
-    reported, one kept, and every switch read the task's coded exclusive pages from the file."""
+    """The tutorial asserts both budgets itself (for both rules); here: both packs of the
+    refinement are reported, one kept, every switch read the task's coded exclusive pages from
+    the file, and step 5 compares each task under both rules."""
     monkeypatch.setattr(sys, "argv", ["07_fit_a_byte_budget.py", str(tmp_path)])
     runpy.run_path(str(ROOT / "tutorials" / "07_fit_a_byte_budget.py"), run_name="__main__")
     printed = capsys.readouterr().out
@@ -145,6 +146,8 @@ def test_tutorial_07_fits_the_byte_budgets(tmp_path, monkeypatch, capsys):
     switched = [n for i, n in enumerate(order) if i == 0 or n != order[i - 1]]
     read = sum(plan.task(n).exclusive_bytes for n in switched)
     assert f"{len(switched)} switches, {read} B read from level 2" in printed
+    for name in ["sensors", "gestures", "friedman"]:  # step 5: both packs, per task
+        assert re.search(rf"{name} \(\w+\): separate .*, by bytes .*, evenly \+ distilled", printed)
 
 
 @pytest.mark.slow
