@@ -231,7 +231,7 @@ def measure(quick: bool, configs: str | None = None, l1_budgets: str | None = No
             "config": name,
             "l1_budget_bytes": l1,
             "runs": [
-                {k: p[k] for k in ("seed", "ratio", "mean_delta_pp", "worst_delta_pp")}
+                {k: p[k] for k in ("seed", "ratio", "mean_delta_pp", "worst_delta_pp", "delta_pp")}
                 for p in [point, *reruns]
             ],
             "met_by_every_seed": all(_meets(p, goal) for p in [point, *reruns]),

@@ -322,8 +322,8 @@ def _pool_pages(tasks, layouts, config) -> int:
 def _initial_plan(
     tasks, layouts, pages, fishers, n_pool, config, task_weights
 ) -> tuple[PagePlan, dict]:
-    """Exclusive pages (WS, or by bytes with each task's Fisher share times its weight), then
-    NWV's matching of the shared ones, one task at a time."""
+    """Exclusive pages (WS; by bytes, each task's Fisher share times its weight; or by bytes
+    evenly), then NWV's matching of the shared ones, one task at a time."""
     sep = config.separation
     exclusive = [np.zeros(0, np.int64)] * len(tasks)
     if sep is not None:
