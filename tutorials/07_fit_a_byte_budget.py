@@ -86,8 +86,8 @@ print(
 #    vanish: the Fisher reads the validation inputs instead. And on small training splits many
 #    functions fit the labels but few fit the model's own outputs: retraining fits those (KL at
 #    temperature 4; MSE for a regressor; checkpoints by agreement on validation inputs).
-#    Neither way wins every task on every set of models (on the 10-task suite, this one keeps
-#    the worst task within 2 pp where the byte rule does not; see the README's frontier):
+#    Neither way wins every task on every set of models (on the 10-task suite this one, with
+#    more flash, met WS's operating point for two seeds of three; see the README's frontier):
 #    compare them on your own data, here side by side.
 worst_first = replace(
     config,
