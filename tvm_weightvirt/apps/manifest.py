@@ -32,7 +32,8 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         "train",
         ("train", "val"),
         "whose inputs the Fisher reads (NWV and WS: train; val: held-out inputs, where a model "
-        "that fits its training split exactly is not certain of every answer)",
+        "that fits its training split exactly is not certain of every answer; for separation, "
+        "whose Fisher is normalised: NWV's grows there and outweighs the task's loss at lam 10)",
     ),
     "seed": (int, 0, None, "seed of splits, matching and retraining"),
     "resume": (str, None, None, "continue retraining from this .wvpack's plan"),
