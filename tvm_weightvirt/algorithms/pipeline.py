@@ -210,8 +210,7 @@ class _Trained:
         counts as 0."""
         losses = []
         for t, pt, alone in zip(self.tasks, self.pool_tasks, separate):
-            data = t.splits[split]
-            worse = alone - t.objective.metric(pool_outputs(self.memory, pt, data.x), data.y)
+            worse = alone - _task_metric(t, pt, self.memory, split)
             worse = worse if t.objective.higher_is_better else -worse
             if not t.objective.percent:
                 worse = 100.0 * worse / abs(alone) if alone else 0.0
@@ -232,6 +231,13 @@ class _Trained:
         if refinement is not None:
             report["refinement"] = refinement
         return PackResult(self.plan, report)
+
+
+def _task_metric(t: PackTask, pt: PoolTask, memory: np.ndarray, split: str) -> float:
+    """The task's own metric on `split`, its weights read from `memory`; not `pt`'s objective,
+    which retraining may have pointed at the separate model's outputs (`_retraining_fit`)."""
+    data = t.splits[split]
+    return t.objective.metric(pool_outputs(memory, pt, data.x), data.y)
 
 
 def _retraining_fit(t: PackTask, optimize: OptimizeConfig) -> tuple[tuple, tuple, Objective]:
@@ -271,12 +277,7 @@ def _retrain(tasks, layouts, plan, fishers, anchors, costs, config) -> _Trained:
         memory = coded_to_latent(encode_pages(memory))
     with torch.no_grad():
         weights = memory if decode is None else decode(torch.from_numpy(memory)).numpy()
-    before = {
-        pt.name: t.objective.metric(
-            pool_outputs(weights, pt, t.splits["test"].x), t.splits["test"].y
-        )
-        for pt, t in zip(pool_tasks, tasks)
-    }
+    before = {pt.name: _task_metric(t, pt, weights, "test") for pt, t in zip(pool_tasks, tasks)}
     log = []
     if config.optimize.rounds > 0:
         memory, log = optimize_pool(memory, pool_tasks, config.optimize, decode)
