@@ -21,7 +21,11 @@ from dataclasses import replace
 from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig
-from tvm_weightvirt.algorithms.separation import SeparationConfig, parse_bytes
+from tvm_weightvirt.algorithms.separation import (
+    SeparationConfig,
+    parse_bytes,
+    shared_pages_for_budget,
+)
 from tvm_weightvirt.algorithms.smartdeal import WIDEST_FORMAT
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.frontend.packing import pack
@@ -45,17 +49,17 @@ REFINE_ROUNDS = 2  # the byte rule's refinement: packs after the first
 DISTILL_TEMPERATURE = 4.0  # retraining toward the separate models' outputs (KL at this T)
 
 
-def _table_entries(tasks) -> int:
-    """Page-table entries of all tasks at PAGE_SIZE (what sits beside the pool in level 1)."""
-    return sum(layout_of(t.task, PAGE_SIZE).n_pages for t in tasks)
+def _task_pages(tasks) -> list[int]:
+    """Each task's pages at PAGE_SIZE (its page table's entries, beside the pool in level 1)."""
+    return [layout_of(t.task, PAGE_SIZE).n_pages for t in tasks]
 
 
-def _configs(l1: int, n_table: int, optimize: OptimizeConfig) -> dict[str, PackConfig]:
+def _configs(l1: int, task_pages: list[int], optimize: OptimizeConfig) -> dict[str, PackConfig]:
     """The configurations at one level-1 budget: the pool (floats or codes + bases) and the
-    int32 page tables within `l1` bytes."""
-    float_pages = (l1 - 4 * n_table) // (4 * PAGE_SIZE)
-    byte_code_pages = (l1 - 4 * n_table) // (PAGE_SIZE + 36)
-    packed_pages = (l1 - 4 * n_table) // PACKED_PAGE_BYTES
+    page tables within `l1` bytes."""
+    float_pages = shared_pages_for_budget(l1, 4 * PAGE_SIZE, task_pages)
+    byte_code_pages = shared_pages_for_budget(l1, PAGE_SIZE + 36, task_pages)
+    packed_pages = shared_pages_for_budget(l1, PACKED_PAGE_BYTES, task_pages)
     nwv = OptimizeConfig(**{**vars(optimize), "lam": 10.0})
     ws = OptimizeConfig(**{**vars(optimize), "lam": 0.1})
     # pools smaller than a task: its pages share within it too (else they must be exclusive)
@@ -206,8 +210,8 @@ def measure(quick: bool, configs: str | None = None, l1_budgets: str | None = No
     if l1_budgets:
         budgets = [parse_bytes(b) for b in l1_budgets.split(",")]
     tasks = suite.load_suite(suite.TEN_TASKS)
-    n_table = _table_entries(tasks)
-    grid = {l1: _configs(l1, n_table, optimize) for l1 in budgets}
+    task_pages = _task_pages(tasks)
+    grid = {l1: _configs(l1, task_pages, optimize) for l1 in budgets}
     available = list(grid[budgets[0]])
     names = configs.split(",") if configs else available
     unknown = sorted(set(names) - set(available))

@@ -12,6 +12,7 @@ import numpy as np
 from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.algorithms.separation import shared_pages_for_budget
 from tvm_weightvirt.algorithms.smartdeal import train_then_project
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.frontend.packing import pack
@@ -70,14 +71,16 @@ def measure(quick: bool) -> dict:
         paged["bytes_packed"], separate_bytes, [r["delta"] for r in paged["tasks"].values()]
     )
     # (d) both: as many coded pool pages as fit 1/16 of the separate bytes beside the tables.
-    tables = 4 * sum(
+    task_pages = [
         PageLayout.from_weights(
             {k: (tuple(v.shape), "float32") for k, v in t.model.state_dict().items()},
             CODED_PAGE_SIZE,
         ).n_pages
         for t in tasks
+    ]
+    pool_pages = shared_pages_for_budget(
+        separate_bytes // TARGET_RATIO, CODED_PAGE_SIZE + 36, task_pages
     )
-    pool_pages = (separate_bytes // TARGET_RATIO - tables) // (CODED_PAGE_SIZE + 36)
     both_report = pack(
         *suite.packable(tasks),
         PackConfig(

@@ -32,36 +32,43 @@ class AddPageGather:
         Weights per page (P).
     coded : CodeFormat | None
         Gather and decode SmartDeal pages stored in this format instead of float32 ones.
+    table_dtype : str
+        The page tables' dtype (`PagePlan.page_table_dtype`: uint16 where the ids fit).
 
     .. code-block:: python
 
         @T.prim_func
         def wv_gather_pages(pool: T.Buffer((S, 100), "float32"),
-                            page_table: T.Buffer((n,), "int32"),
+                            page_table: T.Buffer((n,), "uint16"),
                             weight_pages: T.Buffer((n, 100), "float32")):
             for i, j in T.grid(n, 100):
                 weight_pages[i, j] = pool[T.Cast("int64", page_table[i]), j]
     """
 
-    def __init__(self, page_size: int, coded: CodeFormat | None = None) -> None:
+    def __init__(
+        self, page_size: int, coded: CodeFormat | None = None, table_dtype: str = "uint16"
+    ) -> None:
         if coded is not None:
             check_coded_page_size(page_size)
         self.page_size = page_size
         self.coded = coded
+        self.table_dtype = table_dtype
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if self.coded is not None:
-            func = coded_gather_func(self.page_size, self.coded)
+            func = coded_gather_func(self.page_size, self.coded, self.table_dtype)
             return add_gather(mod, CODED_GATHER_FUNC, func)
-        return add_gather(mod, GATHER_FUNC, gather_func(self.page_size, with_exclusive=False))
+        func = gather_func(self.page_size, self.table_dtype, with_exclusive=False)
+        return add_gather(mod, GATHER_FUNC, func)
 
 
 def gather_func(
-    page_size: int, with_exclusive: bool, static_pages: int | None = None
+    page_size: int, table_dtype: str, with_exclusive: bool, static_pages: int | None = None
 ) -> tirx.PrimFunc:
-    """`weight_pages[i, j] = pool[page_table[i], j]`, for any pool size and table length; with
-    `with_exclusive`, table entries >= S (the pool's page count) read `exclusive[entry - S, j]`.
-    `static_pages` fixes every page count instead: the static copy that MetaSchedule can tune."""
+    """`weight_pages[i, j] = pool[page_table[i], j]`, for any pool size and table length
+    (`page_table` of `table_dtype`); with `with_exclusive`, table entries >= S (the pool's page
+    count) read `exclusive[entry - S, j]`. `static_pages` fixes every page count instead: the
+    static copy that MetaSchedule can tune."""
 
     def page_count(name: str):
         return tirx.Var(name, "int64") if static_pages is None else static_pages
@@ -69,7 +76,7 @@ def gather_func(
     n_pool = page_count("n_pool_pages")
     n_pages = page_count("n_pages")
     pool = te.placeholder((n_pool, page_size), "float32", "pool")
-    page_table = te.placeholder((n_pages,), "int32", "page_table")
+    page_table = te.placeholder((n_pages,), table_dtype, "page_table")
     inputs = [pool]
     if with_exclusive:
         n_exclusive = page_count("n_exclusive_pages")
@@ -87,7 +94,7 @@ def gather_func(
 
 
 def coded_gather_func(
-    page_size: int, code_format: CodeFormat, with_exclusive: bool = False
+    page_size: int, code_format: CodeFormat, table_dtype: str, with_exclusive: bool = False
 ) -> tirx.PrimFunc:
     """`weight_pages[i, 3 r + j] = sum_k c(t, 3 r + k) * bases[t, k, j]`, t = page_table[i],
     where c(t, q) decodes the q-th `width`-bit symbol s of packed row t (word q // n, bits
@@ -101,7 +108,7 @@ def coded_gather_func(
     n_pages = tirx.Var("n_pages", "int64")
     codes = te.placeholder((n_pool, row_words), "uint32", "codes")
     bases = te.placeholder((n_pool, 3, 3), "float32", "bases")
-    page_table = te.placeholder((n_pages,), "int32", "page_table")
+    page_table = te.placeholder((n_pages,), table_dtype, "page_table")
     inputs = [codes, bases]
     if with_exclusive:
         n_exclusive = tirx.Var("n_exclusive_pages", "int64")

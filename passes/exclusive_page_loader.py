@@ -31,28 +31,35 @@ class ExclusivePageLoader:
         Weights per page (P).
     coded : CodeFormat | None
         Gather and decode SmartDeal pages stored in this format instead of float32 ones.
+    table_dtype : str
+        The page tables' dtype (`PagePlan.page_table_dtype`: uint16 where the ids fit).
 
     .. code-block:: python
 
         @T.prim_func
         def wv_gather_pages_exclusive(pool: T.Buffer((S, 100), "float32"),
                                       exclusive: T.Buffer((E, 100), "float32"),
-                                      page_table: T.Buffer((n,), "int32"),
+                                      page_table: T.Buffer((n,), "uint16"),
                                       weight_pages: T.Buffer((n, 100), "float32")):
             for i, j in T.grid(n, 100):
                 weight_pages[i, j] = T.if_then_else(
                     page_table[i] < S, pool[page_table[i], j], exclusive[page_table[i] - S, j])
     """
 
-    def __init__(self, page_size: int, coded: CodeFormat | None = None) -> None:
+    def __init__(
+        self, page_size: int, coded: CodeFormat | None = None, table_dtype: str = "uint16"
+    ) -> None:
         if coded is not None:
             check_coded_page_size(page_size)
         self.page_size = page_size
         self.coded = coded
+        self.table_dtype = table_dtype
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if self.coded is not None:
-            func = coded_gather_func(self.page_size, self.coded, with_exclusive=True)
+            func = coded_gather_func(
+                self.page_size, self.coded, self.table_dtype, with_exclusive=True
+            )
             return add_gather(mod, CODED_EXCLUSIVE_GATHER_FUNC, func)
-        func = gather_func(self.page_size, with_exclusive=True)
+        func = gather_func(self.page_size, self.table_dtype, with_exclusive=True)
         return add_gather(mod, EXCLUSIVE_GATHER_FUNC, func)

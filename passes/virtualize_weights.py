@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import numpy as np
 import tvm
 from tvm import relax
 
 from tvm_weightvirt.abi import task_function
 from tvm_weightvirt.layout import PageLayout, WeightSpan
-from tvm_weightvirt.plan import PAGE_TABLE_DTYPE, PagePlan
+from tvm_weightvirt.plan import PagePlan
 
 
 @tvm.transform.module_pass(opt_level=0, name="VirtualizeWeights")
@@ -17,7 +16,7 @@ class VirtualizeWeights:
 
     Each `task_<name>(inputs..., weights...)` becomes `task_<name>(inputs..., pool, page_table)`:
     `pool` is `[S, P]` float32 and the same input for every task; `page_table` is the task's
-    `[n_pages]` int32 table. A weight spanning pages `p0..p1` at offset `o` is
+    `[n_pages]` table (`plan.page_table_dtype`: uint16 where the ids fit). A weight spanning pages `p0..p1` at offset `o` is
     `take(pool, page_table[p0:p1]) -> reshape [-1] -> slice [o - p0*P, +numel] -> reshape`.
     Both stay inputs (never bound constants), so `FoldConstant` cannot undo the sharing and a
     new page table needs no recompile. This is the fused mode: the gather runs inside every
@@ -35,7 +34,7 @@ class VirtualizeWeights:
 
         # before                                  # after (P = 100, S = 7)
         def task_a(x, w: R.Tensor((4, 30))):       def task_a(x, pool: R.Tensor((7, 100)),
-            R.func_attr({"num_input": 1})                     page_table: R.Tensor((2,), "int32")):
+            R.func_attr({"num_input": 1})                     page_table: R.Tensor((2,), "uint16")):
             y = R.matmul(x, w)                         ids = R.strided_slice(page_table, [0], [0], [2])
                                                        pages = R.take(pool, ids, axis=0)
                                                        flat = R.reshape(pages, [200])
@@ -61,13 +60,19 @@ class VirtualizeWeights:
         pool_ty = relax.TensorType((self.plan.n_pool_pages, self.plan.page_size), "float32")
         for name, task_pages in self.plan.tasks.items():
             func = mod[task_function(name)]
-            out[task_function(name)] = _virtualize(func, name, task_pages.layout, pool_ty)
+            out[task_function(name)] = _virtualize(
+                func, name, task_pages.layout, pool_ty, self.plan.page_table_dtype.name
+            )
         # The new SeqExprs carry no types yet; normalization derives them.
         return relax.transform.Normalize()(out)
 
 
 def _virtualize(
-    func: relax.Function, task: str, layout: PageLayout, pool_ty: relax.TensorType
+    func: relax.Function,
+    task: str,
+    layout: PageLayout,
+    pool_ty: relax.TensorType,
+    table_dtype: str,
 ) -> relax.Function:
     n_in = int(func.attrs["num_input"])
     inputs, weight_params = list(func.params[:n_in]), list(func.params[n_in:])
@@ -86,7 +91,7 @@ def _virtualize(
             )
     # Step 2. Bind each old weight parameter to its gather, ahead of the original body.
     pool = relax.Var("pool", pool_ty)
-    page_table_ty = relax.TensorType((layout.n_pages,), np.dtype(PAGE_TABLE_DTYPE).name)
+    page_table_ty = relax.TensorType((layout.n_pages,), table_dtype)
     page_table = relax.Var("page_table", page_table_ty)
     bb = relax.BlockBuilder()
     bindings = []

@@ -101,7 +101,8 @@ class MultitaskRuntime:
             coded = (plan.coded.packed, plan.coded.bases)
             self._pool_inputs = tuple(tvm.runtime.tensor(a, self.device) for a in coded)
         self.page_tables = {
-            name: tvm.runtime.tensor(t.page_table, self.device) for name, t in plan.tasks.items()
+            name: tvm.runtime.tensor(plan.stored_page_table(name), self.device)
+            for name in plan.tasks
         }
         self._pool_and_table_bytes = plan.pool_bytes + plan.page_table_bytes
         self.counters = Counters()

@@ -6,7 +6,8 @@ A module from `wv.lower` holds, for a plan with tasks T:
 - `task_<t>` per task t, a Relax function, attribute `num_input` = its input count, then
   - materialize mode: `(inputs..., transformed weights...)`, what `wv_transform_task_<t>`
     returns;
-  - fused mode: `(inputs..., pool [S, P] float32, page_table [n] int32)`;
+  - fused mode: `(inputs..., pool [S, P] float32, page_table [n] uint16)` (int32 where a
+    plan has more than 65,536 page ids: `PagePlan.page_table_dtype`);
 - materialize mode only, the PrimFuncs a switch calls (`weight_pages` [n, P] float32 is the
   last argument, the output, and the name of the block that writes it):
   - `wv_gather_pages(pool, page_table, weight_pages)` (float32 pages);

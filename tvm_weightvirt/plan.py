@@ -12,7 +12,16 @@ import numpy as np
 from .coded_pages import CodedPages
 from .layout import PageLayout, check_page_size, weight_alignment
 
-PAGE_TABLE_DTYPE = np.int32
+PAGE_TABLE_DTYPE = np.int32  # page tables in memory, as the algorithms index with them
+PAGE_TABLE_IDS_UINT16 = 1 << 16  # stored as uint16 up to this many page ids
+
+
+def page_table_dtype(n_ids: int) -> np.dtype:
+    """The dtype page tables with ids in [0, n_ids) are stored in (the .wvpack, the runtimes'
+    resident tables, the kernels that read them): uint16 where every id fits, else int32."""
+    return np.dtype(np.uint16 if n_ids <= PAGE_TABLE_IDS_UINT16 else np.int32)
+
+
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 
 
@@ -116,8 +125,21 @@ class PagePlan:
         return self.coded.stored_bytes if self.coded is not None else self.pool.nbytes
 
     @property
+    def page_table_dtype(self) -> np.dtype:
+        """The dtype the tables are stored in (`page_table_dtype` of the largest id: the pool's
+        pages and a task's exclusive pages)."""
+        most = max((t.n_exclusive_pages for t in self.tasks.values()), default=0)
+        return page_table_dtype(self.n_pool_pages + most)
+
+    def stored_page_table(self, name: str) -> np.ndarray:
+        """A task's page table as stored and as the kernels read it (`page_table_dtype`)."""
+        return self.task(name).page_table.astype(self.page_table_dtype)
+
+    @property
     def page_table_bytes(self) -> int:
-        return sum(t.page_table.nbytes for t in self.tasks.values())
+        """What all tasks' page tables take stored."""
+        entries = sum(t.page_table.size for t in self.tasks.values())
+        return entries * self.page_table_dtype.itemsize
 
     @property
     def exclusive_bytes(self) -> int:

@@ -21,6 +21,7 @@ from tvm_weightvirt.algorithms.separation import (
     select_exclusive,
     select_exclusive_by_bytes,
     select_exclusive_evenly,
+    shared_pages_for_budget,
     tpr_for_target_accuracy,
 )
 from tvm_weightvirt.apps import suite
@@ -149,6 +150,18 @@ def test_refined_weights_grow_with_the_loss():
     assert refined_task_weights([3.0], [-2.0]) == [3.0]  # a gain counts as no loss
 
 
+def test_pool_for_a_budget_sits_beside_uint16_tables_until_the_ids_need_int32():
+    """Two tasks of 500 pages, pages of 400 B: tables of 2 B an entry while the pool plus the
+    largest task (all of whose pages may be exclusive) stays within 65,536 page ids."""
+    assert shared_pages_for_budget(402_000, 400, [500, 500]) == 1000  # (402,000 - 2,000) / 400
+    last_uint16 = 2_000 + 400 * 65_036  # 65,036 pool pages + 500 = 65,536 ids
+    assert shared_pages_for_budget(last_uint16, 400, [500, 500]) == 65_036
+    # one page more passes the ids: int32 tables, whose 2,000 B more the budget must hold too
+    first_int32 = 4_000 + 400 * 65_037
+    assert shared_pages_for_budget(first_int32 - 1, 400, [500, 500]) == 65_036
+    assert shared_pages_for_budget(first_int32, 400, [500, 500]) == 65_037
+
+
 def test_byte_rule_needs_a_level2_budget():
     with pytest.raises(ValueError, match="'bytes' separation rule spends a level-2 budget"):
         SeparationConfig(rule="bytes")
@@ -200,9 +213,9 @@ def test_budget_sets_the_pool_and_exclusives_are_their_own(separated):
     tasks, result, path = separated
     plan = result.plan
     n_table_entries = 268 + 257 + 208
-    # 64 KiB - int32 tables, in pages of 100 float32
-    assert plan.n_pool_pages == (65_536 - 4 * n_table_entries) // 400 == 156
-    assert result.report["l1_bytes"] == plan.pool_bytes + 4 * n_table_entries <= 65_536
+    # 64 KiB - uint16 tables, in pages of 100 float32
+    assert plan.n_pool_pages == (65_536 - 2 * n_table_entries) // 400 == 160
+    assert result.report["l1_bytes"] == plan.pool_bytes + 2 * n_table_entries <= 65_536
     for t in tasks:
         task_pages = plan.task(t.name)
         exclusive_ids = np.flatnonzero(task_pages.page_table >= plan.n_pool_pages)
@@ -335,26 +348,26 @@ def test_budget_errors_that_need_only_layouts_come_before_fisher(monkeypatch):
     ]
     with pytest.raises(
         ValueError,
-        match=r"level-1 budget of 1024 B cannot hold the page tables \(2932 B\) and one pool page \(400 B\): the minimum is 3332 B",
-    ):  # 2,932 B = 4 B x (268 + 257 + 208) table entries
+        match=r"level-1 budget of 1024 B cannot hold the page tables \(1466 B\) and one pool page \(400 B\): the minimum is 1866 B",
+    ):  # 1,466 B = 2 B x (268 + 257 + 208) uint16 table entries
         pack(*suite.packable(tasks), PackConfig(separation=SeparationConfig(l1_budget_bytes=1024)))
     with pytest.raises(
         ValueError,
         match=r"a pool of 200 pages cannot hold task 'wine' \(268 pages to share\): the minimum is 268",
     ):
         pack(*suite.packable(tasks), PackConfig(pool_pages=200))
-    # 64 KiB leaves 156 pool pages: 112 + 101 + 52 pages must be exclusive, 400 B each
+    # 64 KiB leaves 160 pool pages: 108 + 97 + 48 pages must be exclusive, 400 B each
     by_bytes = SeparationConfig(l1_budget_bytes=64 * 1024, l2_budget_bytes=1000, rule="bytes")
     with pytest.raises(
         ValueError,
-        match=r"\(265, 112 of them 'wine'\) need 106000 B of level-2 storage, over its budget of 1000 B",
+        match=r"\(253, 108 of them 'wine'\) need 101200 B of level-2 storage, over its budget of 1000 B",
     ):
         pack(*suite.packable(tasks), PackConfig(separation=by_bytes))
 
 
 @pytest.mark.slow
 def test_suggested_budgets_fed_back_pack_and_the_pool_is_the_smallest_that_does():
-    """64 KiB leaves 156 pool pages, which forces 112 + 101 + 52 pages of the three tasks
+    """64 KiB leaves 160 pool pages, which forces 108 + 97 + 48 pages of the three tasks
     exclusive: over 100,000 B of level 2 on any machine. Which pool suffices depends on the
     Fisher of the trained nets, so the test checks the suggestion, not a figure."""
     tasks = suite.load_suite(TASKS)
@@ -373,8 +386,8 @@ def test_suggested_budgets_fed_back_pack_and_the_pool_is_the_smallest_that_does(
     )
     assert found, str(err.value)
     needed, l1, n_pool, l2 = map(int, found.groups())
-    assert l2 == needed >= 400 * (112 + 101 + 52) and needed % 400 == 0
-    assert l1 == 4 * (268 + 257 + 208) + 400 * n_pool  # tables + pool pages
+    assert l2 == needed >= 400 * (108 + 97 + 48) and needed % 400 == 0
+    assert l1 == 2 * (268 + 257 + 208) + 400 * n_pool  # uint16 tables + pool pages
     plan = pack_with(l1, 100_000)
     assert plan.n_pool_pages == n_pool and plan.exclusive_bytes <= 100_000
     with pytest.raises(ValueError, match="over its budget of 100000 B"):

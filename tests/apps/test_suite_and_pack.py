@@ -66,7 +66,7 @@ def test_packing_two_tasks_shares_pages_and_keeps_accuracy(mini_tasks, packed):
     plan, report = packed.plan, packed.report
     assert plan.n_pool_pages == 268  # NWV's setting: pages of the largest task (wine, 26,755)
     assert report["ratio_count"] == pytest.approx((26_755 + 25_603) / (268 * 100))
-    assert report["bytes_packed"] == 268 * 100 * 4 + (268 + 257) * 4  # pool + int32 tables
+    assert report["bytes_packed"] == 268 * 100 * 4 + (268 + 257) * 2  # pool + uint16 tables
     for name, r in report["tasks"].items():
         assert r["packed"] >= r["separate"] - 8.0, (name, r)
     log = report["optimize_log"]
@@ -105,7 +105,7 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
     plan, report = packed.plan, packed.report
     c = decode_codes(plan.coded.codes)
     assert np.allclose(2.0 ** np.round(np.log2(np.abs(c[c != 0]))), np.abs(c[c != 0]))
-    tables = 4 * sum(len(t.page_table) for t in plan.tasks.values())
+    tables = 2 * sum(len(t.page_table) for t in plan.tasks.values())  # uint16
     page_bytes = plan.coded.format.row_bytes(96) + 36  # packed codes, a 3x3 basis
     assert report["bytes_packed"] == 140 * page_bytes + tables
     assert report["smartdeal"]["stored_bytes"] == report["bytes_packed"]

@@ -11,6 +11,7 @@ from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 import tvm_weightvirt as wv
 from tvm_weightvirt.abi import task_function
 from tvm_weightvirt.apps import examples
+from tvm_weightvirt.plan import PAGE_TABLE_IDS_UINT16
 
 
 def _suite():
@@ -51,6 +52,21 @@ def test_lossless_outputs_equal_standalone(suite, mode):
         assert len(out) == len(standalone[name])
         for got, expected in zip(out, standalone[name]):
             np.testing.assert_array_equal(got, expected, err_msg=f"task {name}, mode {mode}")
+
+
+@pytest.mark.parametrize("mode", ["materialize", "fused"])
+def test_a_plan_past_uint16_page_ids_reads_int32_tables(suite, mode):
+    """The kernels read tables in the plan's dtype: a pool padded past 65,536 page ids makes
+    them int32, and outputs stay bit-identical to the model compiled alone."""
+    tasks, inputs, _, standalone = suite
+    task = tasks[0]
+    small = wv.PagePlan.lossless([task], page_size=100)
+    padding = np.zeros((PAGE_TABLE_IDS_UINT16 + 1 - small.n_pool_pages, 100), np.float32)
+    plan = wv.PagePlan(100, np.concatenate([small.pool, padding]), small.tasks)
+    assert small.page_table_dtype == np.uint16 and plan.page_table_dtype == np.int32
+    runtime = MultitaskRuntime(plan, wv.build(wv.lower([task], plan, mode=mode), target="llvm"))
+    for got, expected in zip(runtime.run(task.name, inputs[task.name]), standalone[task.name]):
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_tvm_import_matches_torch(suite):

@@ -12,6 +12,7 @@ from safetensors import safe_open
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.frontend.artifact import _manifest_and_digest, _sha256, _sha256_text
+from tvm_weightvirt.plan import PAGE_TABLE_IDS_UINT16
 
 
 @pytest.fixture(scope="module")
@@ -157,6 +158,35 @@ def test_page_id_out_of_range(pack):
         wv.ArtifactError,
         match=r"task .mlp.: page ids \[9999\] out of range \[0, 30\) \(30 pool \+ 0 exclusive",
     ):
+        wv.load_wvpack(path)
+
+
+def test_page_tables_are_stored_uint16_until_the_ids_need_int32(pack, tmp_path):
+    """Tables are stored as the kernels read them: uint16 while every page id fits (65,536
+    ids), int32 past that; both load back to the same tables."""
+    path, plan = pack
+    padding = np.zeros((PAGE_TABLE_IDS_UINT16 + 1 - plan.n_pool_pages, 100), np.float32)
+    large = wv.PagePlan(100, np.concatenate([plan.pool, padding]), plan.tasks)
+    large_path = tmp_path / "large.wvpack"
+    wv.save_wvpack(large_path, large)
+    for p, dtype in [(path, np.uint16), (large_path, np.int32)]:
+        with safe_open(str(p), framework="np") as f:
+            assert {f.get_tensor(f"page_table.{n}").dtype for n in plan.tasks} == {np.dtype(dtype)}
+        loaded = wv.load_wvpack(p).plan
+        assert loaded.page_table_dtype == dtype
+        for name, t in plan.tasks.items():
+            np.testing.assert_array_equal(loaded.task(name).page_table, t.page_table)
+    assert large.page_table_bytes == 2 * plan.page_table_bytes == 4 * (8 + 22)
+
+
+def test_page_table_of_floats(pack):
+    path, _ = pack
+
+    def floats(tensors):
+        tensors["page_table.mlp"] = tensors["page_table.mlp"].astype(np.float32)
+
+    _rewrite(path, edit_tensors=floats)
+    with pytest.raises(wv.ArtifactError, match="task 'mlp': page table is float32, not one of"):
         wv.load_wvpack(path)
 
 

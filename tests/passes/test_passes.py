@@ -63,7 +63,7 @@ class VirtualizeExpected:
     def task_a(
         x: R.Tensor((2, 30), "float32"),
         pool: R.Tensor((3, 100), "float32"),
-        page_table: R.Tensor((2,), "int32"),
+        page_table: R.Tensor((2,), "uint16"),
     ) -> R.Tensor((2, 4), "float32"):
         R.func_attr({"num_input": 1})
         with R.dataflow():
@@ -700,7 +700,7 @@ class GatherExpected:
         T.func_attr({"tirx.noalias": True})
         n_pool_pages, n_pages = T.int64(), T.int64()
         pool = T.match_buffer(pool_h, (n_pool_pages, 100), "float32")
-        page_table = T.match_buffer(page_table_h, (n_pages,), "int32")
+        page_table = T.match_buffer(page_table_h, (n_pages,), "uint16")
         weight_pages = T.match_buffer(weight_pages_h, (n_pages, 100), "float32")
         for i, j in T.grid(n_pages, 100):
             with T.sblock("weight_pages"):
@@ -728,7 +728,7 @@ class CodedGatherExpected:
         # 6 codes of 5 bits, 6 to a 32-bit word: rows of 1 word
         codes = T.match_buffer(codes_h, (n_pool_pages, 1), "uint32")
         bases = T.match_buffer(bases_h, (n_pool_pages, 3, 3), "float32")
-        page_table = T.match_buffer(page_table_h, (n_pages,), "int32")
+        page_table = T.match_buffer(page_table_h, (n_pages,), "uint16")
         weight_pages = T.match_buffer(weight_pages_h, (n_pages, 6), "float32")
         for i, j, k in T.grid(n_pages, 6, 3):
             with T.sblock("weight_pages"):
@@ -773,7 +773,7 @@ class ExclusiveGatherExpected:
         n_pool_pages, n_exclusive_pages, n_pages = T.int64(), T.int64(), T.int64()
         pool = T.match_buffer(pool_h, (n_pool_pages, 100), "float32")
         exclusive = T.match_buffer(exclusive_h, (n_exclusive_pages, 100), "float32")
-        page_table = T.match_buffer(page_table_h, (n_pages,), "int32")
+        page_table = T.match_buffer(page_table_h, (n_pages,), "uint16")
         weight_pages = T.match_buffer(weight_pages_h, (n_pages, 100), "float32")
         for i, j in T.grid(n_pages, 100):
             with T.sblock("weight_pages"):

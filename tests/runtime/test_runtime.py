@@ -100,7 +100,7 @@ def test_resident_bytes(setup):
     materialize = MultitaskRuntime(plan, libraries["materialize"])
     fused = MultitaskRuntime(plan, libraries["fused"])
     pool = plan.n_pool_pages * 100 * 4
-    tables = (8 + 8 + 22) * 4  # int32 page tables
+    tables = (8 + 8 + 22) * 2  # uint16 page tables (every id fits)
     assert fused.resident_bytes == pool + tables
     assert materialize.resident_bytes == pool + tables + 22 * 100 * 4  # buffer: largest task
 

@@ -15,7 +15,7 @@ import torch
 
 from ..coded_pages import CodedPages, check_coded_page_size
 from ..layout import PageLayout, check_page_size, weight_alignment
-from ..plan import PagePlan, TaskPages, check_unique_names
+from ..plan import PagePlan, TaskPages, check_unique_names, page_table_dtype
 from ..progress import steps
 from .data import Split
 from .determinism import deterministic
@@ -297,7 +297,7 @@ def _pool_pages(tasks, layouts, config) -> int:
         n_pool = config.pool_pages
     elif sep is not None and sep.l1_budget_bytes is not None:
         n_pool = shared_pages_for_budget(
-            sep.l1_budget_bytes, page_bytes(config), sum(layout.n_pages for layout in layouts)
+            sep.l1_budget_bytes, page_bytes(config), [layout.n_pages for layout in layouts]
         )
     else:
         n_pool = largest
@@ -406,12 +406,14 @@ def _check_l2(exclusive, config, layouts, fishers, tprs) -> None:
     needed = each * sum(len(e) for e in exclusive)
     if budget is None or needed <= budget:
         return
-    tables = 4 * sum(layout.n_pages for layout in layouts)
-    for n_pool in range(1, max(layout.n_pages for layout in layouts) + 1):
+    entries = sum(layout.n_pages for layout in layouts)
+    most = max(layout.n_pages for layout in layouts)
+    for n_pool in range(1, most + 1):
         l2 = each * sum(
             len(select_exclusive(f, tpr, sep.margin, n_pool)) for f, tpr in zip(fishers, tprs)
         )
         if l2 <= budget:
+            tables = entries * page_table_dtype(n_pool + most).itemsize
             raise ValueError(
                 f"the exclusive pages need {needed} B of level-2 storage, over its budget of "
                 f"{budget} B: a level-1 budget of {tables + n_pool * each} B "

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..plan import PAGE_TABLE_IDS_UINT16
+
 _UNITS = {
     "": 1,
     "b": 1,
@@ -216,15 +218,17 @@ def tpr_for_target_accuracy(
     return max(0.0, 1 - (target_loss - loss) / loss)
 
 
-def shared_pages_for_budget(l1_budget_bytes: int, page_bytes: int, n_table_entries: int) -> int:
-    """Pool pages of `page_bytes` each that fit in a level-1 budget next to the int32 page
-    tables."""
-    table_bytes = 4 * n_table_entries
-    pages = (l1_budget_bytes - table_bytes) // page_bytes
+def shared_pages_for_budget(l1_budget_bytes: int, page_bytes: int, task_pages: list[int]) -> int:
+    """Pool pages of `page_bytes` each that fit in a level-1 budget next to the page tables of
+    tasks of `task_pages` pages each: uint16 tables while the pool and the largest task (all
+    of whose pages may be exclusive) stay within their ids (`page_table_dtype`), else int32."""
+    entries, most = sum(task_pages), max(task_pages)
+    uint16_pages = min((l1_budget_bytes - 2 * entries) // page_bytes, PAGE_TABLE_IDS_UINT16 - most)
+    pages = max(uint16_pages, (l1_budget_bytes - 4 * entries) // page_bytes)
     if pages < 1:
-        minimum = table_bytes + page_bytes
+        table_bytes = 2 * entries
         raise ValueError(
             f"level-1 budget of {l1_budget_bytes} B cannot hold the page tables ({table_bytes} B) "
-            f"and one pool page ({page_bytes} B): the minimum is {minimum} B"
+            f"and one pool page ({page_bytes} B): the minimum is {table_bytes + page_bytes} B"
         )
     return int(pages)

@@ -77,19 +77,22 @@ def lower(tasks: Sequence[Task], plan: PagePlan, mode: str = "materialize") -> t
     coded = plan.coded is not None
     if coded and mode == "fused":
         raise NotImplementedError("SmartDeal pages are lowered for materialize mode only")
+    table_dtype = plan.page_table_dtype.name
     pipeline = [
         # Step 1. One Relax function per task, identical kernels once; convolution weights
         # read as vectors of output channels (the permute is a weight transform).
         MergeTasks({t.name: t.mod for t in tasks}),
         ConvWeightsOutputChannelsLast(),
         # Step 2. The pool reaches the weights: one gather per switch, or per call.
-        AddPageGather(plan.page_size, plan.coded and plan.coded.format)
+        AddPageGather(plan.page_size, plan.coded and plan.coded.format, table_dtype)
         if mode == "materialize"
         else VirtualizeWeights(plan),
     ]
     if has_exclusive:
         # Step 3. Exclusive pages come from a level-2 scratch the runtime fills.
-        pipeline.append(ExclusivePageLoader(plan.page_size, plan.coded and plan.coded.format))
+        pipeline.append(
+            ExclusivePageLoader(plan.page_size, plan.coded and plan.coded.format, table_dtype)
+        )
     if mode == "materialize":
         # Step 4. Weight-only ops run once per switch, not per inference.
         pipeline.append(LiftWeightTransforms())

@@ -23,6 +23,9 @@ FORMAT_VERSION = 4  # 4: coded exclusive pages (`exclusive_codes.<task>`, `exclu
 # 3: SmartDeal codes bit-packed (`code_format`); 2: int8 codes, the manifest and its digest in
 # one metadata entry; 1: the digest in a second entry
 READS_VERSIONS = (1, 2, 3, 4)
+# page tables: uint16 where the plan's ids fit (`PagePlan.page_table_dtype`; files written
+# before 2026-12-01 hold int32 tables, which every version reads)
+TABLE_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
 
 
 class ArtifactError(ValueError):
@@ -57,7 +60,7 @@ def save_wvpack(
     if unknown:
         raise ValueError(f"tasks {unknown} are not in the page plan")
     for name, task_pages in plan.tasks.items():
-        tensors[f"page_table.{name}"] = task_pages.page_table
+        tensors[f"page_table.{name}"] = plan.stored_page_table(name)
         if task_pages.coded is not None and task_pages.n_exclusive_pages:
             tensors[f"exclusive_codes.{name}"] = task_pages.coded.packed
             tensors[f"exclusive_bases.{name}"] = task_pages.coded.bases
@@ -175,7 +178,13 @@ def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
                 f"{where}: task '{name}': layout needs {layout.n_pages} pages, "
                 f"the manifest says {entry['n_pages']}"
             )
-        table = tensors[f"page_table.{name}"].astype(PAGE_TABLE_DTYPE)
+        table = tensors[f"page_table.{name}"]
+        if table.dtype not in TABLE_DTYPES:
+            raise ArtifactError(
+                f"{where}: task '{name}': page table is {table.dtype}, not one of "
+                f"{', '.join(map(str, TABLE_DTYPES))}"
+            )
+        table = table.astype(PAGE_TABLE_DTYPE)
         if f"exclusive_codes.{name}" in tensors:
             try:
                 coded = _coded_pages(tensors, f"exclusive_{{}}.{name}", manifest, page_size)
