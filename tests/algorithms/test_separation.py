@@ -409,7 +409,7 @@ def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     command = ["pack", "--suite", "wine,iris", "--l1-budget", "48KiB", "--rounds", "0"]
     assert main([*command, "-o", str(pack)]) == 0
     plan = wv.load_wvpack(pack).plan
-    assert plan.n_pool_pages == (48 * 1024 - 4 * (268 + 257)) // 400 and plan.exclusive_bytes > 0
+    assert plan.n_pool_pages == (48 * 1024 - 2 * (268 + 257)) // 400 and plan.exclusive_bytes > 0
     assert main(["run", str(pack), "--tasks", "wine,iris,wine"]) == 0
     printed = capsys.readouterr().out
     read = sum(plan.task(n).exclusive_pages.nbytes for n in ["wine", "iris", "wine"])
@@ -422,7 +422,7 @@ def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     assert "refinement, pack 1" in printed and printed.count("(kept)") == 1
     plan = wv.load_wvpack(pack).plan
     widest = 4 * 20 + 36  # 6-bit codes, 5 to a 32-bit word, and a 3x3 basis: 116 B a page
-    assert plan.n_pool_pages == (48 * 1024 - 4 * (279 + 267)) // widest
+    assert plan.n_pool_pages == (48 * 1024 - 2 * (279 + 267)) // widest  # uint16 tables
     page_bytes = plan.coded.format.page_bytes(96)
     assert plan.exclusive_bytes == (20000 // widest) * page_bytes
     assert main(["run", str(pack), "--tasks", "wine,iris,wine"]) == 0

@@ -141,7 +141,7 @@ def test_wvirt_pack_mini_configuration(mini_wvpack, tmp_path, capsys):
     pack_mini = ["pack", "--suite", ",".join(MINI), "--rounds", "1", "--iterations", "50"]
     assert main(["inspect", str(mini_wvpack), "--png", str(tmp_path / "report.png")]) == 0
     printed = capsys.readouterr().out
-    assert "wine" in printed and "1.92x bytes" in printed  # (26755 + 25603) x 4 / 109300 B
+    assert "wine" in printed and "1.93x bytes" in printed  # (26755 + 25603) x 4 / 108250 B
     pack = wv.load_wvpack(mini_wvpack)
     assert [t.name for t in pack.tasks] == MINI and pack.report["pool_pages"] == 268
     assert (tmp_path / "report.png").stat().st_size > 10_000

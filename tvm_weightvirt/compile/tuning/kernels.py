@@ -87,6 +87,6 @@ def static_gather(name: str, func: tvm.tirx.PrimFunc) -> tvm.IRModule:
     sch = tvm.s_tir.Schedule(tvm.IRModule({"main": func}))
     _, along_page = sch.get_loops(sch.get_sblock(GATHER_OUTPUT))
     page_size = int(sch.get(along_page).extent)
-    table_dtype = str(func.buffer_map[func.params[-2]].dtype)  # (..., page_table, weight_pages)
+    table_dtype = str(func.params[-2].dtype)  # (..., page_table, weight_pages)
     static = gather_func(page_size, table_dtype, name == EXCLUSIVE_GATHER_FUNC, GATHER_TUNING_PAGES)
     return tvm.IRModule({"main": static})
