@@ -31,13 +31,9 @@ from tvm_weightvirt.apps import suite
 from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.plan import layout_of
 
-PAGE_SIZE = 96  # a multiple of 3 (SmartDeal pages hold rows of 3 coefficients)
+PAGE_SIZE = 96  # the default (--page-size): a multiple of 3 (SmartDeal pages: rows of 3)
 L1_BUDGETS = [k * 1024 for k in (32, 48, 64, 128, 256)]
 QUICK_L1_BUDGETS = [64 * 1024, 256 * 1024]
-# a packed page's bytes, to size its pool before training fixes the codes' width: the widest
-# codes training produces (6 bits, 5 to a word) and a 3x3 basis; the point's bytes are what
-# was stored (packing sizes a separated pool and spends its level-2 budget the same way)
-PACKED_PAGE_BYTES = WIDEST_FORMAT.page_bytes(PAGE_SIZE)
 PUBLISHED = {  # (ratio by weight count, mean accuracy change in pp), seeds digest A.9 / B
     "WS (PerCom 2022)": (5.87, -0.22),
     "NWV (MobiSys 2020)": (4.04, 2.62),
@@ -49,21 +45,26 @@ REFINE_ROUNDS = 2  # the byte rule's refinement: packs after the first
 DISTILL_TEMPERATURE = 4.0  # retraining toward the separate models' outputs (KL at this T)
 
 
-def _task_pages(tasks) -> list[int]:
-    """Each task's pages at PAGE_SIZE (its page table's entries, beside the pool in level 1)."""
-    return [layout_of(t.task, PAGE_SIZE).n_pages for t in tasks]
+def _task_pages(tasks, page_size: int) -> list[int]:
+    """Each task's pages (its page table's entries, beside the pool in level 1)."""
+    return [layout_of(t.task, page_size).n_pages for t in tasks]
 
 
-def _configs(l1: int, task_pages: list[int], optimize: OptimizeConfig) -> dict[str, PackConfig]:
+def _configs(
+    l1: int, page_size: int, task_pages: list[int], optimize: OptimizeConfig
+) -> dict[str, PackConfig]:
     """The configurations at one level-1 budget: the pool (floats or codes + bases) and the
-    page tables within `l1` bytes."""
-    float_pages = shared_pages_for_budget(l1, 4 * PAGE_SIZE, task_pages)
-    byte_code_pages = shared_pages_for_budget(l1, PAGE_SIZE + 36, task_pages)
-    packed_pages = shared_pages_for_budget(l1, PACKED_PAGE_BYTES, task_pages)
+    page tables within `l1` bytes. A packed page counts as the widest codes training produces
+    (6 bits, 5 to a word) and a 3x3 basis until training fixes the codes' width (packing sizes
+    a separated pool and spends its level-2 budget the same way); the point's bytes are what
+    was stored."""
+    float_pages = shared_pages_for_budget(l1, 4 * page_size, task_pages)
+    byte_code_pages = shared_pages_for_budget(l1, page_size + 36, task_pages)
+    packed_pages = shared_pages_for_budget(l1, WIDEST_FORMAT.page_bytes(page_size), task_pages)
     nwv = OptimizeConfig(**{**vars(optimize), "lam": 10.0})
     ws = OptimizeConfig(**{**vars(optimize), "lam": 0.1})
     # pools smaller than a task: its pages share within it too (else they must be exclusive)
-    common = dict(page_size=PAGE_SIZE, share_within_task=True)
+    common = dict(page_size=page_size, share_within_task=True)
     by_bytes = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l1, rule="bytes")
     by_bytes_x3 = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=3 * l1, rule="bytes")
     evenly_x5 = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=5 * l1, rule="bytes_even")
@@ -204,14 +205,19 @@ def _point(name: str, l1: int, config: PackConfig, tasks) -> dict:
     return point
 
 
-def measure(quick: bool, configs: str | None = None, l1_budgets: str | None = None) -> dict:
+def measure(
+    quick: bool,
+    configs: str | None = None,
+    l1_budgets: str | None = None,
+    page_size: int = PAGE_SIZE,
+) -> dict:
     optimize = OptimizeConfig(rounds=1, iterations=100) if quick else OptimizeConfig()
     budgets = QUICK_L1_BUDGETS if quick else L1_BUDGETS
     if l1_budgets:
         budgets = [parse_bytes(b) for b in l1_budgets.split(",")]
     tasks = suite.load_suite(suite.TEN_TASKS)
-    task_pages = _task_pages(tasks)
-    grid = {l1: _configs(l1, task_pages, optimize) for l1 in budgets}
+    task_pages = _task_pages(tasks, page_size)
+    grid = {l1: _configs(l1, page_size, task_pages, optimize) for l1 in budgets}
     available = list(grid[budgets[0]])
     names = configs.split(",") if configs else available
     unknown = sorted(set(names) - set(available))
@@ -241,7 +247,7 @@ def measure(quick: bool, configs: str | None = None, l1_budgets: str | None = No
             "met_by_every_seed": all(_meets(p, goal) for p in [point, *reruns]),
         }
     numbers = {
-        "page_size": PAGE_SIZE,
+        "page_size": page_size,
         "optimize": vars(optimize),
         "points": points,
         "best_at": best_at(points),
@@ -256,6 +262,11 @@ def measure(quick: bool, configs: str | None = None, l1_budgets: str | None = No
 OPTIONS = {
     "--configs": {"help": "only these configurations (comma-separated names, as in the JSON)"},
     "--l1-budgets": {"help": "only these level-1 budgets (comma-separated, e.g. 32KiB,48KiB)"},
+    "--page-size": {
+        "type": int,
+        "default": PAGE_SIZE,
+        "help": f"weights per page, a multiple of 3 (default {PAGE_SIZE})",
+    },
 }
 
 if __name__ == "__main__":
