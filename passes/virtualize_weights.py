@@ -16,7 +16,8 @@ class VirtualizeWeights:
 
     Each `task_<name>(inputs..., weights...)` becomes `task_<name>(inputs..., pool, page_table)`:
     `pool` is `[S, P]` float32 and the same input for every task; `page_table` is the task's
-    `[n_pages]` table (`plan.page_table_dtype`: uint16 where the ids fit). A weight spanning pages `p0..p1` at offset `o` is
+    `[n_pages]` table (`plan.page_table_dtype`: uint16 where the ids fit). A weight spanning
+    pages `p0..p1` at offset `o` is
     `take(pool, page_table[p0:p1]) -> reshape [-1] -> slice [o - p0*P, +numel] -> reshape`.
     Both stay inputs (never bound constants), so `FoldConstant` cannot undo the sharing and a
     new page table needs no recompile. This is the fused mode: the gather runs inside every

@@ -95,3 +95,11 @@ BACKENDS = {
     "tir gather, smartdeal pages": ("materialize", 96, coded_plan),
     "tir gather, smartdeal exclusive pages": ("materialize", 96, coded_exclusive_plan),
 }
+
+
+def past_uint16_ids(plan: wv.PagePlan) -> wv.PagePlan:
+    """`plan` with its pool padded by zero pages to 65,537: its tables must be int32."""
+    from tvm_weightvirt.plan import PAGE_TABLE_IDS_UINT16
+
+    padding = np.zeros((PAGE_TABLE_IDS_UINT16 + 1 - plan.n_pool_pages, plan.page_size), np.float32)
+    return wv.PagePlan(plan.page_size, np.concatenate([plan.pool, padding]), plan.tasks)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
+from page_plans import past_uint16_ids
 from tvm import relax
 from tvm_weightvirt.passes.lift_weight_constants import WEIGHT_OPERANDS
 from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
@@ -11,7 +12,6 @@ from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 import tvm_weightvirt as wv
 from tvm_weightvirt.abi import task_function
 from tvm_weightvirt.apps import examples
-from tvm_weightvirt.plan import PAGE_TABLE_IDS_UINT16
 
 
 def _suite():
@@ -61,8 +61,7 @@ def test_a_plan_past_uint16_page_ids_reads_int32_tables(suite, mode):
     tasks, inputs, _, standalone = suite
     task = tasks[0]
     small = wv.PagePlan.lossless([task], page_size=100)
-    padding = np.zeros((PAGE_TABLE_IDS_UINT16 + 1 - small.n_pool_pages, 100), np.float32)
-    plan = wv.PagePlan(100, np.concatenate([small.pool, padding]), small.tasks)
+    plan = past_uint16_ids(small)
     assert small.page_table_dtype == np.uint16 and plan.page_table_dtype == np.int32
     runtime = MultitaskRuntime(plan, wv.build(wv.lower([task], plan, mode=mode), target="llvm"))
     for got, expected in zip(runtime.run(task.name, inputs[task.name]), standalone[task.name]):

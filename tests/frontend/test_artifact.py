@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import tvm
+from page_plans import past_uint16_ids
 from safetensors import safe_open
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.frontend.artifact import _manifest_and_digest, _sha256, _sha256_text
-from tvm_weightvirt.plan import PAGE_TABLE_IDS_UINT16
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +165,7 @@ def test_page_tables_are_stored_uint16_until_the_ids_need_int32(pack, tmp_path):
     """Tables are stored as the kernels read them: uint16 while every page id fits (65,536
     ids), int32 past that; both load back to the same tables."""
     path, plan = pack
-    padding = np.zeros((PAGE_TABLE_IDS_UINT16 + 1 - plan.n_pool_pages, 100), np.float32)
-    large = wv.PagePlan(100, np.concatenate([plan.pool, padding]), plan.tasks)
+    large = past_uint16_ids(plan)
     large_path = tmp_path / "large.wvpack"
     wv.save_wvpack(large_path, large)
     for p, dtype in [(path, np.uint16), (large_path, np.int32)]:
