@@ -74,7 +74,9 @@ def test_pack_inspect_run(tmp_path, onnx_files, capsys):
     # 978 and 275 weights on 1,066 and 341 16-aligned slots: ceil(1066/64) + ceil(341/64) pages
     assert plan.n_pool_pages == 17 + 6
     assert main(["inspect", str(out)]) == 0
-    assert "pool 23 pages (5888 B)" in capsys.readouterr().out  # 23 x 64 x 4 B
+    inspected = capsys.readouterr().out
+    assert "pool 23 pages (5888 B)" in inspected  # 23 x 64 x 4 B
+    assert "page tables 46 B (uint16)" in inspected  # 23 entries of 2 B
     assert main(["run", str(out), "--tasks", "res,incep,res", "--mode", "fused"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("res: outputs [(2, 10)]") == 2 and "incep: outputs [(1, 5)]" in printed

@@ -488,7 +488,8 @@ def _inspect(args) -> int:
     print(f"  graphs: {[t.name for t in pack.tasks] or 'none (plan only)'}")
     print(
         f"  file {os.path.getsize(args.pack)} B: pool {pack.plan.pool_bytes} B, page tables "
-        f"{pack.plan.page_table_bytes} B, exclusive {pack.plan.exclusive_bytes} B"
+        f"{pack.plan.page_table_bytes} B ({pack.plan.page_table_dtype}), "
+        f"exclusive {pack.plan.exclusive_bytes} B"
     )
     if pack.report:
         from ..algorithms.pipeline import format_report
