@@ -14,12 +14,14 @@ from .layout import PageLayout, check_page_size, weight_alignment
 
 PAGE_TABLE_DTYPE = np.int32  # page tables in memory, as the algorithms index with them
 PAGE_TABLE_IDS_UINT16 = 1 << 16  # stored as uint16 up to this many page ids
+STORED_PAGE_TABLE_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
 
 
 def page_table_dtype(n_ids: int) -> np.dtype:
     """The dtype page tables with ids in [0, n_ids) are stored in (the .wvpack, the runtimes'
     resident tables, the kernels that read them): uint16 where every id fits, else int32."""
-    return np.dtype(np.uint16 if n_ids <= PAGE_TABLE_IDS_UINT16 else np.int32)
+    uint16, int32 = STORED_PAGE_TABLE_DTYPES
+    return uint16 if n_ids <= PAGE_TABLE_IDS_UINT16 else int32
 
 
 TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")

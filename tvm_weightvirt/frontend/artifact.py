@@ -16,7 +16,7 @@ from safetensors import safe_open
 
 from ..coded_pages import CodedPages, CodeFormat
 from ..layout import PageLayout
-from ..plan import PAGE_TABLE_DTYPE, PagePlan, TaskPages
+from ..plan import PAGE_TABLE_DTYPE, STORED_PAGE_TABLE_DTYPES, PagePlan, TaskPages
 
 FORMAT = "wvpack"
 FORMAT_VERSION = 4  # 4: coded exclusive pages (`exclusive_codes.<task>`, `exclusive_bases.<task>`)
@@ -25,7 +25,6 @@ FORMAT_VERSION = 4  # 4: coded exclusive pages (`exclusive_codes.<task>`, `exclu
 READS_VERSIONS = (1, 2, 3, 4)
 # page tables: uint16 where the plan's ids fit (`PagePlan.page_table_dtype`; files written
 # before 2026-12-01 hold int32 tables, which every version reads)
-TABLE_DTYPES = (np.dtype(np.uint16), np.dtype(np.int32))
 
 
 class ArtifactError(ValueError):
@@ -179,10 +178,10 @@ def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
                 f"the manifest says {entry['n_pages']}"
             )
         table = tensors[f"page_table.{name}"]
-        if table.dtype not in TABLE_DTYPES:
+        if table.dtype not in STORED_PAGE_TABLE_DTYPES:
             raise ArtifactError(
                 f"{where}: task '{name}': page table is {table.dtype}, not one of "
-                f"{', '.join(map(str, TABLE_DTYPES))}"
+                f"{', '.join(map(str, STORED_PAGE_TABLE_DTYPES))}"
             )
         table = table.astype(PAGE_TABLE_DTYPE)
         if f"exclusive_codes.{name}" in tensors:
