@@ -7,7 +7,8 @@ with the Fisher read on validation inputs and retraining toward the separate mod
 (pool and exclusive pages)}; not the whole cross product (the names in `_configs`). Every point
 is one pack with joint retraining (checkpoints chosen on validation); accuracy deltas on the
 test split, bytes as stored (pool or codes + bases, page tables, exclusive pages; "smartdeal8"
-counts a byte per code, as stored before codes were packed, and sizes its pool for that).
+counts a byte per code and float32 bases, as stored before codes were packed, and sizes its pool
+for that).
 `best_at` is the best bytes ratio at WS's operating point (mean delta >= -0.22 pp, worst >= -2
 pp) and at mean >= -1 pp; `best_at_confirmed` packs each goal's best point again with two more
 seeds (every seed: Fisher samples, matching, retraining batches) and says whether every seed
@@ -59,7 +60,7 @@ def _configs(
     a separated pool and spends its level-2 budget the same way); the point's bytes are what
     was stored."""
     float_pages = shared_pages_for_budget(l1, 4 * page_size, task_pages)
-    byte_code_pages = shared_pages_for_budget(l1, page_size + 36, task_pages)
+    byte_code_pages = shared_pages_for_budget(l1, page_size + 4 * 9, task_pages)
     packed_pages = shared_pages_for_budget(l1, WIDEST_FORMAT.page_bytes(page_size), task_pages)
     nwv = OptimizeConfig(**{**vars(optimize), "lam": 10.0})
     ws = OptimizeConfig(**{**vars(optimize), "lam": 0.1})
@@ -179,7 +180,7 @@ def _point(name: str, l1: int, config: PackConfig, tasks) -> dict:
     result = pack(*suite.packable(tasks), config)
     report, coded = result.report, result.plan.coded
     stored = report["bytes_packed"]
-    if name.endswith("smartdeal8"):  # a byte per code instead of the packed words
+    if name.endswith("smartdeal8"):  # a byte per code and float32 bases instead
         stored += coded.codes.size + 4 * coded.bases.size - coded.stored_bytes
     point = {
         "config": name,

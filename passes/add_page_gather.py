@@ -6,7 +6,7 @@ import tvm
 from tvm import te, tirx
 
 from tvm_weightvirt.abi import CODED_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
-from tvm_weightvirt.coded_pages import CodeFormat, check_coded_page_size
+from tvm_weightvirt.coded_pages import BASIS_DTYPE, CodeFormat, check_coded_page_size
 
 
 @tvm.transform.module_pass(opt_level=0, name="AddPageGather")
@@ -21,10 +21,10 @@ class AddPageGather:
     are left unchanged.
 
     With `coded` (SmartDeal pages, plan.coded), the pool is power-of-two codes packed in
-    `coded`'s format, rows [S, row_words] of uint32, and 3x3 bases [S, 3, 3], and the kernel is
-    `wv_gather_coded_pages(codes, bases, page_table, weight_pages)`: it unpacks and decodes
-    each gathered page, `weight_pages[i] = C @ B` with C the page's codes as a (P/3) x 3
-    matrix, so the task functions still take plain float32 weights.
+    `coded`'s format, rows [S, row_words] of uint32, and 3x3 float16 bases [S, 3, 3], and the
+    kernel is `wv_gather_coded_pages(codes, bases, page_table, weight_pages)`: it unpacks and
+    decodes each gathered page, `weight_pages[i] = C @ B` in float32 with C the page's codes as
+    a (P/3) x 3 matrix, so the task functions still take plain float32 weights.
 
     Parameters
     ----------
@@ -107,13 +107,15 @@ def coded_gather_func(
     n_pool = tirx.Var("n_pool_pages", "int64")
     n_pages = tirx.Var("n_pages", "int64")
     codes = te.placeholder((n_pool, row_words), "uint32", "codes")
-    bases = te.placeholder((n_pool, 3, 3), "float32", "bases")
+    bases = te.placeholder((n_pool, 3, 3), BASIS_DTYPE.name, "bases")
     page_table = te.placeholder((n_pages,), table_dtype, "page_table")
     inputs = [codes, bases]
     if with_exclusive:
         n_exclusive = tirx.Var("n_exclusive_pages", "int64")
         exclusive_codes = te.placeholder((n_exclusive, row_words), "uint32", "exclusive_codes")
-        exclusive_bases = te.placeholder((n_exclusive, 3, 3), "float32", "exclusive_bases")
+        exclusive_bases = te.placeholder(
+            (n_exclusive, 3, 3), BASIS_DTYPE.name, "exclusive_bases"
+        )
         inputs += [exclusive_codes, exclusive_bases]
 
     def word(page, w):
@@ -121,12 +123,12 @@ def coded_gather_func(
             return codes[page, w]
         return tirx.if_then_else(page < n_pool, codes[page, w], exclusive_codes[page - n_pool, w])
 
-    def basis(page, k, j):
+    def basis(page, k, j):  # float16 widened to float32: exact
         if not with_exclusive:
-            return bases[page, k, j]
+            return bases[page, k, j].astype("float32")
         return tirx.if_then_else(
             page < n_pool, bases[page, k, j], exclusive_bases[page - n_pool, k, j]
-        )
+        ).astype("float32")
 
     def coefficient(page, position):
         shift = (position % per_word * width).astype("uint32")

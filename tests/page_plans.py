@@ -58,12 +58,15 @@ def exclusive_plan(tasks, page_size: int, page_aligned: bool = False) -> wv.Page
 
 
 def random_coded_pages(n: int, page_size: int, seed: int = 3) -> CodedPages:
-    """Random power-of-two codes (zeros included) times random bases."""
+    """Random power-of-two codes (zeros included) times random float16 bases, among them a
+    subnormal and a negative zero (each case of a decoder's widening to float32)."""
     rng = np.random.default_rng(seed)
     exponents = rng.integers(-8, 6, size=(n, page_size))
     signs = rng.choice([-1, 0, 1], size=(n, page_size), p=[0.45, 0.1, 0.45])
     codes = (signs * (exponents + 64)).astype(np.int8)
-    return CodedPages(codes, rng.normal(size=(n, 3, 3)).astype(np.float32))
+    bases = rng.normal(size=(n, 3, 3)).astype(np.float16)
+    bases.flat[:2] = [np.float16(3e-6), np.float16(-0.0)]
+    return CodedPages(codes, bases)
 
 
 def coded_plan(tasks, page_size: int) -> wv.PagePlan:

@@ -11,7 +11,8 @@ A module from `wv.lower` holds, for a plan with tasks T:
 - materialize mode only, the PrimFuncs a switch calls (`weight_pages` [n, P] float32 is the
   last argument, the output, and the name of the block that writes it):
   - `wv_gather_pages(pool, page_table, weight_pages)` (float32 pages);
-  - `wv_gather_coded_pages(codes, bases, page_table, weight_pages)` (SmartDeal pages);
+  - `wv_gather_coded_pages(codes, bases, page_table, weight_pages)` (SmartDeal pages: codes
+    [S, row_words] uint32, bases [S, 3, 3] float16);
   - `wv_gather_pages_exclusive(pool, exclusive, page_table, weight_pages)` (exclusive pages);
 - materialize mode only, `wv_transform_task_<t>(weights)` per task that has weight-only ops
   (LiftWeightTransforms): the task's weight-only ops (transposes of dense weights, reshapes of

@@ -3,10 +3,13 @@ only).
 
 A page of P weights is one (P/3) x 3 matrix A = C @ B: C's entries are zero or powers of two,
 held as int8 codes (0 = zero, else sign * (exponent + 64)) and stored bit-packed, in the fewest
-bits the pool's exponents need, in 32-bit words (`CodeFormat`); B is the page's own 3x3 float32 basis. A shared page shares its basis too. Per-task bases (one per SmartDeal block) would cost
-39 KB on the 5-task suite, more than the whole 16x budget (619 KB / 16 = 39 KB) before any code
-is stored; per-page bases cost 36 B per pool page. Encoding pages (SED) and training them is
-SmartDeal's algorithm (`smartdeal.py`); every backend decodes them as `CodedPages.decode` does.
+bits the pool's exponents need, in 32-bit words (`CodeFormat`); B is the page's own 3x3 basis,
+stored as float16 (`BASIS_DTYPE`: 18 B a page; training sees the rounding, and every backend
+widens it to float32 exactly before decoding). A shared page shares its basis too. Per-task
+bases (one per SmartDeal block) would cost 39 KB on the 5-task suite, more than the whole 16x
+budget (619 KB / 16 = 39 KB) before any code is stored. Encoding pages (SED) and training them
+is SmartDeal's algorithm (`smartdeal.py`); every backend decodes them as `CodedPages.decode`
+does.
 """
 
 from __future__ import annotations
@@ -15,6 +18,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+
+BASIS_DTYPE = np.dtype(np.float16)
+# One page's 3x3 basis stored. float16 since 2026-12-01 (36 B as float32 before): at the 32x
+# budget the bases were over a third of every stored page (5-bit codes: 64 B, basis 36 B).
+BASIS_BYTES = 9 * BASIS_DTYPE.itemsize
 
 
 def check_coded_page_size(page_size: int) -> None:
@@ -38,6 +46,21 @@ def decode_codes(codes: np.ndarray) -> np.ndarray:
     return np.where(codes == 0, 0.0, np.sign(codes) * 2.0 ** (np.abs(codes) - 64)).astype(
         np.float32
     )
+
+
+def stored_bases(bases) -> np.ndarray:
+    """Bases as stored: rounded to the nearest float16 (ties to even, as torch's `half()`);
+    a value beyond float16's range (65,504) is refused rather than stored as infinity."""
+    bases = np.asarray(bases)
+    with np.errstate(over="ignore"):  # refused below, by name
+        stored = bases.astype(BASIS_DTYPE)
+    overflow = np.isfinite(bases) & ~np.isfinite(stored)
+    if overflow.any():
+        raise ValueError(
+            f"a basis value of {bases[overflow].flat[0]:g} is beyond float16's range "
+            f"(|b| <= 65,504): the page cannot be stored"
+        )
+    return stored
 
 
 def formula_bits(c: np.ndarray, n_basis: int) -> int:
@@ -80,8 +103,8 @@ class CodeFormat:
         return 4 * self.row_words(page_size)
 
     def page_bytes(self, page_size: int) -> int:
-        """One page stored: its packed codes and its 3x3 float32 basis."""
-        return self.row_bytes(page_size) + 4 * 9
+        """One page stored: its packed codes and its 3x3 basis."""
+        return self.row_bytes(page_size) + BASIS_BYTES
 
     def symbols(self, codes: np.ndarray) -> np.ndarray:
         """int8 codes -> symbols (uint32); every code must be in the format's range."""
@@ -130,7 +153,8 @@ class CodeFormat:
 @dataclass
 class CodedPages:
     """Pages as stored: `codes` [N, P] int8 power-of-two codes of C (see `encode_codes`) and
-    `bases` [N, 3, 3] float32; page i is (C_i as (P/3) x 3) @ B_i. `format` is how the codes
+    `bases` [N, 3, 3] float16 (`stored_bases`); page i is (C_i as (P/3) x 3) @ B_i, computed in
+    float32. `format` is how the codes
     are stored: by default the fewest bits these codes need; pages coded together (a plan's
     pool and its exclusive pages) share one format (`rows` keeps it)."""
 
@@ -139,6 +163,11 @@ class CodedPages:
     format: CodeFormat | None = None
 
     def __post_init__(self) -> None:
+        if self.bases.dtype != BASIS_DTYPE:
+            raise ValueError(
+                f"bases are {self.bases.dtype}: SmartDeal pages store them as {BASIS_DTYPE} "
+                f"(round them with stored_bases)"
+            )
         if self.format is None:
             self.format = CodeFormat.of(self.codes)
         else:
@@ -167,11 +196,12 @@ class CodedPages:
 
     @property
     def stored_bytes(self) -> int:
-        """The packed codes, four bytes per basis value."""
+        """The packed codes and the bases."""
         n, p = self.codes.shape
-        return n * self.format.row_bytes(p) + 4 * self.bases.size
+        return n * self.format.row_bytes(p) + self.bases.nbytes
 
     @property
     def formula_bytes(self) -> float:
-        """SmartDeal's formula (seeds C.5) on these pages."""
+        """SmartDeal's formula (seeds C.5) on these pages (bases counted as float32, as the
+        formula counts them)."""
         return formula_bits(self.codes, self.bases.size) / 8

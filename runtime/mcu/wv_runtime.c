@@ -20,14 +20,40 @@ static inline float wv_code(const uint32_t* restrict row, uint32_t q) {
   return wv_memory.code_values[(word >> shift) & ((1u << wv_memory.code_bits) - 1u)];
 }
 
+/* An IEEE float16 (its bits) as the float32 of the same value: exact for every half, zeros,
+   subnormals, infinities and NaNs included. */
+static float wv_half_to_float(uint16_t half) {
+  const uint32_t sign = (uint32_t)(half & 0x8000u) << 16;
+  uint32_t exponent = (half >> 10) & 0x1Fu, mantissa = half & 0x3FFu, bits;
+  if (exponent == 0x1Fu) { /* infinity, NaN */
+    bits = sign | 0x7F800000u | (mantissa << 13);
+  } else if (exponent != 0) { /* normal: rebias 15 -> 127 */
+    bits = sign | ((exponent + 112u) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) { /* zero */
+    bits = sign;
+  } else { /* subnormal (mantissa * 2^-24): normalise */
+    exponent = 113u;
+    while (!(mantissa & 0x400u)) {
+      mantissa <<= 1;
+      --exponent;
+    }
+    bits = sign | (exponent << 23) | ((mantissa & 0x3FFu) << 13);
+  }
+  float value;
+  memcpy(&value, &bits, sizeof value);
+  return value;
+}
+
 /* weights[3r + j] = sum_k value(code 3r + k) * basis[k][j], summed k = 0, 1, 2 in order (as
    the host's wv_gather_coded_pages; -ffp-contract=off keeps each product rounded). The basis is
-   read once, into registers. */
+   read once, widened to float32, into registers. */
 static void wv_decode_page(float* restrict weights, const uint32_t* restrict codes,
-                           const float* restrict basis) {
-  const float b00 = basis[0], b01 = basis[1], b02 = basis[2];
-  const float b10 = basis[3], b11 = basis[4], b12 = basis[5];
-  const float b20 = basis[6], b21 = basis[7], b22 = basis[8];
+                           const uint16_t* restrict basis) {
+  const float b00 = wv_half_to_float(basis[0]), b01 = wv_half_to_float(basis[1]);
+  const float b02 = wv_half_to_float(basis[2]), b10 = wv_half_to_float(basis[3]);
+  const float b11 = wv_half_to_float(basis[4]), b12 = wv_half_to_float(basis[5]);
+  const float b20 = wv_half_to_float(basis[6]), b21 = wv_half_to_float(basis[7]);
+  const float b22 = wv_half_to_float(basis[8]);
   for (uint32_t r = 0; r < wv_memory.page_size; r += 3) {
     const float c0 = wv_code(codes, r);
     const float c1 = wv_code(codes, r + 1);

@@ -14,19 +14,20 @@ typedef struct {
   const uint16_t* page_table;
   const float* exclusive_pages;    /* [n_exclusive_pages][page_size], flash; NULL when coded */
   const uint32_t* exclusive_codes; /* [n_exclusive_pages][code_row_words], flash; or NULL */
-  const float* exclusive_bases;    /* [n_exclusive_pages][3][3], flash; or NULL */
+  const uint16_t* exclusive_bases; /* [n_exclusive_pages][3][3] float16 bits, flash; or NULL */
   int32_t (*run)(void* const* inputs, void* const* outputs);
 } wv_task_t;
 
 /* The page pool and the weight buffer the current task's pages are gathered into. The pool is
    float32 pages, or SmartDeal pages (`codes` set, `pool` NULL): page i's weights are its codes
-   as a (page_size / 3) x 3 matrix of powers of two times its 3x3 basis; the codes are packed
+   as a (page_size / 3) x 3 matrix of powers of two times its 3x3 basis (IEEE float16, widened
+   to float32 exactly before the product); the codes are packed
    `code_bits` bits each, 32 / code_bits to a word (LSB first), a row of `code_row_words`
    words per page. */
 typedef struct {
   const float* pool;        /* [n_pool_pages][page_size], RAM; NULL when coded */
   const uint32_t* codes;    /* [n_pool_pages][code_row_words], RAM; NULL when not coded */
-  const float* bases;       /* [n_pool_pages][3][3], RAM */
+  const uint16_t* bases;    /* [n_pool_pages][3][3] float16 bits, RAM */
   const float* code_values; /* [1 << code_bits], flash: the value of each code */
   uint16_t n_pool_pages;
   uint16_t page_size;

@@ -421,7 +421,7 @@ def test_wvirt_pack_separate_then_run(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "refinement, pack 1" in printed and printed.count("(kept)") == 1
     plan = wv.load_wvpack(pack).plan
-    widest = 4 * 20 + 36  # 6-bit codes, 5 to a 32-bit word, and a 3x3 basis: 116 B a page
+    widest = 4 * 20 + 18  # 6-bit codes, 5 to a 32-bit word, a float16 3x3 basis: 98 B a page
     assert plan.n_pool_pages == (48 * 1024 - 2 * (279 + 267)) // widest  # uint16 tables
     page_bytes = plan.coded.format.page_bytes(96)
     assert plan.exclusive_bytes == (20000 // widest) * page_bytes

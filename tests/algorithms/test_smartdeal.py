@@ -16,6 +16,7 @@ from tvm_weightvirt.algorithms.smartdeal import (
     storage_bits,
     stored_bytes,
 )
+from tvm_weightvirt.coded_pages import CodedPages, stored_bases
 
 
 def _is_pow2_or_zero(c: np.ndarray, max_c: float = 32.0) -> bool:
@@ -131,7 +132,6 @@ def _coded_plan(page_size: int = 96):
 
 def test_coded_pages_decode_to_powers_of_two_times_a_basis_and_count_their_bytes():
     from tvm_weightvirt.algorithms.smartdeal import (
-        CodedPages,
         coded_to_latent,
         decode_latent,
         encode_pages,
@@ -141,7 +141,7 @@ def test_coded_pages_decode_to_powers_of_two_times_a_basis_and_count_their_bytes
     pages = np.random.default_rng(0).normal(0, 0.1, (5, 96)).astype(np.float32)
     coded = encode_pages(pages)
     assert coded.codes.shape == (5, 96) and coded.codes.dtype == np.int8
-    assert coded.bases.shape == (5, 3, 3)
+    assert coded.bases.shape == (5, 3, 3) and coded.bases.dtype == np.float16
     c = decode_codes(coded.codes)
     assert _is_pow2_or_zero(c)
     np.testing.assert_allclose(
@@ -152,12 +152,12 @@ def test_coded_pages_decode_to_powers_of_two_times_a_basis_and_count_their_bytes
         fit = decompose_block(page.reshape(32, 3))
         assert np.linalg.norm(page - got) == pytest.approx(min(fit.errors), rel=1e-4)
     # stored: codes packed in the fewest bits that hold zero and both signs of every exponent
-    # from the smallest to the largest, + 36 B per basis; formula: nnz * (ceil(log2 levels) + 1)
-    # + mask + B
+    # from the smallest to the largest, + 18 B per float16 basis; formula: nnz * (ceil(log2
+    # levels) + 1) + mask + B (as float32)
     exponents = np.abs(coded.codes[coded.codes != 0].astype(int))
     width = int(np.ceil(np.log2(2 * (exponents.max() - exponents.min() + 1) + 1)))
     assert coded.format.width == width <= 8
-    assert coded.stored_bytes == 5 * 4 * -(-96 // (32 // width)) + 5 * 36  # 32-bit words
+    assert coded.stored_bytes == 5 * 4 * -(-96 // (32 // width)) + 5 * 18  # 32-bit words
     levels = len(np.unique(np.abs(c[c != 0])))
     bits = np.count_nonzero(c) * (int(np.ceil(np.log2(levels))) + 1) + 5 * 96 + 32 * 45
     assert coded.formula_bytes == bits / 8
@@ -177,14 +177,25 @@ def test_projection_gives_straight_through_gradients_and_stores_what_training_sa
     latent = torch.tensor(np.random.default_rng(1).normal(0, 0.5, (2, 12 + 9)), requires_grad=True)
     decode_latent(latent.float()).sum().backward()
     assert latent.grad is not None and bool((latent.grad[:, :12] != 0).any())
+    assert bool((latent.grad[:, 12:] != 0).all())  # bases: straight through their rounding
     coded = latent_to_coded(latent.detach().float().numpy())
     with torch.no_grad():
         seen = decode_latent(latent.detach().float()).numpy()
+    # the bases are stored float16, and training saw them rounded so
     np.testing.assert_allclose(coded.decode(), seen, atol=1e-6)
     # SED's sparsify step: exactly the entries below delta = 1e-3 are zero
     c = decode_codes(coded.codes)
     np.testing.assert_array_equal(c == 0, np.abs(latent.detach().numpy()[:, :12]) < 1e-3)
     assert _is_pow2_or_zero(c)
+
+
+def test_bases_are_stored_float16_and_one_beyond_its_range_is_refused():
+    codes = np.full((1, 6), 64, np.int8)  # every coefficient 2^0
+    with pytest.raises(ValueError, match="bases are float32: SmartDeal pages store them as"):
+        CodedPages(codes, np.ones((1, 3, 3), np.float32))
+    assert stored_bases(np.full((1, 3, 3), 0.1)).tolist() == [[[np.float16(0.1)] * 3] * 3]
+    with pytest.raises(ValueError, match="basis value of 70000 is beyond float16's range"):
+        stored_bases(np.full((1, 3, 3), 7e4))
 
 
 def test_coded_plan_compiles_and_runs_as_its_decoded_weights(tmp_path):
@@ -197,7 +208,7 @@ def test_coded_plan_compiles_and_runs_as_its_decoded_weights(tmp_path):
 
     tasks, inputs, dense, plan = _coded_plan()
     row_bytes = plan.coded.format.row_bytes(96)  # codes packed in the pool's format
-    assert plan.pool_bytes == plan.pool.shape[0] * (row_bytes + 36) < dense.pool_bytes
+    assert plan.pool_bytes == plan.pool.shape[0] * (row_bytes + 18) < dense.pool_bytes
     wv.save_wvpack(tmp_path / "coded.wvpack", plan, tasks)
     loaded = wv.load_wvpack(tmp_path / "coded.wvpack")
     np.testing.assert_array_equal(loaded.plan.coded.codes, plan.coded.codes)

@@ -106,7 +106,7 @@ def test_smartdeal_pages_pack_to_codes_and_compile_to_the_same_accuracy(mini_tas
     c = decode_codes(plan.coded.codes)
     assert np.allclose(2.0 ** np.round(np.log2(np.abs(c[c != 0]))), np.abs(c[c != 0]))
     tables = 2 * sum(len(t.page_table) for t in plan.tasks.values())  # uint16
-    page_bytes = plan.coded.format.row_bytes(96) + 36  # packed codes, a 3x3 basis
+    page_bytes = plan.coded.format.row_bytes(96) + 18  # packed codes, a float16 3x3 basis
     assert report["bytes_packed"] == 140 * page_bytes + tables
     assert report["smartdeal"]["stored_bytes"] == report["bytes_packed"]
     separate = 4 * (26_755 + 25_603)
@@ -125,7 +125,7 @@ def test_wvirt_pack_smartdeal_writes_a_coded_pool(tmp_path, capsys):
     args += ["--pool-pages", "140", "--share-within-task", "--rounds", "0", "-o", str(out)]
     assert main(args) == 0
     pack = wv.load_wvpack(out)
-    page_bytes = pack.plan.coded.format.row_bytes(96) + 36  # packed codes, a 3x3 basis
+    page_bytes = pack.plan.coded.format.row_bytes(96) + 18  # packed codes, a float16 3x3 basis
     assert pack.plan.coded.codes.shape == (140, 96) and pack.plan.pool_bytes == 140 * page_bytes
     assert main(["inspect", str(out)]) == 0
     assert f"pool {140 * page_bytes} B" in capsys.readouterr().out

@@ -135,7 +135,7 @@ def test_coded_exclusive_pages_round_trip_and_run_from_the_level2_file(tmp_path)
     assert not any(k.startswith("exclusive.") for k in keys)  # no float32 copy
     loaded = wv.load_wvpack(path).plan
     row_bytes = plan.coded.format.row_bytes(96)
-    assert loaded.exclusive_bytes == plan.exclusive_bytes == 3 * (row_bytes + 36)
+    assert loaded.exclusive_bytes == plan.exclusive_bytes == 3 * (row_bytes + 18)
     for name, t in plan.tasks.items():
         np.testing.assert_array_equal(loaded.task(name).coded.codes, t.coded.codes)
         np.testing.assert_array_equal(loaded.task(name).coded.bases, t.coded.bases)
@@ -146,7 +146,7 @@ def test_coded_exclusive_pages_round_trip_and_run_from_the_level2_file(tmp_path)
         ones = [np.ones(s, np.float32) for s in SHAPES[name]]
         for out, value in zip(runtime.run(name, *ones), plan.read(name).values()):
             np.testing.assert_array_equal(out, value)
-    assert runtime.counters.bytes_read_l2 == (2 + 1 + 2) * (row_bytes + 36)
+    assert runtime.counters.bytes_read_l2 == (2 + 1 + 2) * (row_bytes + 18)
 
 
 def test_a_coded_plan_stores_every_page_coded_in_one_format():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import safetensors.numpy
 import tvm
-from page_plans import past_uint16_ids
+from page_plans import SHAPES, coded_plan, echo_task, past_uint16_ids
 from safetensors import safe_open
 
 import tvm_weightvirt as wv
@@ -205,8 +205,33 @@ def test_wrong_format_version(pack):
     path, _ = pack
     _rewrite(path, edit_manifest=lambda m: m.update(version=99))
     with pytest.raises(
-        wv.ArtifactError, match="format version 99 is not supported .*reads versions 1, 2, 3, 4"
+        wv.ArtifactError, match="format version 99 is not supported .*reads versions 1, 2, 3, 4, 5"
     ):
+        wv.load_wvpack(path)
+
+
+def test_float32_bases_of_a_format_4_pack_load_only_where_float16_holds_them(tmp_path):
+    """Before format 5, SmartDeal bases were stored float32: such a file loads (bases as
+    float16, the same pages) where every value is a float16, and is refused, naming the tensor,
+    where decoding would change."""
+    plan = coded_plan([echo_task(n, shapes) for n, shapes in SHAPES.items()], 96)
+    path = tmp_path / "coded.wvpack"
+    wv.save_wvpack(path, plan)
+
+    def float32_bases(tensors):
+        tensors["pool_bases"] = tensors["pool_bases"].astype(np.float32)
+
+    _rewrite(path, edit_manifest=lambda m: m.update(version=4), edit_tensors=float32_bases)
+    loaded = wv.load_wvpack(path).plan
+    assert loaded.coded.bases.dtype == np.float16
+    np.testing.assert_array_equal(loaded.pool, plan.pool)
+
+    def off_float16(tensors):
+        tensors["pool_bases"] = tensors["pool_bases"].copy()
+        tensors["pool_bases"][0, 1, 2] = np.float32(0.1)  # not a float16
+
+    _rewrite(path, edit_tensors=off_float16)
+    with pytest.raises(wv.ArtifactError, match="bases 'pool_bases' are float32 values that float16"):
         wv.load_wvpack(path)
 
 

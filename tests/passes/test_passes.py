@@ -727,7 +727,7 @@ class CodedGatherExpected:
         n_pool_pages, n_pages = T.int64(), T.int64()
         # 6 codes of 5 bits, 6 to a 32-bit word: rows of 1 word
         codes = T.match_buffer(codes_h, (n_pool_pages, 1), "uint32")
-        bases = T.match_buffer(bases_h, (n_pool_pages, 3, 3), "float32")
+        bases = T.match_buffer(bases_h, (n_pool_pages, 3, 3), "float16")
         page_table = T.match_buffer(page_table_h, (n_pages,), "uint16")
         weight_pages = T.match_buffer(weight_pages_h, (n_pages, 6), "float32")
         for i, j, k in T.grid(n_pages, 6, 3):
@@ -741,7 +741,8 @@ class CodedGatherExpected:
                 symbol = T.meta_var(
                     T.Cast("int32", word >> T.Cast("uint32", q % 6 * 5) & T.uint32(31))
                 )
-                # symbol 0: zero; else +-2^(-8 + (symbol - 1) // 2), negative for odd symbol - 1
+                # symbol 0: zero; else +-2^(-8 + (symbol - 1) // 2), negative for odd symbol - 1;
+                # the float16 basis widened to float32
                 magnitude = T.meta_var(T.ldexp(T.float32(1), (symbol - 1) // 2 - 8))
                 c = T.meta_var(
                     T.if_then_else(
@@ -752,7 +753,9 @@ class CodedGatherExpected:
                 )
                 with T.init():
                     weight_pages[vi, vj] = T.float32(0)
-                weight_pages[vi, vj] = weight_pages[vi, vj] + c * bases[t, vk, vj % 3]
+                weight_pages[vi, vj] = weight_pages[vi, vj] + c * T.Cast(
+                    "float32", bases[t, vk, vj % 3]
+                )
 
     @R.function
     def task_a(x: R.Tensor((2, 4), "float32"), b: R.Tensor((4,), "float32")) -> R.Tensor(

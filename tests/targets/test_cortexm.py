@@ -1,7 +1,7 @@
 """Cortex-M deployment: the generated C computes what TVM's llvm build of the same plan computes
 (host gcc and QEMU M4, over switches A→B→A→C; a SmartDeal-coded pool, and coded exclusive pages
 in flash, decoded at each switch, also on QEMU M7), the packed suite fits 256 KB RAM where the separately built one does not, a coded
-pool takes P + 36 B per page, and a crash, hang or oversized plan fails with a clear message.
+pool takes its packed codes + 18 B (a float16 basis) per page, and a crash, hang or oversized plan fails with a clear message.
 Zero-copy builds (kernels read pages in place, in RAM or flash) compute the materialized build's
 outputs bit for bit on M4 and M7, switch in the same few instructions for every task, and fit
 the 10-task suite in 256 KB RAM."""
@@ -223,17 +223,21 @@ def test_coded_pool_is_decoded_at_each_switch_as_tvm_llvm_does(coded):
 
 @needs_arm
 def test_coded_pool_takes_codes_and_bases_in_ram(coded):
-    """The coded pool is 4 ceil(P / (32 // width)) + 36 B per page in RAM (codes packed in the
-    pool's format, a 3x3 float basis) instead of 4P: RAM shrinks by exactly the difference; flash by
-    the same less the code table (4 B per code value)."""
+    """The coded pool is 4 ceil(P / (32 // width)) + 18 B per page in RAM (codes packed in the
+    pool's format, a 3x3 float16 basis; the bases padded to a 4-byte boundary) instead of 4P:
+    RAM shrinks by exactly the difference; flash by the same less the code table (4 B per code
+    value)."""
     plan, graphs, reference, projects = coded
     n_pages, width = plan.n_pool_pages, plan.coded.format.width
     coded_memory = mcu.memory_report(projects["m4"])
     float_memory = mcu.memory_report(projects["float_pool"])
-    page_bytes = 4 * -(-96 // (32 // width)) + 36
-    assert coded_memory["sections"][".wv_pool"] == plan.pool_bytes == n_pages * page_bytes
+    page_bytes = 4 * -(-96 // (32 // width)) + 18
+    assert plan.pool_bytes == n_pages * page_bytes
+    padded = n_pages * page_bytes + 2 * (n_pages % 2)  # 18 B bases: 2 B short of a word if odd
+    manifest = mcu.load_manifest(projects["m4"])["data_bytes"]
+    assert coded_memory["sections"][".wv_pool"] == padded == manifest["ram"]["pool"]
     assert float_memory["sections"][".wv_pool"] == n_pages * 96 * 4
-    saved = n_pages * (96 * 4 - page_bytes)
+    saved = n_pages * 96 * 4 - padded
     assert float_memory["ram_bytes"] - coded_memory["ram_bytes"] == saved
     assert float_memory["flash_bytes"] - coded_memory["flash_bytes"] == saved - 4 * (1 << width)
 
@@ -261,7 +265,8 @@ def test_zero_copy_decodes_coded_pages_from_flash_per_call_bit_for_bit(coded):
     manifest = mcu.load_manifest(projects["zero_copy_flash"])
     ram, flash = manifest["data_bytes"]["ram"], manifest["data_bytes"]["flash"]
     assert "weight_buffer" not in ram and "pages" not in ram
-    assert flash["pages"] == plan.pool_bytes  # codes + bases, no exclusive pages here
+    # codes + bases (padded to a word where the page count is odd), no exclusive pages here
+    assert flash["pages"] == plan.pool_bytes + 2 * (plan.n_pool_pages % 2)
     assert mcu.memory_report(projects["zero_copy_flash"])["sections"].get(".wv_pool", 0) == 0
     materialized = mcu.run_project(projects["m4"], timeout=60)
     zero_copy = mcu.run_project(projects["zero_copy_flash"], timeout=60)
@@ -276,8 +281,9 @@ def test_coded_exclusive_pages_are_decoded_from_flash_as_tvm_llvm_does(
     coded, suite_tasks, tmp_path
 ):
     """Coded exclusive pages (digits' first two pages, iris' last: codes in the pool's format,
-    other bases than the pool pages they replace) sit in flash as codes and bases, exactly
-    their stored bytes, and the switch decodes them: outputs equal llvm's (<= 1e-5), bit for
+    other bases than the pool pages they replace) sit in flash as codes and bases, their stored
+    bytes with each task's bases padded to a word, as the manifest counts them, and the switch
+    decodes them: outputs equal llvm's (<= 1e-5), bit for
     bit between host and M4."""
     plan, graphs, _, _ = coded
     tasks, (_, _, inputs) = dict(plan.tasks), suite_tasks
@@ -297,7 +303,10 @@ def test_coded_exclusive_pages_are_decoded_from_flash_as_tvm_llvm_does(
     mcu.write_requests(str(tmp_path), [(n, [inputs[n]]) for n in SEQUENCE])
     page_bytes = plan.coded.format.page_bytes(plan.page_size)
     assert mixed.exclusive_bytes == 3 * page_bytes
-    assert mcu.memory_report(str(tmp_path))["sections"][".wv_exclusive"] == 3 * page_bytes
+    # in C, iris' one basis (18 B) is padded to a 4-byte boundary
+    section = mcu.memory_report(str(tmp_path))["sections"][".wv_exclusive"]
+    assert section == 3 * page_bytes + 2
+    assert section == mcu.load_manifest(str(tmp_path))["data_bytes"]["flash"]["exclusive"]
     host = mcu.run_project(str(tmp_path), host=True)
     qemu = mcu.run_project(str(tmp_path), timeout=60)
     assert _max_err(host, reference) <= 1e-5 and _max_err(qemu, reference) <= 1e-5

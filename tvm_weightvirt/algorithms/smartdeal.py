@@ -21,6 +21,7 @@ from ..coded_pages import (
     decode_codes,
     encode_codes,
     formula_bits,
+    stored_bases,
 )
 
 MAX_C = 32.0  # |C| <= 2^5
@@ -289,20 +290,23 @@ def encode_pages(pages: np.ndarray, **fit_options) -> CodedPages:
     check_coded_page_size(p)
     fits = [decompose_block(page.reshape(-1, 3), **fit_options) for page in pages]
     codes = np.stack([encode_codes(f.c).reshape(p) for f in fits])
-    return CodedPages(codes, np.stack([f.b for f in fits]).astype(np.float32))
+    return CodedPages(codes, stored_bases(np.stack([f.b for f in fits])))
 
 
 def coded_to_latent(coded: CodedPages) -> np.ndarray:
     """The trainable form [N, P + 9]: each page's coefficients C, then its basis."""
     n = len(coded.codes)
-    return np.concatenate([decode_codes(coded.codes), coded.bases.reshape(n, 9)], axis=1)
+    bases = coded.bases.reshape(n, 9).astype(np.float32)
+    return np.concatenate([decode_codes(coded.codes), bases], axis=1)
 
 
 def decode_latent(latent, delta: float = DELTA, max_c: float = MAX_C):
     """Pages [N, P] from a latent [N, P + 9] (torch): C projected to powers of two (zero below
-    `delta`, clipped to `max_c`) with a straight-through gradient, times each page's basis."""
+    `delta`, clipped to `max_c`) times each page's basis rounded to float16 as stored, both
+    with a straight-through gradient."""
     c, b = latent[:, :-9], latent[:, -9:]
     c = c + (_project_pow2(c, delta, max_c) - c).detach()
+    b = b + (b.half().float() - b).detach()
     n, p = c.shape
     return (c.reshape(n, p // 3, 3) @ b.reshape(n, 3, 3)).reshape(n, p)
 
@@ -312,7 +316,7 @@ def latent_to_coded(latent: np.ndarray, delta: float = DELTA, max_c: float = MAX
     import torch
 
     c = _project_pow2(torch.from_numpy(np.ascontiguousarray(latent[:, :-9])), delta, max_c)
-    bases = np.ascontiguousarray(latent[:, -9:]).reshape(-1, 3, 3).astype(np.float32)
+    bases = stored_bases(np.ascontiguousarray(latent[:, -9:]).reshape(-1, 3, 3))
     return CodedPages(encode_codes(c.numpy()), bases)
 
 

@@ -14,15 +14,17 @@ import numpy as np
 import safetensors.numpy
 from safetensors import safe_open
 
-from ..coded_pages import CodedPages, CodeFormat
+from ..coded_pages import BASIS_DTYPE, CodedPages, CodeFormat
 from ..layout import PageLayout
 from ..plan import PAGE_TABLE_DTYPE, STORED_PAGE_TABLE_DTYPES, PagePlan, TaskPages
 
 FORMAT = "wvpack"
-FORMAT_VERSION = 4  # 4: coded exclusive pages (`exclusive_codes.<task>`, `exclusive_bases.<task>`)
-# 3: SmartDeal codes bit-packed (`code_format`); 2: int8 codes, the manifest and its digest in
-# one metadata entry; 1: the digest in a second entry
-READS_VERSIONS = (1, 2, 3, 4)
+FORMAT_VERSION = 5  # 5: SmartDeal bases float16
+# 4: coded exclusive pages (`exclusive_codes.<task>`, `exclusive_bases.<task>`); 3: SmartDeal
+# codes bit-packed (`code_format`); 2: int8 codes, the manifest and its digest in one metadata
+# entry; 1: the digest in a second entry. Before 5, bases were float32: such a file loads where
+# every basis value is a float16, and is refused (pack again) where decoding would change.
+READS_VERSIONS = (1, 2, 3, 4, 5)
 # page tables: uint16 where the plan's ids fit (`PagePlan.page_table_dtype`; files written
 # before 2026-12-01 hold int32 tables, which every version reads)
 
@@ -252,10 +254,18 @@ def _sha256_text(text: str) -> str:
 def _coded_pages(tensors: dict, key: str, manifest: dict, page_size: int) -> CodedPages:
     """SmartDeal pages stored as the tensors `key.format("codes")` and `key.format("bases")`:
     codes bit-packed in the manifest's `code_format`, or (files written before codes were
-    packed) int8, one byte each."""
+    packed) int8, one byte each; bases float16 (float32 before format 5)."""
     codes, bases = tensors[key.format("codes")], tensors.get(key.format("bases"))
     if bases is None:
         raise ValueError(f"codes '{key.format('codes')}' without bases '{key.format('bases')}'")
+    if bases.dtype == np.float32 and np.array_equal(bases.astype(BASIS_DTYPE), bases):
+        bases = bases.astype(BASIS_DTYPE)  # a file before format 5, whose values fit float16
+    elif bases.dtype == np.float32:
+        raise ValueError(
+            f"bases '{key.format('bases')}' are float32 values that float16 cannot hold "
+            f"exactly (a .wvpack written before format 5, when bases were float32): pack the "
+            f"models again"
+        )
     if manifest.get("code_format") is None:
         if codes.dtype != np.int8:
             raise ValueError(f"codes are {codes.dtype} without a code format (int8 expected)")

@@ -25,7 +25,7 @@ from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
 from .boards import STACK_BYTES, TARGETS, McuTarget
 from .executor import KERNEL_PIPELINE, Tensor, ZeroCopyReads, executor_c, task_executor
-from .templates import c_floats, c_ints, render
+from .templates import c_float16_bits, c_floats, c_ints, render
 
 MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project
 RUNTIME_DIR = str(importlib.resources.files("tvm_weightvirt.runtime") / "mcu")
@@ -55,8 +55,8 @@ def generate_project(
 
     packed: the pool in RAM, exclusive pages in flash, one weight buffer the switch gathers
     into (materialize mode); a SmartDeal-coded pool (`plan.coded`) stays coded in RAM, codes
-    packed in its format (32 // width to a word) and 3x3 bases (format.row_bytes(P) + 36 B per
-    page), and the switch decodes it. Not packed: every
+    packed in its format (32 // width to a word) and 3x3 float16 bases (format.row_bytes(P) +
+    18 B per page), and the switch decodes it. Not packed: every
     task's weights resident in RAM, as when the tasks are built separately.
 
     zero_copy: no weight buffer; the kernels read each weight from its pages in place through
@@ -181,7 +181,7 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
         data_ram["scratch"] = reads.scratch_elems(executors.values()) * 4
         pages_bytes = reads.n_page_elems * 4
         if plan.coded is not None:  # codes and bases, decoded into the scratch per call
-            pages_bytes = plan.stacked_coded(names).stored_bytes
+            pages_bytes = _c_array_bytes(plan.stacked_coded(names))
             data_flash["code_values"] = (1 << plan.coded.format.width) * 4
         if pool_in == "ram":
             data_ram["pages"] = data_flash["pages_image"] = pages_bytes
@@ -189,11 +189,15 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
             data_flash["pages"] = pages_bytes
         data_flash["page_tables"] = sum(plan.task(n).layout.n_pages * 2 for n in names)
     elif packed:
-        data_ram["pool"] = data_flash["pool_image"] = plan.pool_bytes
+        pool_bytes = _c_array_bytes(plan.coded) if coded else plan.pool_bytes
+        data_ram["pool"] = data_flash["pool_image"] = pool_bytes
         if coded:
             data_flash["code_values"] = (1 << plan.coded.format.width) * 4
         data_ram["weight_buffer"] = max_pages * plan.page_size * 4
-        data_flash["exclusive"] = plan.exclusive_bytes
+        data_flash["exclusive"] = sum(
+            t.exclusive_bytes if t.coded is None else _c_array_bytes(t.coded)
+            for t in map(plan.task, names)
+        )
         data_flash["page_tables"] = sum(plan.task(n).layout.n_pages * 2 for n in names)
     else:
         dense = sum(plan.task(n).layout.n_elems * 4 for n in names)
@@ -216,6 +220,14 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
         },
         "data_bytes": {"ram": data_ram, "flash": data_flash},
     }
+
+
+def _c_array_bytes(coded: CodedPages) -> int:
+    """Coded pages as their C arrays take them: the packed code words, then the float16 bases
+    (`uint16_t`) padded to a 4-byte boundary, where the next array (4-aligned) or the end of the
+    pool's word-wise copy at reset falls."""
+    codes = coded.stored_bytes - coded.bases.nbytes
+    return codes + 4 * math.ceil(coded.bases.nbytes / 4)
 
 
 def _spec(t: Tensor) -> list:
@@ -290,7 +302,7 @@ def _weights_c(plan: PagePlan, names: list[str], manifest: dict, packed: bool) -
                         n_codes=codes.size,
                         codes=c_ints(codes),
                         n_bases=bases.size,
-                        bases=c_floats(bases),
+                        bases=c_float16_bits(bases),
                     )
                 )
             elif t.n_exclusive_pages:
@@ -326,7 +338,7 @@ def _coded_pages_c(coded: CodedPages, template: str) -> tuple[list[str], dict]:
             n_codes=packed.size,
             codes=c_ints(packed),
             n_bases=bases.size,
-            bases=c_floats(bases),
+            bases=c_float16_bits(bases),
         ),
         render("code_values", n=values.size, values=c_floats(values)),
     ]

@@ -21,7 +21,7 @@ _C = {
     "exclusive_decl": "extern const float wv_exclusive_{task}[];",
     "coded_exclusive_decl": (
         "extern const uint32_t wv_exclusive_codes_{task}[];\n"
-        "extern const float wv_exclusive_bases_{task}[];"
+        "extern const uint16_t wv_exclusive_bases_{task}[];"
     ),
     "shape": "static int64_t {task}_shape_{i}[{ndim}] = {{{dims}}};",
     "tensors_head": "static DLTensor {task}_tensors[{n}] = {{",
@@ -53,16 +53,17 @@ _C = {
         'static float wv_pool[{n}] __attribute__((section(".wv_pool"), aligned(16))) = {{\n'
         "{values}}};"
     ),
-    # SmartDeal pages: packed codes and bases in RAM (both in .wv_pool), code values in flash
+    # SmartDeal pages: packed codes and bases (float16 bits) in RAM (both in .wv_pool), code
+    # values in flash
     "coded_pool": (
         'static uint32_t wv_codes[{n_codes}] __attribute__((section(".wv_pool"), aligned(4))) = '
         "{{\n{codes}}};\n"
-        'static float wv_bases[{n_bases}] __attribute__((section(".wv_pool"), aligned(4))) = {{\n'
-        "{bases}}};"
+        "static uint16_t wv_bases[{n_bases}] "
+        '__attribute__((section(".wv_pool"), aligned(4))) = {{\n{bases}}};'
     ),
     "coded_pages_flash": (
         "static const uint32_t wv_codes[{n_codes}] __attribute__((aligned(4))) = {{\n{codes}}};\n"
-        "static const float wv_bases[{n_bases}] __attribute__((aligned(4))) = {{\n{bases}}};"
+        "static const uint16_t wv_bases[{n_bases}] __attribute__((aligned(4))) = {{\n{bases}}};"
     ),
     "code_values": "static const float wv_code_values[{n}] = {{\n{values}}};",
     "weight_buffer": (
@@ -84,7 +85,7 @@ _C = {
     "coded_exclusive": (
         "const uint32_t wv_exclusive_codes_{task}[{n_codes}] "
         '__attribute__((section(".wv_exclusive"), aligned(4))) = {{\n{codes}}};\n'
-        "const float wv_exclusive_bases_{task}[{n_bases}] "
+        "const uint16_t wv_exclusive_bases_{task}[{n_bases}] "
         '__attribute__((section(".wv_exclusive"), aligned(4))) = {{\n{bases}}};'
     ),
     "dense": (
@@ -125,6 +126,11 @@ def c_ints(values: np.ndarray) -> str:
     """Integer literals, 16 per line."""
     items = [str(v) for v in np.asarray(values).reshape(-1).tolist()]
     return "".join(f"  {', '.join(items[i : i + 16])},\n" for i in range(0, len(items), 16))
+
+
+def c_float16_bits(values: np.ndarray) -> str:
+    """float16 values as their bits (uint16 literals), 16 per line."""
+    return c_ints(np.asarray(values, np.float16).view(np.uint16))
 
 
 def c_floats(values: np.ndarray) -> str:
