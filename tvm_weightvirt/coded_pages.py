@@ -154,9 +154,9 @@ class CodeFormat:
 class CodedPages:
     """Pages as stored: `codes` [N, P] int8 power-of-two codes of C (see `encode_codes`) and
     `bases` [N, 3, 3] float16 (`stored_bases`); page i is (C_i as (P/3) x 3) @ B_i, computed in
-    float32. `format` is how the codes
-    are stored: by default the fewest bits these codes need; pages coded together (a plan's
-    pool and its exclusive pages) share one format (`rows` keeps it)."""
+    float32. `format` is how the codes are stored: by default the fewest bits these codes need;
+    pages coded together (a plan's pool and its exclusive pages) share one format (`rows` keeps
+    it)."""
 
     codes: np.ndarray
     bases: np.ndarray
