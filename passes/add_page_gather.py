@@ -113,9 +113,7 @@ def coded_gather_func(
     if with_exclusive:
         n_exclusive = tirx.Var("n_exclusive_pages", "int64")
         exclusive_codes = te.placeholder((n_exclusive, row_words), "uint32", "exclusive_codes")
-        exclusive_bases = te.placeholder(
-            (n_exclusive, 3, 3), BASIS_DTYPE.name, "exclusive_bases"
-        )
+        exclusive_bases = te.placeholder((n_exclusive, 3, 3), BASIS_DTYPE.name, "exclusive_bases")
         inputs += [exclusive_codes, exclusive_bases]
 
     def word(page, w):

@@ -21,8 +21,14 @@ static inline float wv_code(const uint32_t* restrict row, uint32_t q) {
 }
 
 /* An IEEE float16 (its bits) as the float32 of the same value: exact for every half, zeros,
-   subnormals, infinities and NaNs included. */
-static float wv_half_to_float(uint16_t half) {
+   subnormals, infinities and NaNs included. On the MCU (-mfp16-format=ieee) the FPU's vcvtb
+   does it; elsewhere (the host build) the bits are rebiased. */
+static inline float wv_half_to_float(uint16_t half) {
+#if defined(__ARM_FP16_FORMAT_IEEE)
+  __fp16 value;
+  memcpy(&value, &half, sizeof value);
+  return (float)value;
+#else
   const uint32_t sign = (uint32_t)(half & 0x8000u) << 16;
   uint32_t exponent = (half >> 10) & 0x1Fu, mantissa = half & 0x3FFu, bits;
   if (exponent == 0x1Fu) { /* infinity, NaN */
@@ -42,6 +48,7 @@ static float wv_half_to_float(uint16_t half) {
   float value;
   memcpy(&value, &bits, sizeof value);
   return value;
+#endif
 }
 
 /* weights[3r + j] = sum_k value(code 3r + k) * basis[k][j], summed k = 0, 1, 2 in order (as

@@ -231,7 +231,9 @@ def test_float32_bases_of_a_format_4_pack_load_only_where_float16_holds_them(tmp
         tensors["pool_bases"][0, 1, 2] = np.float32(0.1)  # not a float16
 
     _rewrite(path, edit_tensors=off_float16)
-    with pytest.raises(wv.ArtifactError, match="bases 'pool_bases' are float32 values that float16"):
+    with pytest.raises(
+        wv.ArtifactError, match="bases 'pool_bases' are float32 values that float16"
+    ):
         wv.load_wvpack(path)
 
 

@@ -10,7 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
-from page_plans import SHAPES, echo_task, shared_plan
+from page_plans import SHAPES, coded_plan, echo_task, shared_plan
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
@@ -240,6 +240,24 @@ def test_coded_pool_takes_codes_and_bases_in_ram(coded):
     saved = n_pages * 96 * 4 - padded
     assert float_memory["ram_bytes"] - coded_memory["ram_bytes"] == saved
     assert float_memory["flash_bytes"] - coded_memory["flash_bytes"] == saved - 4 * (1 << width)
+
+
+@needs_arm
+@pytest.mark.parametrize("target", ["cortex-m4", "cortex-m7"])
+def test_the_fpus_half_conversion_decodes_every_basis_exactly(target, tmp_path):
+    """On the MCU the float16 bases are widened by the FPU (vcvtb), on the host by rebiasing
+    bits: the echo tasks on random coded pages (a subnormal and a negative zero basis value
+    among them) return the plan's weights bit for bit on QEMU."""
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    plan = coded_plan(tasks, 96)
+    mcu.generate_project(tasks, plan, str(tmp_path), target=target, check_fit=False)
+    sequence = ["a", "b", "a"]
+    ones = [(n, [np.ones(s, np.float32) for s in SHAPES[n]]) for n in sequence]
+    mcu.write_requests(str(tmp_path), ones)
+    run = mcu.run_project(str(tmp_path), timeout=60)
+    for name, outputs in zip(sequence, run.outputs, strict=True):
+        for out, (weight, value) in zip(outputs, plan.read(name).items(), strict=True):
+            np.testing.assert_array_equal(out, value, err_msg=f"task {name}, {weight}")
 
 
 @needs_arm

@@ -45,11 +45,17 @@ class McuTarget:
         return [f"{self.toolchain}gcc", f"{self.toolchain}size", self.qemu]
 
 
+# IEEE half precision: SmartDeal bases are float16, which both FPUs widen in one instruction
+HALF = "-mfp16-format=ieee"
 TARGETS = {
     "cortex-m4": McuTarget(
-        "cortex-m4", "-mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard -mthumb", "mps2-an386"
+        "cortex-m4",
+        f"-mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard -mthumb {HALF}",
+        "mps2-an386",
     ),
     "cortex-m7": McuTarget(
-        "cortex-m7", "-mcpu=cortex-m7 -mfpu=fpv5-d16 -mfloat-abi=hard -mthumb", "mps2-an500"
+        "cortex-m7",
+        f"-mcpu=cortex-m7 -mfpu=fpv5-d16 -mfloat-abi=hard -mthumb {HALF}",
+        "mps2-an500",
     ),
 }
