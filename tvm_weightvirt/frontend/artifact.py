@@ -258,14 +258,14 @@ def _coded_pages(tensors: dict, key: str, manifest: dict, page_size: int) -> Cod
     codes, bases = tensors[key.format("codes")], tensors.get(key.format("bases"))
     if bases is None:
         raise ValueError(f"codes '{key.format('codes')}' without bases '{key.format('bases')}'")
-    if bases.dtype == np.float32 and np.array_equal(bases.astype(BASIS_DTYPE), bases):
-        bases = bases.astype(BASIS_DTYPE)  # a file before format 5, whose values fit float16
-    elif bases.dtype == np.float32:
-        raise ValueError(
-            f"bases '{key.format('bases')}' are float32 values that float16 cannot hold "
-            f"exactly (a .wvpack written before format 5, when bases were float32): pack the "
-            f"models again"
-        )
+    if bases.dtype == np.float32:  # a file before format 5: loads where float16 holds them
+        if not np.array_equal(bases.astype(BASIS_DTYPE), bases):
+            raise ValueError(
+                f"bases '{key.format('bases')}' are float32 values that float16 cannot hold "
+                f"exactly (a .wvpack written before format 5, when bases were float32): pack "
+                f"the models again"
+            )
+        bases = bases.astype(BASIS_DTYPE)
     if manifest.get("code_format") is None:
         if codes.dtype != np.int8:
             raise ValueError(f"codes are {codes.dtype} without a code format (int8 expected)")
