@@ -2,7 +2,8 @@
 (tpr/margin, and its target-accuracy rule at 90 %), separation by bytes (the level-2 budget, as
 many bytes as level 1 or three times as many, spent on the most Fisher share per byte; three
 times as many also with the rule's refinement; five times as many spent evenly across tasks,
-with the Fisher read on validation inputs and retraining toward the separate models' outputs)} x
+with the Fisher read on validation inputs and retraining toward the separate models' outputs,
+also with one round of refinement)} x
 {float32 pages, SmartDeal pages with a byte per code, SmartDeal pages with bit-packed codes
 (pool and exclusive pages)}; not the whole cross product (the names in `_configs`). Every point
 is one pack with joint retraining (checkpoints chosen on validation); accuracy deltas on the
@@ -43,6 +44,7 @@ WS_TARGET_ACCURACY = 0.9  # WS's target-accuracy rule: tpr = 1 - (acc_alpha - 0.
 CONFIRM_SEEDS = (1, 2)  # the seeds each goal's best point is packed again with (the grid: 0)
 GOALS = {"-0.22": (-0.22, -2.0), "-1": (-1.0, None)}  # mean delta >=, worst delta >=
 REFINE_ROUNDS = 2  # the byte rule's refinement: packs after the first
+EVEN_REFINE_ROUNDS = 1  # the even rule's (distilled: each pack costs about twice as much)
 DISTILL_TEMPERATURE = 4.0  # retraining toward the separate models' outputs (KL at this T)
 
 
@@ -115,6 +117,15 @@ def _configs(
         "bytes_even_l2x5_distilled_valfisher/smartdeal_packed": PackConfig(
             **common,
             separation=evenly_x5,
+            smartdeal=True,
+            fisher_split="val",
+            optimize=distilled,
+        ),
+        # + a refinement: the level-2 bytes move toward the tasks furthest from their separate
+        # models on validation inputs
+        "bytes_even_l2x5_distilled_valfisher_refined/smartdeal_packed": PackConfig(
+            **common,
+            separation=replace(evenly_x5, refine_rounds=EVEN_REFINE_ROUNDS),
             smartdeal=True,
             fisher_split="val",
             optimize=distilled,

@@ -8,7 +8,8 @@ shared pool and the page tables) and 6 KiB of flash (level 2: each task's exclus
 Every page is stored as power-of-two codes x a 3x3 basis (SmartDeal pages, pool and exclusive
 alike); the flash budget goes to the pages with the most Fisher share per byte across tasks
 (`rule="bytes"`); then the refinement packs again with each task's share weighted by what its
-packed model lost on its training split, and keeps the pack whose worst task lost least.
+packed model lost (on its training split; a model without labels, how far it is from its own
+model on validation inputs), and keeps the pack whose worst task lost least.
 The same pack from the command line: `wvirt pack OUT_DIR/suite.toml --smartdeal --page-size
 96 --share-within-task --l1-budget 8KiB --separation-rule bytes --l2-budget 6KiB
 --refine-rounds 1 -o budget.wvpack`.
@@ -16,7 +17,8 @@ The same pack from the command line: `wvirt pack OUT_DIR/suite.toml --smartdeal 
 Step 5 packs again for the worst task rather than the mean: the flash spent so every task keeps
 the same share of its Fisher mass exclusive, that Fisher read on held-out inputs, and each task
 retrained toward its own model's outputs instead of its labels (`--separation-rule bytes_even
---fisher-split val --distill-temperature 4`).
+--fisher-split val --distill-temperature 4`), refined as before but by how far each task is
+from its own model on held-out inputs.
 """
 
 import os
@@ -86,13 +88,15 @@ print(
 #    vanish: the Fisher reads the validation inputs instead. And on small training splits many
 #    functions fit the labels but few fit the model's own outputs: retraining fits those (KL at
 #    temperature 4; MSE for a regressor; checkpoints by agreement on validation inputs).
+#    Its refinement (one round, as in step 4) then reads what a task lost as its disagreement
+#    with its own model on the validation inputs: it fits that model on its training inputs.
 #    Neither way wins every task on every set of models (on the 10-task suite this one, with
 #    more flash, met WS's operating point for two seeds of three; see the README's frontier):
 #    compare them on your own data, here side by side.
 worst_first = replace(
     config,
     fisher_split="val",
-    separation=replace(separation, rule="bytes_even", refine_rounds=0),
+    separation=replace(separation, rule="bytes_even"),
     optimize=replace(config.optimize, distill_temperature=4.0),
 )
 evenly = wv.pack(tasks, data, worst_first).report

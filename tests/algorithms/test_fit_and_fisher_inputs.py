@@ -23,6 +23,7 @@ from tvm_weightvirt.algorithms.objectives import (
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import SeparationConfig
+from tvm_weightvirt.algorithms.training import model_outputs
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.frontend.packing import pack
 
@@ -100,3 +101,26 @@ def test_the_fisher_reads_the_inputs_of_the_split_it_is_told(monkeypatch):
         assert all(np.array_equal(x, t.splits[split].x) for x, t in zip(read, tasks))
     with pytest.raises(ValueError, match="fisher_split must be 'train' or 'val', got 'test'"):
         pack(*suite.packable(tasks), PackConfig(fisher_split="test", separation=separation))
+
+
+def test_a_distilled_refinement_weighs_tasks_by_their_distance_from_the_separate_models():
+    """A task retrained toward its separate model fits it on the training inputs, so the byte
+    rules' refinement reads what packing cost it on the validation inputs: 100 - top-1
+    agreement with the separate model there (pp), the metric its checkpoints were chosen by.
+    Each pack's losses are the kept plan's when it is kept, and weight the next pack."""
+    tasks = suite.load_suite(["wine", "iris"])
+    separation = SeparationConfig(
+        l1_budget_bytes=24_000, l2_budget_bytes=4_000, rule="bytes_even", refine_rounds=1
+    )
+    optimize = OptimizeConfig(rounds=0, distill_temperature=2.0)  # matched pages, far off
+    config = PackConfig(share_within_task=True, separation=separation, optimize=optimize)
+    result = pack(*suite.packable(tasks), config)
+    first, second = result.report["refinement"]
+    assert second["task_weights"] == {n: 1.0 + first["loss_pp"][n] for n in ("wine", "iris")}
+    (kept,) = [p for p in (first, second) if p["kept"]]
+    for task in tasks:
+        x = task.splits["val"].x
+        packed = model_outputs(task.model_from_plan(result.plan), x)
+        distance = 100.0 - agreement(packed, model_outputs(task.model, x))
+        assert kept["loss_pp"][task.name] == pytest.approx(distance, abs=1e-9)
+    assert min(first["loss_pp"].values()) > 10  # (the check can fail)

@@ -80,7 +80,7 @@ REFUSED = [
             "-o",
             "{dir}/a.wvpack",
         ],
-        ["--refine-rounds refines the choice of --separation-rule bytes"],
+        ["--refine-rounds refines the choice of --separation-rule bytes or bytes_even"],
     ),
     (["pack", "res={res}", "--lossless", "-o", "{dir}/nowhere/a.wvpack"], ["does not exist"]),
     (

@@ -47,7 +47,9 @@ class SeparationConfig:
     (`tpr_for_target_accuracy`) on its training split instead. With `rule="bytes"`, the
     level-2 budget is spent on the pages with the most Fisher share per byte across all tasks
     (`select_exclusive_by_bytes`) instead of each task covering a fixed share; with
-    `refine_rounds`, that choice is then refined by what each task lost (`refined_task_weights`)."""
+    `rule="bytes_even"`, so that every task covers the same share (`select_exclusive_evenly`);
+    with `refine_rounds`, either choice is then refined by what each task lost
+    (`refined_task_weights`)."""
 
     tpr: float = 1.0
     margin: float = 0.1
@@ -55,7 +57,7 @@ class SeparationConfig:
     l2_budget_bytes: int | None = None  # all exclusive pages in flash / eMMC / a file
     target_accuracy: float | None = None
     rule: str = "tpr"  # "tpr" (WS), "bytes" or "bytes_even"
-    refine_rounds: int = 0  # "bytes": packs again, weighted by what sharing cost, this often
+    refine_rounds: int = 0  # byte rules: packs again, weighted by what sharing cost, this often
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -64,9 +66,9 @@ class SeparationConfig:
             raise ValueError(f"the {self.rule!r} separation rule spends a level-2 budget: give one")
         if self.refine_rounds < 0:
             raise ValueError(f"refine_rounds must be >= 0, got {self.refine_rounds}")
-        if self.refine_rounds and self.rule != "bytes":
+        if self.refine_rounds and self.rule not in BYTE_RULES:
             raise ValueError(
-                "refine_rounds re-spends the level-2 budget of the 'bytes' separation rule: "
+                "refine_rounds re-spends the level-2 budget of the byte separation rules: "
                 f"it does nothing with rule {self.rule!r}"
             )
 
@@ -137,6 +139,7 @@ def select_exclusive_evenly(
     budget_bytes: int,
     max_shared: int | None = None,
     names: list[str] | None = None,
+    task_weights: list[float] | None = None,
 ) -> list[np.ndarray]:
     """Logical pages to keep exclusive, per task, within `budget_bytes` of level-2 storage, so
     that the task whose Fisher mass is least covered is covered as much as the budget allows.
@@ -144,9 +147,12 @@ def select_exclusive_evenly(
     `select_exclusive_by_bytes` maximises the covered share summed over tasks: a task whose
     mass is spread over many pages (each page a small share) gets few. This rule serves the
     worst task instead: after the forced pages (as there), each page goes to the task whose
-    covered share (CD of its exclusive pages) is lowest, its highest-CD page next; so every
-    task ends up covering about the same share. The choice is a prefix of one order: a larger
-    budget never keeps fewer pages exclusive. Returns sorted page indices per task."""
+    uncovered share (1 - CD of its exclusive pages, times its `task_weights` entry) is the
+    largest, its highest-CD page next; so every task ends up leaving about the same weighted
+    share uncovered (a task of weight 4, a quarter of the others'). The choice is a prefix of
+    one order: a larger budget never keeps fewer pages exclusive. Returns sorted page indices
+    per task."""
+    weights = task_weights or [1.0] * len(page_fishers)
     cds = [contribution_density(f) for f in page_fishers]
     orders = [np.argsort(-cd, kind="stable") for cd in cds]
     chosen = check_forced_pages_fit(
@@ -157,16 +163,19 @@ def select_exclusive_evenly(
     def has_more(i: int) -> bool:  # a page without Fisher mass buys nothing
         return chosen[i] < len(cds[i]) and cds[i][orders[i][chosen[i]]] > 0
 
-    lowest = [(covered[i], i) for i in range(len(cds)) if has_more(i)]  # ties: earlier task
-    heapq.heapify(lowest)
+    def entry(i: int) -> tuple[float, int]:  # the most weighted uncovered share first
+        return (-weights[i] * (1.0 - covered[i]), i)  # ties: the earlier task
+
+    most_uncovered = [entry(i) for i in range(len(cds)) if has_more(i)]
+    heapq.heapify(most_uncovered)
     for _ in range((budget_bytes - page_bytes * sum(chosen)) // page_bytes):
-        if not lowest:
+        if not most_uncovered:
             break
-        _, i = heapq.heappop(lowest)
+        _, i = heapq.heappop(most_uncovered)
         covered[i] += float(cds[i][orders[i][chosen[i]]])
         chosen[i] += 1
         if has_more(i):
-            heapq.heappush(lowest, (covered[i], i))
+            heapq.heappush(most_uncovered, entry(i))
     return [np.sort(order[:n]) for order, n in zip(orders, chosen)]
 
 

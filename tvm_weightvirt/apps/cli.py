@@ -439,10 +439,10 @@ def _pack_config(spec):
                 f"{', '.join(ws_rule)} set WS's tpr rule; --separation-rule {rule} spends "
                 "--l2-budget instead: drop them"
             )
-    if option("refine_rounds") and rule != "bytes":
+    if option("refine_rounds") and rule not in BYTE_RULES:
         raise ValueError(
-            f"{spec.source('refine_rounds')} refines the choice of --separation-rule bytes "
-            f"(not {rule}): use that rule with --l2-budget, or drop the refinement"
+            f"{spec.source('refine_rounds')} refines the choice of --separation-rule bytes or "
+            f"bytes_even (not {rule}): use one with --l2-budget, or drop the refinement"
         )
     separation = (
         SeparationConfig(

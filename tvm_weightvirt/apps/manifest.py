@@ -55,9 +55,10 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         int,
         0,
         None,
-        "separation rule 'bytes': pack again this often, each task's Fisher share weighted by "
-        "what its packed model lost on its training split; keeps the pack whose worst task "
-        "lost least",
+        "separation rules 'bytes' and 'bytes_even': pack again this often, each task's "
+        "Fisher share weighted by what its packed model lost (on its training split, or, "
+        "retrained toward its separate model, how far from it on validation inputs); keeps "
+        "the pack whose worst task lost least",
     ),
     "smartdeal": (
         bool,
