@@ -572,7 +572,7 @@ def format_report(report: dict) -> str:
         losses = list(p["loss_pp"].values())
         lines.append(
             f"refinement, pack {p['pack']}: {sum(p['exclusive_pages'].values())} exclusive "
-            f"pages, loss on the training split worst {max(losses):.2f}, mean "
+            f"pages, loss worst {max(losses):.2f}, mean "
             f"{np.mean(losses):.2f} (pp){' (kept)' if p['kept'] else ''}"
         )
     lines.append(

@@ -202,11 +202,11 @@ def check_forced_pages_fit(
 
 
 def refined_task_weights(weights: list[float], losses_pp: list[float]) -> list[float]:
-    """The byte rule's refinement: after a pack, each task's Fisher share counts (1 + what its
-    packed model lost on its training split, in pp) times more in the next choice, so the
-    level-2 bytes move toward the tasks sharing hurt most. The training split, because the
-    validation split already chose each task's retraining checkpoints: after packing it reads
-    optimistic (the suite's pigcvp, seed 1: validation +1.9 pp, training -9.6, test -10.6)."""
+    """The byte rules' refinement: after a pack, each task's Fisher share (the even rule: its
+    uncovered share) counts (1 + what its packed model lost, in pp) times more in the next
+    choice, so the level-2 bytes move toward the tasks sharing hurt most. What a task lost is
+    read where it shows (`pipeline._Trained.refinement_losses`): on the training split, or,
+    retrained toward its separate model, as its distance from it on validation inputs."""
     return [w * (1.0 + max(0.0, loss)) for w, loss in zip(weights, losses_pp)]
 
 
