@@ -91,8 +91,8 @@ print(
 #    Its refinement (one round, as in step 4) then reads what a task lost as its disagreement
 #    with its own model on the validation inputs: it fits that model on its training inputs.
 #    Neither way wins every task on every set of models (on the 10-task suite this one, with
-#    more flash, met WS's operating point for two seeds of three; see the README's frontier):
-#    compare them on your own data, here side by side.
+#    more flash and unrefined, met WS's operating point for four seeds of five; see the
+#    README's frontier): compare them on your own data, here side by side.
 worst_first = replace(
     config,
     fisher_split="val",
