@@ -126,6 +126,19 @@ def test_even_rule_never_passes_its_budget_and_its_least_covered_task_beats_the_
     assert least_covered(at_20) > least_covered(select_exclusive_by_bytes(fishers, 16, 20 * 16))
 
 
+def _assert_a_larger_weight_keeps_no_fewer_pages(select):
+    """Raising one task's weight never takes a page from it, and the budget is spent the same."""
+    rng = np.random.default_rng(1)
+    fishers = [rng.exponential(size=(n, 4)) ** 3 for n in (7, 30, 12)]
+    previous = None
+    for weight in (0.5, 1.0, 2.0, 8.0, 100.0):
+        chosen = select(fishers, 16, 20 * 16, task_weights=[1.0, 1.0, weight])
+        assert sum(len(c) for c in chosen) == 20
+        if previous is not None:
+            assert set(previous[2]) <= set(chosen[2])
+        previous = chosen
+
+
 def test_task_weights_move_the_byte_budget_and_a_larger_weight_keeps_no_fewer_pages():
     """Task weights scale a task's Fisher share: b at weight 2 outbids a's 0.5 with its
     0.3 (0.6) and its 0.45 (0.9); raising one task's weight never takes a page from it, and the
@@ -134,15 +147,7 @@ def test_task_weights_move_the_byte_budget_and_a_larger_weight_keeps_no_fewer_pa
     assert select_exclusive_by_bytes([a, b], 8, 24, task_weights=[1.0, 1.0])[0].tolist() == [1, 3]
     chosen = select_exclusive_by_bytes([a, b], page_bytes=8, budget_bytes=24, task_weights=[1, 2])
     assert [c.tolist() for c in chosen] == [[1], [0, 2]]
-    rng = np.random.default_rng(1)
-    fishers = [rng.exponential(size=(n, 4)) ** 3 for n in (7, 30, 12)]
-    previous = None
-    for weight in (0.5, 1.0, 2.0, 8.0, 100.0):
-        chosen = select_exclusive_by_bytes(fishers, 16, 20 * 16, task_weights=[1.0, 1.0, weight])
-        assert sum(len(c) for c in chosen) == 20
-        if previous is not None:
-            assert set(previous[2]) <= set(chosen[2])
-        previous = chosen
+    _assert_a_larger_weight_keeps_no_fewer_pages(select_exclusive_by_bytes)
 
 
 def test_task_weights_move_the_even_budget_and_a_larger_weight_keeps_no_fewer_pages():
@@ -158,15 +163,7 @@ def test_task_weights_move_the_even_budget_and_a_larger_weight_keeps_no_fewer_pa
     assert [c.tolist() for c in chosen] == [[], [0, 2]]
     chosen = select_exclusive_evenly([a, b], 8, 24, task_weights=[1.0, 2.0])
     assert [c.tolist() for c in chosen] == [[1], [0, 2]]
-    rng = np.random.default_rng(1)
-    fishers = [rng.exponential(size=(n, 4)) ** 3 for n in (7, 30, 12)]
-    previous = None
-    for weight in (0.5, 1.0, 2.0, 8.0, 100.0):
-        chosen = select_exclusive_evenly(fishers, 16, 20 * 16, task_weights=[1.0, 1.0, weight])
-        assert sum(len(c) for c in chosen) == 20
-        if previous is not None:
-            assert set(previous[2]) <= set(chosen[2])
-        previous = chosen
+    _assert_a_larger_weight_keeps_no_fewer_pages(select_exclusive_evenly)
 
 
 def test_refined_weights_grow_with_the_loss():
