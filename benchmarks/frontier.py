@@ -45,6 +45,7 @@ CONFIRM_SEEDS = (1, 2)  # the seeds each goal's best point is packed again with 
 GOALS = {"-0.22": (-0.22, -2.0), "-1": (-1.0, None)}  # mean delta >=, worst delta >=
 REFINE_ROUNDS = 2  # the byte rule's refinement: packs after the first
 EVEN_REFINE_ROUNDS = 1  # the even rule's (distilled: each pack costs about twice as much)
+WHOLE_TASK_L2 = 5.6  # the whole-task refinement's level-2 budget, times level 1's
 DISTILL_TEMPERATURE = 4.0  # retraining toward the separate models' outputs (KL at this T)
 
 
@@ -71,6 +72,13 @@ def _configs(
     by_bytes = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=l1, rule="bytes")
     by_bytes_x3 = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=3 * l1, rule="bytes")
     evenly_x5 = SeparationConfig(l1_budget_bytes=l1, l2_budget_bytes=5 * l1, rule="bytes_even")
+    whole_task = SeparationConfig(
+        l1_budget_bytes=l1,
+        l2_budget_bytes=int(WHOLE_TASK_L2 * l1),
+        rule="bytes_even",
+        refine_rounds=1,
+        refine_by="whole_task",
+    )
     distilled = replace(ws, distill_temperature=DISTILL_TEMPERATURE)
     return {
         "full_sharing/float32": PackConfig(**common, pool_pages=float_pages, optimize=nwv),
@@ -126,6 +134,15 @@ def _configs(
         "bytes_even_l2x5_distilled_valfisher_refined/smartdeal_packed": PackConfig(
             **common,
             separation=replace(evenly_x5, refine_rounds=EVEN_REFINE_ROUNDS),
+            smartdeal=True,
+            fisher_split="val",
+            optimize=distilled,
+        ),
+        # 5.6 times as many level-2 bytes spent evenly, then a pack with every page of the
+        # task furthest from its separate model (on validation inputs) exclusive
+        "bytes_even_l2x5.6_distilled_valfisher_whole/smartdeal_packed": PackConfig(
+            **common,
+            separation=whole_task,
             smartdeal=True,
             fisher_split="val",
             optimize=distilled,

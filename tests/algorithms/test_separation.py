@@ -16,11 +16,13 @@ from tvm_weightvirt.algorithms.optimize import OptimizeConfig, sharing_loss_term
 from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import (
     SeparationConfig,
+    next_whole_task,
     parse_bytes,
     refined_task_weights,
     select_exclusive,
     select_exclusive_by_bytes,
     select_exclusive_evenly,
+    select_keeping_whole,
     shared_pages_for_budget,
     tpr_for_target_accuracy,
 )
@@ -166,6 +168,33 @@ def test_task_weights_move_the_even_budget_and_a_larger_weight_keeps_no_fewer_pa
     _assert_a_larger_weight_keeps_no_fewer_pages(select_exclusive_evenly)
 
 
+def test_whole_tasks_keep_every_page_and_the_rule_spends_what_they_leave():
+    a, b, c = _pages([0.6, 0.3, 0.1]), _pages([0.5, 0.5]), _pages([0.7, 0.2, 0.1, 0.0])
+    # b whole: its 2 pages take 16 B of 40; the even rule spends 24 B on a and c: a's 0.6
+    # (a tie of uncovered shares goes to the earlier task), c's 0.7, then a (0.4 > 0.3)
+    chosen = select_keeping_whole(select_exclusive_evenly, [1], [a, b, c], 8, 40)
+    assert [x.tolist() for x in chosen] == [[0, 1], [0, 1], [0]]
+    for rule in (select_exclusive_by_bytes, select_exclusive_evenly):
+        rest = rule([a, c], 8, 24, task_weights=[2.0, 1.0])
+        chosen = select_keeping_whole(rule, [1], [a, b, c], 8, 40, None, None, [2.0, 3.0, 1.0])
+        assert [x.tolist() for x in chosen] == [rest[0].tolist(), [0, 1], rest[1].tolist()]
+    # a whole task keeps its pages without Fisher mass too
+    chosen = select_keeping_whole(select_exclusive_by_bytes, [0, 2], [a, b, c], 8, 56)
+    assert [x.tolist() for x in chosen] == [[0, 1, 2], [], [0, 1, 2, 3]]
+
+
+def test_whole_task_refinement_takes_the_task_that_lost_most_while_it_fits():
+    n_pages = [4, 10, 6]
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 200) == 1
+    assert next_whole_task([1.0, 3.0, 2.0], [1], n_pages, 8, 200) == 2  # with 1: 16 pages
+    assert next_whole_task([2.0, 1.0, 2.0], [], n_pages, 8, 200) == 0  # a tie: the earlier
+    assert next_whole_task([0.0, 3.0, 0.0], [1], n_pages, 8, 200) is None  # no other lost
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 79) is None  # 10 pages: 80 B
+    # the others' pages beyond a pool of 3 must be exclusive too: 10 + 1 + 3 pages, 112 B
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 112, max_shared=3) == 1
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 111, max_shared=3) is None
+
+
 def test_refined_weights_grow_with_the_loss():
     assert refined_task_weights([1.0, 2.0, 1.0], [0.0, 1.5, 4.0]) == [1.0, 5.0, 5.0]
     assert refined_task_weights([3.0], [-2.0]) == [3.0]  # a gain counts as no loss
@@ -195,6 +224,8 @@ def test_byte_rule_needs_a_level2_budget():
         SeparationConfig(refine_rounds=1)
     with pytest.raises(ValueError, match="refine_rounds must be >= 0, got -1"):
         SeparationConfig(l2_budget_bytes=1, rule="bytes", refine_rounds=-1)
+    with pytest.raises(ValueError, match="refine_by must be one of .*, got 'pages'"):
+        SeparationConfig(l2_budget_bytes=1, rule="bytes", refine_rounds=1, refine_by="pages")
 
 
 def test_target_accuracy_rule():
@@ -517,6 +548,34 @@ def test_refinement_keeps_the_pack_whose_worst_task_lost_least():
     for task in tasks:  # the report's accuracies are the kept plan's
         packed = task.accuracy("test", task.model_from_plan(result.plan))
         assert result.report["tasks"][task.name]["packed"] == pytest.approx(packed)
+
+
+def test_whole_task_refinement_keeps_every_page_of_the_task_that_lost_most():
+    """`refine_by="whole_task"`: after a pack, the task furthest from its separate model keeps
+    every page exclusive in the next one (not retrained, its outputs are then its separate
+    model's), the other task spends what is left of the level-2 budget; the refinement stops
+    when the next task to keep whole does not fit beside it."""
+    tasks = suite.load_suite(["wine", "iris"])  # 268 and 257 pages of 400 B
+    l2 = 110_000  # either task whole (107,200 or 102,800 B), not both
+    separation = SeparationConfig(
+        l1_budget_bytes=24_000,
+        l2_budget_bytes=l2,
+        rule="bytes_even",
+        refine_rounds=2,
+        refine_by="whole_task",
+    )
+    optimize = OptimizeConfig(rounds=0, distill_temperature=2.0)  # matched pages, far off
+    config = PackConfig(share_within_task=True, separation=separation, optimize=optimize)
+    result = pack(*suite.packable(tasks), config)
+    first, second = result.report["refinement"]  # a third pack would need 210,000 B
+    assert max(first["loss_pp"].values()) > 0  # (so a task is kept whole)
+    worst = max(first["loss_pp"], key=first["loss_pp"].get)
+    assert first["whole_tasks"] == [] and second["whole_tasks"] == [worst]
+    assert second["exclusive_pages"][worst] == {"wine": 268, "iris": 257}[worst]
+    assert second["loss_pp"][worst] == 0.0
+    assert second["task_weights"] == {"wine": 1.0, "iris": 1.0}  # weights stay as they are
+    for p in (first, second):  # each pack spends the budget (to within a page)
+        assert l2 - 400 < 400 * sum(p["exclusive_pages"].values()) <= l2
 
 
 @pytest.mark.slow

@@ -82,6 +82,22 @@ REFUSED = [
         ],
         ["--refine-rounds refines the choice of --separation-rule bytes or bytes_even"],
     ),
+    (
+        [
+            "pack",
+            "--suite",
+            "wine,iris",
+            "--separation-rule",
+            "bytes_even",
+            "--l2-budget",
+            "8KiB",
+            "--refine-by",
+            "whole_task",
+            "-o",
+            "{dir}/a.wvpack",
+        ],
+        ["--refine-by says how --refine-rounds moves", "give --refine-rounds"],
+    ),
     (["pack", "res={res}", "--lossless", "-o", "{dir}/nowhere/a.wvpack"], ["does not exist"]),
     (
         ["pack", "res={res}", "--lossless", "-o", "{dir}/notes.txt"],

@@ -136,11 +136,13 @@ def test_tutorial_06_switches_without_moving_weights(tmp_path, monkeypatch, caps
 def test_tutorial_07_fits_the_byte_budgets(tmp_path, monkeypatch, capsys):
     """The tutorial asserts both budgets itself (for both rules); here: both packs of the
     refinement are reported, one kept, every switch read the task's coded exclusive pages from
-    the file, and step 5 compares each task under both rules."""
+    the file, and step 5 compares each task under both rules, its second pack keeping one task
+    whole (the tutorial asserts every page of it is exclusive)."""
     monkeypatch.setattr(sys, "argv", ["07_fit_a_byte_budget.py", str(tmp_path)])
     runpy.run_path(str(ROOT / "tutorials" / "07_fit_a_byte_budget.py"), run_name="__main__")
     printed = capsys.readouterr().out
-    assert printed.count("refinement, pack") == 2 and printed.count("(kept)") == 1
+    assert printed.count("refinement, pack") == 2 and printed.count("(kept)") == 2
+    assert "evenly, pack 0: whole none" in printed and "evenly, pack 1: whole ['" in printed
     for name in ["sensors", "gestures", "friedman"]:
         assert printed.count(f"{name}: output") == 2
     plan = wv.load_wvpack(tmp_path / "budget.wvpack").plan

@@ -34,10 +34,12 @@ from .separation import (
     BYTE_RULES,
     SeparationConfig,
     check_forced_pages_fit,
+    next_whole_task,
     refined_task_weights,
     select_exclusive,
     select_exclusive_by_bytes,
     select_exclusive_evenly,
+    select_keeping_whole,
     shared_pages_for_budget,
     tpr_for_target_accuracy,
 )
@@ -157,22 +159,23 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
         costs = {t.name: float("nan") for t in tasks}
         anchors = [resume.pages(t.name) for t in tasks]
         return _retrain(tasks, layouts, resume, fishers, anchors, costs, config).result(config)
-    weights = [1.0] * len(tasks)
+    weights, whole = [1.0] * len(tasks), []
     rounds = config.separation.refine_rounds if config.separation is not None else 0
     if rounds == 0:
-        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, weights)
+        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, weights, whole)
         return _retrain(tasks, layouts, plan, fishers, pages, costs, config).result(config)
     train = [t.splits["train"] for t in tasks]
     separate = [t.objective.metric(model_outputs(t.model, s.x), s.y) for t, s in zip(tasks, train)]
     best, refinement = None, []
     for attempt in range(1 + rounds):
-        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, weights)
+        plan, costs = _initial_plan(tasks, layouts, pages, fishers, n_pool, config, weights, whole)
         trained = _retrain(tasks, layouts, plan, fishers, pages, costs, config)
         losses = trained.refinement_losses(separate)
         refinement.append(
             {
                 "pack": attempt,
                 "task_weights": dict(zip(trained.names, weights)),
+                "whole_tasks": [trained.names[i] for i in whole],
                 "exclusive_pages": {n: t.n_exclusive_pages for n, t in plan.tasks.items()},
                 "loss_pp": dict(zip(trained.names, losses)),
             }
@@ -181,7 +184,20 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
         key = (max(losses), float(np.mean(losses)), attempt)
         if best is None or key < best[0]:
             best = (key, trained)
-        weights = refined_task_weights(weights, losses)
+        if config.separation.refine_by == "whole_task":
+            worst = next_whole_task(
+                losses,
+                whole,
+                [layout.n_pages for layout in layouts],
+                page_bytes(config),
+                config.separation.l2_budget_bytes,
+                _max_shared(config, n_pool),
+            )
+            if worst is None:  # nothing lost, or the next task does not fit: no pack to try
+                break
+            whole = [*whole, worst]
+        else:
+            weights = refined_task_weights(weights, losses)
     (*_, kept), trained = best
     for p in refinement:
         p["kept"] = p["pack"] == kept
@@ -330,23 +346,32 @@ def _pool_pages(tasks, layouts, config) -> int:
     return n_pool
 
 
+def _max_shared(config: PackConfig, n_pool: int) -> int | None:
+    """With separation, how many of a task's pages can share (the rest must be exclusive)."""
+    return None if config.share_within_task else n_pool
+
+
 def _initial_plan(
-    tasks, layouts, pages, fishers, n_pool, config, task_weights
+    tasks, layouts, pages, fishers, n_pool, config, task_weights, whole
 ) -> tuple[PagePlan, dict]:
     """Exclusive pages (WS; by bytes, each task's Fisher share times its weight; or by bytes
-    evenly), then NWV's matching of the shared ones, one task at a time."""
+    evenly; the tasks in `whole` keep every page exclusive), then NWV's matching of the shared
+    ones, one task at a time."""
     sep = config.separation
     exclusive = [np.zeros(0, np.int64)] * len(tasks)
     if sep is not None:
-        max_shared = None if config.share_within_task else n_pool
-        names = [t.name for t in tasks]
-        if sep.rule == "bytes":
-            exclusive = select_exclusive_by_bytes(
-                fishers, page_bytes(config), sep.l2_budget_bytes, max_shared, names, task_weights
-            )
-        elif sep.rule == "bytes_even":
-            exclusive = select_exclusive_evenly(
-                fishers, page_bytes(config), sep.l2_budget_bytes, max_shared, names, task_weights
+        max_shared = _max_shared(config, n_pool)
+        if sep.rule in BYTE_RULES:
+            rule = select_exclusive_by_bytes if sep.rule == "bytes" else select_exclusive_evenly
+            exclusive = select_keeping_whole(
+                rule,
+                whole,
+                fishers,
+                page_bytes(config),
+                sep.l2_budget_bytes,
+                max_shared,
+                [t.name for t in tasks],
+                task_weights,
             )
         else:
             tprs = _tprs(tasks, sep)
@@ -570,9 +595,10 @@ def format_report(report: dict) -> str:
     )
     for p in report.get("refinement", []):
         losses = list(p["loss_pp"].values())
+        whole = f" ({', '.join(p['whole_tasks'])} whole)" if p["whole_tasks"] else ""
         lines.append(
             f"refinement, pack {p['pack']}: {sum(p['exclusive_pages'].values())} exclusive "
-            f"pages, loss worst {max(losses):.2f}, mean "
+            f"pages{whole}, loss worst {max(losses):.2f}, mean "
             f"{np.mean(losses):.2f} (pp){' (kept)' if p['kept'] else ''}"
         )
     lines.append(

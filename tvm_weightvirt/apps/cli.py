@@ -427,6 +427,7 @@ def _pack_config(spec):
         "margin",
         "separation_rule",
         "refine_rounds",
+        "refine_by",
     )
     separate = any(spec.options.get(key) not in (None, False) for key in separating)
     rule = option("separation_rule")
@@ -444,6 +445,11 @@ def _pack_config(spec):
             f"{spec.source('refine_rounds')} refines the choice of --separation-rule bytes or "
             f"bytes_even (not {rule}): use one with --l2-budget, or drop the refinement"
         )
+    if "refine_by" in spec.options and not option("refine_rounds"):
+        raise ValueError(
+            f"{spec.source('refine_by')} says how --refine-rounds moves the level-2 bytes: "
+            "give --refine-rounds too, or drop it"
+        )
     separation = (
         SeparationConfig(
             option("tpr"),
@@ -453,6 +459,7 @@ def _pack_config(spec):
             option("target_accuracy"),
             option("separation_rule"),
             option("refine_rounds"),
+            option("refine_by"),
         )
         if separate
         else None

@@ -55,10 +55,18 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         int,
         0,
         None,
-        "separation rules 'bytes' and 'bytes_even': pack again this often, each task's "
-        "Fisher share weighted by what its packed model lost (on its training split, or, "
-        "retrained toward its separate model, how far from it on validation inputs); keeps "
+        "separation rules 'bytes' and 'bytes_even': pack again this often, the level-2 bytes "
+        "moved by what each task's packed model lost (on its training split, or, retrained "
+        "toward its separate model, how far from it on validation inputs; --refine-by); keeps "
         "the pack whose worst task lost least",
+    ),
+    "refine_by": (
+        str,
+        "weights",
+        ("weights", "whole_task"),
+        "--refine-rounds: 'weights': each task's Fisher share weighted by (1 + its loss); "
+        "'whole_task': the task that lost most keeps every page exclusive (one more a round, "
+        "while it fits --l2-budget), the others share what is left",
     ),
     "smartdeal": (
         bool,
