@@ -3,7 +3,8 @@
 many bytes as level 1 or three times as many, spent on the most Fisher share per byte; three
 times as many also with the rule's refinement; five times as many spent evenly across tasks,
 with the Fisher read on validation inputs and retraining toward the separate models' outputs,
-also with one round of refinement)} x
+also with one round of refinement; 5.6 times as many, the same way, refined by keeping the task
+furthest from its separate model whole)} x
 {float32 pages, SmartDeal pages with a byte per code, SmartDeal pages with bit-packed codes
 (pool and exclusive pages)}; not the whole cross product (the names in `_configs`). Every point
 is one pack with joint retraining (checkpoints chosen on validation); accuracy deltas on the

@@ -568,6 +568,7 @@ def test_whole_task_refinement_keeps_every_page_of_the_task_that_lost_most():
     config = PackConfig(share_within_task=True, separation=separation, optimize=optimize)
     result = pack(*suite.packable(tasks), config)
     first, second = result.report["refinement"]  # a third pack would need 210,000 B
+    assert second["stopped"] == "the task that lost most does not fit the level-2 budget whole"
     assert max(first["loss_pp"].values()) > 0  # (so a task is kept whole)
     worst = max(first["loss_pp"], key=first["loss_pp"].get)
     assert first["whole_tasks"] == [] and second["whole_tasks"] == [worst]

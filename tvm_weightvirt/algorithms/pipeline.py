@@ -193,7 +193,14 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
                 config.separation.l2_budget_bytes,
                 _max_shared(config, n_pool),
             )
-            if worst is None:  # nothing lost, or the next task does not fit: no pack to try
+            if worst is None:  # no pack to try
+                if attempt < rounds:
+                    lost = any(loss > 0 for i, loss in enumerate(losses) if i not in whole)
+                    refinement[-1]["stopped"] = (
+                        "the task that lost most does not fit the level-2 budget whole"
+                        if lost
+                        else "no task that is not whole lost anything"
+                    )
                 break
             whole = [*whole, worst]
         else:
@@ -601,6 +608,8 @@ def format_report(report: dict) -> str:
             f"pages{whole}, loss worst {max(losses):.2f}, mean "
             f"{np.mean(losses):.2f} (pp){' (kept)' if p['kept'] else ''}"
         )
+        if "stopped" in p:
+            lines.append(f"refinement stopped: {p['stopped']}")
     lines.append(
         f"pool {report['pool_pages']} pages x {report['page_size']}; bytes separate "
         f"{report['bytes_separate']} -> packed {report['bytes_packed']} (level 1 "
