@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -185,7 +186,7 @@ def select_exclusive_evenly(
 
 
 def select_keeping_whole(
-    rule,
+    rule: Callable[..., list[np.ndarray]],
     whole: list[int],
     page_fishers: list[np.ndarray],
     page_bytes: int,
