@@ -53,6 +53,7 @@ def _with_labels(task: suite.SuiteTask, relabel) -> TaskData:
     return TaskData(*splits, objective="classification")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("distilled", [True, False])
 def test_retraining_toward_the_originals_never_reads_a_label(distilled):
     """Shifting every label by one class changes nothing a distilled pack computes (WS's
@@ -79,6 +80,7 @@ def test_retraining_toward_the_originals_never_reads_a_label(distilled):
     assert same == distilled
 
 
+@pytest.mark.slow
 def test_the_fisher_reads_the_inputs_of_the_split_it_is_told(monkeypatch):
     """`fisher_split="val"`: WS's Fisher (and so the exclusive pages) comes from each task's
     validation inputs, not its training inputs; any other split name is refused."""
@@ -103,6 +105,7 @@ def test_the_fisher_reads_the_inputs_of_the_split_it_is_told(monkeypatch):
         pack(*suite.packable(tasks), PackConfig(fisher_split="test", separation=separation))
 
 
+@pytest.mark.slow
 def test_a_distilled_refinement_weighs_tasks_by_their_distance_from_the_separate_models():
     """A task retrained toward its separate model fits it on the training inputs, so the byte
     rules' refinement reads what packing cost it on the validation inputs: 100 - top-1

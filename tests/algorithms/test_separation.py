@@ -550,6 +550,7 @@ def test_refinement_keeps_the_pack_whose_worst_task_lost_least():
         assert result.report["tasks"][task.name]["packed"] == pytest.approx(packed)
 
 
+@pytest.mark.slow
 def test_whole_task_refinement_keeps_every_page_of_the_task_that_lost_most():
     """`refine_by="whole_task"`: after a pack, the task furthest from its separate model keeps
     every page exclusive in the next one (not retrained, its outputs are then its separate

@@ -253,6 +253,8 @@ def _pack(args) -> int:
     inputs = [*spec.models.values(), *spec.data.values(), spec.option("resume")]
     inputs += [m for m in args.models if m.endswith(".toml")]
     _check_output_file(args.output, inputs, args.force, ".wvpack", _is_wvpack)
+    # the options are checked before any model is read or suite baseline trained
+    config = None if spec.option("lossless") else _pack_config(spec)
     if args.suite:
         from . import suite
 
@@ -286,7 +288,7 @@ def _pack(args) -> int:
         from ..frontend.packing import pack
 
         resume = spec.option("resume")
-        result = pack(tasks, data, _pack_config(spec), resume=resume and load_wvpack(resume).plan)
+        result = pack(tasks, data, config, resume=resume and load_wvpack(resume).plan)
         if rank != 0:  # every process holds the same plan
             return 0
         size = save_wvpack(args.output, result.plan, tasks, result.report)
