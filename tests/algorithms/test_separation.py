@@ -15,6 +15,8 @@ import tvm_weightvirt as wv
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig, sharing_loss_terms
 from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import (
+    NOTHING_LOST,
+    WORST_DOES_NOT_FIT,
     SeparationConfig,
     next_whole_task,
     parse_bytes,
@@ -188,11 +190,12 @@ def test_whole_task_refinement_takes_the_task_that_lost_most_while_it_fits():
     assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 200) == 1
     assert next_whole_task([1.0, 3.0, 2.0], [1], n_pages, 8, 200) == 2  # with 1: 16 pages
     assert next_whole_task([2.0, 1.0, 2.0], [], n_pages, 8, 200) == 0  # a tie: the earlier
-    assert next_whole_task([0.0, 3.0, 0.0], [1], n_pages, 8, 200) is None  # no other lost
-    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 79) is None  # 10 pages: 80 B
+    assert next_whole_task([0.0, 3.0, 0.0], [1], n_pages, 8, 200) == NOTHING_LOST
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 79) == WORST_DOES_NOT_FIT  # 80 B
     # the others' pages beyond a pool of 3 must be exclusive too: 10 + 1 + 3 pages, 112 B
     assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 112, max_shared=3) == 1
-    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 111, max_shared=3) is None
+    too_few = next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 111, max_shared=3)
+    assert too_few == WORST_DOES_NOT_FIT
 
 
 def test_refined_weights_grow_with_the_loss():
@@ -569,7 +572,7 @@ def test_whole_task_refinement_keeps_every_page_of_the_task_that_lost_most():
     config = PackConfig(share_within_task=True, separation=separation, optimize=optimize)
     result = pack(*suite.packable(tasks), config)
     first, second = result.report["refinement"]  # a third pack would need 210,000 B
-    assert second["stopped"] == "the task that lost most does not fit the level-2 budget whole"
+    assert second["stopped"] == WORST_DOES_NOT_FIT
     assert max(first["loss_pp"].values()) > 0  # (so a task is kept whole)
     worst = max(first["loss_pp"], key=first["loss_pp"].get)
     assert first["whole_tasks"] == [] and second["whole_tasks"] == [worst]

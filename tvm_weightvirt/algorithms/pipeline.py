@@ -193,14 +193,9 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
                 config.separation.l2_budget_bytes,
                 _max_shared(config, n_pool),
             )
-            if worst is None:  # no pack to try
+            if isinstance(worst, str):  # no pack to try, and why
                 if attempt < rounds:
-                    lost = any(loss > 0 for i, loss in enumerate(losses) if i not in whole)
-                    refinement[-1]["stopped"] = (
-                        "the task that lost most does not fit the level-2 budget whole"
-                        if lost
-                        else "no task that is not whole lost anything"
-                    )
+                    refinement[-1]["stopped"] = worst
                 break
             whole = [*whole, worst]
         else:

@@ -214,6 +214,11 @@ def select_keeping_whole(
     return exclusive
 
 
+# why `next_whole_task` has no task to keep whole (a refinement report's "stopped")
+NOTHING_LOST = "no task that is not whole lost anything"
+WORST_DOES_NOT_FIT = "the task that lost most does not fit the level-2 budget whole"
+
+
 def next_whole_task(
     losses_pp: list[float],
     whole: list[int],
@@ -221,23 +226,22 @@ def next_whole_task(
     page_bytes: int,
     budget_bytes: int,
     max_shared: int | None = None,
-) -> int | None:
+) -> int | str:
     """The whole-task refinement: after a pack, the task that lost most (`losses_pp`, as for
     `refined_task_weights`) keeps all of its pages exclusive in the next one, beside the tasks
     already `whole`. Sharing even a small part of a task can cost it much: the suite's pigcvp
     (distilled, 48 KiB) disagrees with its separate model on 24 of 104 test inputs with 395
-    of its 694 pages exclusive, 23-28 with ~600, 9-12 with all. Returns None when no task lost
-    anything, or the one that lost most does not fit the budget with the others' pages that
-    must be exclusive (beyond `max_shared`)."""
+    of its 694 pages exclusive, 23-28 with ~600, 9-12 with all. Returns that task's index, or
+    why there is none: no task that is not whole lost anything, or the one that lost most does
+    not fit the budget with the others' pages that must be exclusive (beyond `max_shared`)."""
     candidates = [i for i in range(len(losses_pp)) if i not in whole and losses_pp[i] > 0]
     if not candidates:
-        return None
+        return NOTHING_LOST
     worst = max(candidates, key=lambda i: (losses_pp[i], -i))  # ties: the earlier task
     keep = [*whole, worst]
     forced = forced_pages(n_pages, max_shared)
     needed = sum(n_pages[i] if i in keep else forced[i] for i in range(len(n_pages)))
-    fits = page_bytes * needed <= budget_bytes
-    return worst if fits else None
+    return worst if page_bytes * needed <= budget_bytes else WORST_DOES_NOT_FIT
 
 
 def forced_pages(n_pages: list[int], max_shared: int | None) -> list[int]:
