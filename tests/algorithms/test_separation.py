@@ -186,15 +186,19 @@ def test_whole_tasks_keep_every_page_and_the_rule_spends_what_they_leave():
 
 
 def test_whole_task_refinement_takes_the_task_that_lost_most_while_it_fits():
-    n_pages = [4, 10, 6]
-    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 200) == 1
-    assert next_whole_task([1.0, 3.0, 2.0], [1], n_pages, 8, 200) == 2  # with 1: 16 pages
-    assert next_whole_task([2.0, 1.0, 2.0], [], n_pages, 8, 200) == 0  # a tie: the earlier
-    assert next_whole_task([0.0, 3.0, 0.0], [1], n_pages, 8, 200) == NOTHING_LOST
-    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 79) == WORST_DOES_NOT_FIT  # 80 B
+    n_pages, some = [4, 10, 6], [1, 2, 3]  # tasks with some pages exclusive
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, some, 8, 200) == 1
+    with_1 = [1, 10, 3]  # task 1 whole
+    assert next_whole_task([1.0, 3.0, 2.0], [1], n_pages, with_1, 8, 200) == 2  # 16 pages
+    assert next_whole_task([2.0, 1.0, 2.0], [], n_pages, some, 8, 200) == 0  # a tie: the earlier
+    assert next_whole_task([0.0, 3.0, 0.0], [1], n_pages, with_1, 8, 200) == NOTHING_LOST
+    # a task with every page exclusive without being kept whole is not taken: the same plan
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, [1, 10, 3], 8, 200) == 2
+    assert next_whole_task([0.0, 3.0, 0.0], [], n_pages, [1, 10, 3], 8, 200) == NOTHING_LOST
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, some, 8, 79) == WORST_DOES_NOT_FIT  # 80 B
     # the others' pages beyond a pool of 3 must be exclusive too: 10 + 1 + 3 pages, 112 B
-    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 112, max_shared=3) == 1
-    too_few = next_whole_task([1.0, 3.0, 2.0], [], n_pages, 8, 111, max_shared=3)
+    assert next_whole_task([1.0, 3.0, 2.0], [], n_pages, some, 8, 112, max_shared=3) == 1
+    too_few = next_whole_task([1.0, 3.0, 2.0], [], n_pages, some, 8, 111, max_shared=3)
     assert too_few == WORST_DOES_NOT_FIT
 
 

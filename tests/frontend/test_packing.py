@@ -318,6 +318,22 @@ def test_reports_saved_before_objectives_still_read():
     assert "classification accuracy" in table and "89%" in table and "-1" in table
 
 
+def test_the_report_says_when_no_task_reads_the_pool():
+    """A level-2 budget that holds every page leaves the pool unread: the report says so."""
+    from tvm_weightvirt.algorithms.pipeline import format_report
+
+    row = {"params": 200, "pages": 2, "exclusive_pages": 2, "objective": "regression"}
+    row |= {"metric": "rmse", "percent": False, "separate": 1.0, "matched": 2.0}
+    row |= {"packed": 1.0, "delta": 0.0}
+    report = {"tasks": {"a": row}, "pool_pages": 1, "page_size": 100, "bytes_separate": 800}
+    report |= {"bytes_packed": 1204, "l1_bytes": 404, "l2_bytes": 800, "ratio_bytes": 0.66}
+    report |= {"ratio_count": 0.67, "mean_delta_pp": None}
+    unread = "every page is exclusive: no task reads the pool"
+    assert unread in format_report(report)
+    report["tasks"]["a"]["exclusive_pages"] = 1
+    assert unread not in format_report(report)
+
+
 def test_a_model_with_two_outputs_is_named_and_separation_takes_ws_lambda(small):
     from onnx import TensorProto, helper
 

@@ -189,6 +189,7 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
                 losses,
                 whole,
                 [layout.n_pages for layout in layouts],
+                [plan.tasks[name].n_exclusive_pages for name in trained.names],
                 page_bytes(config),
                 config.separation.l2_budget_bytes,
                 _max_shared(config, n_pool),
@@ -611,4 +612,10 @@ def format_report(report: dict) -> str:
         f"{report.get('l1_bytes', report['bytes_packed'])}, level 2 {report.get('l2_bytes', 0)}; {report['ratio_bytes']:.2f}x "
         f"bytes, {report['ratio_count']:.2f}x by count); {summary}"
     )
+    rows = task_rows(report).values()
+    if report["pool_pages"] and all(r.get("exclusive_pages", 0) == r["pages"] for r in rows):
+        lines.append(
+            "every page is exclusive: no task reads the pool (fewer pool pages, a smaller "
+            "level-1 budget, or a smaller level-2 budget that makes tasks share, store less)"
+        )
     return "\n".join(lines)

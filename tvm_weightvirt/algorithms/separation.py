@@ -215,7 +215,7 @@ def select_keeping_whole(
 
 
 # why `next_whole_task` has no task to keep whole (a refinement report's "stopped")
-NOTHING_LOST = "no task that is not whole lost anything"
+NOTHING_LOST = "no task that shares pages lost anything"
 WORST_DOES_NOT_FIT = "the task that lost most does not fit the level-2 budget whole"
 
 
@@ -223,18 +223,25 @@ def next_whole_task(
     losses_pp: list[float],
     whole: list[int],
     n_pages: list[int],
+    exclusive_pages: list[int],
     page_bytes: int,
     budget_bytes: int,
     max_shared: int | None = None,
 ) -> int | str:
     """The whole-task refinement: after a pack, the task that lost most (`losses_pp`, as for
-    `refined_task_weights`) keeps all of its pages exclusive in the next one, beside the tasks
-    already `whole`. Sharing even a small part of a task can cost it much: the suite's pigcvp
+    `refined_task_weights`) among those that share pages (fewer `exclusive_pages` than
+    `n_pages`: keeping a task whole that already has every page exclusive would pack the same
+    plan again) keeps all of its pages exclusive in the next one, beside the tasks already
+    `whole`. Sharing even a small part of a task can cost it much: the suite's pigcvp
     (distilled, 48 KiB) disagrees with its separate model on 24 of 104 test inputs with 395
     of its 694 pages exclusive, 23-28 with ~600, 9-12 with all. Returns that task's index, or
-    why there is none: no task that is not whole lost anything, or the one that lost most does
+    why there is none: no task that shares pages lost anything, or the one that lost most does
     not fit the budget with the others' pages that must be exclusive (beyond `max_shared`)."""
-    candidates = [i for i in range(len(losses_pp)) if i not in whole and losses_pp[i] > 0]
+    candidates = [
+        i
+        for i, (loss, n, exclusive) in enumerate(zip(losses_pp, n_pages, exclusive_pages))
+        if loss > 0 and exclusive < n
+    ]
     if not candidates:
         return NOTHING_LOST
     worst = max(candidates, key=lambda i: (losses_pp[i], -i))  # ties: the earlier task
