@@ -31,6 +31,7 @@ from tvm_weightvirt.algorithms.separation import (
 )
 from tvm_weightvirt.algorithms.smartdeal import WIDEST_FORMAT
 from tvm_weightvirt.apps import suite
+from tvm_weightvirt.coded_pages import byte_code_page_bytes
 from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.plan import layout_of
 
@@ -64,7 +65,7 @@ def _configs(
     a separated pool and spends its level-2 budget the same way); the point's bytes are what
     was stored."""
     float_pages = shared_pages_for_budget(l1, 4 * page_size, task_pages)
-    byte_code_pages = shared_pages_for_budget(l1, page_size + 4 * 9, task_pages)
+    byte_code_pages = shared_pages_for_budget(l1, byte_code_page_bytes(page_size), task_pages)
     packed_pages = shared_pages_for_budget(l1, WIDEST_FORMAT.page_bytes(page_size), task_pages)
     nwv = OptimizeConfig(**{**vars(optimize), "lam": 10.0})
     ws = OptimizeConfig(**{**vars(optimize), "lam": 0.1})
@@ -210,7 +211,7 @@ def _point(name: str, l1: int, config: PackConfig, tasks) -> dict:
     report, coded = result.report, result.plan.coded
     stored = report["bytes_packed"]
     if name.endswith("smartdeal8"):  # a byte per code and float32 bases instead
-        stored += coded.codes.size + 4 * coded.bases.size - coded.stored_bytes
+        stored += len(coded.codes) * byte_code_page_bytes(config.page_size) - coded.stored_bytes
     point = {
         "config": name,
         "l1_budget_bytes": l1,

@@ -15,14 +15,12 @@ from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import shared_pages_for_budget
 from tvm_weightvirt.algorithms.smartdeal import train_then_project
 from tvm_weightvirt.apps import suite
+from tvm_weightvirt.coded_pages import byte_code_page_bytes
 from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.layout import PageLayout
 
 TARGET_RATIO = 16  # the issue's goal for (d)
 CODED_PAGE_SIZE = 96  # rows of 3 coefficients
-# (d)'s pool is sized as if a page took a byte per code and a float32 basis (96 + 36 B), the
-# format before codes were packed and bases were float16; what is stored takes less
-BYTE_CODED_PAGE_BYTES = CODED_PAGE_SIZE + 36
 
 
 def _summary(bytes_total: float, separate_bytes: int, deltas: list[float]) -> dict:
@@ -81,8 +79,10 @@ def measure(quick: bool) -> dict:
         ).n_pages
         for t in tasks
     ]
+    # the pool sized as if a page took a byte per code and a float32 basis (96 + 36 B), the
+    # format before codes were packed and bases were float16; what is stored takes less
     pool_pages = shared_pages_for_budget(
-        separate_bytes // TARGET_RATIO, BYTE_CODED_PAGE_BYTES, task_pages
+        separate_bytes // TARGET_RATIO, byte_code_page_bytes(CODED_PAGE_SIZE), task_pages
     )
     both_report = pack(
         *suite.packable(tasks),

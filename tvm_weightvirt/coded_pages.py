@@ -25,6 +25,12 @@ BASIS_DTYPE = np.dtype(np.float16)
 BASIS_BYTES = 9 * BASIS_DTYPE.itemsize
 
 
+def byte_code_page_bytes(page_size: int) -> int:
+    """One page in the format before codes were bit-packed and bases were float16: a byte per
+    code and a float32 3x3 basis (the benchmarks' "smartdeal8" sizes and counts pages so)."""
+    return page_size + 9 * 4
+
+
 def check_coded_page_size(page_size: int) -> None:
     if page_size % 3:
         raise ValueError(
