@@ -18,6 +18,7 @@ from tvm_weightvirt.algorithms.separation import (
     NOTHING_LOST,
     WORST_DOES_NOT_FIT,
     SeparationConfig,
+    level1_bytes,
     next_whole_task,
     parse_bytes,
     refined_task_weights,
@@ -217,6 +218,10 @@ def test_pool_for_a_budget_sits_beside_uint16_tables_until_the_ids_need_int32():
     first_int32 = 4_000 + 400 * 65_037
     assert shared_pages_for_budget(first_int32 - 1, 400, [500, 500]) == 65_036
     assert shared_pages_for_budget(first_int32, 400, [500, 500]) == 65_037
+    for budget in (402_000, last_uint16, first_int32 - 1, first_int32, 10**8):
+        most = shared_pages_for_budget(budget, 400, [500, 500])  # the most that fit
+        assert level1_bytes(most, 400, [500, 500]) <= budget
+        assert level1_bytes(most + 1, 400, [500, 500]) > budget
 
 
 def test_byte_rule_needs_a_level2_budget():

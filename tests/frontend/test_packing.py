@@ -3,6 +3,7 @@
 with a manifest; every kind of bad input, refused before any work with nothing written."""
 
 import os
+import re
 
 import numpy as np
 import onnx
@@ -14,6 +15,7 @@ import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.apps.cli import main
 from tvm_weightvirt.frontend.twin import TorchTwin
+from tvm_weightvirt.plan import layout_of
 
 NAMES = ["sensors", "gestures", "friedman"]
 
@@ -349,6 +351,26 @@ def test_a_model_with_two_outputs_is_named_and_separation_takes_ws_lambda(small)
     m = wv.Task.from_onnx(model, name="m")
     report = wv.pack([m], {"m": wv.TaskData((x, y))}, config).report
     assert report["optimize"]["lam"] == 0.1  # WS's, as the CLI gives (NWV's 10 without)
+
+
+def test_a_pool_size_over_the_level1_budget_is_refused_naming_what_fits(small):
+    """Given both, the pool size must fit the level-1 budget beside the page tables."""
+    _, model, x, y = small
+    m, data = wv.Task.from_onnx(model, name="m"), {"m": wv.TaskData((x, y))}
+
+    def config(pool_pages):
+        separation = wv.SeparationConfig(l1_budget_bytes=4096)
+        return wv.PackConfig(
+            pool_pages=pool_pages, separation=separation, optimize=wv.OptimizeConfig(rounds=0)
+        )
+
+    with pytest.raises(ValueError, match="over its budget of 4096 B: at most") as refused:
+        wv.pack([m], data, config(50))  # 50 pages of 400 B: 20,000 B
+    fits = int(re.search(r"at most (\d+) pool pages fit", str(refused.value))[1])
+    assert fits == (4096 - 2 * layout_of(m, 100).n_pages) // 400  # uint16 tables
+    assert wv.pack([m], data, config(fits)).report["l1_bytes"] <= 4096
+    with pytest.raises(ValueError, match=f"a pool of {fits + 1} pages needs"):
+        wv.pack([m], data, config(fits + 1))
 
 
 def test_own_objective_datasets_and_the_same_pack_twice(small):

@@ -15,7 +15,7 @@ import torch
 
 from ..coded_pages import CodedPages, check_coded_page_size
 from ..layout import PageLayout, check_page_size, weight_alignment
-from ..plan import PagePlan, TaskPages, check_unique_names, page_table_dtype
+from ..plan import PagePlan, TaskPages, check_unique_names
 from ..progress import steps
 from .data import Split
 from .determinism import deterministic
@@ -34,6 +34,7 @@ from .separation import (
     BYTE_RULES,
     SeparationConfig,
     check_forced_pages_fit,
+    level1_bytes,
     next_whole_task,
     refined_task_weights,
     select_exclusive,
@@ -322,12 +323,20 @@ def _pool_pages(tasks, layouts, config) -> int:
     without separation, a pool too small for the largest task needs sharing within tasks."""
     largest = max(layout.n_pages for layout in layouts)
     sep = config.separation
+    task_pages = [layout.n_pages for layout in layouts]
     if config.pool_pages is not None:
         n_pool = config.pool_pages
+        budget = sep.l1_budget_bytes if sep is not None else None
+        needed = level1_bytes(n_pool, page_bytes(config), task_pages)
+        if budget is not None and needed > budget:
+            fits = shared_pages_for_budget(budget, page_bytes(config), task_pages)
+            raise ValueError(
+                f"a pool of {n_pool} pages needs {needed} B of level 1 with the page tables, "
+                f"over its budget of {budget} B: at most {fits} pool pages fit (or give only "
+                f"the pool size or only the level-1 budget)"
+            )
     elif sep is not None and sep.l1_budget_bytes is not None:
-        n_pool = shared_pages_for_budget(
-            sep.l1_budget_bytes, page_bytes(config), [layout.n_pages for layout in layouts]
-        )
+        n_pool = shared_pages_for_budget(sep.l1_budget_bytes, page_bytes(config), task_pages)
     else:
         n_pool = largest
     if n_pool <= 0:
@@ -340,7 +349,7 @@ def _pool_pages(tasks, layouts, config) -> int:
         )
     if sep is not None and sep.rule in BYTE_RULES:  # the pages that must be exclusive fit level 2
         check_forced_pages_fit(
-            [layout.n_pages for layout in layouts],
+            task_pages,
             None if config.share_within_task else n_pool,
             page_bytes(config),
             sep.l2_budget_bytes,
@@ -444,17 +453,15 @@ def _check_l2(exclusive, config, layouts, fishers, tprs) -> None:
     needed = each * sum(len(e) for e in exclusive)
     if budget is None or needed <= budget:
         return
-    entries = sum(layout.n_pages for layout in layouts)
-    most = max(layout.n_pages for layout in layouts)
-    for n_pool in range(1, most + 1):
+    task_pages = [layout.n_pages for layout in layouts]
+    for n_pool in range(1, max(task_pages) + 1):
         l2 = each * sum(
             len(select_exclusive(f, tpr, sep.margin, n_pool)) for f, tpr in zip(fishers, tprs)
         )
         if l2 <= budget:
-            tables = entries * page_table_dtype(n_pool + most).itemsize
             raise ValueError(
                 f"the exclusive pages need {needed} B of level-2 storage, over its budget of "
-                f"{budget} B: a level-1 budget of {tables + n_pool * each} B "
+                f"{budget} B: a level-1 budget of {level1_bytes(n_pool, each, task_pages)} B "
                 f"({n_pool} pool pages) or a level-2 budget of {needed} B would work"
             )
     raise ValueError(

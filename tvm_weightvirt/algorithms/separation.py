@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..plan import PAGE_TABLE_IDS_UINT16
+from ..plan import PAGE_TABLE_IDS_UINT16, page_table_dtype
 
 _UNITS = {
     "": 1,
@@ -305,10 +305,16 @@ def tpr_for_target_accuracy(
     return max(0.0, 1 - (target_loss - loss) / loss)
 
 
+def level1_bytes(n_pool: int, page_bytes: int, task_pages: list[int]) -> int:
+    """Level 1 for a pool of `n_pool` pages of `page_bytes` each and the page tables of tasks
+    of `task_pages` pages each: uint16 tables while the pool and the largest task (all of whose
+    pages may be exclusive) stay within their ids (`page_table_dtype`), else int32."""
+    entries, most = sum(task_pages), max(task_pages)
+    return n_pool * page_bytes + entries * page_table_dtype(n_pool + most).itemsize
+
+
 def shared_pages_for_budget(l1_budget_bytes: int, page_bytes: int, task_pages: list[int]) -> int:
-    """Pool pages of `page_bytes` each that fit in a level-1 budget next to the page tables of
-    tasks of `task_pages` pages each: uint16 tables while the pool and the largest task (all
-    of whose pages may be exclusive) stay within their ids (`page_table_dtype`), else int32."""
+    """The most pool pages of `page_bytes` each whose `level1_bytes` fit in a level-1 budget."""
     entries, most = sum(task_pages), max(task_pages)
     uint16_pages = min((l1_budget_bytes - 2 * entries) // page_bytes, PAGE_TABLE_IDS_UINT16 - most)
     pages = max(uint16_pages, (l1_budget_bytes - 4 * entries) // page_bytes)
