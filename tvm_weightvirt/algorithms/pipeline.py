@@ -321,22 +321,22 @@ def _retrain(tasks, layouts, plan, fishers, anchors, costs, config) -> _Trained:
 def _pool_pages(tasks, layouts, config) -> int:
     """The pool size: configured, from the level-1 budget, or the largest task's pages (NWV);
     without separation, a pool too small for the largest task needs sharing within tasks."""
-    largest = max(layout.n_pages for layout in layouts)
-    sep = config.separation
     task_pages = [layout.n_pages for layout in layouts]
+    largest, each = max(task_pages), page_bytes(config)
+    sep = config.separation
+    l1_budget = sep.l1_budget_bytes if sep is not None else None
     if config.pool_pages is not None:
         n_pool = config.pool_pages
-        budget = sep.l1_budget_bytes if sep is not None else None
-        needed = level1_bytes(n_pool, page_bytes(config), task_pages)
-        if budget is not None and needed > budget:
-            fits = shared_pages_for_budget(budget, page_bytes(config), task_pages)
+        needed = level1_bytes(n_pool, each, task_pages)
+        if l1_budget is not None and needed > l1_budget:
             raise ValueError(
                 f"a pool of {n_pool} pages needs {needed} B of level 1 with the page tables, "
-                f"over its budget of {budget} B: at most {fits} pool pages fit (or give only "
-                f"the pool size or only the level-1 budget)"
+                f"over its budget of {l1_budget} B: at most "
+                f"{shared_pages_for_budget(l1_budget, each, task_pages)} pool pages fit (or "
+                f"give only the pool size or only the level-1 budget)"
             )
-    elif sep is not None and sep.l1_budget_bytes is not None:
-        n_pool = shared_pages_for_budget(sep.l1_budget_bytes, page_bytes(config), task_pages)
+    elif l1_budget is not None:
+        n_pool = shared_pages_for_budget(l1_budget, each, task_pages)
     else:
         n_pool = largest
     if n_pool <= 0:
@@ -351,7 +351,7 @@ def _pool_pages(tasks, layouts, config) -> int:
         check_forced_pages_fit(
             task_pages,
             None if config.share_within_task else n_pool,
-            page_bytes(config),
+            each,
             sep.l2_budget_bytes,
             [t.name for t in tasks],
         )
