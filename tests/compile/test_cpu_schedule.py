@@ -124,3 +124,20 @@ def test_a_kernel_with_symbolic_shapes_keeps_tvms_default():
     np.testing.assert_array_equal(
         vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy(), x @ w
     )
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "efficientnet_mbconv"])
+def test_epilogues_the_rule_cannot_inline_keep_tvms_default(arch):
+    """Hardswish and SiLU (sigmoid x x) epilogues of a squeeze-excite block make
+    `reverse_compute_inline` fail inside TVM (an InternalError, not a ScheduleError): the
+    kernel keeps TVM's default schedule, and the build computes what torch does."""
+    import torch
+
+    from tvm_weightvirt.apps.architectures import architecture
+
+    model, shape = architecture(arch)
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = model(x).numpy()
+    out = StandaloneModel(wv.Task.from_torch(model, (x,), name=arch)).run(x.numpy())[0]
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())

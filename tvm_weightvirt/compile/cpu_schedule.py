@@ -25,27 +25,40 @@ each kernel's baseline.
 
 from __future__ import annotations
 
+import logging
+
 import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.target import Target
 from tvm.tirx import IndexMap
 
+log = logging.getLogger(__name__)
+
 MAX_ROWS = 4  # rows of outputs that share each weight vector load
 MAX_ACCUMULATORS = 12  # vector registers holding sums (16 on AVX2 / AVX-512 / NEON)
 
 
 class _CPURule(dl.ScheduleRule):
-    """A rule for llvm targets: `schedule` raises `_DoesNotApply` (or a schedule primitive
-    fails) where the kernel is not one it fits, and the kernel keeps TVM's default."""
+    """A rule for llvm targets: `schedule` raises `_DoesNotApply` where the kernel is not one
+    it fits, and the kernel keeps TVM's default. So it does where a schedule primitive fails,
+    however it fails (a `ScheduleError`, or an `InternalError` from a check inside TVM, as
+    `reverse_compute_inline` raises on some hardswish and SiLU epilogues), and where the
+    scheduled function is not well formed: a default schedule never breaks a build."""
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
         if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
             return None
         try:
-            return self.schedule(func, target)
-        except (s_tir.ScheduleError, _DoesNotApply):
+            sch = self.schedule(func, target)
+        except _DoesNotApply:
             return None
+        except (s_tir.ScheduleError, tvm.error.InternalError) as err:
+            log.debug("%s does not fit %s: %s", type(self).__name__, func.attrs, err)
+            return None
+        if not s_tir.analysis.verify_well_formed(sch.mod, assert_mode=False):
+            return None
+        return sch
 
     def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
         raise NotImplementedError
