@@ -71,12 +71,13 @@ def test_pack_inspect_run(tmp_path, onnx_files, capsys):
     plan = wv.load_wvpack(out).plan
     assert sorted(plan.tasks) == ["incep", "res"]
     assert plan.page_size == 64
-    # 978 and 275 weights on 1,066 and 341 16-aligned slots: ceil(1066/64) + ceil(341/64) pages
-    assert plan.n_pool_pages == 17 + 6
+    # 922 (batch norms folded) and 275 weights on 960 and 341 16-aligned slots:
+    # ceil(960/64) + ceil(341/64) pages
+    assert plan.n_pool_pages == 15 + 6
     assert main(["inspect", str(out)]) == 0
     inspected = capsys.readouterr().out
-    assert "pool 23 pages (5888 B)" in inspected  # 23 x 64 x 4 B
-    assert "page tables 46 B (uint16)" in inspected  # 23 entries of 2 B
+    assert "pool 21 pages (5376 B)" in inspected  # 21 x 64 x 4 B
+    assert "page tables 42 B (uint16)" in inspected  # 21 entries of 2 B
     assert main(["run", str(out), "--tasks", "res,incep,res", "--mode", "fused"]) == 0
     printed = capsys.readouterr().out
     assert printed.count("res: outputs [(2, 10)]") == 2 and "incep: outputs [(1, 5)]" in printed

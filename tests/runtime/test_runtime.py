@@ -41,8 +41,8 @@ def test_switches_never_serve_the_previous_tasks_weights(setup, mode):
     assert runtime.counters.requests == len(sequence)
     assert runtime.counters.switches == 6  # a b a b (b) m a
     if mode == "materialize":
-        # each switch gathers exactly the task's pages: 5 switches to a or b (8 pages), 1 to m (22)
-        assert runtime.counters.bytes_gathered == (5 * 8 + 22) * 100 * 4
+        # each switch gathers exactly the task's pages: 5 switches to a or b (7 pages), 1 to m (22)
+        assert runtime.counters.bytes_gathered == (5 * 7 + 22) * 100 * 4
     else:
         assert runtime.counters.bytes_gathered == 0
 
@@ -100,7 +100,7 @@ def test_resident_bytes(setup):
     materialize = MultitaskRuntime(plan, libraries["materialize"])
     fused = MultitaskRuntime(plan, libraries["fused"])
     pool = plan.n_pool_pages * 100 * 4
-    tables = (8 + 8 + 22) * 2  # uint16 page tables (every id fits)
+    tables = (7 + 7 + 22) * 2  # uint16 page tables (every id fits)
     assert fused.resident_bytes == pool + tables
     assert materialize.resident_bytes == pool + tables + 22 * 100 * 4  # buffer: largest task
 
@@ -213,7 +213,7 @@ def test_library_and_plan_that_do_not_belong_together(setup):
     bigger = wv.PagePlan(100, np.zeros((plan.n_pool_pages + 1, 100), np.float32), plan.tasks)
     with pytest.raises(
         ValueError,
-        match=r"task 'a': library expects 8 pages of a \(38, 100\) pool, plan has 8 of \(39, 100\)",
+        match=r"task 'a': library expects 7 pages of a \(36, 100\) pool, plan has 7 of \(37, 100\)",
     ):
         MultitaskRuntime(bigger, libraries["fused"])
     model, x = examples.torch_model("cnn1d", 0)

@@ -15,6 +15,7 @@ from tvm import relax
 from ..passes import ConvWeightsOutputChannelsLast, LiftWeightConstants, WeightsInKernelLayout
 from ..passes.weights_in_kernel_layout import kernel_layout_axes, permute_weights
 from ..plan import TASK_NAME
+from .batch_norm_folding import fold_batch_norms
 
 
 class IntakeError(ValueError):
@@ -86,28 +87,18 @@ class Task:
     @staticmethod
     def from_relax(mod: tvm.IRModule, name: str) -> Task:
         """From a Relax module whose `main` has `num_input` and may carry bound weight constants
-        and a `"params"` attribute (as the frontends produce)."""
-        check_task_name(name)
-        if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
-            raise IntakeError(f"task '{name}': the Relax module has no function 'main'")
-        mod = tvm.transform.Sequential([relax.transform.FoldConstant(), LiftWeightConstants()])(mod)
-        mod, params = relax.frontend.detach_params(mod)
-        func = mod["main"]
-        if func.attrs is None or "num_input" not in func.attrs:
-            func = func.with_attr("num_input", len(func.params) - len(params.get("main", [])))
-            mod["main"] = func
-        n_in = int(func.attrs["num_input"])
-        values = params.get("main", [])
-        names = [p.name for p in func.params[n_in:]]
-        weights = {n: v.numpy() for n, v in zip(names, values)}
-        return Task(name, mod, weights)
+        and a `"params"` attribute (as the frontends produce). Inference batch norms are folded
+        (`fold_batch_norms`): running statistics never become weights."""
+        mod, weights = _lifted_weights(mod, name)
+        return _folded_task(name, mod, weights)
 
     @staticmethod
     def from_torch(model, example_inputs: tuple, name: str) -> Task:
         """From a `torch.nn.Module` via `torch.export` (eval mode; shapes of `example_inputs`).
 
-        Weights are named as in `model.state_dict()` (`conv1.weight`); batch-norm running
-        statistics, which the exporter binds as constants, are named after their op.
+        Weights are named as in `model.state_dict()` (`conv1.weight`); batch norms are folded
+        into the convolution before them (their weights gone) or into a per-channel
+        `x * bn.weight + bn.bias` (`fold_batch_norms`), so running statistics are no weights.
         """
         import torch
 
@@ -190,18 +181,38 @@ class Task:
             mod = from_onnx(model, shape_dict=shape_dict)
         except Exception as err:
             raise IntakeError(f"task '{name}': cannot import the ONNX model: {err}") from err
-        task = Task.from_relax(mod, name)
+        mod, weights = _lifted_weights(mod, name)
         initializer_names: dict[tuple, list[str]] = {}
         for init in model.graph.initializer:
             array = onnx.numpy_helper.to_array(init)
             initializer_names.setdefault(_value_key(array), []).append(init.name)
         renamed = {}
-        for n, w in task.weights.items():
+        for n, w in weights.items():
             candidates = initializer_names.get(_value_key(w), [])
             renamed[candidates.pop(0) if candidates else n] = w
-        if len(renamed) == len(task.weights):
-            task.weights = renamed
-        return task
+        return _folded_task(name, mod, renamed if len(renamed) == len(weights) else weights)
+
+
+def _lifted_weights(mod: tvm.IRModule, name: str) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
+    """`mod` with every weight a parameter of `main` (`LiftWeightConstants`), and the weights by
+    parameter name, in parameter order."""
+    check_task_name(name)
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise IntakeError(f"task '{name}': the Relax module has no function 'main'")
+    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), LiftWeightConstants()])(mod)
+    mod, params = relax.frontend.detach_params(mod)
+    func = mod["main"]
+    if func.attrs is None or "num_input" not in func.attrs:
+        func = func.with_attr("num_input", len(func.params) - len(params.get("main", [])))
+        mod["main"] = func
+    n_in = int(func.attrs["num_input"])
+    names = [p.name for p in func.params[n_in:]]
+    return mod, {n: v.numpy() for n, v in zip(names, params.get("main", []))}
+
+
+def _folded_task(name: str, mod: tvm.IRModule, weights: dict[str, np.ndarray]) -> Task:
+    mod["main"], weights = fold_batch_norms(mod["main"], weights)
+    return Task(name, mod, weights)
 
 
 @contextmanager
