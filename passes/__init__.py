@@ -6,6 +6,7 @@ from .exclusive_page_loader import ExclusivePageLoader
 from .lift_weight_constants import LiftWeightConstants
 from .lift_weight_transforms import LiftWeightTransforms
 from .merge_tasks import MergeTasks
+from .normalize_take_indices import NormalizeTakeIndices
 from .read_weights_through_pages import ReadWeightsThroughPages
 from .virtualize_weights import VirtualizeWeights
 from .weights_in_kernel_layout import WeightsInKernelLayout
@@ -17,6 +18,7 @@ __all__ = [
     "LiftWeightConstants",
     "LiftWeightTransforms",
     "MergeTasks",
+    "NormalizeTakeIndices",
     "ReadWeightsThroughPages",
     "VirtualizeWeights",
     "WeightsInKernelLayout",

@@ -1,6 +1,7 @@
 """The passes' IR rules, one Before/Expected TVMScript test per rule and one "left unchanged"
 test per pass: VirtualizeWeights' gather, MergeTasks' renaming and kernel dedup,
-LiftWeightConstants' choice of weights, LiftWeightTransforms' split,
+LiftWeightConstants' choice of weights, LiftWeightTransforms' split, NormalizeTakeIndices'
+non-negative indices,
 ConvWeightsOutputChannelsLast's and WeightsInKernelLayout's weight layouts, AddPageGather's
 (plain and coded) and ExclusivePageLoader's gather kernels, ReadWeightsThroughPages' paged
 weight reads."""
@@ -21,10 +22,12 @@ from tvm_weightvirt.passes import (
     LiftWeightConstants,
     LiftWeightTransforms,
     MergeTasks,
+    NormalizeTakeIndices,
     ReadWeightsThroughPages,
     VirtualizeWeights,
     WeightsInKernelLayout,
 )
+from tvm_weightvirt.passes.normalize_take_indices import TakeIndexError
 from tvm_weightvirt.passes.read_weights_through_pages import reads_per_element, row_split
 from tvm_weightvirt.passes.weights_in_kernel_layout import kernel_layout_axes, permute_weights
 
@@ -983,3 +986,50 @@ def test_reads_per_element_counts_how_often_a_kernel_reads_each_weight_element()
     assert reads_per_element(PagedBefore["dense"], 1) == 1.0
     assert reads_per_element(_broadcast_scale, 1) == 4.0
     assert reads_per_element(_broadcast_scale, 0) == 1.0
+
+
+# **** NormalizeTakeIndices ****
+
+
+@I.ir_module
+class TakeBefore:
+    @R.function
+    def main(x: R.Tensor((2, 4, 8), "float32"), ids: R.Tensor((3,), "int64")):
+        with R.dataflow():
+            last = R.take(x, R.const(-1, "int64"), axis=2, mode="fast")
+            picked = R.take(x, R.const(np.array([0, -4], "int64")), axis=1, mode="fast")
+            looked_up = R.take(x, ids, axis=2, mode="fast")
+            R.output(last, picked, looked_up)
+        return (last, picked, looked_up)
+
+
+@I.ir_module
+class TakeExpected:
+    @R.function
+    def main(x: R.Tensor((2, 4, 8), "float32"), ids: R.Tensor((3,), "int64")):
+        with R.dataflow():
+            last = R.take(x, R.const(7, "int64"), axis=2, mode="fast")
+            picked = R.take(x, R.const(np.array([0, 0], "int64")), axis=1, mode="fast")
+            looked_up = R.take(x, ids, axis=2, mode="wrap")
+            R.output(last, picked, looked_up)
+        return (last, picked, looked_up)
+
+
+def test_normalize_take_indices():
+    tvm.ir.assert_structural_equal(NormalizeTakeIndices()(TakeBefore), TakeExpected)
+
+
+def test_normalize_take_indices_leaves_non_negative_constants_and_checked_modes():
+    tvm.ir.assert_structural_equal(NormalizeTakeIndices()(TakeExpected), TakeExpected)
+
+
+def test_a_constant_index_outside_its_axis_is_refused():
+    @I.ir_module
+    class OutOfRange:
+        @R.function
+        def main(x: R.Tensor((2, 4), "float32")):
+            y = R.take(x, R.const(-5, "int64"), axis=1)
+            return y
+
+    with pytest.raises(TakeIndexError, match=r"take of axis 1 \(size 4\) at constant indices \[-5\]"):
+        NormalizeTakeIndices()(OutOfRange)

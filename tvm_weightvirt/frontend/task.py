@@ -12,7 +12,13 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from ..passes import ConvWeightsOutputChannelsLast, LiftWeightConstants, WeightsInKernelLayout
+from ..passes import (
+    ConvWeightsOutputChannelsLast,
+    LiftWeightConstants,
+    NormalizeTakeIndices,
+    WeightsInKernelLayout,
+)
+from ..passes.normalize_take_indices import TakeIndexError
 from ..passes.weights_in_kernel_layout import kernel_layout_axes, permute_weights
 from ..plan import TASK_NAME
 from .batch_norm_folding import fold_batch_norms
@@ -156,6 +162,8 @@ class Task:
         import onnx
         from tvm.relax.frontend.onnx import from_onnx
 
+        from .onnx_converters import converters
+
         check_task_name(name)
         if isinstance(model, (str, os.PathLike)):
             path = os.fspath(model)
@@ -178,7 +186,8 @@ class Task:
         if shape_dict is None:
             shape_dict = _static_batch(model)
         try:
-            mod = from_onnx(model, shape_dict=shape_dict)
+            with converters():
+                mod = from_onnx(model, shape_dict=shape_dict)
         except Exception as err:
             raise IntakeError(f"task '{name}': cannot import the ONNX model: {err}") from err
         mod, weights = _lifted_weights(mod, name)
@@ -199,7 +208,11 @@ def _lifted_weights(mod: tvm.IRModule, name: str) -> tuple[tvm.IRModule, dict[st
     check_task_name(name)
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
         raise IntakeError(f"task '{name}': the Relax module has no function 'main'")
-    mod = tvm.transform.Sequential([relax.transform.FoldConstant(), LiftWeightConstants()])(mod)
+    passes = [relax.transform.FoldConstant(), NormalizeTakeIndices(), LiftWeightConstants()]
+    try:
+        mod = tvm.transform.Sequential(passes)(mod)
+    except TakeIndexError as err:
+        raise IntakeError(f"task '{name}': {err}") from None
     mod, params = relax.frontend.detach_params(mod)
     func = mod["main"]
     if func.attrs is None or "num_input" not in func.attrs:

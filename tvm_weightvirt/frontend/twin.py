@@ -61,6 +61,28 @@ def _torch_pad(before: list[int], after: list[int]) -> list[int]:
     return [p for b, a in zip(before[::-1], after[::-1]) for p in (b, a)]
 
 
+def _conv_transpose(dims: int):
+    conv = {1: F.conv_transpose1d, 2: F.conv_transpose2d}[dims]
+
+    def run(x, w, attrs):
+        out = conv(
+            x,
+            w,
+            None,
+            _ints(attrs.strides),
+            0,
+            _ints(attrs.output_padding),
+            int(attrs.groups),
+            _ints(attrs.dilation),
+        )
+        # Relax pads before and after per axis: crop the full output (torch pads symmetrically)
+        before, after = _split_padding(attrs.padding, dims)
+        crop = [slice(b, out.shape[2 + i] - a) for i, (b, a) in enumerate(zip(before, after))]
+        return _cast(out[(slice(None), slice(None), *crop)], attrs.out_dtype)
+
+    return run
+
+
 def _pool(kind: str, dims: int):
     max_pool = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[dims]
     avg_pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[dims]
@@ -161,6 +183,18 @@ def _strided_slice(x, axes, begin, end, *strides_and_attrs):
     return x
 
 
+def _take(x, indices, attrs):
+    """Relax's take: `x`'s slices along `axis` at `indices` (any shape; a scalar drops the axis),
+    negative indices from the end ("wrap" mode, `NormalizeTakeIndices`)."""
+    if attrs.axis is None:
+        x, axis = x.reshape(-1), 0
+    else:
+        axis = int(attrs.axis) % x.dim()
+    index = torch.as_tensor(indices, dtype=torch.long) % x.shape[axis]
+    out = x.index_select(axis, index.reshape(-1))
+    return out.reshape(*x.shape[:axis], *index.shape, *x.shape[axis + 1 :])
+
+
 def _split(x, attrs):
     # an int: that many equal sections; else the indices to split before (numpy.split's rule)
     sections = attrs.indices_or_sections
@@ -194,6 +228,8 @@ OPS: dict[str, Callable[..., Value]] = {
     "relax.nn.conv1d": _conv(1),
     "relax.nn.conv2d": _conv(2),
     "relax.nn.conv3d": _conv(3),
+    "relax.nn.conv1d_transpose": _conv_transpose(1),
+    "relax.nn.conv2d_transpose": _conv_transpose(2),
     "relax.nn.max_pool1d": _pool("max", 1),
     "relax.nn.max_pool2d": _pool("max", 2),
     "relax.nn.max_pool3d": _pool("max", 3),
@@ -215,13 +251,21 @@ OPS: dict[str, Callable[..., Value]] = {
     "relax.power": lambda a, b, attrs: torch.pow(a, b),
     "relax.maximum": lambda a, b, attrs: torch.maximum(a, b),
     "relax.minimum": lambda a, b, attrs: torch.minimum(a, b),
-    "relax.greater": lambda a, b, attrs: a > b,
-    "relax.less": lambda a, b, attrs: a < b,
+    "relax.greater": lambda a, b, attrs: torch.as_tensor(a) > b,
+    "relax.less": lambda a, b, attrs: torch.as_tensor(a) < b,
+    "relax.greater_equal": lambda a, b, attrs: torch.as_tensor(a) >= b,
+    "relax.less_equal": lambda a, b, attrs: torch.as_tensor(a) <= b,
+    "relax.equal": lambda a, b, attrs: torch.as_tensor(a) == b,
+    "relax.not_equal": lambda a, b, attrs: torch.as_tensor(a) != b,
+    "relax.logical_not": lambda x, attrs: torch.logical_not(x),
+    "relax.logical_and": lambda a, b, attrs: torch.logical_and(a, b),
+    "relax.logical_or": lambda a, b, attrs: torch.logical_or(a, b),
     "relax.where": lambda cond, a, b, attrs: torch.where(cond, a, b),
     "relax.clip": lambda x, low, high, attrs: torch.clamp(x, low, high),
     "relax.nn.relu": lambda x, attrs: F.relu(x),
     "relax.nn.leakyrelu": lambda x, attrs: F.leaky_relu(x, float(attrs.alpha)),
     "relax.nn.gelu": lambda x, attrs: F.gelu(x),
+    "relax.erf": lambda x, attrs: torch.erf(x),
     "relax.nn.gelu_tanh": lambda x, attrs: F.gelu(x, approximate="tanh"),
     "relax.nn.silu": lambda x, attrs: F.silu(x),
     "relax.sigmoid": lambda x, attrs: torch.sigmoid(x),
@@ -249,6 +293,7 @@ OPS: dict[str, Callable[..., Value]] = {
     "relax.expand_dims": _expand_dims,
     "relax.strided_slice": _strided_slice,
     "relax.split": _split,
+    "relax.take": _take,
     "relax.concat": lambda xs, attrs: torch.cat(list(xs), int(attrs.axis)),
     "relax.stack": lambda xs, attrs: torch.stack(list(xs), int(attrs.axis)),
 }
@@ -287,6 +332,16 @@ def _layout_check(dims: int, kernel: bool = False) -> Callable[[relax.Call], lis
     return lambda call: _layout_problems(call.attrs, dims, kernel)
 
 
+def _transpose_layout_check(dims: int) -> Callable[[relax.Call], list[str]]:
+    data, weight = _LAYOUT[dims]
+    weight = "IO" + weight[2:]  # torch's transposed weights: (in, out / groups, ...)
+    return lambda call: [
+        f"{name}={getattr(call.attrs, name)}"
+        for name, want in [("data_layout", data), ("kernel_layout", weight), ("out_layout", data)]
+        if str(getattr(call.attrs, name)) not in (want, "")
+    ]
+
+
 def _avg_pool_check(dims: int) -> Callable[[relax.Call], list[str]]:
     return lambda call: _avg_pool_problems(call.attrs, dims)
 
@@ -294,6 +349,7 @@ def _avg_pool_check(dims: int) -> Callable[[relax.Call], list[str]]:
 # Relax op -> the attribute values of a call that its torch op cannot honour ("name=value").
 ATTR_CHECKS: dict[str, Callable[[relax.Call], list[str]]] = {
     **{f"relax.nn.conv{d}d": _layout_check(d, kernel=True) for d in (1, 2, 3)},
+    **{f"relax.nn.conv{d}d_transpose": _transpose_layout_check(d) for d in (1, 2)},
     **{f"relax.nn.max_pool{d}d": _layout_check(d) for d in (1, 2, 3)},
     **{f"relax.nn.avg_pool{d}d": _avg_pool_check(d) for d in (1, 2, 3)},
     **{f"relax.nn.adaptive_avg_pool{d}d": _layout_check(d) for d in (1, 2, 3)},
