@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 
 
+@tvm_ffi.register_error  # raised inside the visitor, it reaches the caller as itself
 class TakeIndexError(ValueError):
     """A constant index of a `take` lies outside its axis."""
 
