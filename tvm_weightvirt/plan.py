@@ -212,6 +212,29 @@ class PagePlan:
                 )
         return out
 
+    def non_finite(self) -> list[str]:
+        """Every task whose weights hold NaN or inf, naming the weights, and every pool page
+        that does, one line each: what a pack must never store (a NaN weight is a NaN output)."""
+        bad_pool = ~np.isfinite(self.pool).all(axis=1)
+        out = []
+        for name, t in self.tasks.items():
+            if not (
+                bad_pool[t.page_table[t.page_table < self.n_pool_pages]].any()
+                or not np.isfinite(t.exclusive_pages).all()
+            ):
+                continue
+            bad = [w for w, v in self.read(name).items() if not np.isfinite(v).all()]
+            if bad:
+                shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                out.append(f"task '{name}': weights {shown} hold NaN or inf")
+        if bad_pool.any():
+            ids = np.flatnonzero(bad_pool)
+            out.append(
+                f"pool pages {ids[:8].tolist()}{' ...' if len(ids) > 8 else ''} "
+                f"({len(ids)} of {self.n_pool_pages}) hold NaN or inf"
+            )
+        return out
+
     def _coded_exclusive_problems(self, where: str, t: TaskPages) -> list[str]:
         """A coded plan's exclusive pages are coded, in the pool's format, and decode to
         `exclusive_pages`; a float plan's are not coded."""

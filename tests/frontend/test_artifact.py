@@ -92,6 +92,43 @@ def test_failed_write_leaves_the_old_file(pack, tasks, monkeypatch):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
 
 
+def _nan_in_first_weight(plan, name):
+    """`plan` with the first weight of task `name` NaN at its first element (its first page's
+    first slot: the layout starts there)."""
+    pool = plan.pool.copy()
+    pool[plan.task(name).page_table[0], 0] = np.nan
+    return wv.PagePlan(plan.page_size, pool, plan.tasks), plan.task(name).layout.names[0]
+
+
+def test_a_plan_or_report_holding_nan_is_refused_and_nothing_is_written(tmp_path, tasks):
+    plan = wv.PagePlan.lossless(tasks, page_size=100)
+    bad_plan, weight = _nan_in_first_weight(plan, "mlp")
+    path = tmp_path / "nan.wvpack"
+    page = int(plan.task("mlp").page_table[0])
+    message = rf"task 'mlp': weights {weight} hold NaN or inf; pool pages \[{page}\] \(1 of"
+    with pytest.raises(wv.ArtifactError, match=message):
+        wv.save_wvpack(path, bad_plan, tasks)
+    report = {"tasks": {"mlp": {"acc_packed": float("nan"), "pages": 3}}, "ratio": float("inf")}
+    with pytest.raises(wv.ArtifactError, match="report tasks.mlp.acc_packed is nan; report ratio"):
+        wv.save_wvpack(path, plan, tasks, report)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_pack_holding_nan_does_not_load_and_inspect_exits_2(tmp_path, tasks, monkeypatch, capsys):
+    from tvm_weightvirt.apps.cli import main
+
+    bad_plan, weight = _nan_in_first_weight(wv.PagePlan.lossless(tasks, page_size=100), "mlp")
+    path = tmp_path / "nan.wvpack"
+    with monkeypatch.context() as patch:  # as a writer without the check would have written it
+        patch.setattr(wv.PagePlan, "non_finite", lambda self: [])
+        wv.save_wvpack(path, bad_plan)
+    with pytest.raises(wv.ArtifactError, match=f"task 'mlp': weights {weight} hold NaN or inf"):
+        wv.load_wvpack(path)
+    assert main(["inspect", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "hold NaN or inf" in err, err
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(wv.ArtifactError, match="no such file"):
         wv.load_wvpack(tmp_path / "nope.wvpack")

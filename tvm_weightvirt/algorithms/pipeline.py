@@ -157,7 +157,7 @@ def _pack(tasks: list[PackTask], config: PackConfig, resume: PagePlan | None) ->
     # byte rules' refinement packs again with the level-2 bytes moved toward the tasks whose
     # packed model lost most (`_Trained.refinement_losses`), and keeps the pack that lost least.
     if resume is not None:
-        costs = {t.name: float("nan") for t in tasks}
+        costs = {t.name: None for t in tasks}  # the resumed plan was matched elsewhere
         anchors = [resume.pages(t.name) for t in tasks]
         return _retrain(tasks, layouts, resume, fishers, anchors, costs, config).result(config)
     weights, whole = [1.0] * len(tasks), []
@@ -217,7 +217,7 @@ class _Trained:
     plan: PagePlan
     memory: np.ndarray  # the plan's pool and exclusive pages as weights, stacked
     before: dict[str, float]  # test metric after matching, before retraining
-    costs: dict[str, float]
+    costs: dict[str, float | None]
     log: list[dict]
 
     @property
@@ -248,6 +248,13 @@ class _Trained:
         return losses
 
     def result(self, config: PackConfig, refinement: list[dict] | None = None) -> PackResult:
+        non_finite = self.plan.non_finite()
+        if non_finite:  # its metrics would be argmaxes of NaN: no result to report
+            raise ValueError(
+                "packing produced weights that are NaN or inf: "
+                + "; ".join(non_finite)
+                + " (matching or retraining diverged; nothing was kept)"
+            )
         report = _report(
             self.tasks,
             self.pool_tasks,

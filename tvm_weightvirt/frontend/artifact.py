@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import secrets
 from collections.abc import Sequence
@@ -50,7 +51,11 @@ def save_wvpack(
 ) -> int:
     """Write `plan` (and the Relax graphs of `tasks`, so the pack can be rebuilt, and the
     packing `report`) to `path` atomically (a write killed midway leaves the old file, and
-    a `.<name>.*.tmp` beside it); returns the file size in bytes."""
+    a `.<name>.*.tmp` beside it); returns the file size in bytes. A plan or report holding NaN
+    or inf is refused before anything is written."""
+    non_finite = plan.non_finite() + [f"report {key} is {v}" for key, v in _non_finite(report)]
+    if non_finite:
+        raise ArtifactError(f"'{os.fspath(path)}' not written: " + "; ".join(non_finite))
     if plan.coded is None:
         tensors: dict[str, np.ndarray] = {"pool": plan.pool}
     else:  # SmartDeal pages: what is stored is packed codes and bases, the pool their decoding
@@ -210,12 +215,30 @@ def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
             plan = PagePlan.from_coded(page_size, coded, task_pages)
     except ValueError as err:
         raise ArtifactError(f"{where}: {err}") from err
+    non_finite = plan.non_finite() + [
+        f"report {key} is {v}" for key, v in _non_finite(manifest.get("report"))
+    ]
+    if non_finite:
+        raise ArtifactError(f"{where}: " + "; ".join(non_finite))
     # Step 4. The task graphs, whose weights are read back through the plan.
     tasks = []
     for name in plan.tasks if graphs else ():
         if f"graph.{name}" in tensors:
             tasks.append(_task_from_graph(where, name, tensors[f"graph.{name}"], plan))
     return WvPack(plan, tasks, manifest.get("report"))
+
+
+def _non_finite(value, key: str = "") -> list[tuple[str, float]]:
+    """The NaN and inf numbers in a JSON-like `value`, with their keys (`tasks.mnist.accuracy`)."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [(key, value)]
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        return []
+    return [bad for k, v in items for bad in _non_finite(v, f"{key}.{k}" if key else str(k))]
 
 
 def _task_from_graph(where: str, name: str, graph: np.ndarray, plan: PagePlan):
