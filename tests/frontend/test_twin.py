@@ -39,6 +39,32 @@ def test_twin_of_a_torch_model_matches_torch(kind):
         np.testing.assert_allclose(twin(x).numpy(), model(x).numpy(), atol=1e-5, rtol=0)
 
 
+class _FoldsItsBatch(torch.nn.Module):
+    """A batch folded into a reshape (an RNN's time steps), a parameter broadcast to the batch
+    (a ViT's cls token) and a -1 index: traced at one batch size, all three are constants."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = torch.nn.Linear(8, 4)
+        self.cls = torch.nn.Parameter(torch.randn(1, 1, 4))
+
+    def forward(self, x):
+        y = self.fc(x.reshape(-1, 8)).reshape(x.shape[0], 20, 4)
+        return torch.cat([self.cls.expand(x.shape[0], 1, 4), y], 1)[:, -1] * 2 + y[:, 0]
+
+
+@pytest.mark.parametrize("traced, batch", [(1, 3), (2, 5), (2, 2)])
+def test_twin_runs_any_batch_size_of_a_graph_that_folds_its_batch(traced, batch):
+    torch.manual_seed(0)
+    model = _FoldsItsBatch()
+    task = wv.Task.from_torch(model, (torch.randn(traced, 20, 8),), name="folds")
+    x = torch.randn(batch, 20, 8)
+    with torch.no_grad():
+        np.testing.assert_allclose(TorchTwin(task)(x).numpy(), model(x).numpy(), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match=r"task 'folds': inputs of shapes \[\(3, 20, 7\)\]"):
+        TorchTwin(task)(torch.randn(3, 20, 7))
+
+
 @pytest.mark.parametrize("kind", [*examples.TORCH_MODELS, "onnx resnet block"])
 def test_a_task_in_kernel_layout_is_the_same_function_with_the_same_gradients(kind):
     """Weights permuted into the layout the kernels read: the compiled outputs are bit for bit

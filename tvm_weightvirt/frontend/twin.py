@@ -152,18 +152,6 @@ def _dropout(x, attrs):
 # **** shapes, slices, tuples ****
 
 
-def _reshape(x, shape: list[int], attrs):
-    if x.numel() != int(np.prod(shape)):  # another batch size than the graph's: keep it
-        shape = [x.shape[0]] + shape[1:]
-    return x.reshape(shape)
-
-
-def _broadcast_to(x, shape: list[int], attrs):
-    if len(shape) == x.dim() and x.shape[0] not in (1, shape[0]):  # another batch size: keep it
-        shape = [x.shape[0]] + shape[1:]
-    return x.expand(shape)
-
-
 def _expand_dims(x, attrs):
     ndim = x.dim() + len(attrs.axis)  # axes index the output
     for axis in sorted(a % ndim for a in _ints(attrs.axis)):
@@ -282,8 +270,8 @@ OPS: dict[str, Callable[..., Value]] = {
     "relax.mean": lambda x, attrs: x.mean(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
     "relax.sum": lambda x, attrs: x.sum(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
     "relax.max": lambda x, attrs: x.amax(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
-    "relax.reshape": _reshape,
-    "relax.broadcast_to": _broadcast_to,
+    "relax.reshape": lambda x, shape, attrs: x.reshape(shape),
+    "relax.broadcast_to": lambda x, shape, attrs: x.expand(shape),
     "relax.permute_dims": lambda x, attrs: x.permute(
         list(range(x.dim()))[::-1] if attrs.axes is None else _ints(attrs.axes)
     ),
@@ -369,7 +357,7 @@ def missing_twin_ops(task: Task) -> list[str]:
 
 
 class TorchTwin(torch.nn.Module):
-    """`task.mod["main"]` run with torch ops, for any batch size (reshapes keep the batch axis).
+    """`task.mod["main"]` run with torch ops, for any batch size (`forward`).
     Parameters carry the task's weight names (a name with dots becomes nested submodules:
     `conv1.weight`), so `state_dict()` and `torch.func.functional_call` use the task's keys;
     `weight_names` keeps the task's (layout) order."""
@@ -381,7 +369,10 @@ class TorchTwin(torch.nn.Module):
             raise IntakeError(f"task '{task.name}': no torch twin for ops {unsupported}")
         func = task.mod["main"]
         _check_attrs(func, task.name)
-        self.func, self.n_inputs = func, task.num_inputs
+        self.func, self.n_inputs, self.task_name = func, task.num_inputs, task.name
+        self.input_shapes = [
+            tuple(int(d) for d in p.ty.shape.values) for p in func.params[: self.n_inputs]
+        ]
         self.weight_names = list(task.weights)
         for name, value in task.weights.items():
             *path, leaf = name.split(".")
@@ -393,6 +384,35 @@ class TorchTwin(torch.nn.Module):
             owner.register_parameter(leaf, torch.nn.Parameter(torch.from_numpy(np.array(value))))
 
     def forward(self, *inputs: torch.Tensor):
+        shapes = [tuple(x.shape) for x in inputs]
+        if shapes == self.input_shapes:
+            return self._graph(*inputs)
+        traced = {s[0] for s in self.input_shapes if s}
+        batch = {s[0] for s in shapes if s}
+        other_axes = [s[1:] for s in shapes] == [s[1:] for s in self.input_shapes]
+        if len(traced) != 1 or len(batch) != 1 or not other_axes or not all(shapes):
+            raise ValueError(
+                f"task '{self.task_name}': inputs of shapes {shapes}; the graph takes "
+                f"{self.input_shapes} (a batch size of its own on axis 0 of every input, the "
+                "other axes as they are)"
+            )
+        # Another batch size than the graph's (n): groups of n samples (the last padded with
+        # zeros), each through the graph as traced, vectorized by vmap. Exact for a graph
+        # whose samples do not mix, as inference graphs' do not, whatever its reshapes fold.
+        (b,), (n,) = batch, traced
+        groups = -(-b // n)
+        grouped = [
+            F.pad(x, (0, 0) * (x.dim() - 1) + (0, groups * n - b)).reshape(groups, n, *x.shape[1:])
+            for x in inputs
+        ]
+        out = torch.func.vmap(self._graph)(*grouped)
+
+        def ungrouped(y: torch.Tensor) -> torch.Tensor:
+            return y.reshape(groups * n, *y.shape[2:])[:b]
+
+        return tuple(map(ungrouped, out)) if isinstance(out, tuple) else ungrouped(out)
+
+    def _graph(self, *inputs: torch.Tensor):
         params = dict(self.named_parameters())
         env = dict(zip(self.func.params[: self.n_inputs], inputs))
         env.update(zip(self.func.params[self.n_inputs :], (params[n] for n in self.weight_names)))

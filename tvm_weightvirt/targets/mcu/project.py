@@ -95,9 +95,9 @@ def generate_project(
         kernels = ReadWeightsThroughPages(plan.page_size, reads.n_page_elems, uses)(kernels)
     # Step 2. The kernels' C.
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
-        kernel_source = tvm.tirx.build(
-            kernels, target=tvm.target.Target({"kind": "c"})
-        ).inspect_source()
+        kernel_source = _c_float_literals(
+            tvm.tirx.build(kernels, target=tvm.target.Target({"kind": "c"})).inspect_source()
+        )
     manifest = _manifest(
         target, plan, names, executors, packed, _workspace_bytes(kernel_source), reads, pool_in
     )
@@ -244,6 +244,14 @@ def _misfits(manifest: dict, target: McuTarget) -> list[str]:
             code = " before code" if memory == "flash" else ""
             out.append(f"{memory.upper()} needs {total} B{code} ({detail}) > {budget} B")
     return out
+
+
+def _c_float_literals(kernel_source: str) -> str:
+    """TVM's C codegen prints an infinite or NaN float32 constant as `inff` / `nanf` (max
+    pooling starts from `-inff`), which no C compiler knows: math.h's `INFINITY` / `NAN`."""
+    return re.sub(
+        r"\b(inf|nan)f\b", lambda m: "INFINITY" if m[1] == "inf" else "NAN", kernel_source
+    )
 
 
 def _workspace_bytes(kernel_source: str) -> int:
