@@ -83,5 +83,6 @@ def test_a_batch_norm_after_a_shared_conv_output_becomes_an_affine():
     assert set(task.weights) == {"conv.weight", "conv.bias", "bn.weight", "bn.bias"}
     with torch.no_grad():
         expected = model(x).numpy()
-    np.testing.assert_allclose(StandaloneModel(task).run(x.numpy())[0], expected, rtol=1e-5, atol=1e-5)
-
+    np.testing.assert_allclose(
+        StandaloneModel(task).run(x.numpy())[0], expected, rtol=1e-5, atol=1e-5
+    )

@@ -149,7 +149,9 @@ class ResNet8(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
         self.stem = _conv_bn(3, 8, 3, act=nn.ReLU)
-        self.stages = nn.Sequential(_BasicBlock(8, 8, 1), _BasicBlock(8, 16, 2), _BasicBlock(16, 16, 2))
+        self.stages = nn.Sequential(
+            _BasicBlock(8, 8, 1), _BasicBlock(8, 16, 2), _BasicBlock(16, 16, 2)
+        )
         self.head = nn.Linear(16, classes)
 
     def forward(self, x):
@@ -161,7 +163,9 @@ class DSCNN(nn.Module):
 
     def __init__(self, classes: int = 12) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 32, (10, 4), (2, 2), (5, 1)), nn.BatchNorm2d(32), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, 32, (10, 4), (2, 2), (5, 1)), nn.BatchNorm2d(32), nn.ReLU()
+        )
         self.blocks = nn.Sequential(
             *(
                 nn.Sequential(
@@ -179,7 +183,9 @@ class DSCNN(nn.Module):
 class Autoencoder(nn.Module):
     def __init__(self, features: int = 64) -> None:
         super().__init__()
-        self.encode = nn.Sequential(nn.Linear(features, 48), nn.ReLU(), nn.Linear(48, 16), nn.ReLU())
+        self.encode = nn.Sequential(
+            nn.Linear(features, 48), nn.ReLU(), nn.Linear(48, 16), nn.ReLU()
+        )
         self.decode = nn.Sequential(nn.Linear(16, 48), nn.ReLU(), nn.Linear(48, features))
 
     def forward(self, x):

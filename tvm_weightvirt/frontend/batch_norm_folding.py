@@ -36,13 +36,15 @@ def fold_batch_norms(
     if not folder.folded:
         return func, weights
     weight_params = [folder.replaced.get(p, p) for p in func.params[n_in:]]
-    folded = relax.Function(list(func.params[:n_in]) + weight_params, body, func.ret_ty,
-                            func.is_pure, func.attrs)
+    folded = relax.Function(
+        list(func.params[:n_in]) + weight_params, body, func.ret_ty, func.is_pure, func.attrs
+    )
     folded = relax.analysis.remove_all_unused(folded)
     used = set(relax.analysis.free_vars(folded.body))
     kept = [p for p in weight_params if p in used]
-    folded = relax.Function(list(func.params[:n_in]) + kept, folded.body, func.ret_ty,
-                            func.is_pure, func.attrs)
+    folded = relax.Function(
+        list(func.params[:n_in]) + kept, folded.body, func.ret_ty, func.is_pure, func.attrs
+    )
     names = {folder.replaced.get(p, p): name for p, name in params.items()}
     return folded, {names[p]: folder.values[names[p]] for p in kept}
 
@@ -153,4 +155,6 @@ class _Folder(relax.PyExprMutator):
 
 
 def _is_op(value, name: str) -> bool:
-    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+    return (
+        isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.name == name
+    )

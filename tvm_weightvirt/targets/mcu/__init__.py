@@ -8,6 +8,7 @@ task's kernel calls and arena) <- project (the files) <- toolchain (make, run, m
 from .boards import INSTRUCTIONS_PER_TICK, TARGETS, McuTarget
 from .project import generate_project, is_project, load_manifest, write_requests
 from .toolchain import (
+    McuFitError,
     McuRun,
     McuRunError,
     compile_project,
@@ -19,6 +20,7 @@ from .toolchain import (
 __all__ = [
     "INSTRUCTIONS_PER_TICK",
     "TARGETS",
+    "McuFitError",
     "McuRun",
     "McuRunError",
     "McuTarget",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -17,7 +18,7 @@ from ...passes.read_weights_through_pages import (
     row_split,
 )
 from ...plan import PagePlan
-from .templates import render
+from .templates import c_ints, render
 
 # Legalize and fuse, weights kept as parameters: they come from the gathered weight buffer.
 KERNEL_PIPELINE = tvm.transform.Sequential(
@@ -35,8 +36,8 @@ KERNEL_PIPELINE = tvm.transform.Sequential(
 class Tensor:
     shape: tuple[int, ...]
     dtype: str
-    kind: str  # "input" | "weight" | "arena" | "output"
-    index: int  # input/weight/output: its position; arena: its byte offset
+    kind: str  # "input" | "weight" | "constant" | "arena" | "output"
+    index: int  # input/weight/constant/output: its position; arena: its byte offset
     first: int = 0  # arena: the call that writes it
     last: int = 0  # arena: the last call that reads it
 
@@ -54,6 +55,12 @@ class Executor:
     tensors: list[Tensor]
     calls: list[tuple[str, list[int]]]  # kernel symbol, tensor ids (inputs then output)
     arena_bytes: int
+    constants: list[np.ndarray]  # the graph's constants (a take's indices), by position
+
+    def constant_words(self, k: int) -> np.ndarray:
+        """Constant `k`'s bytes as uint32 words (zero-padded): its C array in flash."""
+        raw = np.ascontiguousarray(self.constants[k]).reshape(-1).view(np.uint8)
+        return np.pad(raw, (0, -len(raw) % 4)).view(np.uint32)
 
     def of_kind(self, kind: str) -> list[int]:
         return sorted(
@@ -153,26 +160,46 @@ def task_executor(name: str, func: relax.Function) -> Executor:
     one arena (a buffer is reused once its last reader has run)."""
     call_tir = tvm.ir.Op.get("relax.call_tir")
     n_in = int(func.attrs["num_input"])
-    tensors, ids, tuples, calls, unsupported = [], {}, {}, [], []
+    tensors, ids, tuples, calls, unsupported, constants = [], {}, {}, [], [], []
     for i, param in enumerate(func.params):
         ids[param] = len(tensors)
         tensors.append(
             Tensor(*_shape_dtype(param), *(("input", i) if i < n_in else ("weight", i - n_in)))
         )
+
+    def tensor_of(expr: relax.Expr) -> int | None:
+        """The tensor id of a kernel argument or tuple field: a binding's, or a constant's
+        (each a C array in flash)."""
+        if isinstance(expr, tvm.ir.GenericConst):
+            ids[expr] = len(tensors)
+            tensors.append(Tensor(*_shape_dtype(expr), "constant", len(constants)))
+            constants.append(expr.value.numpy())
+        return ids.get(expr)
+
     for block in func.body.blocks:
         for binding in block.bindings:
             value = binding.value
-            if isinstance(value, relax.Call) and value.op == call_tir:
-                args = [ids[a] for a in value.args[1].fields]
+            if isinstance(value, tvm.ir.GenericConst):
+                ids[binding.var] = tensor_of(value)
+            elif isinstance(value, relax.Call) and value.op == call_tir:
+                args = [tensor_of(a) for a in value.args[1].fields]
                 for a in args:
                     tensors[a].last = len(calls)
-                ids[binding.var] = len(tensors)
-                tensors.append(
-                    Tensor(*_shape_dtype(binding.var), "arena", 0, len(calls), len(calls))
-                )
-                calls.append((value.args[0].name_hint, [*args, ids[binding.var]]))
-            elif isinstance(value, relax.Tuple) and all(f in ids for f in value.fields):
-                tuples[binding.var] = [ids[f] for f in value.fields]
+                fields = binding.var.ty.fields if _is_tuple(binding.var) else [binding.var.ty]
+                results = list(range(len(tensors), len(tensors) + len(fields)))
+                for ty in fields:  # a kernel of several outputs (split) writes each
+                    tensors.append(Tensor(*_shape_dtype(ty), "arena", 0, len(calls), len(calls)))
+                if _is_tuple(binding.var):
+                    tuples[binding.var] = results
+                else:
+                    ids[binding.var] = results[0]
+                calls.append((value.args[0].name_hint, [*args, *results]))
+            elif isinstance(value, relax.TupleGetItem) and value.tuple_value in tuples:
+                ids[binding.var] = tuples[value.tuple_value][int(value.index)]
+            elif isinstance(value, relax.Tuple) and all(
+                isinstance(f, tvm.ir.GenericConst) or f in ids for f in value.fields
+            ):
+                tuples[binding.var] = [tensor_of(f) for f in value.fields]
             else:
                 unsupported.append(f"{binding.var.name_hint} = {type(value).__name__}")
     result = func.body.body
@@ -184,7 +211,7 @@ def task_executor(name: str, func: relax.Function) -> Executor:
         )
     for k, o in enumerate(outputs):
         tensors[o].kind, tensors[o].index = "output", k
-    return Executor(tensors, calls, place_in_arena(tensors))
+    return Executor(tensors, calls, place_in_arena(tensors), constants)
 
 
 def place_in_arena(tensors: list[Tensor], align: int = 16) -> int:
@@ -203,8 +230,13 @@ def place_in_arena(tensors: list[Tensor], align: int = 16) -> int:
     return max((t.index + t.nbytes for t in placed), default=0)
 
 
-def _shape_dtype(var: relax.Var) -> tuple[tuple[int, ...], str]:
-    return tuple(int(d) for d in var.ty.shape.values), str(var.ty.dtype)
+def _shape_dtype(expr: relax.Expr | relax.TensorType) -> tuple[tuple[int, ...], str]:
+    ty = expr if isinstance(expr, relax.TensorType) else expr.ty
+    return tuple(int(d) for d in ty.shape.values), str(ty.dtype)
+
+
+def _is_tuple(var: relax.Var) -> bool:
+    return isinstance(var.ty, relax.TupleType)
 
 
 def executor_c(
@@ -243,6 +275,9 @@ def executor_c(
         else:
             lines.append(render("dense_decl", task=task))
         weights = "wv_weights" if packed else f"wv_dense_{task}"
+        for k in range(len(e.constants)):
+            words = e.constant_words(k)
+            lines.append(render("constant", task=task, k=k, n=len(words), words=c_ints(words)))
         tensors = []  # (shape, data, dtype): e.tensors', then the page storage and scratch views
         for t in e.tensors:
             data = "NULL"  # inputs and outputs: the caller's buffers, bound by <task>_run
@@ -254,6 +289,8 @@ def executor_c(
                 data = f"{weights} + {spans[t.index].offset_elems}"
             elif t.kind == "arena":
                 data = f"wv_arena + {t.index}"
+            elif t.kind == "constant":
+                data = f"(void*){task}_constant_{t.index}"
             tensors.append((shape, data, dtype))
         pages = len(tensors)
         if zero_copy and zero_copy.any_paged:

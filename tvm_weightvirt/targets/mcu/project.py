@@ -105,9 +105,10 @@ def generate_project(
     if check_fit and problems:
         raise ValueError(
             f"the plan does not fit a {target.name} part ({target.ram_bytes} B RAM, "
-            f"{target.flash_bytes} B flash): " + "; ".join(problems) + ". Pack for the part: a "
-            "level-1 budget keeps the pool in RAM and the rest in flash (`wvirt pack ... "
-            "--l1-budget 96KiB`), or pack fewer or smaller tasks"
+            f"{target.flash_bytes} B flash): "
+            + "; ".join(problems)
+            + ". To fit, "
+            + fit_advice(manifest, [p.split()[0] for p in problems])
         )
     # Step 3. The files: kernels, executors, weights, runtime, startup, linker script, Makefile.
     os.makedirs(os.path.join(out_dir, "include"), exist_ok=True)
@@ -132,7 +133,10 @@ def generate_project(
                 startup=target.startup,
                 flash_origin=hex(target.flash_origin),
                 ram_origin=hex(target.ram_origin),
-                board_bytes=target.board_bytes,
+                # the part's memory, so that code, data and stack together are checked when
+                # linking; without check_fit, the board's (QEMU runs what the part cannot hold)
+                flash_bytes=target.flash_bytes if check_fit else target.board_bytes,
+                ram_bytes=target.ram_bytes if check_fit else target.board_bytes,
             )
         _write(out_dir, filename, text)
     for header in HEADERS:
@@ -175,7 +179,13 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
         "workspace": workspace_bytes,
         "stack": STACK_BYTES,
     }
-    data_flash = {}
+    data_flash = {
+        "constants": sum(
+            4 * len(e.constant_words(k))
+            for e in executors.values()
+            for k in range(len(e.constants))
+        )
+    }
     coded = packed and plan.coded is not None
     if reads is not None:
         data_ram["scratch"] = reads.scratch_elems(executors.values()) * 4
@@ -210,6 +220,7 @@ def _manifest(target, plan, names, executors, packed, workspace_bytes, reads, po
         "zero_copy": reads is not None,
         "pool_in": pool_in,
         "page_size": plan.page_size,
+        "page_aligned": all(plan.task(n).layout.page_aligned for n in names),
         "tasks": {
             n: {
                 "inputs": [_spec(e.tensors[i]) for i in e.of_kind("input")],
@@ -244,6 +255,25 @@ def _misfits(manifest: dict, target: McuTarget) -> list[str]:
             code = " before code" if memory == "flash" else ""
             out.append(f"{memory.upper()} needs {total} B{code} ({detail}) > {budget} B")
     return out
+
+
+def fit_advice(manifest: dict, regions: list[str]) -> str:
+    """The options that take the most off the project's `regions` ("RAM", "FLASH") that do not
+    fit the part."""
+    ways = []
+    if "RAM" in regions and not (manifest["zero_copy"] and manifest["pool_in"] == "flash"):
+        ways.append(
+            "read the pages in place from flash, RAM holding activations only: "
+            + ("" if manifest["page_aligned"] else "pack with `--page-aligned`, then ")
+            + "`wvirt build --zero-copy flash` (generate_project(zero_copy=True, "
+            'pool_in="flash"))'
+        )
+    if not manifest["zero_copy"]:
+        ways.append(
+            "pack for the part: a level-1 budget keeps the pool in RAM and the rest in flash "
+            "(`wvirt pack ... --l1-budget 96KiB`)"
+        )
+    return "; or ".join(ways + ["pack fewer or smaller tasks"])
 
 
 def _c_float_literals(kernel_source: str) -> str:

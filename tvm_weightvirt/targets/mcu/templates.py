@@ -23,6 +23,9 @@ _C = {
         "extern const uint32_t wv_exclusive_codes_{task}[];\n"
         "extern const uint16_t wv_exclusive_bases_{task}[];"
     ),
+    "constant": (
+        "static const uint32_t {task}_constant_{k}[{n}] __attribute__((aligned(8))) = {{\n{words}}};"
+    ),
     "shape": "static int64_t {task}_shape_{i}[{ndim}] = {{{dims}}};",
     "tensors_head": "static DLTensor {task}_tensors[{n}] = {{",
     "tensor": (

@@ -4,6 +4,7 @@ host, read back its outputs and instruction counts, and measure its sections."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -11,11 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .boards import LOADED_RAM_SECTIONS, TARGETS, McuTarget
-from .project import load_manifest
+from .project import fit_advice, load_manifest
 
 
 class McuRunError(RuntimeError):
     """The firmware faulted, hung, or printed something other than its protocol."""
+
+
+class McuFitError(ValueError):
+    """The firmware (code, data and stack) does not fit the part's RAM or flash."""
 
 
 @dataclass
@@ -49,6 +54,18 @@ def compile_project(out_dir: str, host: bool = False) -> str:
         )
     program = "app_host" if host else "app.elf"
     done = subprocess.run(["make", "-C", out_dir, program], capture_output=True, text=True)
+    overflows = re.findall(r"region `(\w+)' overflowed by (\d+) bytes", done.stderr)
+    if done.returncode != 0 and overflows:
+        budget = {"RAM": target.ram_bytes, "FLASH": target.flash_bytes}
+        raise McuFitError(
+            f"'{out_dir}': {program} does not fit the {target.name} part: "
+            + "; ".join(
+                f"{region} needs {int(n)} B more than its {budget.get(region, '?')} B"
+                for region, n in dict(overflows).items()
+            )
+            + " (code, data and stack together; the project's data alone fit). To fit, "
+            + fit_advice(load_manifest(out_dir), [region for region, _ in overflows])
+        )
     if done.returncode != 0:
         raise RuntimeError(f"building {program} in '{out_dir}' failed:\n{done.stderr[-4000:]}")
     return os.path.join(out_dir, program)
