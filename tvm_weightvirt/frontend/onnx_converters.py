@@ -1,7 +1,7 @@
 """ONNX converters the project registers over TVM's own (`with converters():` around
-`from_onnx`), where TVM's emit a graph the rest of the project cannot take: TVM's Clip
-becomes `call_tir` kernels of TOPI (`emit_te`), which have no torch twin and no Cortex-M
-executor argument for their scalar bounds; ours emits Relax's `maximum` / `minimum`."""
+`from_onnx`), where TVM's emit a graph the rest of the project cannot take: TVM's Clip and
+Pad become `call_tir` kernels of TOPI (`emit_te`), which have no torch twin (and Clip's scalar
+bounds no Cortex-M executor argument); ours emit Relax's `maximum` / `minimum` and `nn.pad`."""
 
 from __future__ import annotations
 
@@ -43,7 +43,20 @@ class Clip(onnx_frontend.OnnxOpConverter):
         return x
 
 
-CONVERTERS = {"Clip": Clip}
+class Pad(onnx_frontend.Pad):
+    """Constant-mode padding by non-negative widths as Relax's `nn.pad`; other modes, and
+    negative widths (a crop), as TVM converts them."""
+
+    @classmethod
+    def _lower_pad(cls, bb, inputs, attr, params, allowed_modes):
+        before, after, value = cls._parse_pads_and_axes(inputs, params)
+        if attr.get("mode", b"constant") != b"constant" or min(before + after) < 0:
+            return super()._lower_pad(bb, inputs, attr, params, allowed_modes)
+        width = [int(w) for pair in zip(before, after) for w in pair]
+        return bb.emit(relax.op.nn.pad(inputs[0], width, "constant", float(value)))
+
+
+CONVERTERS = {"Clip": Clip, "Pad": Pad}
 
 
 @contextmanager

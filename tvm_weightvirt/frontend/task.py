@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +164,7 @@ class Task:
         from tvm.relax.frontend.onnx import from_onnx
 
         from .onnx_converters import converters
+        from .onnx_shape_folding import fold_shape_computations
 
         check_task_name(name)
         if isinstance(model, (str, os.PathLike)):
@@ -186,8 +188,10 @@ class Task:
         if shape_dict is None:
             shape_dict = _static_batch(model)
         try:
-            with converters():
-                mod = from_onnx(model, shape_dict=shape_dict)
+            folded = fold_shape_computations(model, shape_dict or {})
+            # TVM prints the op it failed on; the error says it, once
+            with converters(), contextlib.redirect_stdout(io.StringIO()):
+                mod = from_onnx(folded, shape_dict=shape_dict)
         except Exception as err:
             raise IntakeError(f"task '{name}': cannot import the ONNX model: {err}") from err
         mod, weights = _lifted_weights(mod, name)
@@ -228,7 +232,7 @@ def _folded_task(name: str, mod: tvm.IRModule, weights: dict[str, np.ndarray]) -
     return Task(name, mod, weights)
 
 
-@contextmanager
+@contextlib.contextmanager
 def quiet_torch_export() -> Iterator[None]:
     """torch.export's own pytree deprecation (a FutureWarning per export): nothing a user can
     act on, so it is filtered where we export, not globally."""

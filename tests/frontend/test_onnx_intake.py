@@ -1,0 +1,79 @@
+"""ONNX intake of what exporters write for common layers: shape arithmetic (chunk, channel
+shuffle, causal padding) folds to constants before TVM sees it, and Clip and Pad become Relax
+ops, so the graph has a torch twin and computes what torch does."""
+
+import io
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper
+from tvm_weightvirt.runtime import StandaloneModel
+
+import tvm_weightvirt as wv
+from tvm_weightvirt.frontend.onnx_shape_folding import fold_shape_computations
+from tvm_weightvirt.frontend.twin import TorchTwin, _op_names
+
+
+class _ShapeArithmetic(torch.nn.Module):
+    """chunk (Shape -> Gather -> Div -> Slice), a channel shuffle (a reshape by computed
+    sizes), a causal pad (ConstantOfShape -> Concat -> ... -> Pad) and a ReLU6 (Clip)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 4, 3)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        x = torch.cat([b, a * 2], 1)
+        n, c, w = x.shape
+        x = x.reshape(n, 2, c // 2, w).transpose(1, 2).reshape(n, c, w)
+        return F.relu6(self.conv(F.pad(x, (2, 0))))
+
+
+def _exported(model: torch.nn.Module, x: torch.Tensor) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    torch.onnx.export(model, (x,), buffer, opset_version=17, dynamo=False)
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def test_shape_arithmetic_folds_and_the_graph_computes_what_torch_does():
+    torch.manual_seed(0)
+    model, x = _ShapeArithmetic(), torch.randn(1, 4, 8)
+    exported = _exported(model, x)
+    assert {"Shape", "ConstantOfShape", "Clip"} <= {n.op_type for n in exported.graph.node}
+    folded = fold_shape_computations(exported, {})
+    assert not {"Shape", "ConstantOfShape"} & {n.op_type for n in folded.graph.node}
+    assert [i.name for i in folded.graph.initializer] == [
+        i.name for i in exported.graph.initializer
+    ]
+
+    task = wv.Task.from_onnx(exported, name="shapes")
+    assert sorted(task.weights) == ["conv.bias", "conv.weight"]
+    ops = _op_names(task.mod["main"])
+    assert "relax.call_tir" not in ops and {"relax.nn.pad", "relax.minimum"} <= ops
+    with torch.no_grad():
+        expected = model(x).numpy()
+        twin = TorchTwin(task)(x).numpy()
+    np.testing.assert_allclose(StandaloneModel(task).run(x.numpy())[0], expected, atol=1e-6)
+    np.testing.assert_allclose(twin, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("pads", [[0, 0, 1, 0, 0, -1], [0, 0, 1, 0, 0, 2]])
+def test_pad_by_negative_widths_crops_as_onnx_says(pads):
+    """Negative widths (a crop) stay TVM's conversion; non-negative ones are `nn.pad`."""
+    graph = helper.make_graph(
+        [helper.make_node("Pad", ["x", "pads"], ["y"], mode="constant")],
+        "pad",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 5])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 5 + pads[2] + pads[5]])],
+        [helper.make_tensor("pads", TensorProto.INT64, [6], pads)],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(10, dtype=np.float32).reshape(1, 2, 5)
+    before, after = pads[2], pads[5]
+    expected = np.pad(x[..., : 5 + min(after, 0)], [(0, 0), (0, 0), (before, max(after, 0))])
+    task = wv.Task.from_onnx(model, name="pad")
+    np.testing.assert_array_equal(StandaloneModel(task).run(x)[0], expected)
