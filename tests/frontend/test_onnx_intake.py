@@ -1,11 +1,14 @@
 """ONNX intake of what exporters write for common layers: shape arithmetic (chunk, channel
-shuffle, causal padding) folds to constants before TVM sees it, and Clip and Pad become Relax
-ops, so the graph has a torch twin and computes what torch does."""
+shuffle, causal padding) folds to constants before TVM sees it, Clip and Pad become Relax ops,
+and LSTM and GRU (which TVM lacks) unroll, so the graph has a torch twin and computes what
+torch, or ONNX's reference evaluator, does."""
 
 import io
+import re
 
 import numpy as np
 import onnx
+import onnx.reference
 import pytest
 import torch
 import torch.nn.functional as F
@@ -77,3 +80,78 @@ def test_pad_by_negative_widths_crops_as_onnx_says(pads):
     expected = np.pad(x[..., : 5 + min(after, 0)], [(0, 0), (0, 0), (before, max(after, 0))])
     task = wv.Task.from_onnx(model, name="pad")
     np.testing.assert_array_equal(StandaloneModel(task).run(x)[0], expected)
+
+
+def _recurrent_model(op: str, hidden: int, direction: str, **attrs) -> onnx.ModelProto:
+    """One `op` (LSTM or GRU) over x [seq 5, batch 2, input 3], with biases and initial
+    states, outputs Y and the last state(s)."""
+    rng = np.random.default_rng(0)
+    gates, states = {"LSTM": (4, ["h0", "c0"]), "GRU": (3, ["h0"])}[op]
+    dirs = 2 if direction == "bidirectional" else 1
+    shapes = {
+        "W": [dirs, gates * hidden, 3],
+        "R": [dirs, gates * hidden, hidden],
+        "B": [dirs, 2 * gates * hidden],
+        **{s: [dirs, 2, hidden] for s in states},
+    }
+    weights = [
+        helper.make_tensor(n, TensorProto.FLOAT, d, rng.normal(0, 0.5, d).ravel().tolist())
+        for n, d in shapes.items()
+    ]
+    outputs = ["Y", *(f"{s[0].upper()}_last" for s in states)]
+    node = helper.make_node(
+        op,
+        ["x", "W", "R", "B", "", *states],
+        outputs,
+        hidden_size=hidden,
+        direction=direction,
+        **attrs,
+    )
+    out_shapes = [[5, dirs, 2, hidden]] + [[dirs, 2, hidden]] * len(states)
+    graph = helper.make_graph(
+        [node],
+        op.lower(),
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5, 2, 3])],
+        [
+            helper.make_tensor_value_info(n, TensorProto.FLOAT, s)
+            for n, s in zip(outputs, out_shapes)
+        ],
+        weights,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(
+    "op, direction, attrs",
+    [
+        ("LSTM", "forward", {}),
+        ("LSTM", "bidirectional", {}),
+        ("GRU", "reverse", {"linear_before_reset": 1}),
+        ("GRU", "bidirectional", {"linear_before_reset": 0}),
+    ],
+)
+def test_lstm_and_gru_compute_what_onnx_says(op, direction, attrs):
+    model = _recurrent_model(op, 4, direction, **attrs)
+    x = np.random.default_rng(1).normal(size=(5, 2, 3)).astype(np.float32)
+    expected = onnx.reference.ReferenceEvaluator(model).run(None, {"x": x})
+    task = wv.Task.from_onnx(model, name="rnn")
+    built = StandaloneModel(task).run(x)
+    with torch.no_grad():
+        twin = TorchTwin(task)(torch.from_numpy(x))
+    for want, got, from_twin in zip(expected, built, twin, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(from_twin.numpy(), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "attrs, named",
+    [
+        ({"clip": 2.0}, "clip=2.0"),
+        ({"activations": ["Sigmoid", "Relu", "Tanh"]}, "activations ['Sigmoid', 'Relu', 'Tanh']"),
+        ({"input_forget": 1}, "input_forget=1"),
+    ],
+)
+def test_an_lstm_variant_the_converter_does_not_take_is_named(attrs, named):
+    model = _recurrent_model("LSTM", 4, "forward", **attrs)
+    with pytest.raises(wv.IntakeError, match=rf"task 'rnn': .*LSTM with {re.escape(named)}"):
+        wv.Task.from_onnx(model, name="rnn")
