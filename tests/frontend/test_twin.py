@@ -1,7 +1,10 @@
 """The torch twin of a task matches its compiled graph, so ONNX tasks get Fisher and packing;
 a task in kernel layout is the same function to the twin and to TVM."""
 
+import io
+
 import numpy as np
+import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
@@ -63,6 +66,70 @@ def test_twin_runs_any_batch_size_of_a_graph_that_folds_its_batch(traced, batch)
         np.testing.assert_allclose(TorchTwin(task)(x).numpy(), model(x).numpy(), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match=r"task 'folds': inputs of shapes \[\(3, 20, 7\)\]"):
         TorchTwin(task)(torch.randn(3, 20, 7))
+
+
+class _Layers(torch.nn.Module):
+    """One layer per op a twin needs beyond the suite's: norms over groups and instances,
+    PReLU, resizes, max/min with indices, amax, flip, repeat, Mish and Softplus."""
+
+    def __init__(self, layer: str):
+        super().__init__()
+        self.layer = layer
+        self.gn, self.inorm = torch.nn.GroupNorm(2, 4), torch.nn.InstanceNorm2d(4, affine=True)
+        self.prelu = torch.nn.PReLU(4)
+
+    def forward(self, x):  # x [n, 4, 6, 6]
+        F = torch.nn.functional
+        return {
+            "group_norm": lambda: self.gn(x),
+            "instance_norm": lambda: self.inorm(x),
+            "prelu": lambda: self.prelu(x),
+            "nearest": lambda: F.interpolate(x, scale_factor=2, mode="nearest"),
+            "bilinear": lambda: F.interpolate(x, size=(9, 4), mode="bilinear"),
+            "bilinear_corners": lambda: F.interpolate(
+                x, scale_factor=1.5, mode="bilinear", align_corners=True
+            ),
+            "max_dim": lambda: x.max(2).values + x.min(-1).indices.float(),
+            "amax": lambda: x.amax((1, 3)) - x.amin(2).mean(1),
+            "flip_repeat": lambda: x.flip(1).repeat(1, 2, 1, 1),
+            "mish_softplus": lambda: F.mish(x) + F.softplus(x),
+        }[self.layer]()
+
+
+LAYERS = [
+    "group_norm",
+    "instance_norm",
+    "prelu",
+    "nearest",
+    "bilinear",
+    "bilinear_corners",
+    "max_dim",
+    "amax",
+    "flip_repeat",
+    "mish_softplus",
+]
+
+
+@pytest.mark.parametrize("path", ["torch", "onnx"])
+@pytest.mark.parametrize("layer", LAYERS)
+def test_twin_and_build_of_common_layers_match_torch(layer, path):
+    torch.manual_seed(0)
+    model = _Layers(layer).eval()
+    for p in model.parameters():
+        p.data.normal_(0, 1)
+    x = torch.randn(2, 4, 6, 6)
+    if path == "torch":
+        task = wv.Task.from_torch(model, (x[:1],), name=layer)
+    else:
+        buffer = io.BytesIO()
+        torch.onnx.export(model, (x[:1],), buffer, opset_version=17, dynamo=False)
+        task = wv.Task.from_onnx(onnx.load_from_string(buffer.getvalue()), name=layer)
+    with torch.no_grad():
+        expected = model(x).numpy()
+        twin = TorchTwin(task)(x).numpy()
+    np.testing.assert_allclose(twin, expected, atol=1e-5, rtol=1e-5)
+    built = StandaloneModel(task).run(x[:1].numpy())[0]
+    np.testing.assert_allclose(built, expected[:1], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("kind", [*examples.TORCH_MODELS, "onnx resnet block"])

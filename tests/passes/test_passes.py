@@ -1031,5 +1031,7 @@ def test_a_constant_index_outside_its_axis_is_refused():
             y = R.take(x, R.const(-5, "int64"), axis=1)
             return y
 
-    with pytest.raises(TakeIndexError, match=r"take of axis 1 \(size 4\) at constant indices \[-5\]"):
+    with pytest.raises(
+        TakeIndexError, match=r"take of axis 1 \(size 4\) at constant indices \[-5\]"
+    ):
         NormalizeTakeIndices()(OutOfRange)

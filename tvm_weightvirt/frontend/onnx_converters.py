@@ -1,7 +1,8 @@
 """ONNX converters the project registers over TVM's own (`with converters():` around
-`from_onnx`), where TVM's emit a graph the rest of the project cannot take: TVM's Clip and
-Pad become `call_tir` kernels of TOPI (`emit_te`), which have no torch twin (and Clip's scalar
-bounds no Cortex-M executor argument); ours emit Relax's `maximum` / `minimum` and `nn.pad`.
+`from_onnx`), where TVM's emit a graph the rest of the project cannot take: TVM's Clip, Pad
+and Tile become `call_tir` kernels of TOPI (`emit_te`), which have no torch twin (and Clip's
+scalar bounds no Cortex-M executor argument); ours emit Relax's `maximum` / `minimum`,
+`nn.pad` and `tile`.
 TVM has no LSTM or GRU: ours unroll them over the (static) sequence into Relax matmuls and
 activations, ONNX's equations (onnx.ai/onnx/operators/onnx__LSTM.html, onnx__GRU.html)."""
 
@@ -56,6 +57,17 @@ class Pad(onnx_frontend.Pad):
             return super()._lower_pad(bb, inputs, attr, params, allowed_modes)
         width = [int(w) for pair in zip(before, after) for w in pair]
         return bb.emit(relax.op.nn.pad(inputs[0], width, "constant", float(value)))
+
+
+class Tile(onnx_frontend.Tile):
+    """Tiling by constant repeats as Relax's `tile`; computed repeats as TVM converts them."""
+
+    @classmethod
+    def _impl_v13(cls, bb, inputs, attr, params):
+        repeats = onnx_frontend.get_constant(inputs[1], params)
+        if not isinstance(repeats, tvm.ir.GenericConst):
+            return super()._impl_v13(bb, inputs, attr, params)
+        return bb.emit(relax.op.tile(inputs[0], [int(r) for r in repeats.value.numpy()]))
 
 
 class _Recurrent(onnx_frontend.OnnxOpConverter):
@@ -208,7 +220,7 @@ def _affine(x, weight, bias):
     return y if bias is None else relax.op.add(y, bias)
 
 
-CONVERTERS = {"Clip": Clip, "Pad": Pad, "LSTM": LSTM, "GRU": GRU}
+CONVERTERS = {"Clip": Clip, "Pad": Pad, "Tile": Tile, "LSTM": LSTM, "GRU": GRU}
 
 
 @contextmanager

@@ -140,10 +140,14 @@ class Task:
         """From a `torch.export.ExportedProgram`; weights named as in its state dict."""
         from tvm.relax.frontend.torch import from_exported_program
 
+        from .torch_converters import CONVERTERS
+
         check_task_name(name)
         try:
             with quiet_torch_export():
-                mod = from_exported_program(program, keep_params_as_input=True)
+                mod = from_exported_program(
+                    program, keep_params_as_input=True, custom_convert_map=CONVERTERS
+                )
         except Exception as err:
             raise IntakeError(f"task '{name}': cannot import the torch model: {err}") from err
         task = Task.from_relax(mod, name)

@@ -190,6 +190,107 @@ def _split(x, attrs):
     return tuple(torch.tensor_split(x, sections, int(attrs.axis)))
 
 
+def _resize2d(x, size: list[int], attrs):
+    """TOPI's resize2d (NCHW), one axis after the other: the source coordinate of each output
+    position (float32, as TOPI computes it), then the nearest pixel or a lerp of two."""
+    method = str(attrs.method)
+    for axis, n_out in zip((2, 3), size):
+        n_in = x.shape[axis]
+        src = _resize_source(n_in, n_out, str(attrs.coordinate_transformation_mode))
+        if method == "nearest_neighbor":
+            index = _nearest(
+                src, str(attrs.rounding_method), str(attrs.coordinate_transformation_mode)
+            )
+            x = x.index_select(axis, torch.from_numpy(np.clip(index, 0, n_in - 1)))
+            continue
+        low = np.floor(src)
+        below, above = (
+            x.index_select(axis, torch.from_numpy(np.clip(low + k, 0, n_in - 1).astype(np.int64)))
+            for k in (0, 1)
+        )
+        t = torch.from_numpy((src - low).astype(np.float32)).reshape(
+            [-1 if a == axis else 1 for a in range(x.dim())]
+        )
+        x = below * (1.0 - t) + above * t
+    return x
+
+
+def _resize_source(n_in: int, n_out: int, mode: str) -> np.ndarray:
+    out, scale = np.arange(n_out, dtype=np.float32), np.float32(n_in) / np.float32(n_out)
+    if mode == "half_pixel" or (mode == "pytorch_half_pixel" and n_out > 1):
+        return (out + np.float32(0.5)) * scale - np.float32(0.5)
+    if mode == "pytorch_half_pixel":
+        return np.zeros(n_out, np.float32)
+    if mode == "align_corners":
+        return np.float32(n_in - 1) / np.float32(max(n_out - 1, 1)) * out
+    if mode == "tf_half_pixel_for_nn":
+        return (out + np.float32(0.5)) * scale
+    return scale * out  # asymmetric
+
+
+def _nearest(src: np.ndarray, rounding: str, mode: str) -> np.ndarray:
+    rounding = rounding or ("round" if mode == "align_corners" else "floor")
+    if rounding == "round":  # away from zero, as llvm's round
+        index = np.sign(src) * np.floor(np.abs(src) + 0.5)
+    elif rounding == "round_prefer_floor":
+        index = np.ceil(src - 0.5)
+    elif rounding == "round_prefer_ceil":
+        index = np.floor(src + 0.5)
+    elif rounding == "floor":
+        index = np.floor(src + np.float32(1e-5))
+    else:  # ceil
+        index = np.ceil(src - np.float32(1e-5))
+    return index.astype(np.int64)
+
+
+def _group_norm(x, gamma, beta, attrs):
+    """Relax's group_norm: each group of channels normalized over itself and `axes`."""
+    c_axis, groups = int(attrs.channel_axis) % x.dim(), int(attrs.num_groups)
+    shape = list(x.shape)
+    grouped = x.reshape(shape[:c_axis] + [groups, shape[c_axis] // groups] + shape[c_axis + 1 :])
+    axes = [c_axis + 1] + [a + (a > c_axis) for a in (int(a) % x.dim() for a in attrs.axes)]
+    standardized = _standardized(grouped, axes, attrs).reshape(shape)
+    return _scaled(standardized, gamma, beta, c_axis, attrs)
+
+
+def _instance_norm(x, gamma, beta, attrs):
+    """Relax's instance_norm: normalized over `axes`, scaled per `channel_axis`."""
+    axes = [int(a) % x.dim() for a in attrs.axes]
+    return _scaled(_standardized(x, axes, attrs), gamma, beta, int(attrs.channel_axis), attrs)
+
+
+def _standardized(x, axes: list[int], attrs):
+    mean = x.mean(axes, keepdim=True)
+    var = x.var(axes, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + float(attrs.epsilon))
+
+
+def _scaled(x, gamma, beta, axis: int, attrs):
+    shape = [-1 if a == axis % x.dim() else 1 for a in range(x.dim())]
+    if bool(attrs.scale):
+        x = x * gamma.reshape(shape)
+    return x + beta.reshape(shape) if bool(attrs.center) else x
+
+
+def _tile(x, attrs):
+    repeats = _ints(attrs.repeats)
+    return x.repeat([1] * (x.dim() - len(repeats)) + repeats)  # numpy.tile's leading ones
+
+
+def _arg_extremum(op, x, attrs):
+    keepdim = bool(attrs.keepdims)
+    if attrs.axis is None:
+        out = op(x)
+        return out.reshape([1] * x.dim()) if keepdim else out
+    return op(x, int(attrs.axis), keepdim)
+
+
+def _topk(x, attrs):
+    values, indices = torch.topk(x, int(attrs.k), int(attrs.axis), bool(attrs.largest))
+    indices = indices.to(getattr(torch, str(attrs.dtype)))
+    return {"both": (values, indices), "values": values, "indices": indices}[str(attrs.ret_type)]
+
+
 def _axes(attrs, x):
     return list(range(x.dim())) if attrs.axis is None else _ints(attrs.axis)
 
@@ -229,6 +330,8 @@ OPS: dict[str, Callable[..., Value]] = {
     "relax.nn.adaptive_avg_pool3d": _adaptive_avg_pool(3),
     "relax.nn.batch_norm": _batch_norm,
     "relax.nn.layer_norm": _layer_norm,
+    "relax.nn.group_norm": _group_norm,
+    "relax.nn.instance_norm": _instance_norm,
     "relax.nn.dropout": _dropout,
     "relax.nn.pad": _pad,
     "relax.matmul": lambda a, b, attrs: _cast(torch.matmul(a, b), attrs.out_dtype),
@@ -251,6 +354,11 @@ OPS: dict[str, Callable[..., Value]] = {
     "relax.where": lambda cond, a, b, attrs: torch.where(cond, a, b),
     "relax.clip": lambda x, low, high, attrs: torch.clamp(x, low, high),
     "relax.nn.relu": lambda x, attrs: F.relu(x),
+    "relax.nn.prelu": lambda x, alpha, attrs: torch.where(
+        x >= 0,
+        x,
+        x * alpha.reshape([-1 if a == int(attrs.axis) % x.dim() else 1 for a in range(x.dim())]),
+    ),
     "relax.nn.leakyrelu": lambda x, attrs: F.leaky_relu(x, float(attrs.alpha)),
     "relax.nn.gelu": lambda x, attrs: F.gelu(x),
     "relax.erf": lambda x, attrs: torch.erf(x),
@@ -269,7 +377,17 @@ OPS: dict[str, Callable[..., Value]] = {
     "relax.nn.log_softmax": lambda x, attrs: F.log_softmax(x, int(attrs.axis)),
     "relax.mean": lambda x, attrs: x.mean(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
     "relax.sum": lambda x, attrs: x.sum(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
+    "relax.variance": lambda x, attrs: x.var(
+        _axes(attrs, x), unbiased=False, keepdim=bool(attrs.keepdims)
+    ),
     "relax.max": lambda x, attrs: x.amax(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
+    "relax.min": lambda x, attrs: x.amin(_axes(attrs, x), keepdim=bool(attrs.keepdims)),
+    "relax.topk": _topk,
+    "relax.argmax": lambda x, attrs: _arg_extremum(torch.argmax, x, attrs),
+    "relax.argmin": lambda x, attrs: _arg_extremum(torch.argmin, x, attrs),
+    "relax.flip": lambda x, attrs: torch.flip(x, [int(attrs.axis)]),
+    "relax.tile": _tile,
+    "relax.image.resize2d": _resize2d,
     "relax.reshape": lambda x, shape, attrs: x.reshape(shape),
     "relax.broadcast_to": lambda x, shape, attrs: x.expand(shape),
     "relax.permute_dims": lambda x, attrs: x.permute(
@@ -347,6 +465,23 @@ ATTR_CHECKS: dict[str, Callable[[relax.Call], list[str]]] = {
     "relax.nn.pad": lambda call: (
         [] if str(call.attrs.pad_mode) in _PAD_MODES else [f"pad_mode={call.attrs.pad_mode}"]
     ),
+    "relax.image.resize2d": lambda call: [
+        f"{name}={getattr(call.attrs, name)}"
+        for name, taken in _RESIZE_TAKES.items()
+        if str(getattr(call.attrs, name)) not in taken
+    ],
+}
+_RESIZE_TAKES = {
+    "layout": ("NCHW",),
+    "method": ("nearest_neighbor", "linear"),
+    "coordinate_transformation_mode": (
+        "half_pixel",
+        "align_corners",
+        "asymmetric",
+        "pytorch_half_pixel",
+        "tf_half_pixel_for_nn",
+    ),
+    "rounding_method": ("", "round", "round_prefer_floor", "round_prefer_ceil", "floor", "ceil"),
 }
 
 

@@ -160,7 +160,7 @@ def task_executor(name: str, func: relax.Function) -> Executor:
     one arena (a buffer is reused once its last reader has run)."""
     call_tir = tvm.ir.Op.get("relax.call_tir")
     n_in = int(func.attrs["num_input"])
-    tensors, ids, tuples, calls, unsupported, constants = [], {}, {}, [], [], []
+    tensors, ids, tuples, calls, constants = [], {}, {}, [], []
     for i, param in enumerate(func.params):
         ids[param] = len(tensors)
         tensors.append(
@@ -200,14 +200,19 @@ def task_executor(name: str, func: relax.Function) -> Executor:
                 isinstance(f, tvm.ir.GenericConst) or f in ids for f in value.fields
             ):
                 tuples[binding.var] = [tensor_of(f) for f in value.fields]
-            else:
-                unsupported.append(f"{binding.var.name_hint} = {type(value).__name__}")
+            else:  # e.g. an op TVM has no C kernel for (it legalizes no topk, no sort)
+                what = getattr(value, "op", None)
+                what = getattr(what, "name", None) or type(value).__name__
+                raise ValueError(
+                    f"task '{name}': the MCU executor runs only kernel calls; "
+                    f"`{binding.var.name} = {what}` is not one"
+                )
     result = func.body.body
     outputs = tuples.get(result) or ([ids[result]] if result in ids else [])
-    if unsupported or not outputs or any(tensors[o].kind != "arena" for o in outputs):
+    if not outputs or any(tensors[o].kind != "arena" for o in outputs):
         raise ValueError(
             f"task '{name}': the MCU executor runs only kernel calls returning fresh tensors; "
-            f"found {unsupported or ['an output that is an input or a weight']}"
+            "an output is an input or a weight"
         )
     for k, o in enumerate(outputs):
         tensors[o].kind, tensors[o].index = "output", k

@@ -23,6 +23,7 @@ from ...coded_pages import CodedPages
 from ...frontend.task import Task
 from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
+from . import c_math  # noqa: F401  (registers libm calls for the C codegen)
 from .boards import STACK_BYTES, TARGETS, McuTarget
 from .executor import KERNEL_PIPELINE, Tensor, ZeroCopyReads, executor_c, task_executor
 from .templates import c_float16_bits, c_floats, c_ints, render
