@@ -9,7 +9,9 @@ import tempfile
 from collections.abc import Iterator
 
 # Fused mode gathers pages with `take(mode="fast")`: its indices are page-table entries, which
-# `PagePlan.problems` and the runtime check against the pool before any call.
+# `PagePlan.problems` and the runtime check against the pool before any call. A task's own
+# takes in fast mode are at constant indices that intake checked (`NormalizeTakeIndices`:
+# computed indices wrap).
 TAKE_FAST_MODE = b"Fast mode segfaults when there are out-of-bounds indices"
 
 

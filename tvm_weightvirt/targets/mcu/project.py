@@ -20,6 +20,7 @@ from tvm import relax
 
 from ...abi import task_function
 from ...coded_pages import CodedPages
+from ...compile.native_log import TAKE_FAST_MODE, without_native_lines
 from ...frontend.task import Task
 from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
@@ -83,7 +84,8 @@ def generate_project(
         raise ValueError("pool_in='flash' reads pages in place: it needs zero_copy=True")
     # Step 1. Kernels: legalized and fused per task, identical ones once (MergeTasks); one
     # executor per task, intermediates in one arena sized for the largest.
-    merged = MergeTasks({t.name: KERNEL_PIPELINE(t.mod) for t in tasks})(tvm.IRModule())
+    with without_native_lines(TAKE_FAST_MODE):
+        merged = MergeTasks({t.name: KERNEL_PIPELINE(t.mod) for t in tasks})(tvm.IRModule())
     merged = relax.transform.AttachGlobalSymbol()(merged)
     executors = {n: task_executor(n, merged[task_function(n)]) for n in names}
     kernels = tvm.IRModule(
