@@ -52,6 +52,7 @@ def fold_shape_computations(
         for init in graph.initializer
         if np.issubdtype(helper.tensor_dtype_to_np_dtype(init.data_type), np.integer)
     }
+    opsets = {o.domain or "": o.version for o in model.opset_import}
     folded = set()  # node positions (a protobuf node's Python object is not kept)
     for position, node in enumerate(graph.node):
         inputs = [name for name in node.input if name]
@@ -60,7 +61,11 @@ def fold_shape_computations(
         if node.op_type == "Shape" and inputs[0] in static:
             values = [_shape_of(node, static[inputs[0]])]
         elif node.op_type == "Constant" or (inputs and all(n in known for n in inputs)):
-            values = ReferenceEvaluator(node).run(None, {n: known[n] for n in inputs})
+            try:  # as the model's opset defines the op
+                evaluator = ReferenceEvaluator(node, opsets=opsets)
+                values = evaluator.run(None, {n: known[n] for n in inputs})
+            except Exception:  # left to TVM's importer, which names what it cannot take
+                continue
         else:
             continue
         known.update(zip(node.output, values))
