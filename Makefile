@@ -21,8 +21,11 @@ arm-toolchain:
 	command -v arm-none-eabi-gcc >/dev/null && command -v qemu-system-arm >/dev/null || \
 		{ $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(ARM_TOOLS); }
 
+# Lint, then the fast tier (stops at its first failure), then the slow tests.
 test: $(STAMP) arm-toolchain
-	$(VENV)/bin/python -m pytest -q
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/python -m pytest -q -x -m "not slow"
+	$(VENV)/bin/python -m pytest -q -m slow
 
 # The edit loop: seconds-scale tests (no suite training, no QEMU, no tuning), under 2 minutes.
 test-fast: $(STAMP)

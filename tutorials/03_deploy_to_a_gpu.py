@@ -38,6 +38,6 @@ print(f"library.so: a {fmt} of {len(code)} B with {fatbin_entries(code)}")
 assert fmt == "fatbin" and [arch for _, arch in fatbin_entries(code)] == ["sm_87", "sm_90"]
 
 # 4. On the device (copy the folder and the .wvpack there): TVM's runtime alone. The GPU check
-# (benchmarks/gpu_check.sh) ran this command's path on an H200; see the README.
+# (benchmarks/gpu_check.sh) ran this command's path on an H200; see docs/gpu.md.
 print("on the device run:")
 print(f"  TVM_USE_RUNTIME_LIB=1 wvirt run {pack} --library {build} --device cuda --tasks cnn2d,mlp")

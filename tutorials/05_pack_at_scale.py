@@ -10,7 +10,7 @@ smaller than both. What keeps this affordable at size:
 - `match="fast"` pairs pages by NWV's greedy rule inside windows of 2,048 pages of similar
   Fisher: over a million pages a minute on 2 cores, where greedy's full scan is quadratic;
 - retraining runs data-parallel when started under torchrun: `wvirt pack ... --nproc 4`, or
-  across machines `torchrun --nnodes ... -m tvm_weightvirt.apps.cli pack ...` (README,
+  across machines `torchrun --nnodes ... -m tvm_weightvirt.apps.cli pack ...` (docs/results.md,
   "Scaling out").
 `python -m benchmarks.scale` measures all of it on the nine zoo graphs.
 """

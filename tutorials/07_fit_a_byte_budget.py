@@ -95,7 +95,7 @@ print(
 #    a few pages of a fragile model can cost it more than its Fisher share says. Neither way
 #    wins every task on every set of models (on the 10-task suite this one, with more flash,
 #    met WS's operating point for four seeds of five, the frontier's three among them; see
-#    the README's frontier): compare them on your own data, here side by side.
+#    docs/results.md's frontier): compare them on your own data, here side by side.
 worst_first = replace(
     config,
     fisher_split="val",

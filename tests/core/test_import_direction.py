@@ -1,4 +1,4 @@
-"""The rooms of the tree and the direction of their imports (docs/DESIGN.md): each folder
+"""The rooms of the tree and the direction of their imports (docs/design.md): each folder
 imports only from itself and the rooms listed for it, whether at the top of a file or inside a
 function; the core and the algorithms never import TVM, the passes never torch."""
 
