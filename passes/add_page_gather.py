@@ -9,8 +9,22 @@ from tvm_weightvirt.abi import CODED_GATHER_FUNC, GATHER_FUNC, GATHER_OUTPUT
 from tvm_weightvirt.coded_pages import BASIS_DTYPE, CodeFormat, check_coded_page_size
 
 
+class GatherOptions:
+    """What a gather pass takes (`AddPageGather`, `ExclusivePageLoader`): the page size, the
+    SmartDeal code format if the pages are coded, the page tables' dtype."""
+
+    def __init__(
+        self, page_size: int, coded: CodeFormat | None = None, table_dtype: str = "uint16"
+    ) -> None:
+        if coded is not None:
+            check_coded_page_size(page_size)
+        self.page_size = page_size
+        self.coded = coded
+        self.table_dtype = table_dtype
+
+
 @tvm.transform.module_pass(opt_level=0, name="AddPageGather")
-class AddPageGather:
+class AddPageGather(GatherOptions):
     """Add one PrimFunc `wv_gather_pages(pool, page_table, weight_pages)`:
     `weight_pages[i, j] = pool[page_table[i], j]` for any pool size S and table length n.
 
@@ -44,15 +58,6 @@ class AddPageGather:
             for i, j in T.grid(n, 100):
                 weight_pages[i, j] = pool[T.Cast("int64", page_table[i]), j]
     """
-
-    def __init__(
-        self, page_size: int, coded: CodeFormat | None = None, table_dtype: str = "uint16"
-    ) -> None:
-        if coded is not None:
-            check_coded_page_size(page_size)
-        self.page_size = page_size
-        self.coded = coded
-        self.table_dtype = table_dtype
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if self.coded is not None:

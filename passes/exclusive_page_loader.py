@@ -5,13 +5,12 @@ from __future__ import annotations
 import tvm
 
 from tvm_weightvirt.abi import CODED_EXCLUSIVE_GATHER_FUNC, EXCLUSIVE_GATHER_FUNC
-from tvm_weightvirt.coded_pages import CodeFormat, check_coded_page_size
 
-from .add_page_gather import add_gather, coded_gather_func, gather_func
+from .add_page_gather import GatherOptions, add_gather, coded_gather_func, gather_func
 
 
 @tvm.transform.module_pass(opt_level=0, name="ExclusivePageLoader")
-class ExclusivePageLoader:
+class ExclusivePageLoader(GatherOptions):
     """Add `wv_gather_pages_exclusive(pool, exclusive, page_table, weight_pages)`: a page-table
     entry `v < S` (the pool's page count) reads pool page `v`, an entry `v >= S` reads page
     `v - S` of `exclusive`, the task's exclusive pages that the runtime's page store has loaded
@@ -45,15 +44,6 @@ class ExclusivePageLoader:
                 weight_pages[i, j] = T.if_then_else(
                     page_table[i] < S, pool[page_table[i], j], exclusive[page_table[i] - S, j])
     """
-
-    def __init__(
-        self, page_size: int, coded: CodeFormat | None = None, table_dtype: str = "uint16"
-    ) -> None:
-        if coded is not None:
-            check_coded_page_size(page_size)
-        self.page_size = page_size
-        self.coded = coded
-        self.table_dtype = table_dtype
 
     def transform_module(self, mod: tvm.IRModule, ctx: tvm.transform.PassContext) -> tvm.IRModule:
         if self.coded is not None:

@@ -41,7 +41,7 @@ def small_nets():
 def test_suite_compiles_for_cuda_with_every_kernel(small_nets, arch, mode):
     tasks, plan, _ = small_nets
     library = wv.build(wv.lower(tasks, plan, mode=mode), target={"kind": "cuda", "arch": arch})
-    source = cuda_source(library)
+    source = cuda_source(library.executable)
     kernels = library.kernels()
     assert sorted(kernels) == sorted(t.name for t in tasks)
     for task, calls in kernels.items():
@@ -66,7 +66,7 @@ def test_gathers_of_exclusive_and_coded_pages_compile_for_cuda(make_plan, kernel
     plan = make_plan(tasks, 100 if make_plan is exclusive_plan else 96)
     library = wv.build(wv.lower(tasks, plan), target={"kind": "cuda", "arch": "sm_87"})
     for kernel in kernels:
-        assert f" {kernel}_kernel" in cuda_source(library)
+        assert f" {kernel}_kernel" in cuda_source(library.executable)
 
 
 @needs_nvcc

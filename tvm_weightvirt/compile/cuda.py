@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 import tvm
 
-from .library import Library
 from .library_blob import LibraryBlob, Reader, pack_string, read_blob
 
 NVCC_MISSING = (
@@ -31,11 +30,12 @@ FATBIN_MAGIC = 0xBA55ED50
 FATBIN_ELF, FATBIN_PTX = 2, 1
 
 
-def cuda_source(library: Library) -> str:
-    """The CUDA C source of every kernel of a library built for a cuda target."""
-    modules = library.executable.mod._collect_from_import_tree(lambda m: m.kind == "cuda")
+def cuda_source(executable) -> str:
+    """The CUDA C source of every kernel of an executable (`Library.executable`) built for a
+    cuda target."""
+    modules = executable.mod._collect_from_import_tree(lambda m: m.kind == "cuda")
     if not modules:
-        raise ValueError(f"the library was built for {library.kind}, not cuda")
+        raise ValueError("the executable holds no CUDA kernels (built for another target)")
     return "\n".join(m.inspect_source("cuda") for m in modules)
 
 
