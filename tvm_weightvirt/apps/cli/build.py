@@ -1,0 +1,134 @@
+"""`wvirt build`: a .wvpack's tasks into one library folder, or a Cortex-M C project."""
+
+from __future__ import annotations
+
+from ...abi import MODES
+from .common import (
+    BUILD_DEFAULTS,
+    check_output_folder,
+    compile_target,
+    pack_with_graphs,
+    print_tuning,
+    refuse,
+    tuning_flags,
+    with_defaults,
+    written_whole,
+)
+
+
+def add_parser(command) -> None:
+    parser = command("build", help="compile a .wvpack's tasks into one library folder")
+    parser.add_argument("pack", help="a .wvpack saved with its task graphs")
+    parser.add_argument(
+        "--target",
+        choices=["llvm", "cuda", "cortex-m4", "cortex-m7"],
+        default="llvm",
+        help="cortex-m*: write a C project (pool in RAM, exclusive pages in flash) to -o",
+    )
+    parser.add_argument(
+        "--zero-copy",
+        choices=["ram", "flash"],
+        help="cortex-m*: kernels read each weight from its pages in place, the pages in RAM or "
+        "in flash; a switch gathers nothing (needs a pack made with --page-aligned)",
+    )
+    parser.add_argument(
+        "--arch",
+        help="cuda: GPU architectures whose machine code the library carries, comma-separated "
+        "(e.g. sm_87,sm_90); kernels are generated for the lowest (default: sm_87, Jetson Orin)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=MODES,
+        help="llvm/cuda: gather pages at a switch, or in every call (default: materialize)",
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="folder for library.so/.json (or the C project)"
+    )
+    parser.add_argument("--force", action="store_true", help="replace -o even if not ours")
+    parser.add_argument(
+        "--tune",
+        type=int,
+        metavar="TRIALS",
+        help="llvm/cuda: MetaSchedule (XGBoost) trials per kernel not yet in the tuning "
+        "database (default: 0)",
+    )
+    tuning_flags(parser)
+    parser.add_argument(
+        "--no-tuning-db",
+        action="store_true",
+        help="default schedules only, even where the target's default tuning database exists",
+    )
+
+
+def run(args) -> int:
+    from ...compile.compiler import build, lower
+
+    mcu = args.target.startswith("cortex-m")
+    refuse(
+        args,
+        "--target " + args.target,
+        arch=args.target != "cuda",
+        mode=mcu,
+        zero_copy=not mcu,
+        tune=mcu,
+        tuning_db=mcu,
+        rpc_tracker=mcu,
+        rpc_key=mcu,
+        no_tuning_db=mcu,
+    )
+    refuse(args, "--no-tuning-db", tune=args.no_tuning_db, tuning_db=args.no_tuning_db)
+    option = with_defaults(args, BUILD_DEFAULTS)
+    if mcu:
+        tuning = None
+    else:
+        from ...compile.tuning import TuningOptions
+
+        target, archs = compile_target(args.target, option["arch"])
+        tuning = TuningOptions.from_flags(
+            option["tune"],
+            args.tuning_db,
+            args.rpc_tracker,
+            args.rpc_key,
+            None if args.no_tuning_db else target,
+        )
+    pack = pack_with_graphs(args.pack)
+    check_output_folder(args.output, [args.pack], args.force)
+    if mcu:
+        from ...targets.mcu import generate_project
+
+        with written_whole(args.output, folder=True) as tmp:
+            manifest = generate_project(
+                pack.tasks,
+                pack.plan,
+                tmp,
+                target=args.target,
+                zero_copy=args.zero_copy is not None,
+                pool_in=args.zero_copy or "ram",
+            )
+        ram, flash = (sum(manifest["data_bytes"][m].values()) for m in ("ram", "flash"))
+        print(
+            f"wrote a {args.target} C project for {len(pack.tasks)} tasks to {args.output} "
+            f"(data: {ram} B RAM, {flash} B flash before code); run it: "
+            f"wvirt run {args.output} --qemu --tasks ..."
+        )
+        return 0
+    with written_whole(args.output, folder=True) as tmp:
+        library = build(
+            lower(pack.tasks, pack.plan, mode=option["mode"]),
+            target=target,
+            tuning=tuning,
+            archs=archs,
+        )
+        library.export(tmp)
+    print(
+        f"built {len(pack.tasks)} tasks ({option['mode']}, {args.target}) in "
+        f"{library.compile_seconds:.1f} s -> {args.output}/library.so"
+    )
+    if library.tuning:
+        print_tuning(library.tuning, tuning.database)
+    if args.target == "cuda":
+        print(
+            f"kernels compiled ahead of time by nvcc for {', '.join(archs)}, inside library.so: "
+            "the device needs the CUDA driver and TVM's runtime, no compiler"
+        )
+    return 0
