@@ -56,6 +56,24 @@ def test_symbolic_input_shape_asks_for_static_shapes():
     assert task.input_types == [((2, 3, 10, 10), "float32")]
 
 
+def test_from_file_picks_the_loader_by_extension_and_names_what_it_cannot_load(tmp_path):
+    model, _ = examples.onnx_inception_block()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    onnx.save(model, tmp_path / "sym.onnx")
+    task = wv.Task.from_file(tmp_path / "sym.onnx", "sym", input_shape=[1, 3, 10, 10])
+    assert task.input_types == [((1, 3, 10, 10), "float32")]
+    (tmp_path / "model.tflite").write_bytes(b"")
+    (tmp_path / "folder.onnx").mkdir()
+    for path, input_shape, message in [
+        ("model.tflite", None, "'.*model.tflite' is neither an .onnx nor a .pt2"),
+        ("folder.onnx", None, "'.*folder.onnx' is a folder, not a model file"),
+        ("model.pt2", [1, 3], "an input shape is for ONNX models, not '.*model.pt2'"),
+        ("nope.onnx", [1, 3], "ONNX file '.*nope.onnx' does not exist"),
+    ]:
+        with pytest.raises(wv.IntakeError, match=f"task 'm': {message}"):
+            wv.Task.from_file(tmp_path / path, "m", input_shape)
+
+
 def _mlp_task(name: str, seed: int = 0) -> wv.Task:
     model, x = examples.torch_model("mlp", seed)
     return wv.Task.from_torch(model, (x,), name=name)

@@ -156,6 +156,24 @@ class Task:
         return task
 
     @staticmethod
+    def from_file(path: str | os.PathLike, name: str, input_shape: list[int] | None = None) -> Task:
+        """From a model file, by its extension: `.onnx` (`input_shape`: the static shape of its
+        one input, where the file's dimensions are symbolic) or `.pt2` (`torch.export.save`)."""
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise IntakeError(f"task '{name}': '{path}' is a folder, not a model file")
+        if path.endswith(".onnx"):
+            shapes = None if input_shape is None else _one_input_shape(path, name, input_shape)
+            return Task.from_onnx(path, name=name, shape_dict=shapes)
+        if input_shape is not None:
+            raise IntakeError(f"task '{name}': an input shape is for ONNX models, not '{path}'")
+        if path.endswith(".pt2"):
+            return Task.from_pt2(path, name=name)
+        raise IntakeError(
+            f"task '{name}': '{path}' is neither an .onnx nor a .pt2 (torch.export.save) model"
+        )
+
+    @staticmethod
     def from_onnx(
         model: str | os.PathLike,
         name: str,
@@ -269,6 +287,20 @@ def _value_key(array: np.ndarray) -> tuple:
 
 
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _one_input_shape(path: str, name: str, shape: list[int]) -> dict[str, list[int]]:
+    """`{the ONNX model's one input: shape}`."""
+    import onnx
+
+    if not os.path.isfile(path):
+        raise IntakeError(f"task '{name}': ONNX file '{path}' does not exist")
+    graph = onnx.load(path, load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    inputs = [i.name for i in graph.input if i.name not in initializers]
+    if len(inputs) != 1:
+        raise IntakeError(f"task '{name}': an input shape for a model of inputs {inputs}")
+    return {inputs[0]: list(shape)}
 
 
 def _static_batch(model) -> dict[str, list[int]] | None:

@@ -68,6 +68,7 @@ def run(args) -> int:
     from ...algorithms.distributed import init_from_environment
     from ...algorithms.pipeline import format_report
     from ...frontend.artifact import load_wvpack, save_wvpack
+    from ...frontend.task import Task
     from ...plan import PagePlan
 
     spec = _pack_spec(args)
@@ -77,7 +78,7 @@ def run(args) -> int:
     # the options are checked before any model is read or suite baseline trained
     config = None if spec.option("lossless") else _pack_config(spec)
     if args.suite:
-        from . import suite
+        from .. import suite
 
         named = {"five": suite.FIVE_TASKS, "ten": suite.TEN_TASKS}
         suite_tasks = suite.load_suite(named.get(args.suite) or args.suite.split(","))
@@ -87,7 +88,7 @@ def run(args) -> int:
         tasks, problems = [], []
         for name, path in spec.models.items():  # every model that fails intake, at once
             try:
-                tasks.append(_load_model(name, path, shapes.get(name)))
+                tasks.append(Task.from_file(path, name, shapes.get(name)))
                 print(f"intake {name}: {tasks[-1].n_weights} weights")
             except ValueError as err:
                 problems.append(str(err))
@@ -173,10 +174,8 @@ def _pack_spec(args):
     return spec
 
 
-def _input_shapes(entries: list[str], models: dict[str, str]) -> dict[str, dict]:
-    """--input-shape NAME=1x3x32x32 -> {task: {its ONNX input: [1, 3, 32, 32]}}."""
-    import onnx
-
+def _input_shapes(entries: list[str], models: dict[str, str]) -> dict[str, list[int]]:
+    """--input-shape NAME=1x3x32x32 -> {task: [1, 3, 32, 32]}."""
     shapes = {}
     for entry in entries:
         name, sep, dims = entry.partition("=")
@@ -186,30 +185,10 @@ def _input_shapes(entries: list[str], models: dict[str, str]) -> dict[str, dict]
                 f"{[n for n, p in models.items() if p.endswith('.onnx')]}"
             )
         try:
-            shape = [int(d) for d in dims.lower().split("x")]
+            shapes[name] = [int(d) for d in dims.lower().split("x")]
         except ValueError:
             raise ValueError(f"--input-shape {entry!r}: dimensions must be integers") from None
-        graph = onnx.load(models[name], load_external_data=False).graph
-        initializers = {i.name for i in graph.initializer}
-        inputs = [i.name for i in graph.input if i.name not in initializers]
-        if len(inputs) != 1:
-            raise ValueError(f"--input-shape {entry!r}: the model has inputs {inputs}, not one")
-        shapes[name] = {inputs[0]: shape}
     return shapes
-
-
-def _load_model(name: str, path: str, shape_dict: dict | None = None):
-    from ...frontend.task import Task
-
-    if os.path.isdir(path):
-        raise ValueError(f"task '{name}': '{path}' is a folder, not a model file")
-    if path.endswith(".onnx"):
-        return Task.from_onnx(path, name=name, shape_dict=shape_dict)
-    if path.endswith(".pt2"):
-        return Task.from_pt2(path, name=name)
-    raise ValueError(
-        f"task '{name}': '{path}' is neither an .onnx nor a .pt2 (torch.export.save) model"
-    )
 
 
 def _load_data(spec) -> dict:
