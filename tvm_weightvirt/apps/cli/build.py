@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...abi import MODES
+from ...targets.mcu.boards import TARGETS as MCU_TARGETS
 from .common import (
     BUILD_DEFAULTS,
     check_output_folder,
@@ -21,7 +22,7 @@ def add_parser(command) -> None:
     parser.add_argument("pack", help="a .wvpack saved with its task graphs")
     parser.add_argument(
         "--target",
-        choices=["llvm", "cuda", "cortex-m4", "cortex-m7"],
+        choices=["llvm", "cuda", *MCU_TARGETS],
         default="llvm",
         help="cortex-m*: write a C project (pool in RAM, exclusive pages in flash) to -o",
     )
@@ -63,7 +64,7 @@ def add_parser(command) -> None:
 def run(args) -> int:
     from ...compile.compiler import build, lower
 
-    mcu = args.target.startswith("cortex-m")
+    mcu = args.target in MCU_TARGETS
     refuse(
         args,
         "--target " + args.target,
