@@ -17,6 +17,7 @@ import torch
 
 from ..layout import PageLayout
 from ..progress import steps
+from .configs import OptimizeConfig
 from .distributed import average_across_processes, local_share
 from .matching import add_rows
 from .objectives import Objective
@@ -24,31 +25,6 @@ from .training import minibatch_steps, model_outputs
 
 NWV_LAMBDA = 10.0  # weight of the sharing loss, NWV's
 WS_LAMBDA = 0.1  # with weight separation, WS's
-
-
-@dataclass(frozen=True)
-class OptimizeConfig:
-    """NWV's loss and optimizer (lambda 10, Adam 1e-3, batch 100); a CPU-sized schedule.
-
-    With `distill_temperature`, each task fits its separate model's outputs on its training
-    inputs (KL on softmaxes at that temperature for classifiers, MSE otherwise) instead of its
-    training targets: on tiny training splits, labels are fitted by many functions, the
-    separate model's outputs by few, and those few generalise like it does."""
-
-    rounds: int = 4
-    iterations: int = 300  # per task per round
-    lam: float | None = None  # None: NWV_LAMBDA, or WS_LAMBDA with weight separation
-    lr: float = 1e-3
-    batch_size: int = 100
-    eval_every: int = 50
-    seed: int = 0
-    distill_temperature: float | None = None  # None: fit the targets (NWV)
-
-    def __post_init__(self) -> None:
-        if self.distill_temperature is not None and not self.distill_temperature > 0:
-            raise ValueError(
-                f"distill_temperature must be > 0 (or None), got {self.distill_temperature}"
-            )
 
 
 @dataclass

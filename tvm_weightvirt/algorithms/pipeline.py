@@ -8,7 +8,7 @@ model with its metric through the packed pages, on the test split.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ from ..coded_pages import CodedPages, check_coded_page_size
 from ..layout import PageLayout, check_page_size, weight_alignment
 from ..plan import PagePlan, TaskPages, check_unique_names
 from ..progress import steps
+from .configs import OptimizeConfig, PackConfig
 from .data import Split
 from .determinism import deterministic
 from .importance import fill_missing, fisher_nwv, fisher_ws
@@ -25,7 +26,6 @@ from .objectives import Objective, toward_original_outputs
 from .optimize import (
     NWV_LAMBDA,
     WS_LAMBDA,
-    OptimizeConfig,
     PoolTask,
     optimize_pool,
     pool_outputs,
@@ -52,23 +52,6 @@ from .smartdeal import (
     latent_to_coded,
 )
 from .training import model_outputs
-
-
-@dataclass
-class PackConfig:
-    page_size: int = 100
-    pool_pages: int | None = None  # None: pages of the largest task (NWV), or the L1 budget's
-    share_within_task: bool = False  # needed for pools smaller than the largest task
-    match: str = "greedy"
-    init: str = "fisher_mean"
-    fisher_samples: int | None = None  # None: 100 (NWV), or 50 with separation (WS)
-    fisher_batch: int | None = None  # samples per batch of gradients; None: a memory bound
-    fisher_split: str = "train"  # whose inputs the Fisher reads (NWV, WS: train; or "val")
-    separation: SeparationConfig | None = None  # None: every page shared (NWV)
-    smartdeal: bool = False  # pages stored as power-of-two codes x a 3x3 basis per page
-    page_aligned: bool = False  # every weight starts on a page (zero-copy kernels)
-    optimize: OptimizeConfig = field(default_factory=OptimizeConfig)
-    seed: int = 0
 
 
 @dataclass

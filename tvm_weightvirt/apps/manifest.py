@@ -5,47 +5,101 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+
+from ..algorithms.configs import OptimizeConfig, PackConfig, SeparationConfig
+
+
+def _default(config: type, name: str):
+    """The default of field `name` of a config dataclass: the one place a default is spelled."""
+    return {f.name: f.default for f in fields(config)}[name]
+
 
 # option: (type, default, choices, help); the flag is --option-with-dashes, the manifest key
-# is the option name in its [pack] table.
+# is the option name in its [pack] table. Defaults of options that are config fields are read
+# from the field.
 PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
-    "page_size": (int, 100, None, "weights per page"),
-    "pool_pages": (int, None, None, "pool size in pages (default: the largest task's, as NWV)"),
-    "share_within_task": (bool, False, None, "allow a pool smaller than the largest task"),
-    "match": (str, "greedy", ("greedy", "fast", "optimal", "random"), "page matching"),
-    "init": (str, "fisher_mean", ("random", "weights", "fisher_mean"), "pool initialisation"),
-    "rounds": (int, 4, None, "retraining rounds (0: none)"),
-    "iterations": (int, 300, None, "retraining iterations per task per round"),
-    "lam": (float, None, None, "sharing-loss weight (default 10 as NWV; 0.1 with separation)"),
+    "page_size": (int, _default(PackConfig, "page_size"), None, "weights per page"),
+    "pool_pages": (
+        int,
+        _default(PackConfig, "pool_pages"),
+        None,
+        "pool size in pages (default: the largest task's, as NWV)",
+    ),
+    "share_within_task": (
+        bool,
+        _default(PackConfig, "share_within_task"),
+        None,
+        "allow a pool smaller than the largest task",
+    ),
+    "match": (
+        str,
+        _default(PackConfig, "match"),
+        ("greedy", "fast", "optimal", "random"),
+        "page matching",
+    ),
+    "init": (
+        str,
+        _default(PackConfig, "init"),
+        ("random", "weights", "fisher_mean"),
+        "pool initialisation",
+    ),
+    "rounds": (int, _default(OptimizeConfig, "rounds"), None, "retraining rounds (0: none)"),
+    "iterations": (
+        int,
+        _default(OptimizeConfig, "iterations"),
+        None,
+        "retraining iterations per task per round",
+    ),
+    "lam": (
+        float,
+        _default(OptimizeConfig, "lam"),
+        None,
+        "sharing-loss weight (default 10 as NWV; 0.1 with separation)",
+    ),
     "distill_temperature": (
         float,
-        None,
+        _default(OptimizeConfig, "distill_temperature"),
         None,
         "retrain each task toward its separate model's outputs on its training inputs (KL at "
         "this temperature for classifiers, e.g. 4; MSE otherwise) instead of its targets",
     ),
-    "fisher_samples": (int, None, None, "samples for the Fisher (default 100; 50 with separation)"),
-    "fisher_batch": (int, None, None, "samples per Fisher batch (default: gradients < 256 MiB)"),
+    "fisher_samples": (
+        int,
+        _default(PackConfig, "fisher_samples"),
+        None,
+        "samples for the Fisher (default 100; 50 with separation)",
+    ),
+    "fisher_batch": (
+        int,
+        _default(PackConfig, "fisher_batch"),
+        None,
+        "samples per Fisher batch (default: gradients < 256 MiB)",
+    ),
     "fisher_split": (
         str,
-        "train",
+        _default(PackConfig, "fisher_split"),
         ("train", "val"),
         "whose inputs the Fisher reads (NWV and WS: train; val: held-out inputs, where a model "
         "that fits its training split exactly is not certain of every answer; for separation, "
         "whose Fisher is normalised: NWV's grows there and outweighs the task's loss at lam 10)",
     ),
-    "seed": (int, 0, None, "seed of splits, matching and retraining"),
+    "seed": (int, _default(PackConfig, "seed"), None, "seed of splits, matching and retraining"),
     "resume": (str, None, None, "continue retraining from this .wvpack's plan"),
     "separate": (bool, False, None, "weight separation: critical pages exclusive in level 2 (WS)"),
     "l1_budget": (str, None, None, "pool + page tables in RAM, e.g. 256KiB (sets the pool size)"),
     "l2_budget": (str, None, None, "all exclusive pages, e.g. 4MiB"),
-    "tpr": (float, 1.0, None, "separation: target protection ratio"),
-    "margin": (float, 0.1, None, "separation: margin"),
-    "target_accuracy": (float, None, None, "separation: per-task tpr by WS's rule (e.g. 0.95)"),
+    "tpr": (float, _default(SeparationConfig, "tpr"), None, "separation: target protection ratio"),
+    "margin": (float, _default(SeparationConfig, "margin"), None, "separation: margin"),
+    "target_accuracy": (
+        float,
+        _default(SeparationConfig, "target_accuracy"),
+        None,
+        "separation: per-task tpr by WS's rule (e.g. 0.95)",
+    ),
     "separation_rule": (
         str,
-        "tpr",
+        _default(SeparationConfig, "rule"),
         ("tpr", "bytes", "bytes_even"),
         "separation: WS's tpr/margin per task; 'bytes': spend --l2-budget on the pages "
         "with the most Fisher share per byte across tasks; 'bytes_even': spend it so every "
@@ -53,7 +107,7 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     ),
     "refine_rounds": (
         int,
-        0,
+        _default(SeparationConfig, "refine_rounds"),
         None,
         "separation rules 'bytes' and 'bytes_even': pack again this often, the level-2 bytes "
         "moved by what each task's packed model lost (on its training split, or, retrained "
@@ -62,7 +116,7 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     ),
     "refine_by": (
         str,
-        "weights",
+        _default(SeparationConfig, "refine_by"),
         ("weights", "whole_task"),
         "--refine-rounds: 'weights': each task's Fisher share weighted by (1 + its loss); "
         "'whole_task': the task that lost most keeps every page exclusive (one more a round, "
@@ -70,14 +124,14 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     ),
     "smartdeal": (
         bool,
-        False,
+        _default(PackConfig, "smartdeal"),
         None,
         "pages (pool and exclusive) as power-of-two codes x a 3x3 basis per page (page size: "
         "a multiple of 3; budgets are spent in coded bytes)",
     ),
     "page_aligned": (
         bool,
-        False,
+        _default(PackConfig, "page_aligned"),
         None,
         "every weight starts on a page (zero-copy kernels: `wvirt build --zero-copy`)",
     ),
