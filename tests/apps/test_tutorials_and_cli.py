@@ -171,3 +171,18 @@ def test_tutorial_08_switches_by_mapping_pages(tmp_path, monkeypatch, capsys):
     pages = sum(pack.plan.task(n).layout.n_pages for n in order)
     page_bytes = 4 * pack.plan.page_size
     assert f"gathering: 6 switches moved {pages * page_bytes} B gathered" in printed
+
+
+@pytest.mark.skipif(bool(mcu.missing_tools(host=True)), reason="no host gcc/make")
+def test_tutorial_09_takes_an_onnx_lstm_and_a_torch_cnn_to_a_cortex_m(
+    tmp_path, monkeypatch, capsys
+):
+    """The tutorial asserts lossless intake and C == llvm itself; here: both tasks went through
+    intake, the pack was written, and the C project ran the whole sequence."""
+    monkeypatch.setattr(sys, "argv", ["09_your_architecture.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "09_your_architecture.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert re.search(r"kws: \d+ weights, compiled vs torch", printed)
+    assert re.search(r"vision: \d+ weights, compiled vs torch", printed)
+    assert "vs llvm over ['kws', 'vision', 'kws']" in printed
+    assert wv.load_wvpack(tmp_path / "mine.wvpack").plan.n_pool_pages > 0
