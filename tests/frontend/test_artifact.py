@@ -100,7 +100,9 @@ def _nan_in_first_weight(plan, name):
     return wv.PagePlan(plan.page_size, pool, plan.tasks), plan.task(name).layout.names[0]
 
 
-def test_a_plan_or_report_holding_nan_is_refused_and_nothing_is_written(tmp_path, tasks):
+def test_a_plan_or_report_holding_nan_or_a_missing_folder_is_refused_and_nothing_written(
+    tmp_path, tasks
+):
     plan = wv.PagePlan.lossless(tasks, page_size=100)
     bad_plan, weight = _nan_in_first_weight(plan, "mlp")
     path = tmp_path / "nan.wvpack"
@@ -112,6 +114,8 @@ def test_a_plan_or_report_holding_nan_is_refused_and_nothing_is_written(tmp_path
     with pytest.raises(wv.ArtifactError, match="report tasks.mlp.acc_packed is nan; report ratio"):
         wv.save_wvpack(path, plan, tasks, report)
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(wv.ArtifactError, match="not written: folder '.*nope' does not exist"):
+        wv.save_wvpack(tmp_path / "nope" / "a.wvpack", plan, tasks)
 
 
 def test_a_pack_holding_nan_does_not_load_and_inspect_exits_2(tmp_path, tasks, monkeypatch, capsys):

@@ -108,6 +108,8 @@ def save_wvpack(
     )
     path = os.fspath(path)
     folder, base = os.path.split(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ArtifactError(f"'{path}' not written: folder '{folder}' does not exist")
     tmp = os.path.join(folder, f".{base}.{secrets.token_hex(6)}.tmp")
     # O_EXCL: a fresh file; mode 0o666 less the umask, as open() would create the target
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
