@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
-from tvm_weightvirt.algorithms.pipeline import PackConfig, format_report
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.algorithms.report import format_report
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.frontend.packing import pack
 

@@ -12,7 +12,8 @@ import numpy as np
 
 from benchmarks._common import run
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
-from tvm_weightvirt.algorithms.pipeline import PackConfig, format_report
+from tvm_weightvirt.algorithms.pipeline import PackConfig
+from tvm_weightvirt.algorithms.report import format_report
 from tvm_weightvirt.algorithms.separation import SeparationConfig, parse_bytes
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.compile.compiler import build, lower

@@ -19,7 +19,7 @@ import torch
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt.algorithms.pipeline import format_report
+from tvm_weightvirt.algorithms.report import format_report
 from tvm_weightvirt.apps import examples
 from tvm_weightvirt.apps.figures import plot_pack
 from tvm_weightvirt.frontend.twin import TorchTwin

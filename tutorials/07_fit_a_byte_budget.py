@@ -31,7 +31,7 @@ import numpy as np
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 import tvm_weightvirt as wv
-from tvm_weightvirt.algorithms.pipeline import format_report
+from tvm_weightvirt.algorithms.report import format_report
 from tvm_weightvirt.apps import examples
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()

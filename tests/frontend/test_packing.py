@@ -299,7 +299,7 @@ def test_shared_pages_matrix_counts_pool_pages_read_by_both_tasks():
 
 def test_reports_saved_before_objectives_still_read():
     """A pack written by an earlier version (accuracy only, `acc_*` keys) still prints."""
-    from tvm_weightvirt.algorithms.pipeline import format_report
+    from tvm_weightvirt.algorithms.report import format_report
 
     row = {"params": 100, "pages": 1, "exclusive_pages": 0, "acc_separate": 90.0}
     row |= {"acc_matched": 80.0, "acc_packed": 89.0, "delta_pp": -1.0, "matching_cost": 0.1}
@@ -322,7 +322,7 @@ def test_reports_saved_before_objectives_still_read():
 
 def test_the_report_says_when_no_task_reads_the_pool():
     """A level-2 budget that holds every page leaves the pool unread: the report says so."""
-    from tvm_weightvirt.algorithms.pipeline import format_report
+    from tvm_weightvirt.algorithms.report import format_report
 
     row = {"params": 200, "pages": 2, "exclusive_pages": 2, "objective": "regression"}
     row |= {"metric": "rmse", "percent": False, "separate": 1.0, "matched": 2.0}

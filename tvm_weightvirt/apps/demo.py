@@ -9,7 +9,8 @@ import time
 import numpy as np
 
 from ..algorithms.optimize import OptimizeConfig
-from ..algorithms.pipeline import PackConfig, format_report
+from ..algorithms.pipeline import PackConfig
+from ..algorithms.report import format_report
 from ..compile.compiler import build, lower
 from ..frontend.artifact import load_wvpack, save_wvpack
 from ..frontend.packing import pack

@@ -65,7 +65,7 @@ def plot_pack(plan: PagePlan, report: dict | None, path: str) -> None:
     if report:
         # metrics differ in scale and direction: packed relative to separate, 100 = unchanged
         ax = axes[2]
-        from ..algorithms.pipeline import task_rows  # torch: only with a report
+        from ..algorithms.report import task_rows  # torch: only with a report
 
         rows = [task_rows(report)[n] for n in names]
         relative = [100.0 * r["packed"] / r["separate"] if r["separate"] else np.nan for r in rows]

@@ -26,7 +26,7 @@ def run(args) -> int:
         f"exclusive {pack.plan.exclusive_bytes} B"
     )
     if pack.report:
-        from ...algorithms.pipeline import format_report
+        from ...algorithms.report import format_report
 
         print(format_report(pack.report))
     if args.png:

@@ -66,7 +66,7 @@ def run(args) -> int:
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         return _relaunch_under_torchrun(args.argv, args.nproc)
     from ...algorithms.distributed import init_from_environment
-    from ...algorithms.pipeline import format_report
+    from ...algorithms.report import format_report
     from ...frontend.artifact import load_wvpack, save_wvpack
     from ...frontend.task import Task
     from ...plan import PagePlan
