@@ -2,8 +2,8 @@
 -> joint retraining -> page plan.
 
 No TVM here: each `PackTask` is a torch model with its splits and objective (`packing.pack`
-makes them from any Task and TaskData). `report` compares each task's metric as a separate
-model with its metric through the packed pages, on the test split.
+makes them from any Task and TaskData). `report.pack_report` compares each task's metric as a
+separate model with its metric through the packed pages, on the test split.
 """
 
 from __future__ import annotations
