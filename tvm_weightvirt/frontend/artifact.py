@@ -53,7 +53,7 @@ def save_wvpack(
     packing `report`) to `path` atomically (a write killed midway leaves the old file, and
     a `.<name>.*.tmp` beside it); returns the file size in bytes. A plan or report holding NaN
     or inf is refused before anything is written."""
-    non_finite = plan.non_finite() + [f"report {key} is {v}" for key, v in _non_finite(report)]
+    non_finite = _non_finite_parts(plan, report)
     if non_finite:
         raise ArtifactError(f"'{os.fspath(path)}' not written: " + "; ".join(non_finite))
     if plan.coded is None:
@@ -217,9 +217,7 @@ def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
             plan = PagePlan.from_coded(page_size, coded, task_pages)
     except ValueError as err:
         raise ArtifactError(f"{where}: {err}") from err
-    non_finite = plan.non_finite() + [
-        f"report {key} is {v}" for key, v in _non_finite(manifest.get("report"))
-    ]
+    non_finite = _non_finite_parts(plan, manifest.get("report"))
     if non_finite:
         raise ArtifactError(f"{where}: " + "; ".join(non_finite))
     # Step 4. The task graphs, whose weights are read back through the plan.
@@ -228,6 +226,11 @@ def load_wvpack(path: str | os.PathLike, graphs: bool = True) -> WvPack:
         if f"graph.{name}" in tensors:
             tasks.append(_task_from_graph(where, name, tensors[f"graph.{name}"], plan))
     return WvPack(plan, tasks, manifest.get("report"))
+
+
+def _non_finite_parts(plan: PagePlan, report: dict | None) -> list[str]:
+    """What of a pack holds NaN or inf, one line each: task weights, pool pages, report keys."""
+    return plan.non_finite() + [f"report {key} is {v}" for key, v in _non_finite(report)]
 
 
 def _non_finite(value, key: str = "") -> list[tuple[str, float]]:

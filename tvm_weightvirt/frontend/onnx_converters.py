@@ -147,8 +147,7 @@ def _of_direction(tensor, d: int):
 
 def _gate_sums(bb, parts, h, weight, bias, n: int) -> list:
     """`parts` (the input's contribution, n gates wide) plus the state's, split per gate."""
-    state = relax.op.matmul(h, weight)
-    state = bb.emit(state if bias is None else relax.op.add(state, bias))
+    state = bb.emit(_affine(h, weight, bias))
     both = [bb.emit(relax.op.split(v, n, -1)) for v in (parts, state)]
     return [
         bb.emit(relax.op.add(relax.TupleGetItem(both[0], i), relax.TupleGetItem(both[1], i)))

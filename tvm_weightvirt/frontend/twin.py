@@ -120,16 +120,19 @@ def _adaptive_avg_pool(dims: int):
     return run
 
 
+def _along(v, axis: int, ndim: int):
+    """A per-channel vector `v` shaped to broadcast along `axis` of an `ndim`-d tensor."""
+    shape = [1] * ndim
+    shape[axis % ndim] = -1
+    return v.reshape(shape)
+
+
 def _batch_norm(x, gamma, beta, mean, var, attrs):
-    axis = int(attrs.axis) % x.dim()
-    shape = [1] * x.dim()
-    shape[axis] = -1
-    out = (x - mean.view(shape)) / torch.sqrt(var.view(shape) + float(attrs.epsilon))
-    if bool(attrs.scale):
-        out = out * gamma.view(shape)
-    if bool(attrs.center):
-        out = out + beta.view(shape)
-    return (out, mean, var)
+    axis = int(attrs.axis)
+    out = (x - _along(mean, axis, x.dim())) / torch.sqrt(
+        _along(var, axis, x.dim()) + float(attrs.epsilon)
+    )
+    return (_scaled(out, gamma, beta, axis, attrs), mean, var)
 
 
 def _layer_norm(x, gamma, beta, attrs):
@@ -208,9 +211,7 @@ def _resize2d(x, size: list[int], attrs):
             x.index_select(axis, torch.from_numpy(np.clip(low + k, 0, n_in - 1).astype(np.int64)))
             for k in (0, 1)
         )
-        t = torch.from_numpy((src - low).astype(np.float32)).reshape(
-            [-1 if a == axis else 1 for a in range(x.dim())]
-        )
+        t = _along(torch.from_numpy((src - low).astype(np.float32)), axis, x.dim())
         x = below * (1.0 - t) + above * t
     return x
 
@@ -266,10 +267,10 @@ def _standardized(x, axes: list[int], attrs):
 
 
 def _scaled(x, gamma, beta, axis: int, attrs):
-    shape = [-1 if a == axis % x.dim() else 1 for a in range(x.dim())]
+    """`x` times `gamma` (attribute `scale`) plus `beta` (`center`), per channel of `axis`."""
     if bool(attrs.scale):
-        x = x * gamma.reshape(shape)
-    return x + beta.reshape(shape) if bool(attrs.center) else x
+        x = x * _along(gamma, axis, x.dim())
+    return x + _along(beta, axis, x.dim()) if bool(attrs.center) else x
 
 
 def _tile(x, attrs):
@@ -355,9 +356,7 @@ OPS: dict[str, Callable[..., Value]] = {
     "relax.clip": lambda x, low, high, attrs: torch.clamp(x, low, high),
     "relax.nn.relu": lambda x, attrs: F.relu(x),
     "relax.nn.prelu": lambda x, alpha, attrs: torch.where(
-        x >= 0,
-        x,
-        x * alpha.reshape([-1 if a == int(attrs.axis) % x.dim() else 1 for a in range(x.dim())]),
+        x >= 0, x, x * _along(alpha, int(attrs.axis), x.dim())
     ),
     "relax.nn.leakyrelu": lambda x, attrs: F.leaky_relu(x, float(attrs.alpha)),
     "relax.nn.gelu": lambda x, attrs: F.gelu(x),
