@@ -161,5 +161,27 @@ def format_table(numbers: dict) -> str:
     return "\n".join(lines)
 
 
+def measure_or_real_size(quick: bool, real_size: bool) -> dict:
+    if real_size:
+        from benchmarks import real_size as at_real_size
+
+        return at_real_size.measure(quick)
+    return measure(quick)
+
+
+def table(numbers: dict) -> str:
+    if "one_thread" in numbers:
+        from benchmarks import real_size as at_real_size
+
+        return at_real_size.format_table(numbers)
+    return format_table(numbers)
+
+
 if __name__ == "__main__":
-    run(__doc__, measure, format_table)
+    real_size_help = "ImageNet-size models instead of the suite (benchmarks/real_size.py)"
+    run(
+        __doc__,
+        measure_or_real_size,
+        table,
+        options={"--real-size": {"action": "store_true", "help": real_size_help}},
+    )

@@ -41,18 +41,42 @@ class _InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    def __init__(self, classes: int = 10) -> None:
+    """MobileNetV2: a stem, then per (expand, channels, repeats, stride) of `blocks` that many
+    inverted residuals (the first of them strided), optionally a 1x1 conv to `last` channels,
+    average pooling and a linear head. The default is the suite-sized net; `IMAGENET_MOBILENET_V2`
+    is the paper's table (1.0 width, 224 x 224; every block expands, also where torchvision's
+    first does not)."""
+
+    def __init__(
+        self,
+        classes: int = 10,
+        stem: int = 8,
+        blocks=((2, 8, 1, 1), (3, 16, 2, 2)),
+        last: int | None = None,
+    ) -> None:
         super().__init__()
-        self.stem = _conv_bn(3, 8, 3, 2, act=nn.ReLU6)
-        self.blocks = nn.Sequential(
-            _InvertedResidual(8, 8, 1, 2),
-            _InvertedResidual(8, 16, 2, 3),
-            _InvertedResidual(16, 16, 1, 3),
-        )
-        self.head = nn.Linear(16, classes)
+        self.stem = _conv_bn(3, stem, 3, 2, act=nn.ReLU6)
+        layers, c_in = [], stem
+        for expand, c_out, repeats, stride in blocks:
+            for i in range(repeats):
+                layers.append(_InvertedResidual(c_in, c_out, stride if i == 0 else 1, expand))
+                c_in = c_out
+        self.blocks = nn.Sequential(*layers)
+        self.last = nn.Identity() if last is None else _conv_bn(c_in, last, 1, act=nn.ReLU6)
+        self.head = nn.Linear(last or c_in, classes)
 
     def forward(self, x):
-        return self.head(F.adaptive_avg_pool2d(self.blocks(self.stem(x)), 1).flatten(1))
+        x = self.last(self.blocks(self.stem(x)))
+        return self.head(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+IMAGENET_MOBILENET_V2 = {
+    "classes": 1000,
+    "stem": 32,
+    "blocks": ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1))
+    + ((6, 160, 3, 2), (6, 320, 1, 1)),
+    "last": 1280,
+}
 
 
 class _SqueezeExcite(nn.Module):

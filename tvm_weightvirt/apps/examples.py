@@ -352,36 +352,59 @@ def op_calls(task) -> list:
     return calls
 
 
-def zoo_task(graph: str, seed: int = 0, name: str | None = None):
-    """A model-zoo graph (`ZOO_GRAPHS`) as a Task with seeded random weights. The zoo's own
-    are constant fills, and plain N(0, 0.05) weights would push these deep graphs into a
-    saturated (one-hot) or flat softmax, or into denormals: conv and matmul weights are
-    He-scaled instead, batch-norm scales and variances and the per-channel multiplies next to
-    them are near 1, everything else (biases) is N(0, 0.05)."""
-    from tvm import relax
-
-    from ..frontend.task import Task
-
+def zoo_onnx(graph: str, seed: int = 0) -> onnx.ModelProto:
+    """A model-zoo graph (`ZOO_GRAPHS`) with seeded random weights, as ONNX (the graph ONNX
+    Runtime and `Task.from_onnx` read alike). The zoo's own are constant fills
+    (`ConstantOfShape`), and plain N(0, 0.05) weights would push these deep graphs into a
+    saturated (one-hot) or flat softmax, or into denormals: conv and Gemm weights are
+    He-scaled instead, batch-norm scales and variances and the per-channel multiplies are near
+    1, everything else (biases, means) is N(0, 0.05)."""
     if graph not in ZOO_GRAPHS:
         raise ValueError(f"no model-zoo graph '{graph}' (has {ZOO_GRAPHS})")
-    task = Task.from_onnx(os.path.join(ZOO_FOLDER, f"light_{graph}.onnx"), name=name or graph)
-    roles = {}
-    for call in op_calls(task):
-        for i, arg in enumerate(call.args):
-            if isinstance(arg, relax.Var):
-                roles.setdefault(arg, (call.op.name, i))
+    model = onnx.load(os.path.join(ZOO_FOLDER, f"light_{graph}.onnx"))
+    initializers = {t.name: t for t in model.graph.initializer}
+    fills = {n.output[0]: n for n in model.graph.node if n.op_type == "ConstantOfShape"}
+    consumer = {}
+    for node in model.graph.node:
+        for i, name in enumerate(node.input):
+            consumer.setdefault(name, (node, i))
     rng = np.random.default_rng(seed)
     weights = {}
-    for param, (key, w) in zip(task.mod["main"].params[task.num_inputs :], task.weights.items()):
-        op, i = roles.get(param, ("", 0))
-        if op.startswith("relax.nn.conv") and i == 1:  # OIHW: fan-in I*H*W
-            w = rng.normal(0, np.sqrt(2 / np.prod(w.shape[1:])), w.shape)
-        elif op == "relax.matmul" and i == 1:  # (in, out)
-            w = rng.normal(0, np.sqrt(1 / w.shape[0]), w.shape)
-        elif (op == "relax.nn.batch_norm" and i in (1, 4)) or op == "relax.multiply":
-            w = rng.uniform(0.9, 1.1, w.shape)  # gamma, running variance, channel scale
+    for name, (node, i) in consumer.items():
+        if name in fills:
+            shape = numpy_helper.to_array(initializers[fills[name].input[0]])
+        elif name in initializers and initializers[name].data_type == onnx.TensorProto.FLOAT:
+            shape = initializers[name].dims
         else:
-            w = rng.normal(0, 0.05, w.shape)
-        weights[key] = w.astype(np.float32)
-    task.weights = weights
-    return task
+            continue
+        weights[name] = _zoo_weight(rng, node, i, tuple(int(d) for d in shape))
+    model.graph.ClearField("initializer")
+    model.graph.initializer.extend(
+        [t for n, t in initializers.items() if n not in weights]
+        + [numpy_helper.from_array(w, n) for n, w in weights.items()]
+    )
+    nodes = [n for n in model.graph.node if n.op_type != "ConstantOfShape"]
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes)
+    return model
+
+
+def _zoo_weight(rng: np.random.Generator, node, i: int, shape: tuple[int, ...]) -> np.ndarray:
+    """The seeded weight input `i` of `node` (see `zoo_onnx`)."""
+    if node.op_type == "Conv" and i == 1:  # OIHW: fan-in I*H*W
+        w = rng.normal(0, np.sqrt(2 / np.prod(shape[1:])), shape)
+    elif node.op_type == "Gemm" and i == 1:
+        trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+        w = rng.normal(0, np.sqrt(1 / shape[1 if trans_b else 0]), shape)
+    elif (node.op_type == "BatchNormalization" and i in (1, 4)) or node.op_type == "Mul":
+        w = rng.uniform(0.9, 1.1, shape)  # gamma, running variance, channel scale
+    else:
+        w = rng.normal(0, 0.05, shape)
+    return w.astype(np.float32)
+
+
+def zoo_task(graph: str, seed: int = 0, name: str | None = None):
+    """`zoo_onnx(graph, seed)` as a Task."""
+    from ..frontend.task import Task
+
+    return Task.from_onnx(zoo_onnx(graph, seed), name=name or graph)

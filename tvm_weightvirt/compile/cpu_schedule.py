@@ -1,21 +1,28 @@
-"""Default CPU schedules for the kernels that hold the time of a small model at batch 1:
-dense layers and convolutions whose weights are read with the output channel last.
+"""Default CPU schedules for the kernels that hold the time of a model at batch 1: dense
+layers and convolutions whose weights are read with the output channel last.
 
 TVM's default llvm pipeline leaves every kernel unscheduled (scalar loops in the order
 legalization wrote them). `OutputChannelVectors` gives a kernel with one reduction over a weight
 `W[..., o]` (a dense layer after its weight transpose, a convolution after
 `ConvWeightsOutputChannelsLast`) the classic register-blocked loop nest:
 
-    for the other output positions (blocked by up to 4 rows):
+    for the other output positions (in blocks of rows):
         acc[rows][o-vectors] = 0                          # registers
         for each reduction index r:                       # k, or (ci, ky, kx)
             acc[row][o-vector] += input[row, r] * W[r, o-vector]   # broadcast x vector FMA
         output[..., o, ...] = epilogue(acc)               # bias, activation fused in
 
 so every weight vector is loaded once per block of rows and every input value once per vector
-of output channels. The reduction runs in the same order as the unscheduled kernel (r in
-order, one accumulator per output), so the sums are bitwise those of TVM's default kernels
-unless LLVM contracts a multiply-add into an FMA (it does where the target has FMA).
+of output channels. The block of rows is a rectangle of the two innermost other output
+dimensions (a convolution's h x w tile: 1 x 4 rows x 2 vectors at 56 x 56, 1 x 7 rows x 2 vectors at
+7 x 7; `_register_tile` picks the most multiply-adds per load). A kernel of at
+least `MIN_PARALLEL_MACS` runs its blocks on TVM's thread pool (`TVM_NUM_THREADS` threads; TVM
+takes half the logical CPUs by default on x86), a smaller one on one thread (a fork/join costs
+more than it saves). A convolution's zero padding stays a copy of its own, so that no bounds
+test runs inside the multiply-adds. The reduction runs in the same order as the unscheduled
+kernel (r in order, one accumulator per output), so the sums are bitwise those of TVM's default
+kernels (and of the Cortex-M build's C) unless LLVM contracts a multiply-add into an FMA (it
+does where the target has FMA).
 
 `TransposeTiles` schedules the weight permutes a context switch runs (`LiftWeightTransforms`).
 A kernel neither rule fits (pooling, a kernel with symbolic shapes, ...) keeps TVM's default.
@@ -25,7 +32,9 @@ each kernel's baseline.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import math
 
 import tvm
 from tvm import s_tir, tirx
@@ -35,8 +44,9 @@ from tvm.tirx import IndexMap
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 4  # rows of outputs that share each weight vector load
 MAX_ACCUMULATORS = 12  # vector registers holding sums (16 on AVX2 / AVX-512 / NEON)
+MAX_ACCUMULATORS_7 = 14  # where 12 gives fewer multiply-adds than loads (see _register_tile)
+MIN_PARALLEL_MACS = 1 << 20  # a kernel of fewer multiply-adds runs on one thread
 
 
 class _CPURule(dl.ScheduleRule):
@@ -149,8 +159,10 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
         raise _DoesNotApply
     (reduction,) = reductions
     position = [sch.get(b).name_hint for b in blocks].index(sch.get(reduction).name_hint)
+    paddings = [b for b in blocks[:position] if _is_padding(sch.get(b))]
     for producer in blocks[:position]:
-        sch.compute_inline(producer)
+        if producer not in paddings:
+            sch.compute_inline(producer)
     consumers = blocks[position + 1 :]
 
     block = sch.get(reduction)
@@ -166,29 +178,29 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     v = spatial.index(vector)
     extent = int(vector.dom.extent)
     lanes = _largest_divisor(extent, vector_lanes(target))
-    n_vectors = _largest_divisor(extent // lanes, MAX_ACCUMULATORS)
-    # the innermost other spatial loop with extent > 1 gives rows that share weight loads
-    others = [i for i in range(len(spatial)) if i != v and int(spatial[i].dom.extent) > 1]
-    row = others[-1] if others else None
-    rows = 1
-    if row is not None:
-        rows = _largest_divisor(int(spatial[row].dom.extent), MAX_ROWS)
-        rows = _largest_divisor(rows, max(1, MAX_ACCUMULATORS // n_vectors))
+    # rows: a rectangle of the (up to) two innermost other spatial loops with extent > 1
+    rows_at = [i for i in range(len(spatial)) if i != v and int(spatial[i].dom.extent) > 1][-2:]
+    n_vectors, rows = _register_tile(extent // lanes, [int(spatial[i].dom.extent) for i in rows_at])
 
-    outer, inner = [], []
+    outer, inner_rows = [], []
     for i, loop in enumerate(loops[: len(spatial)]):
         if i == v:
             o, b, lane = sch.split(loop, [None, n_vectors, lanes])
             outer.append(o)
-            inner += [b, lane]
-        elif i == row:
-            o, r = sch.split(loop, [None, rows])
+            inner_vectors = [b, lane]
+        elif i in rows_at:
+            o, r = sch.split(loop, [None, rows[rows_at.index(i)]])
             outer.append(o)
-            inner.insert(0, r)
+            inner_rows.append(r)
         else:
             outer.append(loop)
+    inner = inner_rows + inner_vectors
     reduction_loops = list(loops[len(spatial) :])
     sch.reorder(*outer, *reduction_loops, *inner)
+    outer = sch.fuse(*outer) if len(outer) > 1 else outer[0]
+    parallel = _multiply_adds(block) >= MIN_PARALLEL_MACS
+    if parallel:
+        sch.parallel(outer)
 
     accumulate = sch.cache_write(reduction, 0, "local")
     # the accumulators' output channels innermost: each vector of them is one register
@@ -203,7 +215,7 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
             ndim=ndim,
         ),
     )
-    sch.reverse_compute_at(accumulate, outer[-1])
+    sch.reverse_compute_at(accumulate, outer)
     for consumer in consumers:
         sch.reverse_compute_inline(consumer)
     *unrolled, lane_loop = sch.get_loops(reduction)[-len(inner) :]
@@ -211,7 +223,50 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     for loop in unrolled:
         sch.unroll(loop)
     sch.decompose_reduction(reduction, reduction_loops[0])  # the init keeps the loop kinds
+    for padding in paddings:
+        *rows_of_padding, _ = sch.get_loops(padding)
+        if parallel and rows_of_padding:
+            sch.parallel(sch.fuse(*rows_of_padding))
     return sch
+
+
+def _register_tile(vectors: int, extents: list[int]) -> tuple[int, list[int]]:
+    """How many vectors of output channels (dividing `vectors`) and which rectangle of rows
+    (each side dividing its `extents`) one block of accumulators holds: the most multiply-adds
+    per load (each step loads one vector per vector and broadcasts one input per row), then
+    the larger block. At most `MAX_ACCUMULATORS` sums, `MAX_ACCUMULATORS_7` where that gives
+    fewer multiply-adds than loads (a 7 x 7 map: 2 vectors x 7 rows)."""
+    best = None
+    for most in (MAX_ACCUMULATORS, MAX_ACCUMULATORS_7):
+        for n in _divisors(vectors, most):
+            for rows in itertools.product(*[_divisors(e, most // n) for e in extents]):
+                r = math.prod(rows)
+                if n * r <= most:
+                    score = (n * r / (n + r), n * r)
+                    if best is None or score > best[0]:
+                        best = (score, n, list(rows))
+        if best[0][0] >= 1:
+            break
+    return best[1], best[2]
+
+
+def _divisors(n: int, at_most: int) -> list[int]:
+    return [d for d in range(1, min(n, at_most) + 1) if n % d == 0]
+
+
+def _is_padding(block) -> bool:
+    """A producer that pads the input of a sliding window: kept as its own stage (a copy)
+    rather than inlined, so that no bounds test runs inside the multiply-adds."""
+    body = block.body
+    return (
+        isinstance(body, tirx.BufferStore)
+        and isinstance(body.value, tvm.ir.expr.Call)
+        and getattr(body.value.op, "name", "") == "prim.if_then_else"
+    )
+
+
+def _multiply_adds(block) -> int:
+    return math.prod(int(iv.dom.extent) for iv in block.iter_vars)
 
 
 def _check_static(iters) -> None:
@@ -242,7 +297,7 @@ def _uses(expr, var) -> bool:
 
 
 def _largest_divisor(n: int, at_most: int) -> int:
-    return max(d for d in range(1, min(n, at_most) + 1) if n % d == 0)
+    return _divisors(n, at_most)[-1]
 
 
 def default_pipeline(target: Target) -> tvm.transform.Pass:

@@ -2,7 +2,7 @@
 `from_onnx`), where TVM's emit a graph the rest of the project cannot take: TVM's Clip, Pad
 and Tile become `call_tir` kernels of TOPI (`emit_te`), which have no torch twin (and Clip's
 scalar bounds no Cortex-M executor argument); ours emit Relax's `maximum` / `minimum`,
-`nn.pad` and `tile`.
+`nn.pad` and `tile`; its Sum stacks its inputs and reduces, ours adds them.
 TVM has no LSTM or GRU: ours unroll them over the (static) sequence into Relax matmuls and
 activations, ONNX's equations (onnx.ai/onnx/operators/onnx__LSTM.html, onnx__GRU.html)."""
 
@@ -68,6 +68,18 @@ class Tile(onnx_frontend.Tile):
         if not isinstance(repeats, tvm.ir.GenericConst):
             return super()._impl_v13(bb, inputs, attr, params)
         return bb.emit(relax.op.tile(inputs[0], [int(r) for r in repeats.value.numpy()]))
+
+
+class Sum(onnx_frontend.Sum):
+    """`a + b + ...` as Relax adds, left to right (the sums TVM's stack-and-reduce computes,
+    0 + a + b + ...): TVM's `sum` of a stack makes a ResNet's residual a kernel of its own
+    and a copy of both tensors; adds fuse into the convolution before them."""
+
+    @classmethod
+    def _impl_v1(cls, bb, inputs, attr, params):
+        if all(isinstance(x, tvm.ir.GenericConst) for x in inputs):
+            return super()._impl_v1(bb, inputs, attr, params)
+        return cls._impl_dynamic(bb, inputs)
 
 
 class _Recurrent(onnx_frontend.OnnxOpConverter):
@@ -219,7 +231,7 @@ def _affine(x, weight, bias):
     return y if bias is None else relax.op.add(y, bias)
 
 
-CONVERTERS = {"Clip": Clip, "Pad": Pad, "Tile": Tile, "LSTM": LSTM, "GRU": GRU}
+CONVERTERS = {"Clip": Clip, "Pad": Pad, "Sum": Sum, "Tile": Tile, "LSTM": LSTM, "GRU": GRU}
 
 
 @contextmanager
