@@ -16,9 +16,9 @@ import numpy as np
 from benchmarks._common import run
 
 
-def kernel_times(executable, function: str, args: list, repeat: int) -> dict[str, float]:
-    """Each kernel a call of `function(*args)` launches, timed alone on the arguments it got
-    (median us over `repeat` runs of 100 calls; a kernel launched twice is summed)."""
+def launched_kernels(executable, function: str, args: list) -> list[tuple[str, list]]:
+    """The kernels one call of `function(*args)` launches, in order, with (copies of) the
+    arguments each got."""
     import tvm
     from tvm.runtime.vm import VirtualMachine
 
@@ -33,11 +33,21 @@ def kernel_times(executable, function: str, args: list, repeat: int) -> dict[str
     vm = VirtualMachine(executable, tvm.cpu())
     vm.set_instrument(record)
     vm[function](*args)
+    return launched
+
+
+def kernel_times(
+    executable, function: str, args: list, repeat: int, number: int = 100
+) -> dict[str, float]:
+    """Each kernel a call of `function(*args)` launches, timed alone on the arguments it got
+    (median us over `repeat` runs of `number` calls; a kernel launched twice is summed)."""
+    import tvm
+
     library = executable.mod.imports[0]
     times: dict[str, float] = {}
-    for symbol, arguments in launched:
+    for symbol, arguments in launched_kernels(executable, function, args):
         tensors = [tvm.runtime.tensor(a) if isinstance(a, np.ndarray) else a for a in arguments]
-        timer = library.time_evaluator(symbol, tvm.cpu(), number=100, repeat=repeat)
+        timer = library.time_evaluator(symbol, tvm.cpu(), number=number, repeat=repeat)
         times[symbol] = times.get(symbol, 0.0) + 1e6 * float(np.median(timer(*tensors).results))
     return times
 

@@ -7,7 +7,10 @@ per model, the median latency of one request (batch 1, numpy in, numpy out) thro
 both TVM builds for this machine's CPU (`{"kind": "llvm", "mcpu": <host cpu>}`; ONNX Runtime
 picks its kernels for it at run time too). Every system runs on the same number of threads:
 once on 1 and once on all CPUs, each in a process of its own (TVM sizes its thread pool once,
-from `TVM_NUM_THREADS`). Each round calls every system once, in a fresh seeded random order.
+from `TVM_NUM_THREADS`). Each round calls every system once, in a fresh seeded random order
+(`tasks`, `vs_ort`; on all CPUs one system's threads may still spin when the next one starts,
+as in a process serving several models); `tasks_alone`, `alone_vs_ort`: each system called
+back to back, as a process serving one model would.
 
 Models: the ONNX model-zoo graphs of the onnx wheel with seeded weights
 (`examples.zoo_onnx`: SqueezeNet 1.0, ShuffleNet, ResNet-50; full run also DenseNet-121 and
@@ -110,16 +113,21 @@ def measure_threads(quick: bool, threads: int) -> dict:
             for k in rng.permutation(len(calls)):
                 label = SYSTEMS[k]
                 times[label].append(calls[label]())
-        ms = {label: 1e3 * float(np.median(t)) for label, t in times.items()}
-        numbers["tasks"][task.name] = ms
-        macs = multiply_adds(models[task.name])
-        numbers["gflops"][task.name] = {label: 2 * macs / t / 1e6 for label, t in ms.items()}
-    numbers["vs_ort"] = {
-        system: _geomean_and_worst(
-            [ms[system] / ms["onnxruntime"] for ms in numbers["tasks"].values()]
-        )
-        for system in SYSTEMS[1:]
-    }
+        alone = {label: [call() for _ in range(rounds)] for label, call in calls.items()}
+        for key, seconds in (("tasks", times), ("tasks_alone", alone)):
+            ms = {label: 1e3 * float(np.median(t)) for label, t in seconds.items()}
+            numbers.setdefault(key, {})[task.name] = ms
+        macs = multiply_adds(task)
+        numbers["gflops"][task.name] = {
+            label: 2 * macs / ms / 1e6 for label, ms in numbers["tasks"][task.name].items()
+        }
+    for key, tasks_key in (("vs_ort", "tasks"), ("alone_vs_ort", "tasks_alone")):
+        numbers[key] = {
+            system: _geomean_and_worst(
+                [ms[system] / ms["onnxruntime"] for ms in numbers[tasks_key].values()]
+            )
+            for system in SYSTEMS[1:]
+        }
     numbers["virtualized_vs_plain"] = _geomean_and_worst(
         [ms["virtualized"] / ms["plain_tvm"] for ms in numbers["tasks"].values()]
     )
@@ -160,25 +168,22 @@ def ort_session(model, threads: int):
     )
 
 
-def multiply_adds(model) -> int:
-    """The multiply-adds of a graph's Conv, Gemm and MatMul nodes (ONNX's shape inference)."""
-    import onnx
+def multiply_adds(task) -> int:
+    """The multiply-adds of a task's convolutions (weights OI...) and matmuls."""
+    from tvm_weightvirt.apps import examples
 
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    shapes = {
-        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in [*graph.value_info, *graph.input, *graph.output]
-    }
-    shapes.update({t.name: list(t.dims) for t in graph.initializer})
     total = 0
-    for node in graph.node:
-        if node.op_type == "Conv":
-            weight, out = shapes[node.input[1]], shapes[node.output[0]]
-            total += int(np.prod(out)) * int(np.prod(weight[1:]))
-        elif node.op_type in ("Gemm", "MatMul"):
-            a, out = shapes[node.input[0]], shapes[node.output[0]]
-            total += int(np.prod(out)) * a[-1]
+    for call in examples.op_calls(task):
+        if call.op.name in ("relax.nn.conv1d", "relax.nn.conv2d"):
+            weight = [int(d) for d in call.args[1].ty.shape.values]
+            total += _elements(call) * int(np.prod(weight[1:]))
+        elif call.op.name == "relax.matmul":
+            total += _elements(call) * int(call.args[0].ty.shape.values[-1])
     return total
+
+
+def _elements(call) -> int:
+    return int(np.prod([int(d) for d in call.ty.shape.values]))
 
 
 def peak_gflops(cpus: int) -> dict:
@@ -222,11 +227,12 @@ def format_table(numbers: dict) -> str:
             lines.append(
                 f"{name:14s}" + "".join(f"{ms[s]:12.1f} ({gf[s]:5.1f})".rjust(22) for s in SYSTEMS)
             )
-        for stat in ("geomean", "worst"):
-            lines.append(
-                f"{'vs ORT ' + stat:14s}{'':>22s}"
-                + "".join(f"{run['vs_ort'][s][stat]:21.2f}x" for s in SYSTEMS[1:])
-            )
+        for key, label in (("vs_ort", "vs ORT"), ("alone_vs_ort", "alone vs ORT")):
+            for stat in ("geomean", "worst"):
+                lines.append(
+                    f"{label + ' ' + stat:22s}{'':>14s}"
+                    + "".join(f"{run[key][s][stat]:21.2f}x" for s in SYSTEMS[1:])
+                )
         ratio = run["virtualized_vs_plain"]
         lines.append(
             f"virtualized / plain: {ratio['geomean']:.3f} geomean, {ratio['worst']:.3f} worst"

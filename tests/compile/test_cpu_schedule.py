@@ -17,7 +17,7 @@ from tvm_weightvirt.runtime.io import outputs_to_numpy
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
-from tvm_weightvirt.compile.cpu_schedule import DEFAULT_RULES, default_pipeline
+from tvm_weightvirt.compile.cpu_schedule import DEFAULT_RULES, _register_tile, default_pipeline
 
 
 def _example_tasks():
@@ -63,9 +63,9 @@ class DenseAndConv:
         return o
 
 
-def _scheduled(mcpu: str) -> dict[str, tvm.tirx.PrimFunc]:
+def _scheduled(mcpu: str, module: tvm.IRModule = DenseAndConv) -> dict[str, tvm.tirx.PrimFunc]:
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
-    mod = ConvWeightsOutputChannelsLast()(DenseAndConv)
+    mod = ConvWeightsOutputChannelsLast()(module)
     with target:
         mod = tvm.transform.Sequential(
             [*cpu.legalize_passes(target), dl.ApplyDefaultSchedule(*DEFAULT_RULES)]
@@ -92,6 +92,59 @@ def test_dense_and_conv_get_vectors_of_output_channels(mcpu, lanes):
         assert f"T.vectorized(T.int64({lanes}))" in script
         assert 'scope="local"' in script  # the accumulators
         assert "T.init()" not in script  # zeroed once per block of outputs, before the sums
+        assert "T.parallel" not in script  # small kernels: a fork/join costs more than it saves
+
+
+def test_register_tiles_load_least_per_multiply_add():
+    """(vectors of output channels, rows of outputs) per block of accumulators: each step
+    loads a vector per vector and broadcasts an input per row."""
+    assert _register_tile(8, [56, 56]) == (2, [1, 4])  # 8 sums, 6 loads
+    assert _register_tile(32, [14, 14]) == (2, [2, 2])  # a 2 x 2 tile: 4 does not divide 14
+    assert _register_tile(64, [7, 7]) == (2, [1, 7])  # 14 sums: 12 would give 1 x 7, 8 loads
+    assert _register_tile(125, []) == (5, [])  # a dense layer at batch 1: vectors only
+
+
+@I.ir_module
+class BigConvAndDepthwise:
+    @R.function
+    def main(
+        x: R.Tensor((1, 32, 56, 56), "float32"),
+        w: R.Tensor((64, 32, 3, 3), "float32"),
+        dw: R.Tensor((64, 1, 3, 3), "float32"),
+    ) -> R.Tensor((1, 64, 56, 56), "float32"):
+        R.func_attr({"num_input": 1})
+        with R.dataflow():
+            y = R.nn.relu(R.nn.conv2d(x, w, padding=[1, 1, 1, 1]))
+            z = R.nn.conv2d(y, dw, padding=[1, 1, 1, 1], groups=64)
+            R.output(z)
+        return z
+
+
+def test_big_kernels_run_in_parallel_and_depthwise_reads_rows_as_vectors():
+    """A conv of 58 M multiply-adds runs its blocks on the thread pool, its padding a copy of
+    its own (no bounds test among the multiply-adds); a depthwise conv (weights OIHW, each
+    output channel its own) accumulates vectors along the rows, the weight broadcast. Both
+    compute TVM's default kernels' outputs."""
+    funcs = _scheduled("haswell", BigConvAndDepthwise)
+    conv, depthwise = sorted((n for n in funcs if "conv2d" in n), key=lambda n: "relu" not in n)
+    for name in (conv, depthwise):
+        script = funcs[name].script()
+        assert (funcs[name].attrs or {}).get("tirx.is_scheduled"), name
+        assert "T.parallel" in script and "T.vectorized(T.int64(8))" in script
+        assert 'T.sblock("pad_temp")' in script  # padding kept as its own stage
+
+    target = tvm.target.Target("llvm")
+    rng = np.random.default_rng(0)
+    args = [
+        rng.normal(size=[int(d) for d in p.ty.shape]).astype("float32")
+        for p in BigConvAndDepthwise["main"].params
+    ]
+    outputs = []
+    for pipeline in (relax.get_default_pipeline(target), default_pipeline(target)):
+        mod = ConvWeightsOutputChannelsLast()(BigConvAndDepthwise)
+        vm = relax.VirtualMachine(tvm.compile(mod, target, relax_pipeline=pipeline), tvm.cpu())
+        outputs.append(vm["main"](*map(tvm.runtime.tensor, args)).numpy())
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-5, atol=1e-4)
 
 
 @I.ir_module

@@ -82,6 +82,32 @@ def test_pad_by_negative_widths_crops_as_onnx_says(pads):
     np.testing.assert_array_equal(StandaloneModel(task).run(x)[0], expected)
 
 
+def test_sum_is_adds_that_fuse_into_the_conv_before_them():
+    """ONNX's Sum (a ResNet's residual) imports as adds, left to right, not as TVM's stack and
+    reduce: no kernel of its own, and the same sums (0 + a + b + c = (a + b) + c)."""
+    rng = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+            helper.make_node("Sum", ["y", "x", "r"], ["s"]),
+        ],
+        "residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [helper.make_tensor_value_info("s", TensorProto.FLOAT, [1, 4, 6, 6])],
+        [
+            onnx.numpy_helper.from_array(rng.normal(size=(4, 4, 3, 3)).astype("float32"), "w"),
+            onnx.numpy_helper.from_array(rng.normal(size=(1, 4, 6, 6)).astype("float32"), "r"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    task = wv.Task.from_onnx(model, name="residual")
+    ops = _op_names(task.mod["main"])
+    assert "relax.add" in ops and not {"relax.sum", "relax.stack"} & ops
+    x = rng.normal(size=(1, 4, 6, 6)).astype("float32")
+    (expected,) = onnx.reference.ReferenceEvaluator(model).run(None, {"x": x})
+    np.testing.assert_allclose(StandaloneModel(task).run(x)[0], expected, rtol=1e-5, atol=1e-5)
+
+
 def _recurrent_model(op: str, hidden: int, direction: str, **attrs) -> onnx.ModelProto:
     """One `op` (LSTM or GRU) over x [seq 5, batch 2, input 3], with biases and initial
     states, outputs Y and the last state(s)."""

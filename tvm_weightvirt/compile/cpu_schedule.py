@@ -280,7 +280,10 @@ def _is_reduction(sch: s_tir.Schedule, block) -> bool:
 
 def _vector_iterator(block, spatial, reduce):
     """The spatial iterator that is the last index of a read that also uses a reduction
-    iterator (the weight, read as vectors of output channels)."""
+    iterator (the weight, read as vectors of output channels). Else, for a weight that the
+    innermost output position does not index (depthwise and grouped convolutions, weights
+    OIHW), that position, where another read (the input) has it last: the input is read as
+    vectors along the rows, the weight broadcast."""
     reduce_vars = {iv.var for iv in reduce}
     spatial_vars = {iv.var: iv for iv in spatial}
     for region in block.reads:
@@ -289,6 +292,16 @@ def _vector_iterator(block, spatial, reduce):
         last = indices[-1] if indices else None
         if uses_reduce and isinstance(last, tirx.Var) and last in spatial_vars:
             return spatial_vars[last]
+    innermost = spatial[-1].var
+    along = [r for r in block.reads if r.region and _uses(r.region[-1].min, innermost)]
+    broadcast = [
+        r
+        for r in block.reads
+        if any(_uses(i.min, var) for i in r.region for var in reduce_vars)
+        and not any(_uses(i.min, innermost) for i in r.region)
+    ]
+    if along and broadcast:
+        return spatial[-1]
     raise _DoesNotApply
 
 
