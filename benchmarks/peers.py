@@ -34,18 +34,24 @@ ORT_INSTALL = "onnxruntime is a benchmark dependency: pip install -e '.[bench]'"
 def ort_session(model, example, threads: int = 0):
     """`model` exported to ONNX and loaded in an ONNX Runtime CPU session (`threads` intra-op
     threads; 0: ONNX Runtime's default, one per physical core)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise SystemExit(ORT_INSTALL) from err
     import torch
 
     f = io.BytesIO()
     torch.onnx.export(model, (example,), f, dynamo=False)
+    return onnx_session(f.getvalue(), threads)
+
+
+def onnx_session(onnx_bytes: bytes, threads: int = 0):
+    """An ONNX Runtime CPU session (ORT_ENABLE_ALL) of a serialized ONNX graph."""
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise SystemExit(ORT_INSTALL) from err
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(f.getvalue(), options, providers=["CPUExecutionProvider"])
+    options.log_severity_level = 3  # the zoo graphs' unused initializers are not news
+    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
 
 
 def measure(quick: bool) -> dict:
@@ -106,9 +112,9 @@ def measure(quick: bool) -> dict:
             for _ in range(rounds):
                 for k in rng.permutation(len(order)):
                     label, call = order[k]
-                    times[label].append(_seconds(call))
+                    times[label].append(seconds_of(call))
             alone = {
-                label: [_seconds(call) for _ in range(rounds)] for label, call in calls.items()
+                label: [seconds_of(call) for _ in range(rounds)] for label, call in calls.items()
             }
         for key, seconds in (("tasks", times), ("tasks_alone", alone)):
             numbers[key][t.name] = {k: 1e6 * float(np.median(v)) for k, v in seconds.items()}
@@ -132,7 +138,7 @@ def measure(quick: bool) -> dict:
     return numbers
 
 
-def _seconds(call) -> float:
+def seconds_of(call) -> float:
     start = time.perf_counter()
     call()
     return time.perf_counter() - start

@@ -27,7 +27,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -68,6 +67,7 @@ def measure_threads(quick: bool, threads: int) -> dict:
     from tvm_weightvirt.runtime import MultitaskRuntime, StandaloneModel
 
     import tvm_weightvirt as wv
+    from benchmarks.peers import onnx_session, seconds_of
     from tvm_weightvirt.progress import log, log_to_stderr
 
     if os.environ.get("TVM_NUM_THREADS") != str(threads):
@@ -88,18 +88,18 @@ def measure_threads(quick: bool, threads: int) -> dict:
         log.info(f"{task.name}: compiling alone, timing {rounds} rounds on {threads} thread(s)")
         ((shape, dtype),) = task.input_types
         x = rng.normal(size=shape).astype(dtype)
-        session = ort_session(models[task.name], threads)
+        session = onnx_session(models[task.name].SerializeToString(), threads)
         feed = {session.get_inputs()[0].name: x}
         plain = StandaloneModel(task, target=host)
 
         def virtualized(name=task.name):
             if runtime.current != name:
                 runtime.switch(name)  # (its weights through the caches, as a run's would be)
-            return _seconds(lambda: runtime.run(name, x))
+            return seconds_of(lambda: runtime.run(name, x))
 
         calls = {
-            "onnxruntime": lambda s=session: _seconds(lambda: s.run(None, feed)),
-            "plain_tvm": lambda p=plain: _seconds(lambda: p.run(x)),
+            "onnxruntime": lambda s=session: seconds_of(lambda: s.run(None, feed)),
+            "plain_tvm": lambda p=plain: seconds_of(lambda: p.run(x)),
             "virtualized": virtualized,
         }
         expected = session.run(None, feed)[0]
@@ -150,23 +150,6 @@ def onnx_model(name: str):
     return onnx.load_from_string(f.getvalue())
 
 
-def ort_session(model, threads: int):
-    from benchmarks.peers import ORT_INSTALL
-
-    try:
-        import onnxruntime as ort
-    except ImportError as err:
-        raise SystemExit(ORT_INSTALL) from err
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3  # the zoo graphs' unused initializers are not news
-    return ort.InferenceSession(
-        model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
-
-
 def multiply_adds(task) -> int:
     """The multiply-adds of a task's convolutions (weights OI...) and matmuls."""
     from tvm_weightvirt.apps import examples
@@ -203,12 +186,6 @@ def peak_gflops(cpus: int) -> dict:
         "ghz": ghz,
         "cpus": cpus,
     }
-
-
-def _seconds(call) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
 
 
 def _geomean_and_worst(ratios: list[float]) -> dict:
