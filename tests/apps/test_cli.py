@@ -125,6 +125,30 @@ REFUSED = [
         ["dimensions must be integers"],
     ),
     (
+        ["pack", "res={res}", "--input-shape", "img=1x3", "--lossless", "-o", "{dir}/a.wvpack"],
+        ["NAME one of the ONNX models ['res'] or its input's name"],
+    ),
+    (
+        ["pack", "res={res}", "--output-kind", "res=probs", "-o", "{dir}/a.wvpack"],
+        ["--output-kind 'res=probs': expected NAME:OUTPUT=VALUE"],
+    ),
+    (
+        ["pack", "res={res}", "--output-weight", "res:y=heavy", "-o", "{dir}/a.wvpack"],
+        ["'heavy' is not a number"],
+    ),
+    (
+        [
+            "pack",
+            "res={res}",
+            "--output-kind",
+            "res:y=values",
+            "--lossless",
+            "-o",
+            "{dir}/a.wvpack",
+        ],
+        ["drop ['--output-kind']"],
+    ),
+    (
         ["build", "{pack}", "--arch", "sm_87", "-o", "{dir}/b"],
         ["--arch cannot apply to --target llvm"],
     ),
@@ -278,6 +302,9 @@ def test_input_shape_fixes_a_symbolic_dimension(tmp_path, capsys):
         == 0
     )
     assert wv.load_wvpack(out).tasks[0].input_types == [((1, 3, 10, 10), "float32")]
+    by_input = f"{model.graph.input[0].name}=1x3x12x10"  # the model's input name names it too
+    assert main(["pack", f"sym={path}", "--input-shape", by_input, "--lossless", "-o", out]) == 0
+    assert wv.load_wvpack(out).tasks[0].input_types == [((1, 3, 12, 10), "float32")]
 
 
 @pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc (CUDA toolkit) is not installed")

@@ -336,7 +336,7 @@ def test_the_report_says_when_no_task_reads_the_pool():
     assert unread not in format_report(report)
 
 
-def test_a_model_with_two_outputs_is_named_and_separation_takes_ws_lambda(small):
+def test_a_model_with_two_outputs_distills_both_and_separation_takes_ws_lambda(small):
     from onnx import TensorProto, helper
 
     folder, model, x, y = small
@@ -345,7 +345,12 @@ def test_a_model_with_two_outputs_is_named_and_separation_takes_ws_lambda(small)
     two.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["batch", 4]))
     task = wv.Task.from_onnx(two, name="two")
     with pytest.raises(ValueError, match="task 'two' \\(arrays\\): the model has 2 outputs"):
-        wv.pack([task], {"two": wv.TaskData((x, y))})
+        wv.pack([task], {"two": wv.TaskData((x, y), objective="classification")})
+    no_sharing = wv.PackConfig(optimize=wv.OptimizeConfig(rounds=0))
+    row = wv.pack([task], {"two": wv.TaskData((x, y))}, no_sharing).report["tasks"]["two"]
+    assert row["metric"] == "worst_relative_error"
+    assert sorted(row["extra_metrics"]) == ["y.relative_error", "z.relative_error"]
+    assert "labels unused: a model of 2 outputs packs by distillation" in row["data"]["notes"]
     separation = wv.SeparationConfig(l1_budget_bytes=4096)
     config = wv.PackConfig(separation=separation, optimize=wv.OptimizeConfig(rounds=0))
     m = wv.Task.from_onnx(model, name="m")

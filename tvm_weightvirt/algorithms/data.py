@@ -37,18 +37,24 @@ class TaskData:
     """One task's data. A split is a `Split`, an `(x, y)` or `(x,)` tuple, an `x` array, or a
     `torch.utils.data.Dataset` of `(x, y)` pairs or of `x` alone. `objective`: "classification",
     "regression", "distill" or an `Objective`; None picks classification when there are labels,
-    distill when there are none."""
+    distill when there are none. `outputs`: what an output holds, by output name ("logits",
+    "probs" or "values"; unnamed outputs as their graph says), `output_weights`: an output's
+    weight in the loss of a model of several outputs (default 1)."""
 
     train: SplitLike
     val: SplitLike | None = None
     test: SplitLike | None = None
     objective: str | Objective | None = None
     source: str = "arrays"  # where the data came from, for messages
+    outputs: dict[str, str] | None = None
+    output_weights: dict[str, float] | None = None
 
     @staticmethod
-    def from_npz(path: str | os.PathLike, objective: str | Objective | None = None) -> TaskData:
+    def from_npz(
+        path: str | os.PathLike, objective: str | Objective | None = None, **options
+    ) -> TaskData:
         """From an .npz with keys x_train, y_train, x_val, y_val, x_test, y_test; every y and
-        the val/test splits are optional."""
+        the val/test splits are optional; `options`: `outputs`, `output_weights`."""
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise ValueError(f"data file '{path}' does not exist")
@@ -66,7 +72,7 @@ class TaskData:
                 splits[split] = Split(arrays[f"x_{split}"], arrays.get(f"y_{split}"))
             elif f"y_{split}" in arrays:
                 raise ValueError(f"data file '{path}': 'y_{split}' without 'x_{split}'")
-        return TaskData(**splits, objective=objective, source=path)
+        return TaskData(**splits, objective=objective, source=path, **options)
 
     def resolve(self, task: str, seed: int = 0) -> tuple[dict[str, Split], list[str]]:
         """Every split as arrays, the missing ones carved out of train (seeded, stratified by

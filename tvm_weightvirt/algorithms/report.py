@@ -102,6 +102,19 @@ def task_rows(report: dict) -> dict[str, dict]:
     return rows
 
 
+def _output_rows(row: dict) -> list[str]:
+    """A line per output of a model of several (its metrics are named OUTPUT.METRIC)."""
+    outputs: dict[str, list[str]] = {}
+    for name, values in row.get("extra_metrics", {}).items():
+        output, dot, metric = name.rpartition(".")
+        if dot:
+            unit = "%" if metric.endswith("agreement") else ""
+            outputs.setdefault(output, []).append(
+                f"{metric} {values['separate']:.4g}{unit} -> {values['packed']:.4g}{unit}"
+            )
+    return [f"  output {o}: {', '.join(parts)}" for o, parts in outputs.items()]
+
+
 def format_report(report: dict) -> str:
     """The report as a table: per task its metric as a separate model, after matching and
     packed; then pool, bytes and the mean/worst change of the percentage metrics."""
@@ -116,6 +129,7 @@ def format_report(report: dict) -> str:
             f"{r['objective']:14s} {r['metric']:16s} {r['separate']:8.4g}{unit:1s} {r['matched']:8.4g}{unit:1s} "
             f"{r['packed']:8.4g}{unit:1s} {r['delta']:+9.3g}"
         )
+        lines += _output_rows(r)
     summary = (
         f"mean delta {report['mean_delta_pp']:+.2f} pp, worst {report['worst_delta_pp']:+.2f} pp"
         if report.get("mean_delta_pp") is not None

@@ -57,6 +57,12 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         None,
         "sharing-loss weight (default 10 as NWV; 0.1 with separation)",
     ),
+    "lr": (
+        float,
+        _default(OptimizeConfig, "lr"),
+        None,
+        "retraining learning rate (Adam); pretrained models fine-tune better lower, e.g. 1e-4",
+    ),
     "distill_temperature": (
         float,
         _default(OptimizeConfig, "distill_temperature"),
@@ -145,7 +151,7 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
     ),
     "lossless": (bool, False, None, "no sharing, no data: every task on pages of its own"),
 }
-TASK_KEYS = ("model", "data", "objective")
+TASK_KEYS = ("model", "data", "objective", "outputs", "output_weights")
 
 
 @dataclass
@@ -155,6 +161,8 @@ class PackSpec:
     models: dict[str, str] = field(default_factory=dict)
     data: dict[str, str] = field(default_factory=dict)
     objectives: dict[str, str] = field(default_factory=dict)
+    outputs: dict[str, dict[str, str]] = field(default_factory=dict)  # task -> output -> kind
+    output_weights: dict[str, dict[str, float]] = field(default_factory=dict)
     options: dict[str, object] = field(default_factory=dict)
     sources: dict[str, str] = field(default_factory=dict)  # option -> where it was set
 
@@ -203,6 +211,16 @@ def read_manifest(path: str) -> PackSpec:
             spec.objectives[name] = check_objective(
                 str(entry["objective"]), f"{where}: tasks.{name}"
             )
+        for key, kind in (("outputs", str), ("output_weights", float)):
+            table = entry.get(key, {})
+            values = table.values() if isinstance(table, dict) else ()
+            if not isinstance(table, dict) or not all(_is(v, kind) for v in values):
+                raise ValueError(
+                    f"{where}: tasks.{name}.{key} must be a table of output name = "
+                    f"{'kind (logits, probs or values)' if kind is str else 'weight'}"
+                )
+            if table:
+                getattr(spec, key)[name] = {o: kind(v) for o, v in table.items()}
     options = manifest.get("pack", {})
     if not isinstance(options, dict):
         raise ValueError(f"{where}: 'pack' must be a table ([pack]) of options")
@@ -219,6 +237,13 @@ def read_manifest(path: str) -> PackSpec:
             raise ValueError(f"{where}: [pack] {key} = {value!r}, expected {expected}")
         spec.set_option(key, value, f"{where}: [pack] {key}")
     return spec
+
+
+def _is(value, kind: type) -> bool:
+    """A TOML value of `kind` (an int is a float too; a bool is neither)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, (int, float)) if kind is float else isinstance(value, kind)
 
 
 def check_objective(name: str, where: str) -> str:

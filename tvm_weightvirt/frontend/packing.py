@@ -9,10 +9,12 @@ import numpy as np
 import torch
 
 from ..algorithms.data import Split, TaskData
-from ..algorithms.objectives import Objective, objective_named
+from ..algorithms.objectives import Objective
+from ..algorithms.output_objectives import OutputKind, distill_outputs, one_output_objective
 from ..algorithms.pipeline import PackConfig, PackResult, PackTask, pack_models
 from ..algorithms.training import model_outputs
 from ..plan import PagePlan, check_unique_names
+from .outputs import output_kinds
 from .task import IntakeError, Task
 from .twin import TorchTwin, missing_twin_ops
 
@@ -53,7 +55,9 @@ def pack(
     for t in tasks:
         try:
             splits, notes[t.name] = data[t.name].resolve(t.name, config.seed)
-            prepared.append(_pack_task(t, twins[t.name], data[t.name], splits, samples))
+            prepared.append(
+                _pack_task(t, twins[t.name], data[t.name], splits, samples, notes[t.name])
+            )
         except ValueError as err:
             problems.append(str(err))
     if problems:
@@ -87,10 +91,15 @@ def _check_names(tasks: list[Task], data: dict[str, TaskData]) -> None:
 
 
 def _pack_task(
-    task: Task, twin: TorchTwin, task_data: TaskData, splits: dict[str, Split], min_fisher: int
+    task: Task,
+    twin: TorchTwin,
+    task_data: TaskData,
+    splits: dict[str, Split],
+    min_fisher: int,
+    notes: list[str],
 ) -> PackTask:
     """The task's splits checked against its model, cast to its input dtype, with the targets
-    its objective trains on."""
+    its objective trains on; what each output trains with is added to `notes`."""
     where = f"task '{task.name}' ({task_data.source})"
     if task.num_inputs != 1:
         raise ValueError(
@@ -114,30 +123,61 @@ def _pack_task(
             f"{min_fisher}"
         )
     splits = {k: Split(s.x.astype(dtype, copy=False), s.y) for k, s in splits.items()}
+    outputs = output_kinds(task, task_data.outputs, task_data.output_weights)
     try:
         with torch.no_grad():
             probe = twin(torch.from_numpy(splits["train"].x[:2]))
     except Exception as err:
         raise ValueError(f"{where}: the model cannot run on the training data: {err}") from err
-    if not isinstance(probe, torch.Tensor):
-        raise ValueError(
-            f"{where}: the model has {len(probe)} outputs; packing trains models with one "
-            "(export the one its objective is about, e.g. the logits)"
-        )
-    probe = probe.numpy()
-    # [N, C >= 2], or [N, C, 1, ...] as convolutional heads give (the model zoo's)
-    classifier = probe.ndim >= 2 and probe.shape[1] >= 2 and all(d == 1 for d in probe.shape[2:])
+    notes += [f"output '{o.name}' ({o.why}): {o.describe()}" for o in outputs]
     labelled = splits["train"].y is not None
     objective = task_data.objective
+    if len(outputs) > 1:
+        return _pack_several_outputs(task, twin, splits, objective, outputs, where, notes)
+    probe = probe.numpy()
     if objective is None:
         objective = "classification" if labelled else "distill"
     if isinstance(objective, str):
-        objective = objective_named(objective, classifier)
+        objective = one_output_objective(objective, outputs[0])
     if not isinstance(objective, Objective):
         raise ValueError(f"{where}: objective must be a name or an Objective, got {objective!r}")
     targets = {
         split: _targets(where, split, s, objective, twin, probe) for split, s in splits.items()
     }
+    return PackTask(
+        task.name, twin, {k: Split(s.x, targets[k]) for k, s in splits.items()}, objective
+    )
+
+
+def _pack_several_outputs(
+    task: Task,
+    twin: TorchTwin,
+    splits: dict[str, Split],
+    objective,
+    outputs: list[OutputKind],
+    where: str,
+    notes: list[str],
+) -> PackTask:
+    """A model of several outputs trains toward the original model's outputs, all of them at
+    once: its twin returns them joined, and `distill_outputs` splits them again."""
+    names = ", ".join(o.name for o in outputs)
+    if objective not in (None, "distill") and not isinstance(objective, Objective):
+        raise ValueError(
+            f"{where}: the model has {len(outputs)} outputs ({names}); a model of several "
+            f"outputs packs by distillation toward its own outputs (objective 'distill'), "
+            f"not '{objective}'"
+        )
+    if splits["train"].y is not None and objective is None:
+        notes.append(f"labels unused: a model of {len(outputs)} outputs packs by distillation")
+    if not any(o.weight > 0 for o in outputs):
+        raise ValueError(f"{where}: every output ({names}) has weight 0: nothing to train")
+    twin.join_outputs = True
+    targets = {k: model_outputs(twin, s.x) for k, s in splits.items()}
+    bounds = np.cumsum([0] + [o.size for o in outputs])
+    train = targets["train"]
+    mean_squares = [float(np.mean(train[:, a:b] ** 2)) for a, b in zip(bounds, bounds[1:])]
+    if not isinstance(objective, Objective):  # a user's Objective reads the joined outputs
+        objective = distill_outputs(outputs, mean_squares)
     return PackTask(
         task.name, twin, {k: Split(s.x, targets[k]) for k, s in splits.items()}, objective
     )

@@ -40,6 +40,7 @@ class Task:
     name: str
     mod: tvm.IRModule
     weights: dict[str, np.ndarray]
+    output_names: tuple[str, ...] = ()  # the model file's (ONNX); empty: named by position
 
     def __post_init__(self) -> None:
         check_task_name(self.name)
@@ -87,7 +88,7 @@ class Task:
         switch (`MultitaskRuntime(..., mapped=True)`) then moves no weight bytes."""
         axes = kernel_layout_axes(ConvWeightsOutputChannelsLast()(self.mod)["main"])
         mod = WeightsInKernelLayout()(self.mod)
-        return Task(self.name, mod, permute_weights(self.weights, axes))
+        return Task(self.name, mod, permute_weights(self.weights, axes), self.output_names)
 
     # **** intake ****
 
@@ -225,7 +226,9 @@ class Task:
         for n, w in weights.items():
             candidates = initializer_names.get(_value_key(w), [])
             renamed[candidates.pop(0) if candidates else n] = w
-        return _folded_task(name, mod, renamed if len(renamed) == len(weights) else weights)
+        task = _folded_task(name, mod, renamed if len(renamed) == len(weights) else weights)
+        task.output_names = tuple(o.name for o in model.graph.output)
+        return task
 
 
 def _lifted_weights(mod: tvm.IRModule, name: str) -> tuple[tvm.IRModule, dict[str, np.ndarray]]:
@@ -289,15 +292,22 @@ def _value_key(array: np.ndarray) -> tuple:
 _FLOAT_TYPES = (1, 10, 11, 16)  # onnx.TensorProto FLOAT, FLOAT16, DOUBLE, BFLOAT16
 
 
-def _one_input_shape(path: str, name: str, shape: list[int]) -> dict[str, list[int]]:
-    """`{the ONNX model's one input: shape}`."""
+def onnx_input_names(path: str) -> list[str]:
+    """The real inputs (not initializers) of an ONNX file's graph; [] for a missing file."""
     import onnx
 
     if not os.path.isfile(path):
-        raise IntakeError(f"task '{name}': ONNX file '{path}' does not exist")
+        return []
     graph = onnx.load(path, load_external_data=False).graph
     initializers = {i.name for i in graph.initializer}
-    inputs = [i.name for i in graph.input if i.name not in initializers]
+    return [i.name for i in graph.input if i.name not in initializers]
+
+
+def _one_input_shape(path: str, name: str, shape: list[int]) -> dict[str, list[int]]:
+    """`{the ONNX model's one input: shape}`."""
+    if not os.path.isfile(path):
+        raise IntakeError(f"task '{name}': ONNX file '{path}' does not exist")
+    inputs = onnx_input_names(path)
     if len(inputs) != 1:
         raise IntakeError(f"task '{name}': an input shape for a model of inputs {inputs}")
     return {inputs[0]: list(shape)}

@@ -494,7 +494,11 @@ class TorchTwin(torch.nn.Module):
     """`task.mod["main"]` run with torch ops, for any batch size (`forward`).
     Parameters carry the task's weight names (a name with dots becomes nested submodules:
     `conv1.weight`), so `state_dict()` and `torch.func.functional_call` use the task's keys;
-    `weight_names` keeps the task's (layout) order."""
+    `weight_names` keeps the task's (layout) order. With `join_outputs` set, a model of
+    several outputs returns one tensor [N, values per sample of all]: each output flattened
+    per sample, in order (what packing trains such models on)."""
+
+    join_outputs = False
 
     def __init__(self, task: Task) -> None:
         super().__init__()
@@ -518,6 +522,12 @@ class TorchTwin(torch.nn.Module):
             owner.register_parameter(leaf, torch.nn.Parameter(torch.from_numpy(np.array(value))))
 
     def forward(self, *inputs: torch.Tensor):
+        out = self._outputs(*inputs)
+        if self.join_outputs and isinstance(out, tuple):
+            return torch.cat([y.reshape(len(y), -1) for y in out], 1)
+        return out
+
+    def _outputs(self, *inputs: torch.Tensor):
         shapes = [tuple(x.shape) for x in inputs]
         if shapes == self.input_shapes:
             return self._graph(*inputs)

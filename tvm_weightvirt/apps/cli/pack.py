@@ -34,12 +34,28 @@ def add_parser(command) -> None:
         "distill without)",
     )
     parser.add_argument(
+        "--output-kind",
+        action="append",
+        default=[],
+        metavar="NAME:OUTPUT=KIND",
+        help="what a model's output holds: logits, probs or values (default: probs after a "
+        "softmax or sigmoid, logits for a model of one [N, C] output, values otherwise)",
+    )
+    parser.add_argument(
+        "--output-weight",
+        action="append",
+        default=[],
+        metavar="NAME:OUTPUT=W",
+        help="an output's weight in the loss of a model of several outputs (default 1; 0: "
+        "not trained on)",
+    )
+    parser.add_argument(
         "--input-shape",
         action="append",
         default=[],
         metavar="NAME=1x3x32x32",
         help="static shape of an ONNX model's input whose dimensions are symbolic (a symbolic "
-        "batch alone becomes 1)",
+        "batch alone becomes 1); NAME: the task's name or the model's input name",
     )
     parser.add_argument(
         "--suite", help="comma-separated suite tasks, e.g. mnist,digits (or 'five', 'ten')"
@@ -154,6 +170,19 @@ def _pack_spec(args):
             table[name] = value
     for name, objective in spec.objectives.items():
         check_objective(objective, f"--objective {name}")
+    for flag, table, kind in (
+        ("--output-kind", spec.outputs, str),
+        ("--output-weight", spec.output_weights, float),
+    ):
+        for entry in getattr(args, flag[2:].replace("-", "_")):
+            target, sep, value = entry.partition("=")
+            name, colon, output = target.partition(":")
+            if not sep or not colon or not name or not output or not value:
+                raise ValueError(f"{flag} {entry!r}: expected NAME:OUTPUT=VALUE")
+            try:
+                table.setdefault(name, {})[output] = kind(value)
+            except ValueError:
+                raise ValueError(f"{flag} {entry!r}: {value!r} is not a number") from None
     for key in PACK_OPTIONS:
         if getattr(args, key) is not None:
             spec.set_option(key, getattr(args, key), f"--{key.replace('_', '-')}")
@@ -165,51 +194,83 @@ def _pack_spec(args):
         layout = ("lossless", "page_size", "page_aligned", "kernel_layout")
         given = [spec.source(k) for k in spec.options if k not in layout]
         given += ["--data"] * bool(spec.data) + ["--objective"] * bool(spec.objectives)
+        given += ["--output-kind"] * bool(spec.outputs)
+        given += ["--output-weight"] * bool(spec.output_weights)
         if given or args.suite:
             raise ValueError(
                 f"a lossless plan shares nothing and trains nothing: drop {given or ['--suite']}"
             )
-    if args.suite and (spec.data or spec.objectives):
-        raise ValueError("--suite brings its own data: drop --data and --objective")
+    if args.suite and (spec.data or spec.objectives or spec.outputs or spec.output_weights):
+        raise ValueError(
+            "--suite brings its own data: drop --data, --objective, --output-kind and "
+            "--output-weight"
+        )
     return spec
 
 
 def _input_shapes(entries: list[str], models: dict[str, str]) -> dict[str, list[int]]:
-    """--input-shape NAME=1x3x32x32 -> {task: [1, 3, 32, 32]}."""
+    """--input-shape NAME=1x3x32x32 -> {task: [1, 3, 32, 32]}; NAME is a task's name or the
+    input name of one ONNX model."""
+    onnx_models = {n: p for n, p in models.items() if p.endswith(".onnx")}
     shapes = {}
     for entry in entries:
         name, sep, dims = entry.partition("=")
-        if not sep or name not in models or not models[name].endswith(".onnx"):
+        task = name if name in onnx_models else _task_of_input(name, onnx_models) if sep else None
+        if task is None:
             raise ValueError(
-                f"--input-shape {entry!r}: expected NAME=1x3x32x32 for one of the ONNX models "
-                f"{[n for n, p in models.items() if p.endswith('.onnx')]}"
+                f"--input-shape {entry!r}: expected NAME=1x3x32x32, NAME one of the ONNX "
+                f"models {list(onnx_models)} or its input's name"
             )
         try:
-            shapes[name] = [int(d) for d in dims.lower().split("x")]
+            shapes[task] = [int(d) for d in dims.lower().split("x")]
         except ValueError:
             raise ValueError(f"--input-shape {entry!r}: dimensions must be integers") from None
     return shapes
 
 
+def _task_of_input(input_name: str, onnx_models: dict[str, str]) -> str | None:
+    """The one task whose ONNX model has an input named `input_name`, else None."""
+    from ...frontend.task import onnx_input_names
+
+    tasks = [n for n, p in onnx_models.items() if input_name in onnx_input_names(p)]
+    if len(tasks) > 1:
+        raise ValueError(
+            f"--input-shape {input_name}=...: models {tasks} all have an input of that name; "
+            "name the task instead"
+        )
+    return tasks[0] if tasks else None
+
+
 def _load_data(spec) -> dict:
     from ...algorithms.data import TaskData
 
-    unknown = sorted((set(spec.data) | set(spec.objectives)) - set(spec.models))
+    per_task = set(spec.data) | set(spec.objectives) | set(spec.outputs) | set(spec.output_weights)
+    unknown = sorted(per_task - set(spec.models))
     if unknown:
         raise ValueError(
-            f"--data/--objective for {unknown}, which are not models (models: {list(spec.models)})"
+            f"--data/--objective/--output-kind/--output-weight for {unknown}, which are not "
+            f"models (models: {list(spec.models)})"
         )
     data, problems = {}, []
     for name, path in spec.data.items():
         try:
-            data[name] = TaskData.from_npz(path, objective=spec.objectives.get(name))
+            data[name] = TaskData.from_npz(
+                path,
+                objective=spec.objectives.get(name),
+                outputs=spec.outputs.get(name),
+                output_weights=spec.output_weights.get(name),
+            )
         except ValueError as err:
             problems.append(f"task '{name}': {err}")
     if problems:  # every unreadable file at once
         raise ValueError("\n".join(problems))
-    without = sorted(set(spec.objectives) - set(spec.data))
+    without = sorted(
+        (set(spec.objectives) | set(spec.outputs) | set(spec.output_weights)) - set(spec.data)
+    )
     if without:
-        raise ValueError(f"--objective for {without}, which have no --data")
+        raise ValueError(
+            f"--objective/--output-kind/--output-weight for {without}, which have no --data"
+        )
     return data
 
 
@@ -282,6 +343,7 @@ def _pack_config(spec):
             rounds=option("rounds"),
             iterations=option("iterations"),
             lam=option("lam"),
+            lr=option("lr"),
             distill_temperature=option("distill_temperature"),
             seed=option("seed"),
         ),
