@@ -207,7 +207,7 @@ def test_bad_names_models_and_manifests_are_refused(small, tmp_path, capsys):
         ["pack", f"m={model}", "--data", f"other={good}"],
         out,
         capsys,
-        "--data/--objective for ['other'], which are not models",
+        "--data for ['other'], which are not models",
     )
     _refused(
         ["pack", f"m={model}", f"n={model}", "--data", f"m={good}"],
@@ -238,7 +238,7 @@ def test_bad_names_models_and_manifests_are_refused(small, tmp_path, capsys):
         ["pack", str(manifest)],
         out,
         capsys,
-        "tasks.m: unknown keys ['labels'] (valid: model, data, objective)",
+        "tasks.m: unknown keys ['labels'] (valid: model, data, objective, outputs, output_weights)",
     )
     manifest.write_text(f'[tasks.m]\nmodel = "{model}"\n[pack]\npool = 3\n')
     _refused(

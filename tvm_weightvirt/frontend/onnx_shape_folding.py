@@ -36,7 +36,20 @@ def fold_shape_computations(
     model: onnx.ModelProto, input_shapes: dict[str, list[int]]
 ) -> onnx.ModelProto:
     """`model` with every node computable from constants and static shapes (`input_shapes`:
-    the graph inputs' static shapes) replaced by the constants its consumers read."""
+    the graph inputs' static shapes) replaced by the constants its consumers read. Folding a
+    shape makes the shapes after it static (a Reshape's output, once its shape is a
+    constant), so it repeats, with shape inference run again, until nothing more folds."""
+    while True:
+        folded, progress = _fold_once(model, input_shapes)
+        if not progress:
+            return folded
+        model = folded
+
+
+def _fold_once(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]]
+) -> tuple[onnx.ModelProto, bool]:
+    """One pass of folding, and whether it folded any node but a Constant."""
     graph = model.graph
     fixed = onnx.ModelProto()
     fixed.CopyFrom(model)
@@ -70,8 +83,9 @@ def fold_shape_computations(
             continue
         known.update(zip(node.output, values))
         folded.add(position)
-    if not folded:
-        return model
+    progress = any(graph.node[p].op_type != "Constant" for p in folded)
+    if not progress:
+        return model, False
     kept = [node for position, node in enumerate(graph.node) if position not in folded]
     read = {name for node in kept for name in node.input} | {o.name for o in graph.output}
     constants = [
@@ -88,7 +102,7 @@ def fold_shape_computations(
     out.CopyFrom(model)
     del out.graph.node[:]
     out.graph.node.extend(constants + kept)
-    return out
+    return out, True
 
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int]]:

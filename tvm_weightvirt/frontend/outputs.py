@@ -44,7 +44,7 @@ def output_kinds(
     kinds = []
     for name, expr in zip(names, _output_exprs(func)):
         shape = tuple(int(d) for d in expr.ty.shape.values)
-        activation = _trailing_activation(expr, bindings, len(shape))
+        activation = _trailing_activation(expr, bindings, shape)
         if name in given:
             kinds.append(_given_kind(task.name, name, shape, given[name], activation))
         elif activation is not None:
@@ -101,7 +101,7 @@ def _bindings(func: relax.Function) -> dict[relax.Var, relax.Expr]:
     return {b.var: b.value for block in func.body.blocks for b in block.bindings}
 
 
-def _trailing_activation(expr, bindings, ndim: int) -> tuple[str, int] | None:
+def _trailing_activation(expr, bindings, shape: tuple[int, ...]) -> tuple[str, int] | None:
     """("softmax", axis) or ("sigmoid", 1) when `expr` is computed by one (through
     aliases and reshapes that keep the axes before it), else None."""
     while isinstance(expr, relax.Var) and expr in bindings:
@@ -113,11 +113,14 @@ def _trailing_activation(expr, bindings, ndim: int) -> tuple[str, int] | None:
             return None
         op = value.op.name
         if op == "relax.nn.softmax":
-            axis = int(value.attrs.axis)
-            in_ndim = len(value.args[0].ty.shape.values)
-            axis = axis + in_ndim if axis < 0 else axis
-            # a softmax whose output is reshaped keeps its axis only where the rank does
-            return ("softmax", axis) if in_ndim == ndim else ("softmax", 1)
+            in_shape = [int(d) for d in value.args[0].ty.shape.values]
+            axis = int(value.attrs.axis) % len(in_shape)
+            if in_shape == list(shape):
+                return ("softmax", axis)
+            # reshaped after it (ONNX before opset 13 flattens to 2-D around the axis): the
+            # classes stay the last axis where the softmax ran along its input's last
+            last = axis == len(in_shape) - 1 and shape[-1] == in_shape[-1] and len(shape) > 1
+            return ("softmax", len(shape) - 1) if last else None
         if op == "relax.sigmoid":
             return ("sigmoid", 1)  # elementwise: no class axis
         if op not in _ALIASES:

@@ -244,13 +244,18 @@ def _task_of_input(input_name: str, onnx_models: dict[str, str]) -> str | None:
 def _load_data(spec) -> dict:
     from ...algorithms.data import TaskData
 
-    per_task = set(spec.data) | set(spec.objectives) | set(spec.outputs) | set(spec.output_weights)
-    unknown = sorted(per_task - set(spec.models))
-    if unknown:
-        raise ValueError(
-            f"--data/--objective/--output-kind/--output-weight for {unknown}, which are not "
-            f"models (models: {list(spec.models)})"
-        )
+    per_task = {
+        "--data": spec.data,
+        "--objective": spec.objectives,
+        "--output-kind": spec.outputs,
+        "--output-weight": spec.output_weights,
+    }
+    for flag, table in per_task.items():
+        unknown = sorted(set(table) - set(spec.models))
+        if unknown:
+            raise ValueError(
+                f"{flag} for {unknown}, which are not models (models: {list(spec.models)})"
+            )
     data, problems = {}, []
     for name, path in spec.data.items():
         try:
@@ -264,13 +269,10 @@ def _load_data(spec) -> dict:
             problems.append(f"task '{name}': {err}")
     if problems:  # every unreadable file at once
         raise ValueError("\n".join(problems))
-    without = sorted(
-        (set(spec.objectives) | set(spec.outputs) | set(spec.output_weights)) - set(spec.data)
-    )
-    if without:
-        raise ValueError(
-            f"--objective/--output-kind/--output-weight for {without}, which have no --data"
-        )
+    for flag, table in list(per_task.items())[1:]:
+        without = sorted(set(table) - set(spec.data))
+        if without:
+            raise ValueError(f"{flag} for {without}, which have no --data")
     return data
 
 
