@@ -64,6 +64,39 @@ def test_shape_arithmetic_folds_and_the_graph_computes_what_torch_does():
     np.testing.assert_allclose(twin, expected, atol=1e-6)
 
 
+def test_a_shape_read_after_a_computed_reshape_folds_too():
+    """`Shape` of a Reshape's output is static only once the Reshape's shape is a constant
+    (PaddleOCR's recogniser): folding runs again with the shapes it made static."""
+
+    def shape_node(name, of, start, end):
+        return helper.make_node("Shape", [of], [name], start=start, end=end)
+
+    nodes = [
+        shape_node("batch", "x", 0, 1),
+        helper.make_node("Concat", ["batch", "minus_one"], ["flat_shape"], axis=0),
+        helper.make_node("Reshape", ["x", "flat_shape"], ["flat"]),
+        shape_node("flat_batch", "flat", 0, 1),
+        helper.make_node("Concat", ["flat_batch", "four_six"], ["out_shape"], axis=0),
+        helper.make_node("Reshape", ["flat", "out_shape"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "reshapes",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 6, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [
+            helper.make_tensor("minus_one", TensorProto.INT64, [1], [-1]),
+            helper.make_tensor("four_six", TensorProto.INT64, [2], [4, 6]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    folded = fold_shape_computations(model, {})
+    assert "Shape" not in {n.op_type for n in folded.graph.node}
+    x = np.arange(24, dtype=np.float32).reshape(1, 6, 4)
+    out = StandaloneModel(wv.Task.from_onnx(model, name="reshapes")).run(x)[0]
+    np.testing.assert_array_equal(out, x.reshape(1, 4, 6))
+
+
 @pytest.mark.parametrize("pads", [[0, 0, 1, 0, 0, -1], [0, 0, 1, 0, 0, 2]])
 def test_pad_by_negative_widths_crops_as_onnx_says(pads):
     """Negative widths (a crop) stay TVM's conversion; non-negative ones are `nn.pad`."""
