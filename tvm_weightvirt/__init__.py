@@ -23,6 +23,7 @@ _LAZY = {
     "IntakeError": "frontend.task",
     "Task": "frontend.task",
     "pack": "frontend.packing",
+    "explore_pool_sizes": "frontend.pool_search",
     "PackConfig": "algorithms.configs",
     "PackResult": "algorithms.pipeline",
     "OptimizeConfig": "algorithms.configs",
@@ -55,6 +56,7 @@ __all__ = [
     "load_wvpack",
     "lower",
     "pack",
+    "explore_pool_sizes",
     "save_wvpack",
 ]
 

@@ -129,6 +129,23 @@ REFUSED = [
         ["NAME one of the ONNX models ['res'] or its input's name"],
     ),
     (
+        ["pack", "res={res}", "--explore", "0.5", "-o", "{dir}/a.wvpack"],
+        ["--explore keeps the smallest pool that meets a target"],
+    ),
+    (
+        ["pack", "res={res}", "--explore", "0,2", "--max-error", "0.1", "-o", "{dir}/a.wvpack"],
+        ["--explore '0,2': expected fractions of the pages in (0, 1]"],
+    ),
+    (
+        ["pack", "res={res}", "--min-agreement", "99", "-o", "{dir}/a.wvpack"],
+        ["--min-agreement are targets of --explore"],
+    ),
+    (
+        ["pack", "res={res}", "--explore", "0.5", "--max-error", "0.1", "--pool-pages", "3"]
+        + ["-o", "{dir}/a.wvpack"],
+        ["--explore sets the pool size: drop ['--pool-pages']"],
+    ),
+    (
         ["pack", "res={res}", "--output-kind", "res=probs", "-o", "{dir}/a.wvpack"],
         ["--output-kind 'res=probs': expected NAME:OUTPUT=VALUE"],
     ),

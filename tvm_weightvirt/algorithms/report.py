@@ -16,7 +16,7 @@ def pack_report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> 
     model, after matching and packed; bytes, ratios, the configuration and the retraining log."""
     per_task = {}
     for t, pt in zip(tasks, pool_tasks):
-        test = t.splits["test"]
+        test, val = t.splits["test"], t.splits["val"]
         original = model_outputs(t.model, test.x)
         packed_outputs = pool_outputs(memory, pt, test.x)
         separate = t.objective.metric(original, test.y)
@@ -33,6 +33,7 @@ def pack_report(tasks, pool_tasks, plan, memory, before, costs, log, config) -> 
             "matched": before[t.name],
             "packed": packed,
             "delta": packed - separate,
+            "validation": t.objective.metric(pool_outputs(memory, pt, val.x), val.y),
             "extra_metrics": {
                 name: {"separate": f(original, test.y), "packed": f(packed_outputs, test.y)}
                 for name, f in t.objective.extra_metrics.items()

@@ -150,6 +150,28 @@ PACK_OPTIONS: dict[str, tuple[type, object, tuple | None, str]] = {
         "moves no weight bytes)",
     ),
     "lossless": (bool, False, None, "no sharing, no data: every task on pages of its own"),
+    "explore": (
+        str,
+        None,
+        None,
+        "pack at pools of these fractions of the tasks' pages (e.g. 0.75,0.5,0.35; shared "
+        "within tasks too) and keep the smallest that meets --max-error / --min-agreement on "
+        "validation",
+    ),
+    "max_error": (
+        float,
+        None,
+        None,
+        "--explore: the largest relative output error (distilled values; a model of several "
+        "outputs: its worst) a task may have on validation",
+    ),
+    "min_agreement": (
+        float,
+        None,
+        None,
+        "--explore: the smallest percentage (top-1 agreement, accuracy) a task may have on "
+        "validation",
+    ),
 }
 TASK_KEYS = ("model", "data", "objective", "outputs", "output_weights")
 

@@ -123,10 +123,13 @@ def run(args) -> int:
         size = save_wvpack(args.output, plan, tasks)
         print(plan.summary())
     else:
-        from ...frontend.packing import pack
-
         resume = spec.option("resume")
-        result = pack(tasks, data, config, resume=resume and load_wvpack(resume).plan)
+        if spec.option("explore"):
+            result = _explore(spec, tasks, data, config)
+        else:
+            from ...frontend.packing import pack
+
+            result = pack(tasks, data, config, resume=resume and load_wvpack(resume).plan)
         if rank != 0:  # every process holds the same plan
             return 0
         size = save_wvpack(args.output, result.plan, tasks, result.report)
@@ -134,6 +137,44 @@ def run(args) -> int:
         print(format_report(result.report))
     print(f"wrote {args.output} ({size} B)")
     return 0
+
+
+def _explore(spec, tasks, data, config):
+    """The smallest of the --explore pool sizes that meets the target, its trade printed."""
+    from ...frontend.pool_search import explore_pool_sizes
+
+    exploration = explore_pool_sizes(
+        tasks,
+        data,
+        _fractions(spec),
+        config,
+        max_error=spec.option("max_error"),
+        min_agreement=spec.option("min_agreement"),
+    )
+    print(exploration.table())
+    if exploration.chosen is None:
+        raise ValueError(
+            "no pool size of --explore meets the target on validation (table above): try "
+            "larger fractions, or a looser --max-error / --min-agreement"
+        )
+    chosen = exploration.chosen.report
+    print(f"chosen: {chosen['pool_pages']} pool pages ({chosen['ratio_bytes']:.2f}x bytes)")
+    chosen["explore"] = exploration.rows
+    return exploration.chosen
+
+
+def _fractions(spec) -> list[float]:
+    text = spec.option("explore")
+    try:
+        fractions = [float(f) for f in text.split(",")]
+    except ValueError:
+        fractions = []
+    if not fractions or not all(0 < f <= 1 for f in fractions):
+        raise ValueError(
+            f"{spec.source('explore')} {text!r}: expected fractions of the pages in (0, 1], "
+            "e.g. 0.75,0.5,0.35"
+        )
+    return fractions
 
 
 def _relaunch_under_torchrun(argv: list[str], nproc: int) -> int:
@@ -186,6 +227,19 @@ def _pack_spec(args):
     for key in PACK_OPTIONS:
         if getattr(args, key) is not None:
             spec.set_option(key, getattr(args, key), f"--{key.replace('_', '-')}")
+    targets = [spec.source(k) for k in ("max_error", "min_agreement") if k in spec.options]
+    if spec.option("explore"):
+        _fractions(spec)
+        if not targets:
+            raise ValueError(
+                f"{spec.source('explore')} keeps the smallest pool that meets a target: give "
+                "--max-error or --min-agreement"
+            )
+        taken = [spec.source(k) for k in ("pool_pages", "l1_budget", "resume") if k in spec.options]
+        if taken:
+            raise ValueError(f"{spec.source('explore')} sets the pool size: drop {taken}")
+    elif targets:
+        raise ValueError(f"{', '.join(targets)} are targets of --explore: give it, or drop them")
     for key, low in (("rounds", 0), ("iterations", 1), ("page_size", 1), ("pool_pages", 1)):
         value = spec.options.get(key)
         if value is not None and value < low:
