@@ -58,9 +58,9 @@ data = {
 #    default 1e-3 (NWV's, made for models trained with the pool) jumps out of.
 apart = wv.PagePlan.lossless(tasks).n_pool_pages
 config = wv.PackConfig(
-    pool_pages=int(0.5 * apart),
+    pool_pages=int(0.75 * apart),
     share_within_task=True,
-    optimize=wv.OptimizeConfig(rounds=2, iterations=100, lr=1e-4, eval_every=20),
+    optimize=wv.OptimizeConfig(rounds=2, iterations=50, batch_size=50, lr=1e-4, eval_every=10),
 )
 result = wv.pack(tasks, data, config)
 report = result.report
@@ -69,7 +69,7 @@ for name, row in report["tasks"].items():
     print(f"{name}: {row['metric']} on held-out crops {row['packed']:.4g}")
     for metric, values in row["extra_metrics"].items():
         print(f"  {metric}: {values['packed']:.4g}")
-assert report["ratio_bytes"] >= 1.9
+assert report["ratio_bytes"] >= 1.3
 wv.save_wvpack(f"{out_dir}/pretrained.wvpack", result.plan, tasks, report)
 
 # 5. The compiled pack answers as the packed weights do: every output of every model, after

@@ -11,7 +11,11 @@ import torch
 import torch.nn.functional as F
 
 import tvm_weightvirt as wv
-from tvm_weightvirt.algorithms.objectives import DISTILL_CLASSIFIER, relative_error
+from tvm_weightvirt.algorithms.objectives import (
+    DISTILL_CLASSIFIER,
+    relative_error,
+    toward_original_outputs,
+)
 from tvm_weightvirt.algorithms.output_objectives import (
     OutputKind,
     distill_outputs,
@@ -98,6 +102,9 @@ def test_a_softmax_output_is_distilled_on_its_probabilities_not_on_their_softmax
     nll = float(-q.log()[torch.arange(5), labels].mean())
     classification = one_output_objective("classification", probs)
     assert float(classification.loss(q, labels)) == pytest.approx(nll, rel=1e-12)
+    # retrained toward the original's outputs (--distill-temperature): KL on the probabilities
+    toward = toward_original_outputs(classification, temperature=4.0)
+    assert float(toward.loss(q, p)) == pytest.approx(kl, rel=1e-12)
     # logits keep the objective they always had
     assert one_output_objective("distill", OutputKind("y", (1, 3), "logits")) is DISTILL_CLASSIFIER
 

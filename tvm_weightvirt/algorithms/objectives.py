@@ -36,6 +36,9 @@ class Objective:
     fisher: str = "predicted_class"
     targets: str = "labels"
     extra_metrics: dict[str, Metric] = field(default_factory=dict)  # reported, never selected on
+    # the objective toward the original model's outputs, where the generic one does not fit
+    # (classification of a softmax output: KL between the probabilities, not their softmaxes)
+    toward_outputs: Objective | None = None
 
     def __post_init__(self) -> None:
         if self.fisher not in ("predicted_class", "outputs"):
@@ -149,6 +152,8 @@ def toward_original_outputs(objective: Objective, temperature: float) -> Objecti
     otherwise MSE and relative error. A distill objective already is one."""
     if objective.targets == "original_outputs":
         return objective
+    if objective.toward_outputs is not None:
+        return objective.toward_outputs
     if objective.targets == "labels":
         return replace(DISTILL_CLASSIFIER, loss=_kl_on_softmax_at(temperature))
     return DISTILL_VALUES

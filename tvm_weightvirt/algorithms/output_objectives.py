@@ -125,32 +125,24 @@ def agreement_along(axis: int) -> Metric:
 def one_output_objective(name: str, output: OutputKind) -> Objective:
     """The built-in objective `name` for a model of one output of this kind: for logits and
     values, `objective_named`'s (unchanged); for probabilities, classification as the negative
-    log-likelihood of the label's probability and distillation by the loss above, selected by
-    top-1 agreement (categorical) or relative error (independent)."""
+    log-likelihood of the label's probability and distillation by the loss above (also what
+    `--distill-temperature` retrains a classifier toward), selected by top-1 agreement
+    (categorical) or relative error (independent)."""
     if output.kind != "probs":
         return objective_named(name, output.kind == "logits")
-    if name == "classification":
-        return Objective(
-            "classification",
-            lambda y, labels: F.nll_loss(_log(y), labels),
-            CLASSIFICATION.metric,
-            CLASSIFICATION.metric_name,
+    if output.categorical:
+        distill = Objective(
+            "distill",
+            output_loss(output),
+            agreement_along(output.axis),
+            DISTILL_CLASSIFIER.metric_name,
             percent=True,
             fisher="outputs",
+            targets="original_outputs",
+            extra_metrics={"relative_error": relative_error},
         )
-    if name == "distill":
-        if output.categorical:
-            return Objective(
-                "distill",
-                output_loss(output),
-                agreement_along(output.axis),
-                DISTILL_CLASSIFIER.metric_name,
-                percent=True,
-                fisher="outputs",
-                targets="original_outputs",
-                extra_metrics={"relative_error": relative_error},
-            )
-        return Objective(
+    else:
+        distill = Objective(
             "distill",
             output_loss(output),
             relative_error,
@@ -159,7 +151,17 @@ def one_output_objective(name: str, output: OutputKind) -> Objective:
             fisher="outputs",
             targets="original_outputs",
         )
-    return objective_named(name, False)
+    if name == "classification":
+        return Objective(
+            "classification",
+            lambda y, labels: F.nll_loss(_log(y), labels),
+            CLASSIFICATION.metric,
+            CLASSIFICATION.metric_name,
+            percent=True,
+            fisher="outputs",
+            toward_outputs=distill,
+        )
+    return distill if name == "distill" else objective_named(name, False)
 
 
 def distill_outputs(outputs: list[OutputKind], mean_squares: list[float]) -> Objective:
