@@ -7,7 +7,7 @@
 - `ocr_cls`: PaddleOCR's text direction classifier (rapidocr-onnxruntime's ONNX file, 127k
   weights, a softmax output), packed into a pool smaller than itself.
 
-Each group packs at each pool size (a fraction of its tasks' pages, pages shared within a
+Each group packs at each pool size (`--fractions` of its tasks' pages, pages shared within a
 task too) with the learning rate given (`--lr`, default 1e-4: fine-tuning). Per run: bytes
 (`ratio_bytes`: separate float32 over packed), `seconds` of packing, per task and output the
 held-out (test split) `relative_error` and, for class outputs, `top1_agreement`, and
@@ -99,10 +99,13 @@ def pack_group(group: str, samples: int, pool_fraction: float, lr: float, rounds
     return numbers
 
 
-def measure(quick: bool, lr: float) -> dict:
+def measure(quick: bool, lr: float, fractions: str | None) -> dict:
     samples = 600 if quick else 2000
     rounds, iterations = (2, 100) if quick else (4, 300)
-    fractions = [0.4] if quick else [0.6, 0.4, 0.25]
+    if fractions:
+        fractions = [float(f) for f in fractions.split(",")]
+    else:
+        fractions = [0.4] if quick else [0.6, 0.4, 0.25]
     groups = {
         group: [pack_group(group, samples, f, lr, rounds, iterations) for f in fractions]
         for group in GROUPS
@@ -138,5 +141,11 @@ if __name__ == "__main__":
         __doc__,
         measure,
         format_table,
-        options={"--lr": {"type": float, "default": 1e-4, "help": "retraining learning rate"}},
+        options={
+            "--lr": {"type": float, "default": 1e-4, "help": "retraining learning rate"},
+            "--fractions": {
+                "help": "pool sizes as fractions of the pages, e.g. 0.4 (default: 0.4 quick, "
+                "0.6,0.4,0.25 full)"
+            },
+        },
     )
