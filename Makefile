@@ -25,7 +25,7 @@ arm-toolchain:
 test: $(STAMP) arm-toolchain
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q -x -m "not slow"
-	$(VENV)/bin/python -m pytest -q -m slow
+	$(VENV)/bin/python -m pytest -q -m slow --durations=15
 
 # The edit loop: seconds-scale tests (no suite training, no QEMU, no tuning), under 2 minutes.
 test-fast: $(STAMP)
