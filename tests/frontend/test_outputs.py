@@ -87,6 +87,10 @@ def test_given_kinds_and_weights_win_and_unknown_outputs_are_named():
         output_kinds(task, {"boxes": "values"})
     with pytest.raises(ValueError, match="kind 'probabilities' is none of"):
         output_kinds(task, {"box": "probabilities"})
+    one = wv.Task.from_torch(torch.nn.Linear(3, 2), (torch.zeros(1, 3),), "one")
+    x = np.zeros((20, 3), np.float32)
+    with pytest.raises(ValueError, match="this model has one \\('output'\\)"):
+        wv.pack([one], {"one": wv.TaskData(x, output_weights={"output": 2.0})})
 
 
 def test_a_softmax_output_is_distilled_on_its_probabilities_not_on_their_softmax():

@@ -134,6 +134,11 @@ def _pack_task(
     objective = task_data.objective
     if len(outputs) > 1:
         return _pack_several_outputs(task, twin, splits, objective, outputs, where, notes)
+    if task_data.output_weights:
+        raise ValueError(
+            f"{where}: output weights weigh the losses of a model of several outputs; this "
+            f"model has one ('{outputs[0].name}')"
+        )
     probe = probe.numpy()
     if objective is None:
         objective = "classification" if labelled else "distill"
