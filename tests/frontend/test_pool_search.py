@@ -10,17 +10,22 @@ from tvm_weightvirt.apps import examples
 CONFIG = wv.PackConfig(optimize=wv.OptimizeConfig(rounds=1, iterations=10, eval_every=5))
 
 
-@pytest.fixture(scope="module")
-def two_classifiers():
+def _models_and_inputs():
     rng = np.random.default_rng(0)
-    tasks, data = [], {}
     for name in ("a", "b"):
         layers = [
             (rng.normal(0, 0.3, (20, 16)), np.zeros(16)),
             (rng.normal(0, 0.3, (16, 4)), np.zeros(4)),
         ]
-        tasks.append(wv.Task.from_onnx(examples._onnx_mlp(layers, name), name=name))
-        data[name] = wv.TaskData(rng.normal(size=(120, 20)).astype(np.float32))
+        yield name, examples._onnx_mlp(layers, name), rng.normal(size=(120, 20)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def two_classifiers():
+    tasks, data = [], {}
+    for name, model, x in _models_and_inputs():
+        tasks.append(wv.Task.from_onnx(model, name=name))
+        data[name] = wv.TaskData(x)
     return tasks, data
 
 
@@ -60,3 +65,24 @@ def test_bad_explorations_are_refused(two_classifiers):
         wv.explore_pool_sizes(tasks, data, [0.5], wv.PackConfig(pool_pages=3), max_error=0.1)
     with pytest.raises(ValueError, match="no task has a metric the target applies to"):
         wv.explore_pool_sizes(tasks, data, [0.5], CONFIG, max_error=0.1)  # agreements only
+
+
+def test_the_cli_writes_the_chosen_pack_with_its_table(tmp_path, capsys):
+    import onnx
+
+    from tvm_weightvirt.apps.cli import main
+
+    models, data = [], []
+    for name, model, x in _models_and_inputs():
+        onnx.save(model, tmp_path / f"{name}.onnx")
+        np.savez(tmp_path / f"{name}.npz", x_train=x)
+        models.append(f"{name}={tmp_path / name}.onnx")
+        data += ["--data", f"{name}={tmp_path / name}.npz"]
+    argv = ["pack", *models, *data]
+    out = tmp_path / "chosen.wvpack"
+    argv += ["--explore", "1.0", "--min-agreement", "0", "--rounds", "0", "-o", str(out)]
+    assert main(argv) == 0
+    assert "validation (target met)" in capsys.readouterr().out
+    report = wv.load_wvpack(out).report
+    pages = sum(r["pages"] for r in report["tasks"].values())
+    assert [r["pool_pages"] for r in report["explore"]] == [report["pool_pages"]] == [pages]
