@@ -99,16 +99,20 @@ def pack_group(group: str, samples: int, pool_fraction: float, lr: float, rounds
     return numbers
 
 
-def measure(quick: bool, lr: float, fractions: str | None) -> dict:
+def measure(quick: bool, lr: float, fractions: str | None, groups: str | None) -> dict:
     samples = 600 if quick else 2000
     rounds, iterations = (2, 100) if quick else (4, 300)
     if fractions:
         fractions = [float(f) for f in fractions.split(",")]
     else:
         fractions = [0.4] if quick else [0.6, 0.4, 0.25]
+    chosen = groups.split(",") if groups else list(GROUPS)
+    unknown = sorted(set(chosen) - set(GROUPS))
+    if unknown:
+        raise SystemExit(f"--groups: unknown {unknown} (groups: {', '.join(GROUPS)})")
     groups = {
         group: [pack_group(group, samples, f, lr, rounds, iterations) for f in fractions]
-        for group in GROUPS
+        for group in chosen
     }
     return {
         "samples": samples,
@@ -143,6 +147,7 @@ if __name__ == "__main__":
         format_table,
         options={
             "--lr": {"type": float, "default": 1e-4, "help": "retraining learning rate"},
+            "--groups": {"help": "comma-separated groups (default: mtcnn,ocr_cls)"},
             "--fractions": {
                 "help": "pool sizes as fractions of the pages, e.g. 0.4 (default: 0.4 quick, "
                 "0.6,0.4,0.25 full)"
