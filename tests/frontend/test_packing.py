@@ -59,7 +59,11 @@ def test_users_models_share_a_pool_smaller_than_their_sum_and_keep_their_metrics
     assert set(r["friedman"]["extra_metrics"]) == {"r2"}
     # the unlabelled task's val and test splits were carved out of its training samples
     assert r["gestures"]["data"]["samples"] == {"train": 960, "val": 300, "test": 240}
-    assert len(r["gestures"]["data"]["notes"]) == 2
+    assert r["gestures"]["data"]["notes"] == [
+        "val: 300 samples held out of train (20%, seed 0)",
+        "test: 240 samples held out of train (20%, seed 0)",
+        "output 'y' (its shape [N, C]): logits: KL of softmaxes along axis 1",
+    ]
 
 
 @pytest.mark.slow
