@@ -219,3 +219,20 @@ def test_a_manifest_names_output_kinds_and_weights(tmp_path):
     manifest.write_text('[tasks.det]\nmodel = "det.onnx"\noutput_weights = {score = "high"}\n')
     with pytest.raises(ValueError, match="tasks.det.output_weights must be a table of output"):
         read_manifest(str(manifest))
+
+
+def test_the_fisher_of_a_softmax_output_is_nwvs_of_its_logits():
+    """`predicted_probability` on probabilities is NWV's predicted-class Fisher of the logits
+    before the softmax: one gradient a sample, not one a class."""
+    from tvm_weightvirt.algorithms.importance import fisher_nwv
+
+    torch.manual_seed(0)
+    logits = torch.nn.Linear(6, 5)
+    probs = torch.nn.Sequential(logits, torch.nn.Softmax(1))
+    x = np.random.default_rng(4).normal(size=(30, 6)).astype(np.float32)
+    of_logits = fisher_nwv(logits, x, n_samples=30)
+    of_probs = fisher_nwv(probs, x, n_samples=30, likelihood="predicted_probability")
+    for name, f in of_logits.items():
+        np.testing.assert_allclose(of_probs[f"0.{name}"], f, rtol=1e-4, atol=1e-7)
+    kind = OutputKind("p", (1, 5), "probs")
+    assert one_output_objective("distill", kind).fisher == "predicted_probability"

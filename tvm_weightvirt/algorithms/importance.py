@@ -25,7 +25,8 @@ def fisher_nwv(
 ) -> dict[str, np.ndarray]:
     """NWV's diagonal Fisher (seeds A.3): over `n_samples` random samples of `x`,
     `F_i = 1/S * sum_x p(y^|x) * (d log p(y^|x) / d theta_i)^2` with y^ the predicted class
-    (no labels needed). With `likelihood="outputs"` (regression, a Gaussian likelihood of unit
+    (no labels needed); `likelihood="predicted_probability"` is the same for a model whose
+    outputs are probabilities already (log p, not log softmax). With `likelihood="outputs"` (regression, a Gaussian likelihood of unit
     variance), the Fisher of one sample is `sum_k (d f_k(x) / d theta_i)^2` over its outputs.
     Covers `model.named_parameters()`; buffers get none (see `fill_missing`).
 
@@ -44,10 +45,14 @@ def fisher_nwv(
     def outputs(p: dict, sample: torch.Tensor) -> torch.Tensor:
         return torch.func.functional_call(model, (p, buffers), (sample[None],))[0]
 
-    if likelihood == "predicted_class":
+    if likelihood in ("predicted_class", "predicted_probability"):
 
         def log_p_predicted(p, sample):
-            log_p = torch.log_softmax(outputs(p, sample).reshape(-1), 0)
+            out = outputs(p, sample).reshape(-1)
+            if likelihood == "predicted_class":
+                log_p = torch.log_softmax(out, 0)
+            else:  # the outputs are probabilities already (a softmax ends the model)
+                log_p = torch.log(out.clamp_min(1e-12))
             return log_p.max(), log_p.max().detach().exp()
 
         def sample_fisher(p, sample):

@@ -22,7 +22,8 @@ Metric = Callable[[np.ndarray, np.ndarray], float]  # (outputs, targets) -> a nu
 class Objective:
     """`loss` trains, `metric` selects checkpoints (on validation) and reports (on test);
     `fisher` names the log-likelihood of NWV's Fisher: "predicted_class" (log p of the
-    model's own top class, weighted by p: NWV A.3, no labels needed) or "outputs" (a Gaussian
+    model's own top class, weighted by p: NWV A.3, no labels needed), "predicted_probability"
+    (the same for outputs that are probabilities already) or "outputs" (a Gaussian
     likelihood: the squared gradients of every output, summed). `targets` says what `y` is:
     "labels" (class ids), "values" (float outputs) or "original_outputs" (distill: filled in
     from the original model)."""
@@ -41,9 +42,10 @@ class Objective:
     toward_outputs: Objective | None = None
 
     def __post_init__(self) -> None:
-        if self.fisher not in ("predicted_class", "outputs"):
+        if self.fisher not in ("predicted_class", "predicted_probability", "outputs"):
             raise ValueError(
-                f"objective '{self.name}': fisher must be 'predicted_class' or 'outputs', "
+                f"objective '{self.name}': fisher must be 'predicted_class', "
+                "'predicted_probability' or 'outputs', "
                 f"got {self.fisher!r}"
             )
         if self.targets not in ("labels", "values", "original_outputs"):

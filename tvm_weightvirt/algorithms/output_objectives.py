@@ -137,7 +137,7 @@ def one_output_objective(name: str, output: OutputKind) -> Objective:
             agreement_along(output.axis),
             DISTILL_CLASSIFIER.metric_name,
             percent=True,
-            fisher="outputs",
+            fisher="predicted_probability",  # one gradient a sample, not one per class
             targets="original_outputs",
             extra_metrics={"relative_error": relative_error},
         )
@@ -158,7 +158,7 @@ def one_output_objective(name: str, output: OutputKind) -> Objective:
             CLASSIFICATION.metric,
             CLASSIFICATION.metric_name,
             percent=True,
-            fisher="outputs",
+            fisher="predicted_probability",
             toward_outputs=distill,
         )
     return distill if name == "distill" else objective_named(name, False)
