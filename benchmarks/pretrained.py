@@ -55,7 +55,7 @@ def pack_group(group: str, samples: int, pool_fraction: float, lr: float, rounds
 
     started = time.time()
     tasks, data = _tasks_and_data(group, samples)
-    pages = sum(-(-t.n_weights // 100) for t in tasks)
+    pages = wv.PagePlan.lossless(tasks).n_pool_pages
     config = wv.PackConfig(
         pool_pages=max(1, round(pool_fraction * pages)),
         share_within_task=True,
