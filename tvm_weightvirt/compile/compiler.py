@@ -185,6 +185,7 @@ def _signature(mod: tvm.IRModule, name: str, mode: str) -> TaskSignature:
     func = mod[name]
     n_in = int(func.attrs["num_input"])
     types = [_tensor_type(p.ty) for p in func.params]
+    outputs = tuple(map(_tensor_type, _flat_tensor_types(func.ret_ty)))
     if mode == "materialize":  # the weights the switch's transform takes (see abi), if any
         transform = weight_transform_function(name)
         if transform in [gv.name_hint for gv in mod.get_global_vars()]:
@@ -192,9 +193,17 @@ def _signature(mod: tvm.IRModule, name: str, mode: str) -> TaskSignature:
             weight_types = tuple(map(_tensor_type, weights.ty.fields))
         else:
             weight_types = tuple(types[n_in:])
-        return TaskSignature(tuple(types[:n_in]), weight_types, None, None)
+        return TaskSignature(tuple(types[:n_in]), weight_types, None, None, outputs)
     pool_shape, (table_shape, _) = types[n_in][0], types[n_in + 1]
-    return TaskSignature(tuple(types[:n_in]), (), table_shape[0], pool_shape)
+    return TaskSignature(tuple(types[:n_in]), (), table_shape[0], pool_shape, outputs)
+
+
+def _flat_tensor_types(ty) -> list:
+    """A function's return type as the flat list of its tensors' types, in the order
+    `runtime.io.outputs_to_numpy` hands the outputs back (nested tuples flattened)."""
+    if isinstance(ty, relax.TupleType):
+        return [t for field in ty.fields for t in _flat_tensor_types(field)]
+    return [ty]
 
 
 def _tensor_type(ty) -> tuple[tuple[int, ...], str]:

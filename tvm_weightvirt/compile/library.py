@@ -47,6 +47,9 @@ class TaskSignature:
     weights: tuple[tuple[tuple[int, ...], str], ...]  # materialize mode
     n_pages: int | None  # fused mode: page table length
     pool_shape: tuple[int, int] | None  # fused mode: the pool the module was lowered for
+    # its outputs, flattened as the runtimes return them (empty in a library.json written
+    # before 2026-12-07)
+    outputs: tuple[tuple[tuple[int, ...], str], ...] = ()
 
 
 @dataclass
@@ -119,6 +122,7 @@ class Library:
                 tuple((tuple(shape), dtype) for shape, dtype in s["weights"]),
                 s["n_pages"],
                 tuple(s["pool_shape"]) if s["pool_shape"] else None,
+                tuple((tuple(shape), dtype) for shape, dtype in s.get("outputs", ())),
             )
             for n, s in meta["tasks"].items()
         }
