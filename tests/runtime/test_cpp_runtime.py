@@ -1,0 +1,136 @@
+"""The C++ runtime (libwvirt_runtime, driven through examples/cpp's `wv_serve`) serves every
+backend's plan with the Python runtime's outputs, bit for bit, holds the same resident bytes,
+prefetches as `run_many` does, and refuses bad input naming what is wrong."""
+
+import json
+
+import numpy as np
+import pytest
+from page_plans import BACKENDS, SHAPES, echo_task, past_uint16_ids, shared_plan
+from tvm_weightvirt.runtime import MultitaskRuntime, cpp_app
+
+import tvm_weightvirt as wv
+from tvm_weightvirt.apps import examples
+
+pytestmark = pytest.mark.slow  # builds C++ with CMake
+
+SEQUENCE = ["a", "b", "b", "a", "b"]
+
+
+@pytest.fixture(scope="module")
+def wv_serve(tmp_path_factory):
+    return cpp_app.build_wv_serve(str(tmp_path_factory.mktemp("cpp") / "build"))
+
+
+def _packed(tmp_path, tasks, plan, mode="materialize"):
+    pack, library_dir = str(tmp_path / "plan.wvpack"), str(tmp_path / "build")
+    wv.save_wvpack(pack, plan, tasks)
+    library = wv.build(wv.lower(tasks, plan, mode=mode))
+    library.export(library_dir)
+    return pack, library_dir, MultitaskRuntime(plan, library, level2=pack)
+
+
+def _echo_requests(seed=0):
+    rng = np.random.default_rng(seed)
+    return [(t, [rng.normal(size=s).astype(np.float32) for s in SHAPES[t]]) for t in SEQUENCE]
+
+
+def _assert_same(got, expected):
+    assert len(got) == len(expected)
+    for outputs, wanted in zip(got, expected):
+        assert [(y.shape, y.dtype) for y in outputs] == [(y.shape, y.dtype) for y in wanted]
+        for y, w in zip(outputs, wanted):
+            np.testing.assert_array_equal(y, w)
+
+
+@pytest.mark.parametrize("backend", [*BACKENDS, "tir gather, int32 page tables"])
+def test_every_backend_serves_the_python_runtimes_outputs_bit_for_bit(wv_serve, tmp_path, backend):
+    if backend in BACKENDS:
+        mode, page_size, make_plan = BACKENDS[backend]
+    else:
+        mode, page_size, make_plan = "materialize", 100, lambda t, p: past_uint16_ids(
+            shared_plan(t, p)
+        )
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    pack, library_dir, python = _packed(tmp_path, tasks, make_plan(tasks, page_size), mode)
+    requests = _echo_requests()
+    expected = python.run_many(requests)
+    got, report = cpp_app.serve(wv_serve, library_dir, pack, requests, str(tmp_path / "serve"))
+    _assert_same(got, expected)
+    assert (report.requests, report.switches) == (5, 4)
+    assert report.prefetch_hits == python.counters.prefetch_hits
+    assert report.prefetch_hits == (3 if "exclusive" in backend else 0)
+    assert report.resident_bytes == python.resident_bytes
+
+
+def test_weight_transforms_run_at_the_switch_as_in_python(wv_serve, tmp_path):
+    """Real graphs whose weight-only ops (transposes of dense weights) run at the switch."""
+    tasks, requests = [], []
+    for name, kind, seed in [("a", "cnn2d", 0), ("b", "cnn2d", 1), ("m", "mlp", 2)]:
+        model, x = examples.torch_model(kind, seed)
+        tasks.append(wv.Task.from_torch(model, (x,), name=name))
+        requests.append((name, [x.numpy()]))
+    requests += requests[::-1]
+    pack, library_dir, python = _packed(tmp_path, tasks, wv.PagePlan.lossless(tasks, 100))
+    expected = [python.run(task, *inputs) for task, inputs in requests]
+    got, report = cpp_app.serve(wv_serve, library_dir, pack, requests, str(tmp_path / "serve"))
+    _assert_same(got, expected)
+    assert report.switches == python.counters.switches == 5  # a b m (m) b a
+
+
+@pytest.fixture
+def echo_pack(tmp_path):
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    pack, library_dir, _ = _packed(tmp_path, tasks, shared_plan(tasks, 100))
+    return pack, library_dir
+
+
+def test_a_pack_of_other_tasks_is_refused(wv_serve, tmp_path, echo_pack):
+    _, library_dir = echo_pack
+    tasks = [echo_task(name, [(7,)]) for name in ("a", "c")]
+    other = str(tmp_path / "other.wvpack")
+    wv.save_wvpack(other, wv.PagePlan.lossless(tasks, 100), tasks)
+    with pytest.raises(RuntimeError, match="library and pack do not belong together: .*'c'"):
+        cpp_app.serve(wv_serve, library_dir, other, [], str(tmp_path / "serve"))
+
+
+@pytest.mark.parametrize(
+    "request_, message",
+    [
+        (("z", []), r"no task 'z' in this runtime \(has a, b\)"),
+        (("b", [np.zeros((2, 2, 40), np.float32)]), "task 'b' takes 2 inputs, the line names 1"),
+        (
+            ("b", [np.zeros((2, 40), np.float32), np.zeros(77, np.float32)]),
+            r"request0.in0.npy' holds .*\(2, 40\).*the input must be .*\(2, 2, 40\)",
+        ),
+        (
+            ("b", [np.zeros((2, 2, 40)), np.zeros(77, np.float32)]),
+            r"request0.in0.npy' holds \{'descr': '<f8'.*the input must be \{'descr': '<f4'",
+        ),
+    ],
+)
+def test_a_bad_request_names_the_task_input_or_file(
+    wv_serve, tmp_path, echo_pack, request_, message
+):
+    pack, library_dir = echo_pack
+    with pytest.raises(RuntimeError, match=message):
+        cpp_app.serve(wv_serve, library_dir, pack, [request_], str(tmp_path / "serve"))
+
+
+def test_a_missing_or_truncated_pack_and_an_old_library_are_refused(wv_serve, tmp_path, echo_pack):
+    pack, library_dir = echo_pack
+    serve_dir = str(tmp_path / "serve")
+    with pytest.raises(RuntimeError, match="nowhere.wvpack': cannot open"):
+        cpp_app.serve(wv_serve, library_dir, str(tmp_path / "nowhere.wvpack"), [], serve_dir)
+    data = open(pack, "rb").read()
+    truncated = tmp_path / "truncated.wvpack"
+    truncated.write_bytes(data[: len(data) - 100])
+    with pytest.raises(RuntimeError, match="tensor '.*': its byte range does not fit"):
+        cpp_app.serve(wv_serve, library_dir, str(truncated), [], serve_dir)
+    meta_path = tmp_path / "build" / "library.json"
+    meta = json.loads(meta_path.read_text())
+    for signature in meta["tasks"].values():
+        del signature["outputs"]  # what a library.json written before the C++ runtime holds
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(RuntimeError, match="names no outputs for task 'a': build it again"):
+        cpp_app.serve(wv_serve, library_dir, pack, [], serve_dir)
