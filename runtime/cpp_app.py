@@ -5,6 +5,7 @@ the benchmark and the tutorial use to compare it with `MultitaskRuntime`; a devi
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shutil
@@ -15,7 +16,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-EXAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "cpp")
+from tvm_weightvirt.cache import cache_dir
+
+EXAMPLE = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "cpp"
+)
 REPORT = re.compile(
     r"(\d+) requests, (\d+) switches \((\d+) prefetched\), ([\d.]+) us median request, "
     r"(\d+) B resident"
@@ -33,9 +38,13 @@ class ServeReport:
     resident_bytes: int
 
 
-def build_wv_serve(build_dir: str) -> str:
+def build_wv_serve(build_dir: str | None = None) -> str:
     """Configure and build `examples/cpp` into `build_dir` (against this Python's TVM wheel);
-    returns the path of the `wv_serve` executable."""
+    returns the path of the `wv_serve` executable. By default the build is kept in the cache
+    (`cache_dir()`, one per Python environment), so a later call only rebuilds what changed."""
+    if build_dir is None:
+        environment = hashlib.sha256(sys.executable.encode()).hexdigest()[:12]
+        build_dir = os.path.join(cache_dir(), "cpp", environment)
     if not os.path.isfile(os.path.join(EXAMPLE, "CMakeLists.txt")):
         raise FileNotFoundError(
             f"no C++ example at '{EXAMPLE}': the C++ runtime builds from a checkout of "
@@ -73,7 +82,14 @@ def serve(
     request_file = os.path.join(work_dir, "requests.txt")
     with open(request_file, "w") as f:
         f.write("\n".join(lines) + "\n")
-    command = [wv_serve, library_dir, pack, request_file, "--out", os.path.join(work_dir, "outputs")]
+    command = [
+        wv_serve,
+        library_dir,
+        pack,
+        request_file,
+        "--out",
+        os.path.join(work_dir, "outputs"),
+    ]
     done = subprocess.run(command + ["--repeat", str(repeat)], capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or f"wv_serve exited with {done.returncode}")
@@ -84,7 +100,11 @@ def serve(
     outputs = []
     for k in range(len(requests)):
         files = sorted(
-            (f for f in os.listdir(os.path.join(work_dir, "outputs")) if f.startswith(f"request{k}.")),
+            (
+                f
+                for f in os.listdir(os.path.join(work_dir, "outputs"))
+                if f.startswith(f"request{k}.")
+            ),
             key=lambda f: int(f.split(".out")[1].split(".")[0]),
         )
         outputs.append([np.load(os.path.join(work_dir, "outputs", f)) for f in files])

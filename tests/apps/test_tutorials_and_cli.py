@@ -207,3 +207,14 @@ def test_tutorial_10_packs_downloaded_models_of_several_outputs(tmp_path, monkey
     assert re.search(r"rnet: worst_relative_error on held-out crops", printed)
     assert re.search(r"  box.relative_error: [\d.]+", printed)
     assert wv.load_wvpack(tmp_path / "pretrained.wvpack").plan.n_pool_pages > 0
+
+
+@pytest.mark.slow
+def test_tutorial_11_serves_a_pack_from_cpp(tmp_path, monkeypatch, capsys):
+    """The tutorial asserts C++ == Python bit for bit itself; here: every request switched,
+    and those after the first found their exclusive pages prefetched."""
+    monkeypatch.setattr(sys, "argv", ["11_deploy_without_python.py", str(tmp_path)])
+    runpy.run_path(str(ROOT / "tutorials" / "11_deploy_without_python.py"), run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "6 requests, 6 switches (5 prefetched)" in printed
+    assert printed.count("== Python's, bit for bit") == 6

@@ -18,8 +18,8 @@ SEQUENCE = ["a", "b", "b", "a", "b"]
 
 
 @pytest.fixture(scope="module")
-def wv_serve(tmp_path_factory):
-    return cpp_app.build_wv_serve(str(tmp_path_factory.mktemp("cpp") / "build"))
+def wv_serve():
+    return cpp_app.build_wv_serve()
 
 
 def _packed(tmp_path, tasks, plan, mode="materialize"):
@@ -48,8 +48,10 @@ def test_every_backend_serves_the_python_runtimes_outputs_bit_for_bit(wv_serve, 
     if backend in BACKENDS:
         mode, page_size, make_plan = BACKENDS[backend]
     else:
-        mode, page_size, make_plan = "materialize", 100, lambda t, p: past_uint16_ids(
-            shared_plan(t, p)
+        mode, page_size, make_plan = (
+            "materialize",
+            100,
+            lambda t, p: past_uint16_ids(shared_plan(t, p)),
         )
     tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
     pack, library_dir, python = _packed(tmp_path, tasks, make_plan(tasks, page_size), mode)

@@ -25,7 +25,7 @@ import zipfile
 
 import numpy as np
 
-from .suite import cache_dir
+from ..cache import cache_dir
 
 WHEELS = {  # package: (version, wheel file name prefix)
     "facenet-pytorch": ("2.6.0", "facenet_pytorch-2.6.0"),

@@ -18,6 +18,7 @@ from ..algorithms import objectives
 from ..algorithms.data import SPLITS, Split, TaskData
 from ..algorithms.determinism import TRAIN_THREADS, deterministic
 from ..algorithms.training import minibatch_steps, model_outputs
+from ..cache import cache_dir
 
 SPLIT_SEED = 0
 # The real MNIST test set, for final evaluation only: `../shared/data/mnist-test` beside the
@@ -319,12 +320,6 @@ def _train(
             best = (val, {k: v.clone() for k, v in model.state_dict().items()})
     model.load_state_dict(best[1])
     return model.eval()
-
-
-def cache_dir() -> str:
-    return os.environ.get("WVIRT_CACHE") or os.path.join(
-        os.path.expanduser("~"), ".cache", "tvm_weightvirt"
-    )
 
 
 def load_task(name: str, config: TrainConfig = TrainConfig()) -> SuiteTask:

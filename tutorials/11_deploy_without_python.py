@@ -1,0 +1,78 @@
+"""Tutorial 11: deploy a pack without Python: the C++ runtime (libwvirt_runtime) and an app on it.
+
+Run: python tutorials/11_deploy_without_python.py [OUT_DIR]
+
+On the build machine (Python, TVM's compiler): pack the three models of tutorial 2 with some
+pages exclusive (kept in the .wvpack file, read at each switch), build the library, and build
+`examples/cpp` with CMake: `libwvirt_runtime.so` (the C API in `runtime/cpp/include/wvirt.h`:
+`wv_open`, `wv_switch`, `wv_prefetch`, `wv_run`, `wv_close`) and `wv_serve`, an app on it that
+answers requests from .npy files. On the device: the library folder, the .wvpack, the two
+shared objects and TVM's runtime libraries (`libtvm_runtime.so`, `libtvm_ffi.so`); no Python.
+The C++ runtime's outputs are the Python runtime's, bit for bit (checked at the end).
+"""
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from tvm_weightvirt.runtime import MultitaskRuntime, cpp_app
+
+import tvm_weightvirt as wv
+from tvm_weightvirt.apps import examples
+
+out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
+
+
+def shell(*command: str) -> str:
+    print("$", shlex.join(command))
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{command[0]} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+# 1. Pack and build on the build machine (no retraining here: tutorial 2 shows it); the pages
+#    with the most Fisher share per byte exclusive, 4 KiB of them (level 2).
+files = examples.write_user_models(out_dir)
+pack, library = os.path.join(out_dir, "packed.wvpack"), os.path.join(out_dir, "library")
+wvirt = [sys.executable, "-m", "tvm_weightvirt.apps.cli"]
+options = "--rounds 0 --separation-rule bytes --l2-budget 4KiB".split()
+shell(*wvirt, "pack", os.path.join(out_dir, "suite.toml"), *options, "-o", pack)
+shell(*wvirt, "build", pack, "-o", library)
+
+# 2. The C++ runtime and the app: `cmake -S examples/cpp -B BUILD && cmake --build BUILD`
+#    (cpp_app does exactly that, against this Python's TVM wheel; on a device without Python,
+#    give CMake TVM_FFI_INCLUDE_DIR, DLPACK_INCLUDE_DIR and TVM_LIBRARY_DIRS instead).
+wv_serve = cpp_app.build_wv_serve()  # kept in the cache: a second call rebuilds nothing
+print(f"built {wv_serve}")
+
+# 3. Requests: one line per request, `TASK INPUT.npy...`; outputs land in --out as
+#    request<k>.out<i>.npy. Each task twice, switching every time.
+requests_dir = os.path.join(out_dir, "requests")
+os.makedirs(os.path.join(requests_dir, "outputs"), exist_ok=True)
+requests, lines = [], []
+for k, name in enumerate(["sensors", "gestures", "friedman", "sensors", "gestures", "friedman"]):
+    x = np.load(files[name]["data"])["x_train"][k : k + 1].astype(np.float32)
+    path = os.path.join(requests_dir, f"request{k}.in0.npy")
+    np.save(path, x)
+    requests.append((name, [x]))
+    lines.append(f"{name} {path}")
+request_file, outputs = (os.path.join(requests_dir, f) for f in ("requests.txt", "outputs"))
+with open(request_file, "w") as f:
+    f.write("\n".join(lines) + "\n")
+print(f"{request_file}: {lines[0]} ...")
+print(shell(wv_serve, library, pack, request_file, "--out", outputs).strip())
+
+# 4. The same requests through the Python runtime: every output bit-identical.
+plan = wv.load_wvpack(pack, graphs=False).plan
+python = MultitaskRuntime(plan, wv.Library.load(library), level2=pack)
+expected = python.run_many(requests)
+for k, (name, _) in enumerate(requests):
+    got = np.load(os.path.join(outputs, f"request{k}.out0.npy"))
+    assert np.array_equal(got, expected[k][0]), name
+    print(f"{name}: C++ output {got.ravel().round(3)} == Python's, bit for bit")
+exclusive = {n: t.n_exclusive_pages for n, t in plan.tasks.items()}
+print(f"exclusive pages read from {os.path.basename(pack)} at each switch: {exclusive}")
