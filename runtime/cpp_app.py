@@ -18,9 +18,10 @@ import numpy as np
 
 from tvm_weightvirt.cache import cache_dir
 
-EXAMPLE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples", "cpp"
-)
+HERE = os.path.dirname(os.path.abspath(__file__))
+SOURCE = os.path.join(HERE, "cpp")  # libwvirt_runtime's CMake project (package data too)
+HEADERS = os.path.join(SOURCE, "include")
+EXAMPLE = os.path.join(os.path.dirname(HERE), "examples", "cpp")  # in a checkout only
 REPORT = re.compile(
     r"(\d+) requests, (\d+) switches \((\d+) prefetched\), ([\d.]+) us median request, "
     r"(\d+) B resident"

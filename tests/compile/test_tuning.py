@@ -19,7 +19,7 @@ from tvm_weightvirt.compile.tuning import RPCTracker, TuningOptions
 
 pytestmark = pytest.mark.slow  # MetaSchedule runs
 
-TRIALS = 2  # per kernel
+TRIALS = 1  # per kernel
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ backend's plan with the Python runtime's outputs, bit for bit, holds the same re
 prefetches as `run_many` does, and refuses bad input naming what is wrong."""
 
 import json
+import subprocess
 
 import numpy as np
 import pytest
@@ -136,3 +137,16 @@ def test_a_missing_or_truncated_pack_and_an_old_library_are_refused(wv_serve, tm
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(RuntimeError, match="names no outputs for task 'a': build it again"):
         cpp_app.serve(wv_serve, library_dir, pack, [], serve_dir)
+
+
+def test_the_c_api_is_c99(tmp_path):
+    """`wvirt.h` is a C header (a firmware or C app includes it), not C++ in disguise."""
+    program = tmp_path / "uses_wvirt.c"
+    program.write_text('#include "wvirt.h"\nint main(void) { return wv_task_count(0); }\n')
+    done = subprocess.run(
+        ["cc", "-std=c99", "-Wall", "-Wextra", "-pedantic", "-Werror", "-fsyntax-only"]
+        + ["-I", cpp_app.HEADERS, str(program)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
