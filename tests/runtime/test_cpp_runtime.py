@@ -3,6 +3,7 @@ backend's plan with the Python runtime's outputs, bit for bit, holds the same re
 prefetches as `run_many` does, and refuses bad input naming what is wrong."""
 
 import json
+import os
 import subprocess
 
 import numpy as np
@@ -150,3 +151,44 @@ def test_the_c_api_is_c99(tmp_path):
         text=True,
     )
     assert done.returncode == 0, done.stderr
+
+
+def test_an_aarch64_build_computes_the_x86_outputs_under_qemu(wv_serve, tmp_path):
+    """`wvirt build --target aarch64` links the library with aarch64-linux-gnu-g++; the app,
+    cross-built against the aarch64 wheels' TVM runtime, serves it under qemu-aarch64 with the
+    x86 outputs up to float32 rounding (LLVM fuses multiply-adds on aarch64), the same
+    switches, prefetches and resident bytes."""
+    from tvm_weightvirt.apps.cli import main
+
+    triple = "aarch64-linux-gnu"
+    tasks, requests = [], []
+    for name, kind, seed in [("a", "cnn2d", 0), ("m", "mlp", 2)]:
+        model, x = examples.torch_model(kind, seed)
+        tasks.append(wv.Task.from_torch(model, (x,), name=name))
+        requests.append((name, [x.numpy()]))
+    requests += requests[::-1]
+    plan = wv.PagePlan.lossless(tasks, 100)
+    pack = str(tmp_path / "plan.wvpack")
+    wv.save_wvpack(pack, plan, tasks)
+    libraries = {cpu: str(tmp_path / cpu) for cpu in ("llvm", "aarch64")}
+    for cpu, folder in libraries.items():
+        assert main(["build", pack, "--target", cpu, "-o", folder]) == 0
+    with open(os.path.join(libraries["aarch64"], "library.so"), "rb") as f:
+        assert int.from_bytes(f.read(20)[18:20], "little") == 183  # ELF e_machine: EM_AARCH64
+    host, host_report = cpp_app.serve(
+        wv_serve, libraries["llvm"], pack, requests, str(tmp_path / "x86")
+    )
+    arm, arm_report = cpp_app.serve(
+        cpp_app.build_wv_serve(triple=triple),
+        libraries["aarch64"],
+        pack,
+        requests,
+        str(tmp_path / "arm"),
+        run_with=cpp_app.emulator(triple),
+    )
+    assert arm_report.switches == host_report.switches == 3
+    assert arm_report.resident_bytes == host_report.resident_bytes
+    for outputs, wanted in zip(arm, host):
+        for y, w in zip(outputs, wanted):
+            assert y.shape == w.shape and y.dtype == w.dtype
+            np.testing.assert_allclose(y, w, rtol=1e-6, atol=1e-6)

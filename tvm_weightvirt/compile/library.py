@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import re
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -96,7 +98,13 @@ class Library:
 
             export_with_fatbin(self.executable, path, self.archs)
         else:
-            self.executable.export_library(path)
+            linker = cross_compiler(self.target)
+            if linker is None:
+                self.executable.export_library(path)
+            else:
+                from tvm.support.cc import cross_compiler as linking_with
+
+                self.executable.export_library(path, fcompile=linking_with(linker))
         meta = {
             "mode": self.mode,
             "target": self.target,
@@ -126,6 +134,12 @@ class Library:
             )
             for n, s in meta["tasks"].items()
         }
+        triple = foreign_triple(meta["target"])
+        if triple is not None:
+            raise ValueError(
+                f"'{directory}' was built for {triple}: load it on that CPU (the C++ runtime, "
+                "docs/deploy.md, or Python there)"
+            )
         if target_kind(meta["target"]) == "cuda" and not tvm.cuda().exist:
             raise ValueError(
                 f"'{directory}' was built for cuda and this machine has no CUDA GPU: run it "
@@ -142,6 +156,29 @@ class Library:
             tuple(meta.get("archs", ())),
             CodeFormat(**meta["code_format"]) if meta.get("code_format") else None,
         )
+
+
+def foreign_triple(target: str) -> str | None:
+    """`target`'s `mtriple` (TVM's JSON text) when it names another CPU architecture than this
+    machine's (a library this machine cannot load), else None."""
+    parsed = tvm.target.Target(target)
+    triple = str(parsed.attrs.get("mtriple", "")) if parsed.kind.name == "llvm" else ""
+    return triple if triple and triple.split("-")[0] != platform.machine() else None
+
+
+def cross_compiler(target: str) -> str | None:
+    """The C++ compiler that links an llvm library for a `foreign_triple`, `<mtriple>-g++`
+    (e.g. aarch64-linux-gnu-g++: `make aarch64-toolchain`); None for this machine's CPU."""
+    triple = foreign_triple(target)
+    if triple is None:
+        return None
+    linker = f"{triple}-g++"
+    if shutil.which(linker) is None:
+        raise ValueError(
+            f"linking a library for {triple} needs the cross compiler '{linker}' "
+            "(Debian/Ubuntu: `make aarch64-toolchain` installs aarch64-linux-gnu-g++)"
+        )
+    return linker
 
 
 def target_kind(target: str) -> str:

@@ -6,6 +6,7 @@ from ...abi import MODES
 from ...targets.mcu.boards import TARGETS as MCU_TARGETS
 from .common import (
     BUILD_DEFAULTS,
+    CPU_TARGETS,
     check_output_folder,
     compile_target,
     pack_with_graphs,
@@ -22,9 +23,11 @@ def add_parser(command) -> None:
     parser.add_argument("pack", help="a .wvpack saved with its task graphs")
     parser.add_argument(
         "--target",
-        choices=["llvm", "cuda", *MCU_TARGETS],
+        choices=[*CPU_TARGETS, "cuda", *MCU_TARGETS],
         default="llvm",
-        help="cortex-m*: write a C project (pool in RAM, exclusive pages in flash) to -o",
+        help="aarch64: a library for an arm64 Linux CPU (a Jetson's), linked by "
+        "aarch64-linux-gnu-g++; cortex-m*: write a C project (pool in RAM, exclusive pages in "
+        "flash) to -o",
     )
     parser.add_argument(
         "--zero-copy",
@@ -78,6 +81,11 @@ def run(args) -> int:
         no_tuning_db=mcu,
     )
     refuse(args, "--no-tuning-db", tune=args.no_tuning_db, tuning_db=args.no_tuning_db)
+    if args.target == "aarch64" and args.tune and not args.rpc_tracker:
+        raise ValueError(
+            "--tune for --target aarch64 measures on the device: give --rpc-tracker (this "
+            "machine cannot run aarch64 kernels)"
+        )
     option = with_defaults(args, BUILD_DEFAULTS)
     if mcu:
         tuning = None

@@ -144,10 +144,18 @@ def tuning_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rpc-key", help="the device key registered with --rpc-tracker")
 
 
+# --target names of CPU targets: TVM's target for each
+CPU_TARGETS = {
+    "llvm": {"kind": "llvm"},
+    "aarch64": {"kind": "llvm", "mtriple": "aarch64-linux-gnu"},  # a Jetson's or any arm64 CPU
+}
+
+
 def compile_target(kind: str, arch: str | None) -> tuple[dict, list[str] | None]:
-    """TVM's target for --target llvm|cuda (cuda: the lowest of --arch's), and the archs."""
+    """TVM's target for --target llvm|aarch64|cuda (cuda: the lowest of --arch's), and the
+    archs."""
     if kind != "cuda":
-        return {"kind": "llvm"}, None
+        return dict(CPU_TARGETS[kind]), None
     from ...compile.library import check_archs, sm_number
 
     archs = check_archs((arch or BUILD_DEFAULTS["arch"]).split(","))

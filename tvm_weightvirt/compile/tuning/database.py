@@ -21,9 +21,9 @@ def default_database_folder(target: str | dict) -> str:
 
     target = tvm.target.Target(target)
     model = target.attrs.get("mcpu") or target.attrs.get("arch") or "generic"
-    return os.path.join(
-        os.path.expanduser("~/.cache/tvm_weightvirt/tuning"), f"{target.kind.name}-{model}"
-    )
+    triple = target.attrs.get("mtriple")  # another CPU architecture: schedules of its own
+    name = f"{target.kind.name}-{triple}-{model}" if triple else f"{target.kind.name}-{model}"
+    return os.path.join(os.path.expanduser("~/.cache/tvm_weightvirt/tuning"), name)
 
 
 def default_database(target: str | dict) -> str | None:
