@@ -8,11 +8,14 @@ pages exclusive (kept in the .wvpack file, read at each switch), build the libra
 `wv_open`, `wv_switch`, `wv_prefetch`, `wv_run`, `wv_close`) and `wv_serve`, an app on it that
 answers requests from .npy files. On the device: the library folder, the .wvpack, the two
 shared objects and TVM's runtime libraries (`libtvm_runtime.so`, `libtvm_ffi.so`); no Python.
-The C++ runtime's outputs are the Python runtime's, bit for bit (checked at the end).
+The C++ runtime's outputs are the Python runtime's, bit for bit (checked). Last, the same pack
+built for an arm64 CPU (a Jetson's: `--target aarch64`), the app cross-built for it and run
+under QEMU: the x86 outputs up to float32 rounding.
 """
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -76,3 +79,24 @@ for k, (name, _) in enumerate(requests):
     print(f"{name}: C++ output {got.ravel().round(3)} == Python's, bit for bit")
 exclusive = {n: t.n_exclusive_pages for n, t in plan.tasks.items()}
 print(f"exclusive pages read from {os.path.basename(pack)} at each switch: {exclusive}")
+
+# 5. A Jetson (or any arm64 Linux): `wvirt build --target aarch64` links the library with
+#    aarch64-linux-gnu-g++, and the app cross-builds against TVM's aarch64 runtime libraries
+#    (from the aarch64 wheels). Here QEMU runs it; on the device, copy the library folder, the
+#    .wvpack, wv_serve, libwvirt_runtime.so and the two TVM libraries.
+triple = "aarch64-linux-gnu"
+if shutil.which(f"{triple}-g++") and shutil.which("qemu-aarch64"):
+    arm_library = os.path.join(out_dir, "library-aarch64")
+    shell(*wvirt, "build", pack, "--target", "aarch64", "-o", arm_library)
+    arm_serve = cpp_app.build_wv_serve(triple=triple)
+    arm_outputs = os.path.join(requests_dir, "outputs-aarch64")
+    os.makedirs(arm_outputs)
+    run = [*cpp_app.emulator(triple), arm_serve, arm_library, pack, request_file]
+    print(shell(*run, "--out", arm_outputs).strip())
+    for k, (name, _) in enumerate(requests):
+        arm = np.load(os.path.join(arm_outputs, f"request{k}.out0.npy"))
+        x86 = np.load(os.path.join(outputs, f"request{k}.out0.npy"))
+        print(f"{name}: aarch64 vs x86, max |difference| {np.abs(arm - x86).max():.1e}")
+        assert np.allclose(arm, x86, rtol=1e-6, atol=1e-6)
+else:
+    print("no aarch64 cross compiler or QEMU here: `make aarch64-toolchain` installs them")
