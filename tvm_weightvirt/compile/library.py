@@ -160,9 +160,10 @@ class Library:
 
 def foreign_triple(target: str) -> str | None:
     """`target`'s `mtriple` (TVM's JSON text) when it names another CPU architecture than this
-    machine's (a library this machine cannot load), else None."""
-    parsed = tvm.target.Target(target)
-    triple = str(parsed.attrs.get("mtriple", "")) if parsed.kind.name == "llvm" else ""
+    machine's (a library this machine cannot load), else None. Read from the JSON text alone:
+    a device with TVM's runtime only has no `tvm.target`."""
+    attrs = json.loads(target) if target.lstrip().startswith("{") else {}
+    triple = str(attrs.get("mtriple", "")) if target_kind(target) == "llvm" else ""
     return triple if triple and triple.split("-")[0] != platform.machine() else None
 
 

@@ -8,6 +8,7 @@
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
@@ -33,12 +34,14 @@ const char* const kCodedGather = "wv_gather_coded_pages";
 const char* const kExclusiveGather = "wv_gather_pages_exclusive";
 const char* const kCodedExclusiveGather = "wv_gather_coded_pages_exclusive";
 
-struct AlignedAlloc {  // TVM tensors over 64-byte-aligned host memory
+// TVM tensors over 64-byte-aligned host memory, zeroed: no kernel ever reads bytes nobody wrote
+struct AlignedAlloc {
   void AllocData(DLTensor* t) {
     size_t n = static_cast<size_t>(ffi::GetDataSize(*t));
     n = (n + kAlignBytes - 1) / kAlignBytes * kAlignBytes;
     t->data = std::aligned_alloc(kAlignBytes, n == 0 ? kAlignBytes : n);
     if (t->data == nullptr) throw Failure(WV_ERROR_ARGUMENT, "out of memory");
+    std::memset(t->data, 0, n);
   }
   void FreeData(DLTensor* t) { std::free(t->data); }
 };
