@@ -27,6 +27,7 @@ from ...plan import PagePlan
 from . import c_math  # noqa: F401  (registers libm calls for the C codegen)
 from .boards import STACK_BYTES, TARGETS, McuTarget
 from .executor import KERNEL_PIPELINE, Tensor, ZeroCopyReads, executor_c, task_executor
+from .firmware_library import CMAKE_LISTS, firmware_files
 from .templates import c_float16_bits, c_floats, c_ints, render
 
 MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project
@@ -39,7 +40,14 @@ HEADERS = (
     "tvm/runtime/base.h",
     "tvm/runtime/c_backend_api.h",
 )
-RUNTIME_FILES = ("wv_runtime.h", "wv_runtime.c", "wv_requests.h", "main.c", "host.c")
+RUNTIME_FILES = (
+    "wv_runtime.h",
+    "wv_runtime.c",
+    "wv_requests.h",
+    "main.c",
+    "host.c",
+    CMAKE_LISTS,  # the project as a firmware's static library (firmware_library.py)
+)
 
 
 def generate_project(
@@ -113,7 +121,8 @@ def generate_project(
             + ". To fit, "
             + fit_advice(manifest, [p.split()[0] for p in problems])
         )
-    # Step 3. The files: kernels, executors, weights, runtime, startup, linker script, Makefile.
+    # Step 3. The files: kernels, executors, weights, runtime, startup, linker script, Makefile;
+    # wvirt.h, CMakeLists.txt and toolchain.cmake for a firmware that links the project.
     os.makedirs(os.path.join(out_dir, "include"), exist_ok=True)
     _write(out_dir, "kernels.c", kernel_source)
     _write(out_dir, "executor.c", executor_c(executors, plan, packed, reads, pool_in))
@@ -146,6 +155,8 @@ def generate_project(
         dest = os.path.join(out_dir, "include", header)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copyfile(_find_header(header), dest)
+    for filename, text in firmware_files(target, manifest["tasks"]).items():
+        _write(out_dir, filename, text)
     with open(os.path.join(out_dir, MARKER), "w") as f:
         json.dump(manifest, f, indent=1)
     rng = np.random.default_rng(0)
