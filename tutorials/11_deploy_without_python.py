@@ -10,7 +10,8 @@ answers requests from .npy files. On the device: the library folder, the .wvpack
 shared objects and TVM's runtime libraries (`libtvm_runtime.so`, `libtvm_ffi.so`); no Python.
 The C++ runtime's outputs are the Python runtime's, bit for bit (checked). Last, the same pack
 built for an arm64 CPU (a Jetson's: `--target aarch64`), the app cross-built for it and run
-under QEMU: the x86 outputs up to float32 rounding.
+under QEMU: the x86 outputs up to float32 rounding. Then the same pack as a Cortex-M firmware
+library (wvirt.h, CMake), and a firmware on it run on QEMU.
 """
 
 import os
@@ -25,6 +26,9 @@ from tvm_weightvirt.runtime import MultitaskRuntime, cpp_app
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
+from tvm_weightvirt.targets import mcu
+from tvm_weightvirt.targets.mcu.boards import SEMIHOSTING_QEMU_FLAGS
+from tvm_weightvirt.targets.mcu.firmware_library import build_example_firmware
 
 out_dir = sys.argv[1] if len(sys.argv) > 1 else tempfile.mkdtemp()
 
@@ -100,3 +104,27 @@ if shutil.which(f"{triple}-g++") and shutil.which("qemu-aarch64"):
         assert np.allclose(arm, x86, rtol=1e-6, atol=1e-6)
 else:
     print("no aarch64 cross compiler or QEMU here: `make aarch64-toolchain` installs them")
+
+# 6. A microcontroller: `wvirt build --target cortex-m4` writes a C project that is also a
+#    static library for your firmware: `add_subdirectory(PROJECT)`, link `wvirt`, include
+#    wvirt.h (WV_TASK_<NAME>, each task's input and output bytes, wv_switch, wv_run).
+#    examples/firmware is such a firmware, built with the project's toolchain.cmake; QEMU runs it.
+project = os.path.join(out_dir, "firmware-project")
+shell(*wvirt, "build", pack, "--target", "cortex-m4", "-o", project)
+header = open(os.path.join(project, "wvirt.h")).read().splitlines()
+print("\n".join(line for line in header if "WV_TASK_" in line or "_BYTES " in line))
+if not mcu.missing_tools():
+    firmware = build_example_firmware(project, os.path.join(out_dir, "firmware"))
+    qemu = ["qemu-system-arm", "-M", "mps2-an386", *SEMIHOSTING_QEMU_FLAGS.split()]
+    printed = shell(*qemu, "-kernel", firmware)
+    print(printed.strip())
+    # its input pattern through the Python runtime: the same outputs, up to float32 rounding
+    for line in printed.splitlines()[:-1]:
+        _, name, _, _, *words = line.split()
+        (shape, _), *_ = python.library.tasks[name].inputs
+        x = (0.25 * (np.arange(np.prod(shape)) % 7) - 0.75).astype(np.float32).reshape(shape)
+        on_mcu = np.array([int(w, 16) for w in words], np.uint32).view(np.float32)
+        assert np.allclose(on_mcu, python.run(name, x)[0].ravel(), rtol=1e-5, atol=1e-6), name
+    print("the firmware's outputs == the Python runtime's on its inputs (within 1e-5)")
+else:
+    print("no Arm toolchain or QEMU here: `make arm-toolchain` installs them")

@@ -213,10 +213,13 @@ def test_tutorial_10_packs_downloaded_models_of_several_outputs(tmp_path, monkey
 def test_tutorial_11_serves_a_pack_from_cpp(tmp_path, monkeypatch, capsys):
     """The tutorial asserts C++ == Python bit for bit, and aarch64 == x86 within 1e-6, itself;
     here: every request switched, those after the first found their exclusive pages
-    prefetched, and the aarch64 build ran (`make test` installs its toolchain)."""
+    prefetched, and the aarch64 build and the Cortex-M firmware ran (`make test` installs their
+    toolchains)."""
     monkeypatch.setattr(sys, "argv", ["11_deploy_without_python.py", str(tmp_path)])
     runpy.run_path(str(ROOT / "tutorials" / "11_deploy_without_python.py"), run_name="__main__")
     printed = capsys.readouterr().out
     assert "6 requests, 6 switches (5 prefetched)" in printed
     assert printed.count("== Python's, bit for bit") == 6
     assert printed.count("aarch64 vs x86, max |difference|") == 6
+    assert "WV_TASK_SENSORS = 0" in printed and "task friedman out 000 " in printed
+    assert "the firmware's outputs == the Python runtime's on its inputs" in printed
