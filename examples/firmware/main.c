@@ -1,5 +1,6 @@
 /* A firmware on a packed project's library (wvirt.h): every task once on float32 inputs of a
-   fixed pattern, each output printed as float32 bit patterns: `task <name> out <k> <words>`. */
+   fixed pattern, each output printed as float32 bit patterns: `task <name> out <k> <words>`.
+   Built WV_EXCLUSIVE_EXTERNAL, it reads the exclusive pages through a page reader. */
 #include <stdint.h>
 
 #include "wvirt.h"
@@ -17,7 +18,18 @@ static void put_word(uint32_t value, int digits, int base) {
   wv_platform_write(text);
 }
 
+#ifdef WV_EXCLUSIVE_EXTERNAL
+/* Exclusive pages from storage that is not memory-mapped: here a file (on QEMU, of the host,
+   through semihosting); on a board, external flash or an SD card. */
+static int32_t read_exclusive(uint32_t offset, void* dst, uint32_t bytes) {
+  return wv_platform_read(WV_EXCLUSIVE_FILE, offset, dst, bytes);
+}
+#endif
+
 int main(void) {
+#ifdef WV_EXCLUSIVE_EXTERNAL
+  wv_set_page_reader(read_exclusive);
+#endif
   for (int32_t task = 0; task < WV_N_TASKS; ++task) {
     const wv_task_io_t* io = &wv_task_io[task];
     void* in[WV_MAX_INPUTS > 0 ? WV_MAX_INPUTS : 1];

@@ -1,5 +1,5 @@
 /* Cortex-M startup and platform: vector table, .data/.bss/pool setup, FPU, SysTick counter,
-   semihosting output and exit (a fault exits too, so a crash cannot hang QEMU). */
+   semihosting output, file reads and exit (a fault exits too, so a crash cannot hang QEMU). */
 #include <stdint.h>
 #include <string.h>
 
@@ -9,7 +9,11 @@
 #define SYST_CSR (*(volatile uint32_t*)0xE000E010u)
 #define SYST_RVR (*(volatile uint32_t*)0xE000E014u)
 #define SYST_CVR (*(volatile uint32_t*)0xE000E018u)
+#define SYS_OPEN 0x01
+#define SYS_CLOSE 0x02
 #define SYS_WRITE0 0x04
+#define SYS_READ 0x06
+#define SYS_SEEK 0x0A
 #define SYS_EXIT 0x18
 #define ADP_STOPPED_APPLICATION_EXIT 0x20026
 #define ADP_STOPPED_RUNTIME_ERROR 0x20023
@@ -28,6 +32,19 @@ static int semihost(int op, const void* arg) {
 }
 
 void wv_platform_write(const char* text) { semihost(SYS_WRITE0, text); }
+
+/* A file of the host running QEMU, through semihosting (mode 1: "rb"). */
+int32_t wv_platform_read(const char* path, uint32_t offset, void* dst, uint32_t bytes) {
+  const uint32_t open_args[3] = {(uint32_t)path, 1u, (uint32_t)strlen(path)};
+  const int handle = semihost(SYS_OPEN, open_args);
+  if (handle < 0) return -1;
+  const uint32_t seek_args[2] = {(uint32_t)handle, offset};
+  const uint32_t read_args[3] = {(uint32_t)handle, (uint32_t)dst, bytes};
+  const int ok = semihost(SYS_SEEK, seek_args) == 0 && semihost(SYS_READ, read_args) == 0;
+  const uint32_t close_args[1] = {(uint32_t)handle};
+  semihost(SYS_CLOSE, close_args);
+  return ok ? 0 : -1;
+}
 
 /* SysTick runs on the CPU clock; under `-icount` its count follows the instructions run. */
 uint64_t wv_platform_ticks(void) {

@@ -11,6 +11,9 @@ extern const uint32_t wv_workspace_bytes;
 
 static int32_t wv_current = -1;
 static uint32_t wv_workspace_top;
+static wv_page_reader_t wv_reader;
+
+void wv_set_page_reader(wv_page_reader_t reader) { wv_reader = reader; }
 
 /* The value of the q-th code of a packed row: word q / n, bits (q % n) * code_bits on, with
    n = 32 / code_bits codes a word. */
@@ -83,8 +86,14 @@ int32_t wv_switch(int32_t task) {
       wv_decode_page(weights, t->exclusive_codes + k * wv_memory.code_row_words,
                      t->exclusive_bases + k * 9);
     } else if (id >= wv_memory.n_pool_pages) {
-      const float* page = t->exclusive_pages + (id - wv_memory.n_pool_pages) * page_size;
-      memcpy(weights, page, page_size * sizeof(float));
+      const uint32_t k = id - wv_memory.n_pool_pages, bytes = page_size * sizeof(float);
+      if (wv_reader != NULL) {
+        if (wv_reader(t->exclusive_offset + k * bytes, weights, bytes) != 0) return -2;
+      } else if (t->exclusive_pages != NULL) {
+        memcpy(weights, t->exclusive_pages + k * page_size, bytes);
+      } else {
+        return -2; /* a WV_EXCLUSIVE_EXTERNAL build without a page reader */
+      }
     } else if (wv_memory.codes != NULL) {
       wv_decode_page(weights, wv_memory.codes + id * wv_memory.code_row_words,
                      wv_memory.bases + id * 9);

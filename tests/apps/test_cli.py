@@ -353,7 +353,7 @@ def test_a_killed_build_leaves_no_library_folder_under_the_target_name(files, tm
     subprocess.run(argv, check=True, capture_output=True)
     whole = time.perf_counter() - start
     shutil.rmtree(out)
-    for delay in np.random.default_rng(0).uniform(0.5 * whole, whole, 5):
+    for delay in np.random.default_rng(0).uniform(0.5 * whole, whole, 3):
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)

@@ -355,12 +355,14 @@ def executor_c(
             lines.append(render("call", task=task, symbol=s, j=j, n=len(ids)))
         lines.append(render("run_tail"))
     lines.append(render("tasks_head"))
+    offsets = exclusive_file_offsets(plan, list(executors))
     for task in executors:
         pages = plan.task(task)
         gathered = packed and not zero_copy  # zero-copy: the switch gathers nothing
         exclusive = dict(exclusive="NULL", exclusive_codes="NULL", exclusive_bases="NULL")
+        exclusive["exclusive_offset"] = offsets.get(task, 0)
         if gathered and pages.n_exclusive_pages and pages.coded is None:
-            exclusive["exclusive"] = f"wv_exclusive_{task}"
+            exclusive["exclusive"] = f"WV_EXCLUSIVE_ARRAY(wv_exclusive_{task})"
         elif gathered and pages.n_exclusive_pages:
             exclusive["exclusive_codes"] = f"wv_exclusive_codes_{task}"
             exclusive["exclusive_bases"] = f"wv_exclusive_bases_{task}"
@@ -375,6 +377,18 @@ def executor_c(
         )
     lines.append(render("tasks_tail", n=len(executors)))
     return "\n".join(lines) + "\n"
+
+
+def exclusive_file_offsets(plan: PagePlan, names: list[str]) -> dict[str, int]:
+    """Each task's byte offset in exclusive_pages.bin: the float32 exclusive pages of the tasks
+    that have them (SmartDeal-coded ones stay in flash), in `names` order."""
+    offsets, offset = {}, 0
+    for name in names:
+        t = plan.task(name)
+        if t.n_exclusive_pages and t.coded is None:
+            offsets[name] = offset
+            offset += t.exclusive_pages.nbytes
+    return offsets
 
 
 def _table(task: str, span, plan: PagePlan) -> str:

@@ -2,6 +2,8 @@
 output sizes, `wv_switch` / `wv_run`), `wvirt.c` (the sizes as tables), a CMakeLists.txt that
 a firmware (bare metal, Zephyr, a vendor SDK) adds with `add_subdirectory` and links as
 `wvirt`, and `toolchain.cmake`, the part's compiler and flags for a firmware built with CMake.
+Built with `WVIRT_EXCLUSIVE_EXTERNAL`, the float32 exclusive pages are not linked: the firmware
+reads `exclusive_pages.bin` from its own storage through `wv_set_page_reader`.
 `examples/firmware` is such a firmware."""
 
 from __future__ import annotations
@@ -117,16 +119,20 @@ set(CMAKE_TRY_COMPILE_TARGET_TYPE STATIC_LIBRARY)
 """
 
 
-def build_example_firmware(project_dir: str, build_dir: str, host: bool = False) -> str:
+def build_example_firmware(
+    project_dir: str, build_dir: str, host: bool = False, exclusive_external: bool = False
+) -> str:
     """Build `examples/firmware` (a checkout's) on the project's library with CMake: for the
-    part (the project's toolchain.cmake) or, `host`, with this machine's compiler; returns the
-    program's path."""
+    part (the project's toolchain.cmake) or, `host`, with this machine's compiler;
+    `exclusive_external`: the exclusive pages not linked, read from the project's
+    exclusive_pages.bin through a page reader. Returns the program's path."""
     example = os.path.join(REPOSITORY, "examples", "firmware")
     if not os.path.isfile(os.path.join(example, "CMakeLists.txt")):
         raise FileNotFoundError(f"no example firmware at '{example}' (a checkout has it)")
     configure = ["cmake", "-S", example, "-B", build_dir, f"-DWVIRT_PROJECT={project_dir}"]
     if not host:
         configure.append(f"-DCMAKE_TOOLCHAIN_FILE={os.path.join(project_dir, 'toolchain.cmake')}")
+    configure.append(f"-DWVIRT_EXCLUSIVE_EXTERNAL={'ON' if exclusive_external else 'OFF'}")
     for command in (configure, ["cmake", "--build", build_dir]):
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode != 0:

@@ -26,10 +26,18 @@ from ...passes import MergeTasks, ReadWeightsThroughPages
 from ...plan import PagePlan
 from . import c_math  # noqa: F401  (registers libm calls for the C codegen)
 from .boards import STACK_BYTES, TARGETS, McuTarget
-from .executor import KERNEL_PIPELINE, Tensor, ZeroCopyReads, executor_c, task_executor
+from .executor import (
+    KERNEL_PIPELINE,
+    Tensor,
+    ZeroCopyReads,
+    exclusive_file_offsets,
+    executor_c,
+    task_executor,
+)
 from .firmware_library import CMAKE_LISTS, firmware_files
 from .templates import c_float16_bits, c_floats, c_ints, render
 
+EXCLUSIVE_FILE = "exclusive_pages.bin"  # for a firmware that reads exclusive pages itself
 MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project
 RUNTIME_DIR = str(importlib.resources.files("tvm_weightvirt.runtime") / "mcu")
 # The TVM and tvm-ffi headers the kernels include, copied so the project builds on its own.
@@ -130,6 +138,8 @@ def generate_project(
         _write(out_dir, "weights.c", _zero_copy_weights_c(plan, names, manifest, pool_in))
     else:
         _write(out_dir, "weights.c", _weights_c(plan, names, manifest, packed))
+        if packed:  # the same float32 exclusive pages, for a firmware that keeps them elsewhere
+            _write_exclusive_file(out_dir, plan, names)
     for filename in (*RUNTIME_FILES, target.startup):
         shutil.copyfile(os.path.join(RUNTIME_DIR, filename), os.path.join(out_dir, filename))
     for filename in ("link.ld", "Makefile"):
@@ -461,6 +471,17 @@ def write_requests(out_dir: str, requests: Sequence[tuple[str, Sequence[np.ndarr
         lines.append(render("request", task_index=names.index(task), r=r, task=task, n=n_out))
     lines.append(render("requests_tail", n=len(requests)))
     _write(out_dir, "requests.c", "\n".join(lines) + "\n")
+
+
+def _write_exclusive_file(out_dir: str, plan: PagePlan, names: list[str]) -> None:
+    """`exclusive_pages.bin`: the float32 exclusive pages of every task that has them, at the
+    offsets `exclusive_file_offsets` gives (little-endian float32, as in flash)."""
+    offsets = exclusive_file_offsets(plan, names)
+    if not offsets:
+        return
+    with open(os.path.join(out_dir, EXCLUSIVE_FILE), "wb") as f:
+        for name in offsets:
+            f.write(plan.task(name).exclusive_pages.astype("<f4").tobytes())
 
 
 def _write(out_dir: str, filename: str, text: str) -> None:

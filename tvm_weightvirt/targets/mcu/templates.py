@@ -43,8 +43,8 @@ _C = {
     "run_tail": "  return 0;\n}}",
     "tasks_head": "\nconst wv_task_t wv_tasks[] = {{",
     "task": (
-        '  {{"{task}", {n_pages}, {page_table}, {exclusive}, {exclusive_codes}, '
-        "{exclusive_bases}, {task}_run}},"
+        '  {{"{task}", {n_pages}, {page_table}, {exclusive}, {exclusive_offset}, '
+        "{exclusive_codes}, {exclusive_bases}, {task}_run}},"
     ),
     "tasks_tail": "}};\nconst int32_t wv_n_tasks = {n};",
     # weights.c
@@ -81,8 +81,9 @@ _C = {
     "scratch": 'float wv_scratch[{n}] __attribute__((section(".wv_arena"), aligned(16)));',
     "page_table": "const uint16_t wv_page_table_{task}[{n}] = {{{ids}}};",
     "exclusive": (
+        "#ifndef WV_EXCLUSIVE_EXTERNAL\n"
         'const float wv_exclusive_{task}[{n}] __attribute__((section(".wv_exclusive"), '
-        "aligned(16))) = {{\n{values}}};"
+        "aligned(16))) = {{\n{values}}};\n#endif"
     ),
     # SmartDeal exclusive pages: packed codes and bases, read-only in flash
     "coded_exclusive": (
