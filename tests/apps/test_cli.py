@@ -403,3 +403,18 @@ def test_page_aligned_pack_builds_zero_copy_for_cortex_m(files, tmp_path):
     ram = manifest["data_bytes"]["ram"]
     assert "pages" in manifest["data_bytes"]["flash"] and "weight_buffer" not in ram
     assert 0 < ram["scratch"] < plan.task("res").layout.n_elems * 4
+
+
+def test_an_aarch64_build_without_the_cross_linker_says_how_to_get_it(
+    files, tmp_path, capsys, monkeypatch
+):
+    _, paths = files
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda tool: None if "aarch64" in tool else which(tool))
+    out = tmp_path / "lib"
+    assert main(["build", paths["pack"], "--target", "aarch64", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "needs the cross compiler 'aarch64-linux-gnu-g++'" in err
+    assert "make aarch64-toolchain" in err and not out.exists()
+    assert main(["build", paths["pack"], "--target", "aarch64", "--tune", "2", "-o", str(out)]) == 2
+    assert "--tune for --target aarch64 measures on the device" in capsys.readouterr().err

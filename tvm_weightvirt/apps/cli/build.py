@@ -93,6 +93,12 @@ def run(args) -> int:
         from ...compile.tuning import TuningOptions
 
         target, archs = compile_target(args.target, option["arch"])
+        if args.target in CPU_TARGETS:  # a cross linker that is missing: say so before compiling
+            import json
+
+            from ...compile.library import cross_compiler
+
+            cross_compiler(json.dumps(target))
         tuning = TuningOptions.from_flags(
             option["tune"],
             args.tuning_db,
