@@ -40,6 +40,7 @@ class ServeReport:
     prefetch_hits: int
     median_request_us: float
     resident_bytes: int
+    order: tuple[int, ...] | None = None  # the first round's, when served by --policy group
 
 
 def build_wv_serve(build_dir: str | None = None, triple: str | None = None) -> str:
@@ -139,10 +140,13 @@ def serve(
     work_dir: str,
     repeat: int = 1,
     run_with: Sequence[str] = (),
+    policy: str = "fifo",
+    max_wait: int = 8,
 ) -> tuple[list[list[np.ndarray]], ServeReport]:
-    """Run `wv_serve` on `requests` [(task, inputs)] (inputs written to `work_dir` as .npy),
-    through `run_with` if given (an `emulator`); returns each request's outputs and the app's
-    report. A failure raises with its message."""
+    """Run `wv_serve` on `requests` [(task, inputs)] (inputs written to `work_dir` as .npy) in
+    the order `policy` gives (see `schedule`), through `run_with` if given (an `emulator`);
+    returns each request's outputs, in request order, and the app's report. A failure raises
+    with its message."""
     os.makedirs(os.path.join(work_dir, "outputs"), exist_ok=True)
     lines = []
     for k, (task, inputs) in enumerate(requests):
@@ -154,14 +158,19 @@ def serve(
     with open(request_file, "w") as f:
         f.write("\n".join(lines) + "\n")
     command = [*run_with, wv_serve, library_dir, pack, request_file, "--repeat", str(repeat)]
-    command += ["--out", os.path.join(work_dir, "outputs")]
+    command += ["--out", os.path.join(work_dir, "outputs"), "--policy", policy]
+    command += ["--max-wait", str(max_wait)]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip() or f"wv_serve exited with {done.returncode}")
     match = REPORT.search(done.stdout)
     if match is None:
         raise RuntimeError(f"wv_serve printed no report: {done.stdout!r}")
-    report = ServeReport(*(int(g) for g in match.groups()[:3]), float(match[4]), int(match[5]))
+    served = re.search(r"served in order:((?: \d+)*)", done.stdout)
+    order = tuple(map(int, served[1].split())) if served else None
+    report = ServeReport(
+        *(int(g) for g in match.groups()[:3]), float(match[4]), int(match[5]), order
+    )
     outputs = []
     for k in range(len(requests)):
         files = sorted(

@@ -1,12 +1,15 @@
 // wv_serve: load a packed library and its .wvpack, answer requests from a file, no Python.
 //
-//   wv_serve LIBRARY_DIR PACK.wvpack REQUESTS [--out DIR] [--repeat N]
+//   wv_serve LIBRARY_DIR PACK.wvpack REQUESTS [--out DIR] [--repeat N] [--policy fifo|group]
+//            [--max-wait N]
 //
 // REQUESTS has one request per line, `TASK INPUT.npy...` (the task's inputs in order). Each
-// request's outputs go to DIR/request<k>.out<i>.npy (k counts lines from 0). Before a request
-// runs, the next request of another task has its exclusive pages prefetched, as the Python
-// runtime's `run_many` does. `--repeat N` serves the list N times (outputs written once) and
-// reports the median request time.
+// request's outputs go to DIR/request<k>.out<i>.npy (k counts lines from 0). The list is served
+// in the order the policy gives (wv_schedule: fifo, or grouped by task with no request
+// overtaken by more than --max-wait later ones, default 8), and before a request runs, the next
+// one of another task has its exclusive pages prefetched, as the Python runtime's `run_many`
+// does. `--repeat N` serves the list N times (outputs written once) and reports the median
+// request time.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -69,17 +72,18 @@ std::vector<Request> read_requests(wv_runtime* rt, const std::string& path) {
   return requests;
 }
 
-// Serve every request in order; returns each request's seconds.
-std::vector<double> serve(wv_runtime* rt, std::vector<Request>& requests, std::string* current) {
+// Serve every request in `order`; returns each request's seconds.
+std::vector<double> serve(wv_runtime* rt, std::vector<Request>& requests,
+                          const std::vector<int32_t>& order, std::string* current) {
   std::vector<double> seconds;
-  for (size_t k = 0; k < requests.size(); ++k) {
-    Request& r = requests[k];
+  for (size_t k = 0; k < order.size(); ++k) {
+    Request& r = requests[order[k]];
     auto start = std::chrono::steady_clock::now();
     if (r.task != *current) check(wv_switch(rt, r.task.c_str()));
     *current = r.task;
-    for (size_t j = k + 1; j < requests.size(); ++j) {
-      if (requests[j].task != r.task) {
-        check(wv_prefetch(rt, requests[j].task.c_str()));  // read level 2 while r runs
+    for (size_t j = k + 1; j < order.size(); ++j) {
+      if (requests[order[j]].task != r.task) {
+        check(wv_prefetch(rt, requests[order[j]].task.c_str()));  // read level 2 while r runs
         break;
       }
     }
@@ -99,21 +103,26 @@ std::vector<double> serve(wv_runtime* rt, std::vector<Request>& requests, std::s
 
 int main(int argc, char** argv) {
   std::vector<std::string> positional;
-  std::string out_dir;
-  int repeat = 1;
+  std::string out_dir, policy = "fifo";
+  int repeat = 1, max_wait = 8;
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg == "--out" && i + 1 < argc) {
       out_dir = argv[++i];
     } else if (arg == "--repeat" && i + 1 < argc) {
       repeat = std::max(1, std::atoi(argv[++i]));
+    } else if (arg == "--policy" && i + 1 < argc) {
+      policy = argv[++i];
+    } else if (arg == "--max-wait" && i + 1 < argc) {
+      max_wait = std::atoi(argv[++i]);
     } else {
       positional.push_back(arg);
     }
   }
-  if (positional.size() != 3) {
+  if (positional.size() != 3 || (policy != "fifo" && policy != "group")) {
     std::fprintf(stderr,
-                 "usage: wv_serve LIBRARY_DIR PACK.wvpack REQUESTS [--out DIR] [--repeat N]\n");
+                 "usage: wv_serve LIBRARY_DIR PACK.wvpack REQUESTS [--out DIR] [--repeat N] "
+                 "[--policy fifo|group] [--max-wait N]\n");
     return 2;
   }
   wv_runtime* rt = nullptr;
@@ -126,8 +135,19 @@ int main(int argc, char** argv) {
     std::vector<Request> requests = read_requests(rt, positional[2]);
     std::string current;
     std::vector<double> seconds;
+    std::vector<const char*> tasks;
+    for (const Request& r : requests) tasks.push_back(r.task.c_str());
+    std::vector<int32_t> order(requests.size());
     for (int round = 0; round < repeat; ++round) {
-      std::vector<double> s = serve(rt, requests, &current);
+      check(wv_schedule(rt, tasks.data(), static_cast<int32_t>(tasks.size()),
+                        policy == "group" ? WV_POLICY_GROUP : WV_POLICY_FIFO, max_wait,
+                        order.data()));
+      if (round == 0 && policy == "group") {
+        std::printf("served in order:");
+        for (int32_t k : order) std::printf(" %d", k);
+        std::printf("\n");
+      }
+      std::vector<double> s = serve(rt, requests, order, &current);
       seconds.insert(seconds.end(), s.begin(), s.end());
       if (round == 0 && !out_dir.empty()) {
         for (size_t k = 0; k < requests.size(); ++k) {

@@ -8,8 +8,8 @@ import subprocess
 
 import numpy as np
 import pytest
-from page_plans import BACKENDS, SHAPES, echo_task, past_uint16_ids, shared_plan
-from tvm_weightvirt.runtime import MultitaskRuntime, cpp_app
+from page_plans import BACKENDS, SHAPES, echo_task, exclusive_plan, past_uint16_ids, shared_plan
+from tvm_weightvirt.runtime import MultitaskRuntime, cpp_app, schedule
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
@@ -192,3 +192,26 @@ def test_an_aarch64_build_computes_the_x86_outputs_under_qemu(wv_serve, tmp_path
         for y, w in zip(outputs, wanted):
             assert y.shape == w.shape and y.dtype == w.dtype
             np.testing.assert_allclose(y, w, rtol=1e-6, atol=1e-6)
+
+
+def test_grouped_queues_are_served_in_the_python_schedulers_order(wv_serve, tmp_path):
+    """`wv_schedule` (wv_serve --policy group) orders random queues as `schedule` does, and the
+    outputs, switches and prefetches are those of `run_many` with the same policy."""
+    tasks = [echo_task(name, shapes) for name, shapes in SHAPES.items()]
+    pack, library_dir, _ = _packed(tmp_path, tasks, exclusive_plan(tasks, 100))
+    plan, library = wv.load_wvpack(pack, graphs=False).plan, wv.Library.load(library_dir)
+    rng = np.random.default_rng(3)
+    for trial in range(6):
+        names = rng.choice(["a", "b"], int(rng.integers(1, 25))).tolist()
+        max_wait = int(rng.integers(0, 6))
+        requests = [(t, [rng.normal(size=s).astype(np.float32) for s in SHAPES[t]]) for t in names]
+        python = MultitaskRuntime(plan, library, level2=pack)
+        expected = python.run_many(requests, policy="group", max_wait=max_wait)
+        work = str(tmp_path / f"q{trial}")
+        got, report = cpp_app.serve(
+            wv_serve, library_dir, pack, requests, work, policy="group", max_wait=max_wait
+        )
+        assert report.order == tuple(schedule(names, "group", max_wait))
+        _assert_same(got, expected)
+        assert report.switches == python.counters.switches
+        assert report.prefetch_hits == python.counters.prefetch_hits

@@ -86,6 +86,15 @@ WV_API wv_status wv_prefetch(wv_runtime* runtime, const char* task);
 WV_API wv_status wv_run(wv_runtime* runtime, const char* task, const void* const* inputs,
                  int32_t n_inputs, void* const* outputs, int32_t n_outputs);
 
+typedef enum { WV_POLICY_FIFO = 0, WV_POLICY_GROUP = 1 } wv_policy;
+/* The order to serve a queue of `n` requests in, for the tasks `tasks[i]` in arrival order:
+   `order[k]` is the index of the k-th to serve. FIFO: arrival order. GROUP: keep serving the
+   current task's oldest pending request, else switch to the oldest pending request's task;
+   a request that `max_wait` later ones have overtaken is served next (the Python runtime's
+   `schedule`). */
+WV_API wv_status wv_schedule(const wv_runtime* runtime, const char* const* tasks, int32_t n,
+                             wv_policy policy, int32_t max_wait, int32_t* order);
+
 WV_API wv_status wv_get_counters(const wv_runtime* runtime, wv_counters* counters);
 /* Level-1 weight memory held: pool + page tables + weight buffer + exclusive scratches. */
 WV_API uint64_t wv_resident_bytes(const wv_runtime* runtime);

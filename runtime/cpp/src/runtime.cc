@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "pack_file.h"
+#include "scheduler.h"
 #include "wvirt.h"
 
 namespace wvirt {
@@ -258,6 +259,11 @@ class Runtime {
   }
 
   uint64_t resident_bytes() const { return resident_bytes_; }
+
+  std::string current() const {
+    std::lock_guard<std::recursive_mutex> lock(mutex_);
+    return current_;
+  }
 
  private:
   void load_tasks(const json::Object& signatures, const std::string& library_dir) {
@@ -575,6 +581,29 @@ wv_status wv_run(wv_runtime* runtime, const char* task, const void* const* input
       throw wvirt::Failure(WV_ERROR_ARGUMENT, "wv_run: the inputs or outputs array is NULL");
     }
     runtime->runtime.run(task, inputs, n_inputs, outputs, n_outputs);
+  });
+}
+
+wv_status wv_schedule(const wv_runtime* runtime, const char* const* tasks, int32_t n,
+                      wv_policy policy, int32_t max_wait, int32_t* order) {
+  return guarded([&] {
+    check_runtime(runtime);
+    if (n < 0 || (n > 0 && (tasks == nullptr || order == nullptr))) {
+      throw wvirt::Failure(WV_ERROR_ARGUMENT, "wv_schedule: a NULL tasks or order array");
+    }
+    if (policy != WV_POLICY_FIFO && policy != WV_POLICY_GROUP) {
+      throw wvirt::Failure(WV_ERROR_ARGUMENT, "wv_schedule: policy must be WV_POLICY_FIFO or "
+                                              "WV_POLICY_GROUP, got " + std::to_string(policy));
+    }
+    if (max_wait < 0) {
+      throw wvirt::Failure(WV_ERROR_ARGUMENT, "wv_schedule: max_wait must be >= 0 requests, "
+                                              "got " + std::to_string(max_wait));
+    }
+    std::vector<std::string> names;
+    for (int32_t i = 0; i < n; ++i) names.push_back(task_of(runtime, tasks[i]).name);
+    std::vector<int> served = wvirt::schedule(names, policy == WV_POLICY_GROUP, max_wait,
+                                              runtime->runtime.current());
+    std::copy(served.begin(), served.end(), order);
   });
 }
 
