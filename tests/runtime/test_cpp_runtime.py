@@ -96,6 +96,10 @@ def test_a_pack_of_other_tasks_is_refused(wv_serve, tmp_path, echo_pack):
     wv.save_wvpack(other, wv.PagePlan.lossless(tasks, 100), tasks)
     with pytest.raises(RuntimeError, match="library and pack do not belong together: .*'c'"):
         cpp_app.serve(wv_serve, library_dir, other, [], str(tmp_path / "serve"))
+    tasks = [echo_task(name, [(7,)]) for name in ("a", "b")]  # the same names, other weights
+    wv.save_wvpack(other, wv.PagePlan.lossless(tasks, 100), tasks)
+    with pytest.raises(RuntimeError, match="task 'a': the library's weights are not the pack's"):
+        cpp_app.serve(wv_serve, library_dir, other, [], str(tmp_path / "serve"))
 
 
 @pytest.mark.parametrize(
