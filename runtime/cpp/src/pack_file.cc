@@ -77,6 +77,19 @@ json::Object parse_object(const std::string& text, const std::string& where) {
 
 }  // namespace
 
+std::string code_format_text(const Any& format) {
+  auto fields = format.try_cast<json::Object>();
+  if (!fields.has_value()) return "";
+  std::vector<std::string> parts;
+  for (const auto& [key, value] : *fields) {
+    parts.push_back(std::string(key.cast<String>()) + "=" + std::to_string(value.cast<int64_t>()));
+  }
+  std::sort(parts.begin(), parts.end());
+  std::string text;
+  for (const std::string& part : parts) text += (text.empty() ? "" : ",") + part;
+  return text;
+}
+
 int64_t TensorType::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -138,16 +151,7 @@ PackFile::PackFile(const std::string& path) : path_(path) {
   }
   page_size_ = field_as<int64_t>(manifest, "page_size", where);
   n_pool_pages_ = field_as<int64_t>(manifest, "n_pool_pages", where);
-  Any code_format = field(manifest, "code_format", where);
-  if (auto format = code_format.try_cast<json::Object>()) {
-    std::vector<std::string> parts;
-    for (const auto& [key, value] : *format) {
-      parts.push_back(std::string(key.cast<String>()) + "=" +
-                      std::to_string(value.cast<int64_t>()));
-    }
-    std::sort(parts.begin(), parts.end());
-    for (const std::string& part : parts) code_format_ += (code_format_.empty() ? "" : ",") + part;
-  }
+  code_format_ = code_format_text(field(manifest, "code_format", where));
   for (const Any& entry : field_as<json::Array>(manifest, "tasks", where)) {
     json::Object t = entry.cast<json::Object>();
     PackTask task;

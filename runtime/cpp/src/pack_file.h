@@ -3,6 +3,8 @@
 #ifndef WVIRT_PACK_FILE_H_
 #define WVIRT_PACK_FILE_H_
 
+#include <tvm/ffi/any.h>
+
 #include <cstdint>
 #include <map>
 #include <stdexcept>
@@ -65,6 +67,10 @@ class PackFile {
   std::vector<PackTask> tasks_;
   std::map<std::string, StoredTensor> tensors_;
 };
+
+// A SmartDeal code format (a JSON object of integers, or null) as "<field>=<value>,..." sorted
+// by field; "" for null (float32 pages). What a pack and a library are compared by.
+std::string code_format_text(const tvm::ffi::Any& format);
 
 // Read bytes [begin, end) of `path` into `out`, or throw a Failure naming the file and `what`.
 void read_range(const std::string& path, uint64_t begin, uint64_t end, void* out,

@@ -121,16 +121,7 @@ class Runtime {
       throw Failure(WV_ERROR_FORMAT, "'" + library_dir + "' was built for " + target +
                                          "; this runtime runs llvm (CPU) libraries");
     }
-    std::string library_format;
-    if (auto format = meta.at("code_format").try_cast<json::Object>()) {
-      std::vector<std::string> parts;
-      for (const auto& [key, value] : *format) {
-        parts.push_back(std::string(key.cast<ffi::String>()) + "=" +
-                        std::to_string(value.cast<int64_t>()));
-      }
-      std::sort(parts.begin(), parts.end());
-      for (const auto& part : parts) library_format += (library_format.empty() ? "" : ",") + part;
-    }
+    const std::string library_format = code_format_text(meta.at("code_format"));
     coded_ = !pack_.code_format().empty();
     if (coded_ && !library_format.empty() && library_format != pack_.code_format()) {
       throw Failure(WV_ERROR_FORMAT, "library and pack do not belong together: the pack's codes "
