@@ -17,6 +17,7 @@ import numpy as np
 from tvm_weightvirt.runtime import MultitaskRuntime
 
 from benchmarks._common import run
+from benchmarks.real_size import multiply_adds
 from tvm_weightvirt.algorithms.optimize import OptimizeConfig
 from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import SeparationConfig
@@ -34,6 +35,15 @@ CODED_PAGE_SIZE = 96  # SmartDeal pages hold rows of 3 coefficients
 ZERO_COPY_PAGE_SIZE = 128  # rows of 128, 64 and 32 weights start on pages
 # every task once, then back to the largest and smallest
 ZERO_COPY_SEQUENCE = [*suite.TEN_TASKS, "mnist", "iris", "mnist"]
+KERNEL_TASKS = ["digits", "mnist"]
+# Instructions per inference on QEMU mps2-an386 (-icount shift=0, SysTick x 40), gcc 12.2,
+# -mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard, from the int8 issue: the same nets as
+# plain float32 C loops (-O2 -ffp-contract=off, the project's flags) and as CMSIS-NN int8
+# (per-channel, DSP/SMLAD, -O2).
+ANCHORS = {
+    "digits": {"plain_c_loop": 843_696, "cmsis_nn_int8": 285_756},
+    "mnist": {"cmsis_nn_int8": 1_550_180},
+}
 
 
 def _medians(counts: list[tuple[str, int]]) -> dict[str, int]:
@@ -158,6 +168,28 @@ def _zero_copy(folder: str) -> dict:
     return numbers
 
 
+def _kernels(targets: list[str], folder: str) -> dict:
+    """Each of KERNEL_TASKS built alone (lossless plan: the kernels, not the switch) on each
+    target: instructions per inference and per multiply-add, and their ratio to ANCHORS."""
+    numbers = {}
+    for task in suite.load_suite(KERNEL_TASKS):
+        macs = multiply_adds(task.task)
+        plan = PagePlan.lossless([task.task], page_size=1024)
+        row: dict = {"macs": macs}
+        for target in targets:
+            out = f"{folder}/{task.name}-{target}"
+            mcu.generate_project([task.task], plan, out, target=target, check_fit=False)
+            mcu.write_requests(out, [(task.name, [task.example_input().numpy()])] * 3)
+            instructions = _medians(mcu.run_project(out, timeout=300).run_instructions)[task.name]
+            suffix = "" if target == "cortex-m4" else f"_{target.replace('-', '_')}"
+            row[f"instr_per_inference{suffix}"] = instructions
+            row[f"instr_per_mac{suffix}"] = instructions / macs
+        for anchor, instructions in ANCHORS.get(task.name, {}).items():
+            row[f"vs_{anchor}"] = row["instr_per_inference"] / instructions
+        numbers[task.name] = row
+    return numbers
+
+
 def measure(quick: bool) -> dict:
     tasks = suite.load_suite(TASKS)
     optimize = OptimizeConfig(rounds=0) if quick else OptimizeConfig(rounds=2, iterations=300)
@@ -197,6 +229,7 @@ def measure(quick: bool) -> dict:
         numbers["instr_per_switch" + suffix] = _medians(run.switch_instructions)
     numbers["coded"] = _coded(tasks, graphs, inputs, optimize, f"{folder}/coded")
     numbers["zero_copy"] = _zero_copy(f"{folder}/zero_copy")
+    numbers["kernels"] = _kernels(targets, f"{folder}/kernels")
 
     for key in ("ram_bytes", "flash_bytes", "fits_256k_ram"):
         print(f"{key}: {numbers[key]}")
@@ -206,6 +239,8 @@ def measure(quick: bool) -> dict:
     print(f"coded: {numbers['coded']}")
     for key, value in numbers["zero_copy"].items():
         print(f"zero_copy {key}: {value}")
+    for key, value in numbers["kernels"].items():
+        print(f"kernels {key}: {value}")
     return numbers
 
 

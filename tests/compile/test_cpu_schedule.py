@@ -2,6 +2,8 @@
 which kernels they schedule, the loop nest they give, and outputs equal to TVM's unscheduled
 kernels up to float rounding."""
 
+import re
+
 import numpy as np
 import pytest
 import tvm
@@ -17,7 +19,14 @@ from tvm_weightvirt.runtime.io import outputs_to_numpy
 
 import tvm_weightvirt as wv
 from tvm_weightvirt.apps import examples
-from tvm_weightvirt.compile.cpu_schedule import DEFAULT_RULES, _register_tile, default_pipeline
+from tvm_weightvirt.compile.cpu_schedule import (
+    DEFAULT_RULES,
+    MAX_SCALAR_ACCUMULATORS,
+    MCU_RULES,
+    _register_tile,
+    default_pipeline,
+)
+from tvm_weightvirt.targets.mcu.executor import KERNEL_PIPELINE
 
 
 def _example_tasks():
@@ -194,3 +203,54 @@ def test_epilogues_the_rule_cannot_inline_keep_tvms_default(arch):
         expected = model(x).numpy()
     out = StandaloneModel(wv.Task.from_torch(model, (x,), name=arch)).run(x.numpy())[0]
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+
+
+def _c_kernels(scheduled: bool) -> dict[str, tvm.tirx.PrimFunc]:
+    """DenseAndConv's kernels as the Cortex-M build makes them (legalized and fused, weights
+    as given), scheduled by `MCU_RULES` or left as TVM writes them."""
+    mod = KERNEL_PIPELINE(DenseAndConv)
+    if scheduled:
+        with tvm.target.Target({"kind": "c"}):
+            mod = dl.ApplyDefaultSchedule(*MCU_RULES)(mod)
+    return {gv.name_hint: f for gv, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def _c_module(func: tvm.tirx.PrimFunc) -> tvm.runtime.Module:
+    return tvm.tirx.build(func.with_attr("global_symbol", "main"), target="c")
+
+
+def _run_as_c(func: tvm.tirx.PrimFunc, args: list[np.ndarray], folder) -> np.ndarray:
+    """`func` built by TVM's C codegen and the host compiler, run on `args` (the last is the
+    output)."""
+    path = str(folder / f"{len(list(folder.iterdir()))}.so")
+    _c_module(func).export_library(path)
+    tensors = [tvm.runtime.tensor(a) for a in args]
+    tvm.runtime.load_module(path)["main"](*tensors)
+    return tensors[-1].numpy()
+
+
+def test_c_kernels_keep_their_sums_in_registers_and_compute_the_same_bits(tmp_path):
+    """The C target's rule: the conv, the dense layer and the max pool keep a tile of at most
+    MAX_SCALAR_ACCUMULATORS sums in a small array TVM puts on the stack (not a workspace it
+    allocates), zeroed before the reduction, the activation applied as the tile is stored; the
+    reshape keeps TVM's default. Compiled as C, each computes the unscheduled kernel's bits (the
+    max pool's window is not unrolled: TVM's C codegen would reuse a stale load there)."""
+    default, funcs = _c_kernels(False), _c_kernels(True)
+    scheduled = {n for n, f in funcs.items() if (f.attrs or {}).get("tirx.is_scheduled")}
+    assert scheduled == {n for n in funcs if "reshape" not in n}, sorted(funcs)
+    rng = np.random.default_rng(0)
+    for name in sorted(scheduled):
+        script = funcs[name].script()
+        assert "T.init()" not in script
+        source = _c_module(funcs[name]).inspect_source()
+        (tile,) = map(int, re.findall(r"float \w+_global_ptr\[(\d+)\];", source))
+        assert 1 < tile <= MAX_SCALAR_ACCUMULATORS, name
+        assert "TVMBackendAllocWorkspace" not in source, name
+        shapes = [[int(d) for d in p.ty.shape] for p in funcs[name].params]
+        args = [rng.normal(size=s).astype(np.float32) for s in shapes[:-1]]
+        args.append(np.zeros(shapes[-1], np.float32))
+        np.testing.assert_array_equal(
+            _run_as_c(funcs[name], args, tmp_path), _run_as_c(default[name], args, tmp_path)
+        )
+    conv = next(n for n in funcs if "conv2d" in n)
+    assert "leaky" in conv and "T.unroll" in funcs[conv].script()

@@ -1,8 +1,11 @@
-"""The torch twin covers real architectures: the nine model-zoo graphs shipped in the onnx wheel
-(as the ONNX importer emits them) and the layers of common torch CNNs and MLPs (as the torch
+"""The torch twin covers real architectures: the model-zoo graphs shipped in the onnx wheel (as
+the ONNX importer emits them) and the layers of common torch CNNs and MLPs (as the torch
 importer emits them)."""
 
+import os
+
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -33,8 +36,22 @@ def _calibrate_batch_norms(twin: TorchTwin, x: torch.Tensor, monkeypatch) -> Non
         twin(x)
 
 
+# vgg19 and zfnet512 hold no op the other seven lack (alexnet's conv, LRN, pool, gemm stack):
+# left out for the slow tier's time (63 s of 192 s here)
+TWIN_GRAPHS = [g for g in examples.ZOO_GRAPHS if g not in ("vgg19", "zfnet512")]
+
+
+def test_the_graphs_left_out_hold_no_op_the_others_lack():
+    def ops(graph):
+        model = onnx.load(os.path.join(examples.ZOO_FOLDER, f"light_{graph}.onnx"))
+        return {node.op_type for node in model.graph.node}
+
+    covered = set().union(*map(ops, TWIN_GRAPHS))
+    assert [g for g in examples.ZOO_GRAPHS if not ops(g) <= covered] == []
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("graph", examples.ZOO_GRAPHS)
+@pytest.mark.parametrize("graph", TWIN_GRAPHS)
 def test_twin_of_a_zoo_graph_matches_its_tvm_build(graph, monkeypatch):
     task = examples.zoo_task(graph, seed=0)
     assert missing_twin_ops(task) == []

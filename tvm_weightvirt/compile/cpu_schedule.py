@@ -28,6 +28,12 @@ does where the target has FMA).
 A kernel neither rule fits (pooling, a kernel with symbolic shapes, ...) keeps TVM's default.
 `DEFAULT_RULES` is what every llvm build applies (`default_pipeline`), and what tuning times as
 each kernel's baseline.
+
+`ScalarAccumulators` (`MCU_RULES`) is the same loop nest for TVM's C target, which the Cortex-M
+builds compile with the part's gcc: no vectors, a tile of output channels x output positions
+in the FPU's registers, weights as the graph has them (OIHW, dense `W[o, k]`). Without it TVM's
+C reads and writes every sum in memory at each multiply-add and tests for the first one inside
+the reduction (digits: 14.7 instructions per multiply-add on an M4, 3.2 with it).
 """
 
 from __future__ import annotations
@@ -46,18 +52,22 @@ log = logging.getLogger(__name__)
 
 MAX_ACCUMULATORS = 12  # vector registers holding sums (16 on AVX2 / AVX-512 / NEON)
 MAX_ACCUMULATORS_7 = 14  # where 12 gives fewer multiply-adds than loads (see _register_tile)
+MAX_SCALAR_ACCUMULATORS = 12  # sums in the Cortex-M FPU's 32 single registers
+MAX_UNROLLED_WINDOW = 7  # a kernel row of up to 7 taps unrolled in the C target's sums
 MIN_PARALLEL_MACS = 1 << 20  # a kernel of fewer multiply-adds runs on one thread
 
 
 class _CPURule(dl.ScheduleRule):
-    """A rule for llvm targets: `schedule` raises `_DoesNotApply` where the kernel is not one
-    it fits, and the kernel keeps TVM's default. So it does where a schedule primitive fails,
+    """A rule for the targets of kind `kind`: `schedule` raises `_DoesNotApply` where the
+    kernel is not one it fits, and the kernel keeps TVM's default. So it does where a schedule primitive fails,
     however it fails (a `ScheduleError`, or an `InternalError` from a check inside TVM, as
     `reverse_compute_inline` raises on some hardswish and SiLU epilogues), and where the
     scheduled function is not well formed: a default schedule never breaks a build."""
 
+    kind = "llvm"
+
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool):
-        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != self.kind:
             return None
         try:
             sch = self.schedule(func, target)
@@ -94,7 +104,24 @@ class TransposeTiles(_CPURule):
         return _schedule_transpose(func, target)
 
 
+class ScalarAccumulators(_CPURule):
+    """The C target's rule (the Cortex-M builds: scalar FPU, 32 single registers on an M4/M7).
+    A kernel with one reduction block (a convolution, a dense layer, a pooling) keeps a tile
+    of its sums in registers: `n` output channels (the weight's rows) x a rectangle of output
+    positions, at most `MAX_SCALAR_ACCUMULATORS`, chosen as `_register_tile` does (each step
+    loads one weight per channel and one input per position); the sums start at zero outside
+    the reduction loop, the epilogue (bias, activation) is applied as each tile is stored, and
+    producers other than a zero padding are inlined. The reduction order is the unscheduled
+    kernel's, so the sums are bitwise those of TVM's default C."""
+
+    kind = "c"
+
+    def schedule(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
+        return _schedule_scalar(func)
+
+
 DEFAULT_RULES = (OutputChannelVectors(), TransposeTiles())
+MCU_RULES = (ScalarAccumulators(),)
 
 
 class _DoesNotApply(Exception):
@@ -151,36 +178,69 @@ def vector_lanes(target: Target) -> int:
     return 16 if "avx512f" in features else 8 if "avx" in features else 4
 
 
+class _Reduction:
+    """A kernel's one reduction block, its producers inlined but for paddings (kept as stages
+    of their own, so that no bounds test runs inside the multiply-adds), its elementwise
+    consumers, and its loops: one per iterator, spatial first (as legalization writes them)."""
+
+    def __init__(self, sch: s_tir.Schedule) -> None:
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        reductions = [b for b in blocks if _is_reduction(sch, b)]
+        if len(reductions) != 1:
+            raise _DoesNotApply
+        (self.rv,) = reductions
+        position = [sch.get(b).name_hint for b in blocks].index(sch.get(self.rv).name_hint)
+        self.paddings = [b for b in blocks[:position] if _is_padding(sch.get(b))]
+        for producer in blocks[:position]:
+            if producer not in self.paddings:
+                sch.compute_inline(producer)
+        self.consumers = blocks[position + 1 :]
+        self.block = sch.get(self.rv)
+        iters = self.block.iter_vars
+        self.spatial = [iv for iv in iters if iv.iter_type == tirx.IterVar.DataPar]
+        self.reduce = [iv for iv in iters if iv.iter_type == tirx.IterVar.CommReduce]
+        self.loops = sch.get_loops(self.rv)
+        if len(self.loops) != len(iters) or any(
+            not iv.same_as(iters[i]) for i, iv in enumerate(self.spatial)
+        ):
+            raise _DoesNotApply
+        _check_static(iters)
+
+    def fuse_epilogue(self, sch: s_tir.Schedule, loop) -> s_tir.Schedule:
+        """The consumers into the store of the sums: each but the last inlined into those that
+        read it, then the last into the store (inlining them into the store one by one fails
+        where a later one reads an earlier one's output twice, as SiLU's `x * sigmoid(x)`).
+        Where TVM cannot inline the last (it fails on some SiLU epilogues), it runs under `loop`,
+        over the tile just stored."""
+        if not self.consumers:
+            return sch
+        for consumer in self.consumers[:-1]:
+            sch.compute_inline(consumer)
+        inlined = sch.copy()
+        try:
+            inlined.reverse_compute_inline(self.consumers[-1])
+            return inlined
+        except (s_tir.ScheduleError, tvm.error.InternalError):
+            sch.reverse_compute_at(self.consumers[-1], loop)
+            return sch
+
+    def rows_at(self, channel: int | None) -> list[int]:
+        """The (up to) two innermost spatial iterators other than `channel` with extent > 1."""
+        spatial = self.spatial
+        return [i for i in range(len(spatial)) if i != channel and _extent(spatial[i]) > 1][-2:]
+
+
 def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
-    blocks = sch.get_child_blocks(sch.get_sblock("root"))
-    reductions = [b for b in blocks if _is_reduction(sch, b)]
-    if len(reductions) != 1:
-        raise _DoesNotApply
-    (reduction,) = reductions
-    position = [sch.get(b).name_hint for b in blocks].index(sch.get(reduction).name_hint)
-    paddings = [b for b in blocks[:position] if _is_padding(sch.get(b))]
-    for producer in blocks[:position]:
-        if producer not in paddings:
-            sch.compute_inline(producer)
-    consumers = blocks[position + 1 :]
-
-    block = sch.get(reduction)
-    spatial = [iv for iv in block.iter_vars if iv.iter_type == tirx.IterVar.DataPar]
-    reduce = [iv for iv in block.iter_vars if iv.iter_type == tirx.IterVar.CommReduce]
-    loops = sch.get_loops(reduction)
-    if len(loops) != len(block.iter_vars) or any(
-        not iv.same_as(block.iter_vars[i]) for i, iv in enumerate(spatial)
-    ):
-        raise _DoesNotApply  # legalization writes spatial iterators first, one loop each
-    _check_static(block.iter_vars)
+    kernel = _Reduction(sch)
+    reduction, paddings, consumers = kernel.rv, kernel.paddings, kernel.consumers
+    block, spatial, reduce, loops = kernel.block, kernel.spatial, kernel.reduce, kernel.loops
     vector = _vector_iterator(block, spatial, reduce)
     v = spatial.index(vector)
     extent = int(vector.dom.extent)
     lanes = _largest_divisor(extent, vector_lanes(target))
-    # rows: a rectangle of the (up to) two innermost other spatial loops with extent > 1
-    rows_at = [i for i in range(len(spatial)) if i != v and int(spatial[i].dom.extent) > 1][-2:]
-    n_vectors, rows = _register_tile(extent // lanes, [int(spatial[i].dom.extent) for i in rows_at])
+    rows_at = kernel.rows_at(v)
+    n_vectors, rows = _register_tile(extent // lanes, [_extent(spatial[i]) for i in rows_at])
 
     outer, inner_rows = [], []
     for i, loop in enumerate(loops[: len(spatial)]):
@@ -230,14 +290,80 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     return sch
 
 
-def _register_tile(vectors: int, extents: list[int]) -> tuple[int, list[int]]:
+def _schedule_scalar(func: tirx.PrimFunc) -> s_tir.Schedule:
+    sch = s_tir.Schedule(func)
+    kernel = _Reduction(sch)
+    spatial, loops = kernel.spatial, kernel.loops
+    channel = _weight_rows(kernel.block, spatial, kernel.reduce)
+    rows_at = kernel.rows_at(channel)
+    channels = 1 if channel is None else _extent(spatial[channel])
+    n, rows = _register_tile(
+        channels, [_extent(spatial[i]) for i in rows_at], (MAX_SCALAR_ACCUMULATORS,)
+    )
+    outer, inner_rows, inner_channels = [], [], []
+    for i, loop in enumerate(loops[: len(spatial)]):
+        if i == channel:
+            o, b = sch.split(loop, [None, n])
+            outer.append(o)
+            inner_channels.append(b)
+        elif i in rows_at:
+            o, r = sch.split(loop, [None, rows[rows_at.index(i)]])
+            outer.append(o)
+            inner_rows.append(r)
+        else:
+            outer.append(loop)
+    reduction_loops = list(loops[len(spatial) :])
+    sch.reorder(*outer, *reduction_loops, *inner_rows, *inner_channels)
+    # "global", not "local": TVM's C lowering puts a small global allocation on the stack (a
+    # C array the compiler keeps in registers) and a "local" one in a workspace it allocates
+    accumulate = sch.cache_write(kernel.rv, 0, "global")
+    sch.reverse_compute_at(accumulate, outer[-1])
+    sch = kernel.fuse_epilogue(sch, outer[-1])
+    for loop in inner_rows + inner_channels:
+        sch.unroll(loop)
+    # a sum's innermost window loop (a kernel row) unrolled too; not a max: TVM's C codegen
+    # binds `max`'s operands to variables and reuses a bound load after a store to the same
+    # element in straight-line code (a pooling's result would be wrong)
+    if _extent(kernel.reduce[-1]) <= MAX_UNROLLED_WINDOW and isinstance(
+        getattr(kernel.block.body, "value", None), tirx.Add
+    ):
+        sch.unroll(reduction_loops[-1])
+    sch.decompose_reduction(kernel.rv, reduction_loops[0])
+    return sch
+
+
+def _weight_rows(block, spatial, reduce) -> int | None:
+    """The position among `spatial` of the iterator that indexes the rows of a read whose other
+    indices use a reduction iterator: the output channel of a weight read `W[o, ...]` (OIHW
+    convolutions, dense layers `x @ W.T`). None where no read has that form (a pooling)."""
+    reduce_vars = [iv.var for iv in reduce]
+    for region in block.reads:
+        indices = [r.min for r in region.region]
+        if len(indices) < 2 or not isinstance(indices[0], tirx.Var):
+            continue
+        rows = [i for i, iv in enumerate(spatial) if iv.var.same_as(indices[0])]
+        if rows and any(_uses(x, v) for x in indices[1:] for v in reduce_vars):
+            return rows[0]
+    return None
+
+
+def _extent(iv) -> int:
+    return int(iv.dom.extent)
+
+
+def _register_tile(
+    vectors: int,
+    extents: list[int],
+    limits: tuple[int, ...] = (MAX_ACCUMULATORS, MAX_ACCUMULATORS_7),
+) -> tuple[int, list[int]]:
     """How many vectors of output channels (dividing `vectors`) and which rectangle of rows
     (each side dividing its `extents`) one block of accumulators holds: the most multiply-adds
     per load (each step loads one vector per vector and broadcasts one input per row), then
     the larger block. At most `MAX_ACCUMULATORS` sums, `MAX_ACCUMULATORS_7` where that gives
-    fewer multiply-adds than loads (a 7 x 7 map: 2 vectors x 7 rows)."""
+    fewer multiply-adds than loads (a 7 x 7 map: 2 vectors x 7 rows); `limits`: those bounds,
+    tried in order."""
     best = None
-    for most in (MAX_ACCUMULATORS, MAX_ACCUMULATORS_7):
+    for most in limits:
         for n in _divisors(vectors, most):
             for rows in itertools.product(*[_divisors(e, most // n) for e in extents]):
                 r = math.prod(rows)

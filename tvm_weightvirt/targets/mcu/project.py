@@ -17,9 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.s_tir import dlight as dl
 
 from ...abi import task_function
 from ...coded_pages import CodedPages
+from ...compile.cpu_schedule import MCU_RULES
 from ...compile.native_log import TAKE_FAST_MODE, without_native_lines
 from ...frontend.task import Task
 from ...passes import MergeTasks, ReadWeightsThroughPages
@@ -38,6 +40,7 @@ from .firmware_library import CMAKE_LISTS, firmware_files
 from .templates import c_float16_bits, c_floats, c_ints, render
 
 EXCLUSIVE_FILE = "exclusive_pages.bin"  # for a firmware that reads exclusive pages itself
+C_TARGET = tvm.target.Target({"kind": "c"})
 MARKER = "wvirt-mcu.json"  # what makes a folder a `wvirt build --target cortex-m*` project
 RUNTIME_DIR = str(importlib.resources.files("tvm_weightvirt.runtime") / "mcu")
 # The TVM and tvm-ffi headers the kernels include, copied so the project builds on its own.
@@ -107,6 +110,8 @@ def generate_project(
     kernels = tvm.IRModule(
         {gv: f for gv, f in merged.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     )
+    with C_TARGET:  # sums in registers, epilogues fused (cpu_schedule.ScalarAccumulators)
+        kernels = dl.ApplyDefaultSchedule(*MCU_RULES)(kernels)
     reads = None
     if zero_copy:  # weights read through page tables, or gathered into a scratch per call
         reads = ZeroCopyReads.choose(executors.values(), kernels, plan)
@@ -114,9 +119,7 @@ def generate_project(
         kernels = ReadWeightsThroughPages(plan.page_size, reads.n_page_elems, uses)(kernels)
     # Step 2. The kernels' C.
     with tvm.transform.PassContext(opt_level=3, config={"tirx.disable_assert": True}):
-        kernel_source = _c_float_literals(
-            tvm.tirx.build(kernels, target=tvm.target.Target({"kind": "c"})).inspect_source()
-        )
+        kernel_source = _c_float_literals(tvm.tirx.build(kernels, target=C_TARGET).inspect_source())
     manifest = _manifest(
         target, plan, names, executors, packed, _workspace_bytes(kernel_source), reads, pool_in
     )
