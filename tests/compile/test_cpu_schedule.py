@@ -254,3 +254,39 @@ def test_c_kernels_keep_their_sums_in_registers_and_compute_the_same_bits(tmp_pa
         )
     conv = next(n for n in funcs if "conv2d" in n)
     assert "leaky" in conv and "T.unroll" in funcs[conv].script()
+
+
+@I.ir_module
+class ConvSiLU:
+    @R.function
+    def main(
+        x: R.Tensor((1, 8, 10, 10), "float32"), w: R.Tensor((16, 8, 3, 3), "float32")
+    ) -> R.Tensor((1, 16, 8, 8), "float32"):
+        R.func_attr({"num_input": 1})
+        with R.dataflow():
+            y = R.nn.conv2d(x, w)
+            o = R.multiply(y, R.sigmoid(y))
+            R.output(o)
+        return o
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_a_silu_epilogue_is_fused_into_the_scheduled_conv(mcpu):
+    """SiLU reads the conv's output twice (`y * sigmoid(y)`), where inlining the epilogue
+    block by block into the store fails inside TVM: the conv is scheduled all the same, its
+    epilogue fused, and computes what TVM's default kernel does."""
+    funcs = _scheduled(mcpu, ConvSiLU)
+    (conv,) = [n for n in funcs if "conv2d" in n]
+    assert "sigmoid" in conv and (funcs[conv].attrs or {}).get("tirx.is_scheduled")
+    assert 'scope="local"' in funcs[conv].script()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(1, 8, 10, 10)).astype(np.float32)
+    w = rng.normal(size=(16, 8, 3, 3)).astype(np.float32)
+    task = wv.Task("conv_silu", ConvSiLU, {"w": w})
+    target = tvm.target.Target("llvm")
+    default = relax.VirtualMachine(
+        tvm.compile(ConvSiLU, target, relax_pipeline=relax.get_default_pipeline(target)),
+        tvm.cpu(),
+    )
+    expected = default["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(w)).numpy()
+    np.testing.assert_allclose(StandaloneModel(task).run(x)[0], expected, rtol=1e-5, atol=1e-5)

@@ -59,10 +59,10 @@ MIN_PARALLEL_MACS = 1 << 20  # a kernel of fewer multiply-adds runs on one threa
 
 class _CPURule(dl.ScheduleRule):
     """A rule for the targets of kind `kind`: `schedule` raises `_DoesNotApply` where the
-    kernel is not one it fits, and the kernel keeps TVM's default. So it does where a schedule primitive fails,
-    however it fails (a `ScheduleError`, or an `InternalError` from a check inside TVM, as
-    `reverse_compute_inline` raises on some hardswish and SiLU epilogues), and where the
-    scheduled function is not well formed: a default schedule never breaks a build."""
+    kernel is not one it fits, and the kernel keeps TVM's default. So it does where a schedule
+    primitive fails, however it fails (a `ScheduleError`, or an `InternalError` from a check
+    inside TVM), and where the scheduled function is not well formed: a default schedule never
+    breaks a build."""
 
     kind = "llvm"
 
@@ -233,7 +233,7 @@ class _Reduction:
 def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
     kernel = _Reduction(sch)
-    reduction, paddings, consumers = kernel.rv, kernel.paddings, kernel.consumers
+    reduction, paddings = kernel.rv, kernel.paddings
     block, spatial, reduce, loops = kernel.block, kernel.spatial, kernel.reduce, kernel.loops
     vector = _vector_iterator(block, spatial, reduce)
     v = spatial.index(vector)
@@ -276,8 +276,7 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
         ),
     )
     sch.reverse_compute_at(accumulate, outer)
-    for consumer in consumers:
-        sch.reverse_compute_inline(consumer)
+    sch = kernel.fuse_epilogue(sch, outer)
     *unrolled, lane_loop = sch.get_loops(reduction)[-len(inner) :]
     sch.vectorize(lane_loop)  # before the init is split off: a reduction block may be vectorized
     for loop in unrolled:
