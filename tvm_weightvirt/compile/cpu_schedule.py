@@ -224,6 +224,25 @@ class _Reduction:
             sch.reverse_compute_at(self.consumers[-1], loop)
             return sch
 
+    def tile(self, sch: s_tir.Schedule, channel: int | None, factors, rows_at, rows):
+        """Split the spatial loop `channel` into [outer, *factors] and each of `rows_at` into
+        [outer, its `rows`], and order the loops: the outer ones, the reduction, the rows,
+        the channel's. Returns (outer loops, row loops, channel loops, reduction loops)."""
+        outer, inner_rows, inner_channel = [], [], []
+        for i, loop in enumerate(self.loops[: len(self.spatial)]):
+            if i == channel:
+                o, *inner_channel = sch.split(loop, [None, *factors])
+                outer.append(o)
+            elif i in rows_at:
+                o, r = sch.split(loop, [None, rows[rows_at.index(i)]])
+                outer.append(o)
+                inner_rows.append(r)
+            else:
+                outer.append(loop)
+        reduction_loops = list(self.loops[len(self.spatial) :])
+        sch.reorder(*outer, *reduction_loops, *inner_rows, *inner_channel)
+        return outer, inner_rows, inner_channel, reduction_loops
+
     def rows_at(self, channel: int | None) -> list[int]:
         """The (up to) two innermost spatial iterators other than `channel` with extent > 1."""
         spatial = self.spatial
@@ -234,7 +253,7 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
     kernel = _Reduction(sch)
     reduction, paddings = kernel.rv, kernel.paddings
-    block, spatial, reduce, loops = kernel.block, kernel.spatial, kernel.reduce, kernel.loops
+    block, spatial, reduce = kernel.block, kernel.spatial, kernel.reduce
     vector = _vector_iterator(block, spatial, reduce)
     v = spatial.index(vector)
     extent = int(vector.dom.extent)
@@ -242,21 +261,10 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
     rows_at = kernel.rows_at(v)
     n_vectors, rows = _register_tile(extent // lanes, [_extent(spatial[i]) for i in rows_at])
 
-    outer, inner_rows = [], []
-    for i, loop in enumerate(loops[: len(spatial)]):
-        if i == v:
-            o, b, lane = sch.split(loop, [None, n_vectors, lanes])
-            outer.append(o)
-            inner_vectors = [b, lane]
-        elif i in rows_at:
-            o, r = sch.split(loop, [None, rows[rows_at.index(i)]])
-            outer.append(o)
-            inner_rows.append(r)
-        else:
-            outer.append(loop)
+    outer, inner_rows, inner_vectors, reduction_loops = kernel.tile(
+        sch, v, [n_vectors, lanes], rows_at, rows
+    )
     inner = inner_rows + inner_vectors
-    reduction_loops = list(loops[len(spatial) :])
-    sch.reorder(*outer, *reduction_loops, *inner)
     outer = sch.fuse(*outer) if len(outer) > 1 else outer[0]
     parallel = _multiply_adds(block) >= MIN_PARALLEL_MACS
     if parallel:
@@ -292,27 +300,16 @@ def _schedule(func: tirx.PrimFunc, target: Target) -> s_tir.Schedule:
 def _schedule_scalar(func: tirx.PrimFunc) -> s_tir.Schedule:
     sch = s_tir.Schedule(func)
     kernel = _Reduction(sch)
-    spatial, loops = kernel.spatial, kernel.loops
+    spatial = kernel.spatial
     channel = _weight_rows(kernel.block, spatial, kernel.reduce)
     rows_at = kernel.rows_at(channel)
     channels = 1 if channel is None else _extent(spatial[channel])
     n, rows = _register_tile(
         channels, [_extent(spatial[i]) for i in rows_at], (MAX_SCALAR_ACCUMULATORS,)
     )
-    outer, inner_rows, inner_channels = [], [], []
-    for i, loop in enumerate(loops[: len(spatial)]):
-        if i == channel:
-            o, b = sch.split(loop, [None, n])
-            outer.append(o)
-            inner_channels.append(b)
-        elif i in rows_at:
-            o, r = sch.split(loop, [None, rows[rows_at.index(i)]])
-            outer.append(o)
-            inner_rows.append(r)
-        else:
-            outer.append(loop)
-    reduction_loops = list(loops[len(spatial) :])
-    sch.reorder(*outer, *reduction_loops, *inner_rows, *inner_channels)
+    outer, inner_rows, inner_channels, reduction_loops = kernel.tile(
+        sch, channel, [n], rows_at, rows
+    )
     # "global", not "local": TVM's C lowering puts a small global allocation on the stack (a
     # C array the compiler keeps in registers) and a "local" one in a workspace it allocates
     accumulate = sch.cache_write(kernel.rv, 0, "global")
