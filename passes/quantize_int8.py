@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax, te, tirx
 
 INT8_MIN, INT8_MAX = -128, 127
@@ -35,6 +36,7 @@ LINEAR = {
 ACTIVATIONS = {"relax.nn.relu", "relax.nn.leakyrelu"}
 
 
+@tvm_ffi.register_error  # raised inside the pass, it reaches the caller as itself
 class QuantizeError(ValueError):
     """A graph or its calibration cannot be quantized to int8 (names the tensor at fault)."""
 
@@ -212,7 +214,8 @@ class _Quantizer:
                 last = self.bindings[nxt].var
                 consumed.add(nxt)
         x = self._int8(call.args[0])
-        out_q = QParams.of_range(*self._range_of(last), f"tensor '{last.name}'")
+        what = f"the {call.op.name[6:]} output '{last.name}'"
+        out_q = QParams.of_range(*self._range_of(last), what)
         # Step 2. Weights per output channel, symmetric; the int32 bias.
         kernel_axis = 0 if axis == 1 else -1
         by_channel = np.moveaxis(weight, kernel_axis, 0)
@@ -332,14 +335,14 @@ def _linear_weight(call: relax.Call) -> np.ndarray | None:
     if data_layout is None:  # matmul: [..., K] x [K, N]
         return weight if weight.ndim == 2 else None
     attrs = call.attrs
-    same_layout = str(attrs.data_layout) == data_layout and str(attrs.kernel_layout) == kernel_layout
+    same_layout = (
+        str(attrs.data_layout) == data_layout and str(attrs.kernel_layout) == kernel_layout
+    )
     out_layout = str(attrs.out_layout) in ("", data_layout)
     return weight if same_layout and out_layout else None
 
 
-def _channel_bias(
-    value: relax.Expr, var: relax.Var, channels: int, axis: int
-) -> np.ndarray | None:
+def _channel_bias(value: relax.Expr, var: relax.Var, channels: int, axis: int) -> np.ndarray | None:
     """The per-channel bias when `value` adds a float32 constant of one value per channel
     along `axis` to `var`, else None."""
     if _op_name(value) != "relax.add":
@@ -417,9 +420,7 @@ class _Requantization:
         exponent = int(np.frexp(alpha)[1])  # alpha * 2^alpha_shift in [2^14, 2^15)
         alpha_shift = LEAKY_MULTIPLIER_BITS - exponent
         alpha_multiplier = round(alpha * 2.0**alpha_shift)
-        return _Requantization(
-            multiplier, shift, zero_point, alpha, alpha_multiplier, alpha_shift
-        )
+        return _Requantization(multiplier, shift, zero_point, alpha, alpha_multiplier, alpha_shift)
 
 
 def _requantize(

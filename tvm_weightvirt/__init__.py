@@ -23,6 +23,8 @@ _LAZY = {
     "IntakeError": "frontend.task",
     "Task": "frontend.task",
     "pack": "frontend.packing",
+    "QuantizeError": "frontend.int8",
+    "quantize_int8": "frontend.int8",
     "explore_pool_sizes": "frontend.pool_search",
     "PackConfig": "algorithms.configs",
     "PackResult": "algorithms.pipeline",
@@ -44,6 +46,7 @@ __all__ = [
     "PackResult",
     "PageLayout",
     "PagePlan",
+    "QuantizeError",
     "SeparationConfig",
     "Split",
     "Task",
@@ -57,6 +60,7 @@ __all__ = [
     "lower",
     "pack",
     "explore_pool_sizes",
+    "quantize_int8",
     "save_wvpack",
 ]
 

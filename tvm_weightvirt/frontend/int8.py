@@ -66,19 +66,22 @@ def calibrate(name: str, mod: tvm.IRModule, batches: list[np.ndarray]) -> Activa
 
 
 def _weights_bound(task: Task) -> tvm.IRModule:
-    """`task.mod` with its weights as constants, weight-only ops (transposes) folded."""
+    """`task.mod` with its weights as constants, weight-only ops (transposes) folded and
+    aliases (`y = x`, a tuple's item) replaced by what they name."""
     func = task.mod["main"]
     weights = dict(zip(func.params[task.num_inputs :], task.weights.values()))
     bound = func.bind_params({p: tvm.runtime.tensor(w) for p, w in weights.items()})
     mod = tvm.IRModule({"main": bound.with_attr("num_input", task.num_inputs)})
-    return relax.transform.FoldConstant()(mod)
+    return relax.transform.CanonicalizeBindings()(relax.transform.FoldConstant()(mod))
 
 
 def _calibration_batches(task: Task, samples: np.ndarray, max_samples: int) -> list[np.ndarray]:
     """`samples` as batches of the task's one input (the first `max_samples`)."""
     if task.num_inputs != 1:
-        raise QuantizeError(f"task '{task.name}': int8 takes models of one input, not {task.num_inputs}")
-    (shape, dtype), = task.input_types
+        raise QuantizeError(
+            f"task '{task.name}': int8 takes models of one input, not {task.num_inputs}"
+        )
+    ((shape, dtype),) = task.input_types
     samples = np.asarray(samples) if samples is not None else np.zeros((0, *shape[1:]))
     if len(samples) == 0:
         raise QuantizeError(f"task '{task.name}': no calibration samples (give the task's data)")
@@ -96,7 +99,9 @@ def _calibration_batches(task: Task, samples: np.ndarray, max_samples: int) -> l
     batch = shape[0]
     usable = len(samples) // batch * batch
     if usable == 0:
-        raise QuantizeError(f"task '{task.name}': {len(samples)} samples, the input's batch is {batch}")
+        raise QuantizeError(
+            f"task '{task.name}': {len(samples)} samples, the input's batch is {batch}"
+        )
     return [samples[i : i + batch] for i in range(0, usable, batch)]
 
 
