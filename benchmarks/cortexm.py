@@ -7,14 +7,20 @@ coded in RAM and decoded at each switch, beside the same plan with its pool as f
 `zero_copy`: the 10-task suite packed with a page-aligned layout (no retraining: the numbers are
 about the deployment), built materialized, zero-copy with the pages in RAM, zero-copy with the
 pages in flash, and separately: RAM and flash, instructions per switch and per inference, the
-switch as a fraction of an inference, and the padding the page-aligned layout costs."""
+switch as a fraction of an inference, and the padding the page-aligned layout costs.
+`--int8`: instead of all that, each task quantized to int8 (`quantize_int8`, calibrated on its
+training split), built alone on M4 and M7: instructions per inference and per multiply-add
+(vs. CMSIS-NN's), weight and RAM bytes, test accuracy vs. the float32 model, QEMU vs. the host's
+int8 build; and the tasks in one project with a 64 KB-RAM part's budget."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 
 import numpy as np
 from tvm_weightvirt.runtime import MultitaskRuntime
+from tvm_weightvirt.runtime.standalone import StandaloneModel
 
 from benchmarks._common import run
 from benchmarks.real_size import multiply_adds
@@ -23,6 +29,7 @@ from tvm_weightvirt.algorithms.pipeline import PackConfig
 from tvm_weightvirt.algorithms.separation import SeparationConfig
 from tvm_weightvirt.apps import suite
 from tvm_weightvirt.compile.compiler import build, lower
+from tvm_weightvirt.frontend.int8 import quantize_int8
 from tvm_weightvirt.frontend.packing import pack
 from tvm_weightvirt.layout import PageLayout
 from tvm_weightvirt.plan import PagePlan
@@ -36,6 +43,7 @@ ZERO_COPY_PAGE_SIZE = 128  # rows of 128, 64 and 32 weights start on pages
 # every task once, then back to the largest and smallest
 ZERO_COPY_SEQUENCE = [*suite.TEN_TASKS, "mnist", "iris", "mnist"]
 KERNEL_TASKS = ["digits", "mnist"]
+SMALL_RAM_BYTES = 64 * 1024  # an STM32L4-class part
 # Instructions per inference on QEMU mps2-an386 (-icount shift=0, SysTick x 40), gcc 12.2,
 # -mcpu=cortex-m4 -mfpu=fpv4-sp-d16 -mfloat-abi=hard, from the int8 issue: the same nets as
 # plain float32 C loops (-O2 -ffp-contract=off, the project's flags) and as CMSIS-NN int8
@@ -190,7 +198,72 @@ def _kernels(targets: list[str], folder: str) -> dict:
     return numbers
 
 
-def measure(quick: bool) -> dict:
+def _test_accuracy(model: StandaloneModel, task: suite.SuiteTask) -> float:
+    split = task.splits["test"]
+    predicted = [model.run(split.x[i : i + 1])[0].argmax() for i in range(len(split.x))]
+    return 100.0 * float(np.mean(np.array(predicted) == split.y))
+
+
+def _int8(quick: bool, folder: str) -> dict:
+    """Each task as int8 alone on each target, then all of them in one project on a part of
+    SMALL_RAM_BYTES (its linker script checks code, data and stack together)."""
+    targets = ["cortex-m4"] if quick else ["cortex-m4", "cortex-m7"]
+    tasks = suite.load_suite(KERNEL_TASKS if quick else suite.TEN_TASKS)
+    numbers: dict = {}
+    quantized = []
+    for task in tasks:
+        q = quantize_int8(task.task, task.splits["train"].x)
+        quantized.append(q)
+        host = StandaloneModel(q)
+        macs = multiply_adds(task.task)
+        row: dict = {
+            "macs": macs,
+            "accuracy": _test_accuracy(host, task),
+            "float_accuracy": _test_accuracy(StandaloneModel(task.task), task),
+            "float_weight_bytes": 4 * task.task.n_weights,
+        }
+        row["accuracy_vs_float_pp"] = row["accuracy"] - row["float_accuracy"]
+        inputs = [task.splits["test"].x[i : i + 1] for i in range(3)]
+        plan = PagePlan.lossless([q], page_size=1024)
+        for target in targets:
+            out = f"{folder}/{task.name}-{target}"
+            manifest = mcu.generate_project([q], plan, out, target=target, check_fit=False)
+            mcu.write_requests(out, [(task.name, [x]) for x in inputs])
+            run = mcu.run_project(out, timeout=300)
+            suffix = "" if target == "cortex-m4" else f"_{target.replace('-', '_')}"
+            instructions = _medians(run.run_instructions)[task.name]
+            row[f"instr_per_inference{suffix}"] = instructions
+            row[f"instr_per_mac{suffix}"] = instructions / macs
+            row["weight_bytes"] = manifest["data_bytes"]["flash"]["constants"]
+            row[f"ram_bytes{suffix}"] = mcu.memory_report(out)["ram_bytes"]
+            err = max(
+                float(np.abs(o[0] - host.run(x)[0]).max()) for o, x in zip(run.outputs, inputs)
+            )
+            row["max_abs_err_vs_host"] = max(row.get("max_abs_err_vs_host", 0.0), err)
+        if "cmsis_nn_int8" in ANCHORS.get(task.name, {}):
+            row["vs_cmsis_nn_int8"] = (
+                row["instr_per_inference"] / ANCHORS[task.name]["cmsis_nn_int8"]
+            )
+        numbers[task.name] = row
+    small = dataclasses.replace(mcu.TARGETS["cortex-m4"], ram_bytes=SMALL_RAM_BYTES)
+    out = f"{folder}/all-64k"
+    mcu.generate_project(quantized, PagePlan.lossless(quantized, page_size=1024), out, target=small)
+    memory = mcu.memory_report(out)  # links: code, data and stack fit the part
+    numbers["one_project"] = {
+        "tasks": [t.name for t in tasks],
+        "ram_bytes": memory["ram_bytes"],
+        "flash_bytes": memory["flash_bytes"],
+        "part_ram_bytes": SMALL_RAM_BYTES,
+    }
+    return numbers
+
+
+def measure(quick: bool, int8: bool = False) -> dict:
+    if int8:
+        numbers = {"int8": _int8(quick, tempfile.mkdtemp(prefix="wvirt-cortexm-int8-"))}
+        for key, value in numbers["int8"].items():
+            print(f"int8 {key}: {value}")
+        return numbers
     tasks = suite.load_suite(TASKS)
     optimize = OptimizeConfig(rounds=0) if quick else OptimizeConfig(rounds=2, iterations=300)
     config = PackConfig(separation=SeparationConfig(l1_budget_bytes=L1_BUDGET), optimize=optimize)
@@ -245,4 +318,4 @@ def measure(quick: bool) -> dict:
 
 
 if __name__ == "__main__":
-    run(__doc__, measure)
+    run(__doc__, measure, options={"--int8": {"action": "store_true", "help": "int8 builds"}})
