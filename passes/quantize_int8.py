@@ -116,6 +116,7 @@ class QuantizeInt8:
         for gv, func in mod.functions_items():
             if gv.name_hint != "main":
                 out[gv] = func
+        out = relax.transform.CanonicalizeBindings()(out)  # no `gv = lv` alias of the output
         return out.with_attrs(mod.attrs) if mod.attrs else out
 
 

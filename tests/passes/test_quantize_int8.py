@@ -9,7 +9,16 @@ import torch
 import tvm
 from int8_tasks import padded_residual_softmax, samples
 from tvm import relax
-from tvm_weightvirt.passes.quantize_int8 import QParams, QuantizeError, _Requantization, _requantize
+from tvm.script import ir as I
+from tvm.script import relax as R
+from tvm_weightvirt.passes.quantize_int8 import (
+    ActivationRanges,
+    QParams,
+    QuantizeError,
+    QuantizeInt8,
+    _Requantization,
+    _requantize,
+)
 from tvm_weightvirt.runtime.standalone import StandaloneModel
 
 import tvm_weightvirt as wv
@@ -54,6 +63,24 @@ def test_a_conv_its_bias_and_leaky_relu_become_one_int8_conv_and_its_requantizat
     assert sum(n.startswith("requantize") for n, _ in calls) == 3
     # no float work but the input's quantization and the output's dequantization
     assert not any(n.startswith(("add", "leaky", "multiply")) for n, _ in calls[5:-2])
+
+
+@I.ir_module
+class NoConstantWeights:
+    @R.function
+    def main(x: R.Tensor((1, 8), "float32"), w: R.Tensor((8, 4), "float32")):
+        R.func_attr({"num_input": 2})
+        with R.dataflow():
+            y = R.matmul(x, w)
+            p = R.nn.softmax(y, axis=1)
+            R.output(p)
+        return p
+
+
+def test_a_graph_without_constant_weights_is_left_as_it_is():
+    """A matmul of two inputs (its weight is not a constant) and a softmax stay float32."""
+    ranges = ActivationRanges([(-1.0, 1.0), (-1.0, 1.0)], [(-3.0, 3.0), (0.0, 1.0)])
+    tvm.ir.assert_structural_equal(QuantizeInt8(ranges)(NoConstantWeights), NoConstantWeights)
 
 
 def test_the_requantization_is_the_rounded_product_with_the_real_multiplier():
