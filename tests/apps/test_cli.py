@@ -23,12 +23,20 @@ from tvm_weightvirt.targets import mcu
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Two small ONNX models, their lossless pack, and a folder to write into."""
+    """Two small ONNX models, samples of their inputs (`<name>_data`; `const_data`: all equal),
+    their lossless pack, and a folder to write into."""
     folder = tmp_path_factory.mktemp("cli")
     paths = {}
+    rng = np.random.default_rng(0)
     for name, make in [("res", examples.onnx_resnet_block), ("inc", examples.onnx_inception_block)]:
         paths[name] = str(folder / f"{name}.onnx")
-        onnx.save(make()[0], paths[name])
+        model, x = make()
+        onnx.save(model, paths[name])
+        paths[f"{name}_data"] = str(folder / f"{name}.npz")
+        np.savez(paths[f"{name}_data"], x_train=rng.normal(size=(32, *x.shape[1:])).astype("f4"))
+        if name == "res":
+            paths["const_data"] = str(folder / "const.npz")
+            np.savez(paths["const_data"], x_train=np.ones((8, *x.shape[1:]), "f4"))
     paths["pack"] = str(folder / "suite.wvpack")
     assert (
         main(
@@ -204,6 +212,20 @@ REFUSED = [
     ),
     (["run", "{pack}", "--tasks", "res", "--inputs", "res={dir}/x.npy"], ["cannot read"]),
     (["inspect", "{pack}", "--png", "{pack}"], ["is one of the inputs"]),
+    (
+        ["build", "{pack}", "--target", "cortex-m4", "--int8", "-o", "{dir}/m"],
+        ["--int8 calibrates each task on its data: give --data for ['res', 'inc']"],
+    ),
+    (["build", "{pack}", "--int8", "-o", "{dir}/m"], ["--int8 cannot apply to --target llvm"]),
+    (
+        ["build", "{pack}", "--target", "cortex-m4", "--data", "res={res_data}", "-o", "{dir}/m"],
+        ["--data cannot apply to a build without --int8"],
+    ),
+    (
+        ["build", "{pack}", "--target", "cortex-m4", "--int8", "--data", "res={const_data}"]
+        + ["--data", "inc={inc_data}", "-o", "{dir}/m"],
+        ["task 'res': the 8 calibration samples are all equal"],
+    ),
     (["examples", "{dir}"], ["'{dir}' exists and is not an empty folder"]),
     (["examples", "{res}"], ["exists and is not an empty folder"]),
 ]
@@ -403,6 +425,42 @@ def test_page_aligned_pack_builds_zero_copy_for_cortex_m(files, tmp_path):
     ram = manifest["data_bytes"]["ram"]
     assert "pages" in manifest["data_bytes"]["flash"] and "weight_buffer" not in ram
     assert 0 < ram["scratch"] < plan.task("res").layout.n_elems * 4
+
+
+def test_an_int8_build_calibrates_each_task_and_refuses_a_pack_that_shares_pages(
+    files, tmp_path, capsys
+):
+    """`wvirt build --target cortex-m4 --int8 --data NAME=FILE.npz` writes a project of int8
+    kernels (weights a byte each, beside per-channel multipliers and offsets); a pack whose
+    tasks share pages is refused (int8 pages are not implemented yet) and nothing is written."""
+    folder, paths = files
+    out = tmp_path / "m4"
+    data = ["--data", f"res={paths['res_data']}", "--data", f"inc={paths['inc_data']}"]
+    assert (
+        main(["build", paths["pack"], "--target", "cortex-m4", "--int8", *data, "-o", str(out)])
+        == 0
+    )
+    assert "cortex-m4 int8 C project for 2 tasks" in capsys.readouterr().out
+    kernels = (out / "kernels.c").read_text()
+    assert "int8_t" in kernels and "int32_t conv2d_nchw" in kernels.replace("_intermediate", "")
+    plan = wv.load_wvpack(paths["pack"]).plan
+    float_bytes = 4 * sum(plan.task(n).layout.n_elems for n in plan.tasks)
+    assert mcu.load_manifest(str(out))["data_bytes"]["flash"]["constants"] < float_bytes / 2
+    pack = wv.load_wvpack(paths["pack"])
+    res = next(t for t in pack.tasks if t.name == "res")
+    twin = wv.Task(res.name + "2", res.mod, res.weights)
+    lossless = wv.PagePlan.lossless([res, twin], page_size=plan.page_size)
+    shared = wv.PagePlan(
+        lossless.page_size,
+        lossless.pool,
+        {"res": lossless.task("res"), "res2": lossless.task("res")},  # both read res's pages
+    )
+    wv.save_wvpack(tmp_path / "shared.wvpack", shared, [res, twin])
+    data = ["--data", f"res={paths['res_data']}", "--data", f"res2={paths['res_data']}"]
+    argv = ["build", str(tmp_path / "shared.wvpack"), "--target", "cortex-m4", "--int8", *data]
+    assert main([*argv, "-o", str(tmp_path / "m")]) == 2
+    assert "this pack's tasks share" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
 
 
 def test_an_aarch64_build_without_the_cross_linker_says_how_to_get_it(

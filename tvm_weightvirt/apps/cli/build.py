@@ -36,6 +36,18 @@ def add_parser(command) -> None:
         "in flash; a switch gathers nothing (needs a pack made with --page-aligned)",
     )
     parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="cortex-m*: int8 kernels, each task calibrated on the x_train of its --data (a "
+        "lossless pack: int8 pages are not implemented yet, so tasks cannot share them)",
+    )
+    parser.add_argument(
+        "--data",
+        action="append",
+        metavar="NAME=FILE.npz",
+        help="--int8: a task's calibration samples (its x_train)",
+    )
+    parser.add_argument(
         "--arch",
         help="cuda: GPU architectures whose machine code the library carries, comma-separated "
         "(e.g. sm_87,sm_90); kernels are generated for the lowest (default: sm_87, Jetson Orin)",
@@ -79,8 +91,11 @@ def run(args) -> int:
         rpc_tracker=mcu,
         rpc_key=mcu,
         no_tuning_db=mcu,
+        int8=not mcu,
     )
     refuse(args, "--no-tuning-db", tune=args.no_tuning_db, tuning_db=args.no_tuning_db)
+    refuse(args, "a build without --int8", data=not args.int8)
+    refuse(args, "--int8 (its weights are flash constants already)", zero_copy=args.int8)
     if args.target == "aarch64" and args.tune and not args.rpc_tracker:
         raise ValueError(
             "--tune for --target aarch64 measures on the device: give --rpc-tracker (this "
@@ -109,12 +124,17 @@ def run(args) -> int:
     pack = pack_with_graphs(args.pack)
     check_output_folder(args.output, [args.pack], args.force)
     if mcu:
+        from ...plan import PagePlan
         from ...targets.mcu import generate_project
 
+        tasks, plan = pack.tasks, pack.plan
+        if args.int8:
+            tasks = _int8_tasks(pack, args.data or [])
+            plan = PagePlan.lossless(tasks, pack.plan.page_size)  # int8 weights are constants
         with written_whole(args.output, folder=True) as tmp:
             manifest = generate_project(
-                pack.tasks,
-                pack.plan,
+                tasks,
+                plan,
                 tmp,
                 target=args.target,
                 zero_copy=args.zero_copy is not None,
@@ -122,7 +142,8 @@ def run(args) -> int:
             )
         ram, flash = (sum(manifest["data_bytes"][m].values()) for m in ("ram", "flash"))
         print(
-            f"wrote a {args.target} C project for {len(pack.tasks)} tasks to {args.output} "
+            f"wrote a {args.target} {'int8 ' * args.int8}C project for {len(tasks)} tasks to "
+            f"{args.output} "
             f"(data: {ram} B RAM, {flash} B flash before code); run it: "
             f"wvirt run {args.output} --qemu --tasks ..."
         )
@@ -147,3 +168,41 @@ def run(args) -> int:
             "the device needs the CUDA driver and TVM's runtime, no compiler"
         )
     return 0
+
+
+def _int8_tasks(pack, data: list[str]) -> list:
+    """The pack's tasks with int8 kernels, each calibrated on the x_train of its --data file;
+    refused for a pack whose tasks share pages (each int8 task keeps its own weights)."""
+    from collections import Counter
+
+    from ...algorithms.data import TaskData
+    from ...frontend.int8 import quantize_int8
+    from ...frontend.task import Task
+
+    names = [t.name for t in pack.tasks]
+    reads = Counter(i for n in names for i in pack.plan.task(n).page_table.tolist())
+    shared = sum(count > 1 for count in reads.values())
+    if shared:
+        raise ValueError(
+            f"--int8 builds each task's own int8 weights (int8 pages are not implemented yet) "
+            f"and this pack's tasks share {shared} pages: pack them with --lossless for int8, "
+            "or build this pack as float32"
+        )
+    files = {}
+    for entry in data:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--data {entry!r}: expected NAME=FILE.npz")
+        files[name] = path
+    unknown = sorted(set(files) - set(names))
+    if unknown:
+        raise ValueError(f"--data for {unknown}, which are not tasks of the pack ({names})")
+    missing = [n for n in names if n not in files]
+    if missing:
+        raise ValueError(f"--int8 calibrates each task on its data: give --data for {missing}")
+    quantized = []
+    for t in pack.tasks:
+        samples = TaskData.from_npz(files[t.name]).train.x
+        weights = pack.plan.read(t.name)
+        quantized.append(quantize_int8(Task(t.name, t.mod, weights, t.output_names), samples))
+    return quantized
