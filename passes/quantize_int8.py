@@ -138,6 +138,7 @@ class _Quantizer:
             raise QuantizeError("the calibration ranges were taken on another function")
         self.range = {p: r for p, r in zip(func.params, ranges.params)}
         self.range |= {b.var: r for b, r in zip(self.bindings, ranges.bindings)}
+        self.value = {b.var: b.value for b in self.bindings}
         self.users: dict[relax.Var, list[int]] = {}  # binding indices; -1: the function's result
         for i, b in enumerate(self.bindings):
             for v in _vars_read(b.value):
@@ -214,6 +215,13 @@ class _Quantizer:
                 alpha = float(act.attrs.alpha) if "leaky" in act.op.name else 0.0
                 last = self.bindings[nxt].var
                 consumed.add(nxt)
+                nxt = self._only_user(last)
+        maximum = self.bindings[nxt].value if nxt is not None else None
+        if _op_name(maximum) == "relax.maximum" and maximum.args[0].same_as(last):
+            outer = self._only_user(self.bindings[nxt].var)  # a clip to the output's range
+            if outer is not None and self._clip_bounds(self.bindings[outer].var) is not None:
+                consumed |= {nxt, outer}  # the requantization's saturation is that clip
+                last = self.bindings[outer].var
         x = self._int8(call.args[0])
         what = f"the {call.op.name[6:]} output '{last.name}'"
         out_q = QParams.of_range(*self._range_of(last), what)
@@ -267,10 +275,23 @@ class _Quantizer:
         return _Value(expr)  # constants, shapes, prim values
 
     def _range_of(self, var: relax.Var) -> Range:
-        r = self.range.get(var)
+        """A clip's bounds (a QDQ model's quantization, `frontend.onnx_qdq`), else the range
+        calibrated on samples."""
+        r = self._clip_bounds(var) or self.range.get(var)
         if r is None:
-            raise QuantizeError(f"tensor '{var.name}' has no calibrated float range")
+            raise QuantizeError(f"tensor '{var.name}' has no range: give calibration samples")
         return r
+
+    def _clip_bounds(self, var: relax.Var) -> Range | None:
+        """(lo, hi) when `var = minimum(maximum(x, lo), hi)` of scalar constants."""
+        outer = self.value.get(var)
+        if _op_name(outer) != "relax.minimum" or not isinstance(outer.args[0], relax.Var):
+            return None
+        inner = self.value.get(outer.args[0])
+        if _op_name(inner) != "relax.maximum":
+            return None
+        lo, hi = _scalar(inner.args[1]), _scalar(outer.args[1])
+        return None if lo is None or hi is None else (lo, hi)
 
     def _only_user(self, var: relax.Var) -> int | None:
         users = self.users.get(var, [])
@@ -325,6 +346,11 @@ def _vars_read(expr: relax.Expr) -> list[relax.Var]:
 
 def _constant(expr: relax.Expr) -> np.ndarray | None:
     return expr.value.numpy() if isinstance(expr, tvm.ir.GenericConst) else None
+
+
+def _scalar(expr: relax.Expr) -> float | None:
+    value = _constant(expr)
+    return float(value.reshape(-1)[0]) if value is not None and value.size == 1 else None
 
 
 def _linear_weight(call: relax.Call) -> np.ndarray | None:

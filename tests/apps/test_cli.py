@@ -214,7 +214,7 @@ REFUSED = [
     (["inspect", "{pack}", "--png", "{pack}"], ["is one of the inputs"]),
     (
         ["build", "{pack}", "--target", "cortex-m4", "--int8", "-o", "{dir}/m"],
-        ["--int8 calibrates each task on its data: give --data for ['res', 'inc']"],
+        ["--int8 calibrates task 'res' on its data: give --data res=FILE.npz"],
     ),
     (["build", "{pack}", "--int8", "-o", "{dir}/m"], ["--int8 cannot apply to --target llvm"]),
     (

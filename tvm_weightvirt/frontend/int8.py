@@ -18,18 +18,26 @@ RANGE_PERCENTILE = 99.99
 KEPT_VALUES = 1 << 20  # per tensor, a seeded sample of at most this many values is kept
 
 
-def quantize_int8(task: Task, samples: np.ndarray, max_samples: int = CALIBRATION_SAMPLES) -> Task:
+def quantize_int8(
+    task: Task, samples: np.ndarray | None, max_samples: int = CALIBRATION_SAMPLES
+) -> Task:
     """`task` with int8 kernels: conv / matmul weights int8 per output channel, activations
     int8 with the scale and zero point of the range they take on `samples` (one array of
     samples shaped like the task's input without its batch axis: `[N, *input[1:]]`), sums in
     int32 and integer requantization. Inputs and outputs stay float32. The int8 weights and
     int32 biases are constants of the returned task's graph (it has no weight parameters).
+    A tensor a clip bounds (a QDQ model's quantization) takes the clip's range; `samples`
+    None: every quantized tensor must have one.
 
-    Raises QuantizeError naming the task when the samples are missing, of another shape or all
-    equal, or when a tensor is 0 on every sample.
+    Raises QuantizeError naming the task when the samples are empty, of another shape or all
+    equal, or when a tensor is 0 on every sample or has no range.
     """
     mod = _weights_bound(task)
-    ranges = calibrate(task.name, mod, _calibration_batches(task, samples, max_samples))
+    if samples is None:
+        func = mod["main"]
+        ranges = ActivationRanges([None] * len(func.params), [None] * len(bindings_of(func)))
+    else:
+        ranges = calibrate(task.name, mod, _calibration_batches(task, samples, max_samples))
     try:
         quantized = QuantizeInt8(ranges)(mod)
     except QuantizeError as err:

@@ -182,11 +182,13 @@ class Task:
     ) -> Task:
         """From an ONNX file (or a loaded `onnx.ModelProto`); weights that match an initializer
         take its name, weights computed in the graph are named after their op. Without
-        `shape_dict`, a symbolic batch dimension (the first) becomes 1."""
+        `shape_dict`, a symbolic batch dimension (the first) becomes 1. A model quantized in
+        QDQ format comes in as float32 with its quantization kept (`onnx_qdq`)."""
         import onnx
         from tvm.relax.frontend.onnx import from_onnx
 
         from .onnx_converters import converters
+        from .onnx_qdq import QdqError, fold_qdq, has_qdq
         from .onnx_shape_folding import fold_shape_computations
 
         check_task_name(name)
@@ -208,6 +210,11 @@ class Task:
         ]
         if bad:
             raise IntakeError(f"task '{name}': weights {bad} hold NaN or inf")
+        if has_qdq(model):  # quantized by the user: float weights, each activation range a Clip
+            try:
+                model = fold_qdq(model)
+            except QdqError as err:
+                raise IntakeError(f"task '{name}': {err}") from None
         if shape_dict is None:
             shape_dict = _static_batch(model)
         try:

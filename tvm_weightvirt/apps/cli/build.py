@@ -45,7 +45,8 @@ def add_parser(command) -> None:
         "--data",
         action="append",
         metavar="NAME=FILE.npz",
-        help="--int8: a task's calibration samples (its x_train)",
+        help="--int8: a task's calibration samples (its x_train; a model quantized in QDQ "
+        "format needs none)",
     )
     parser.add_argument(
         "--arch",
@@ -171,12 +172,13 @@ def run(args) -> int:
 
 
 def _int8_tasks(pack, data: list[str]) -> list:
-    """The pack's tasks with int8 kernels, each calibrated on the x_train of its --data file;
-    refused for a pack whose tasks share pages (each int8 task keeps its own weights)."""
+    """The pack's tasks with int8 kernels, each calibrated on the x_train of its --data file
+    (a QDQ model's without one: its own ranges); refused for a pack whose tasks share pages
+    (each int8 task keeps its own weights)."""
     from collections import Counter
 
     from ...algorithms.data import TaskData
-    from ...frontend.int8 import quantize_int8
+    from ...frontend.int8 import QuantizeError, quantize_int8
     from ...frontend.task import Task
 
     names = [t.name for t in pack.tasks]
@@ -197,12 +199,17 @@ def _int8_tasks(pack, data: list[str]) -> list:
     unknown = sorted(set(files) - set(names))
     if unknown:
         raise ValueError(f"--data for {unknown}, which are not tasks of the pack ({names})")
-    missing = [n for n in names if n not in files]
-    if missing:
-        raise ValueError(f"--int8 calibrates each task on its data: give --data for {missing}")
     quantized = []
-    for t in pack.tasks:
-        samples = TaskData.from_npz(files[t.name]).train.x
-        weights = pack.plan.read(t.name)
-        quantized.append(quantize_int8(Task(t.name, t.mod, weights, t.output_names), samples))
+    for t in pack.tasks:  # without data, a QDQ model's own ranges (its clips) or nothing
+        samples = TaskData.from_npz(files[t.name]).train.x if t.name in files else None
+        task = Task(t.name, t.mod, pack.plan.read(t.name), t.output_names)
+        try:
+            quantized.append(quantize_int8(task, samples))
+        except QuantizeError as err:
+            if samples is not None or "has no range" not in str(err):
+                raise
+            raise ValueError(
+                f"--int8 calibrates task '{t.name}' on its data: give --data "
+                f"{t.name}=FILE.npz (only a model quantized in QDQ format brings its ranges)"
+            ) from None
     return quantized
