@@ -235,6 +235,7 @@ class _Quantizer:
         bias32 = np.round(bias / (x.qparams.scale * w_scale)) - x.qparams.zero_point * w8.sum(1)
         if np.abs(bias32).max() >= 2**31:
             raise QuantizeError(f"the bias of '{last.name}' overflows int32 at its scale")
+        abs_sums = np.abs(w8).sum(1)
         w8 = np.moveaxis(w8.reshape(by_channel.shape), 0, kernel_axis)
         shape = [1] * out_ndim
         shape[axis] = channels
@@ -247,7 +248,7 @@ class _Quantizer:
         requantization = _Requantization.of(
             x.qparams.scale * w_scale / out_q.scale, out_q.zero_point, alpha, last.name
         )
-        bound = (np.abs(w8).reshape(channels, -1).sum(1) * 255 + np.abs(bias32)) * (
+        bound = (abs_sums * 255 + np.abs(bias32)) * (
             requantization.multiplier / 2.0**requantization.shift
         )
         if bound.max() >= 2**31 - 2**24:
