@@ -1,6 +1,7 @@
 """int8 tasks on a Cortex-M: the C kernels on QEMU compute the host's int8 outputs bit for bit
 (integer sums and requantization; the input's quantization and the output's dequantization are
-IEEE float32 on both), and the weights take a byte each in flash."""
+IEEE float32 on both; a float op after the int8 ones, a softmax's exp, is libm's and may differ
+by an ulp), and the weights take a byte each in flash."""
 
 import numpy as np
 import pytest
@@ -27,7 +28,10 @@ def test_int8_kernels_on_qemu_compute_the_hosts_bits(tmp_path, target):
     for (name, inputs), outputs, task in zip(requests, run.outputs, tasks):
         expected = StandaloneModel(task).run(*inputs)
         for got, want in zip(outputs, expected):
-            np.testing.assert_array_equal(got, want, err_msg=name)
+            if name == "padded":  # ends in a float32 softmax: newlib's expf vs the host's
+                np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7, err_msg=name)
+            else:
+                np.testing.assert_array_equal(got, want, err_msg=name)
     # conv / dense weights a byte each; per output channel an int32 multiplier and an int64
     # offset (bias and rounding) beside them
     n_weights = sum(t.n_weights for t in example_tasks())
